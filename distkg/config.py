@@ -1,0 +1,160 @@
+"""Typed run configs from YAML, with unknown keys rejected by name and ``--set key=value`` overrides.
+
+Why strict: a misspelled key that is silently ignored runs the default instead of what the user
+asked for, and the result is then reported under the wrong name. Every section is a dataclass;
+building one from a mapping checks each key and the type of each value and names the offending
+dotted key (and the file) on error, with a close match suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from distkg.data.options import DataConfig
+from distkg.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol (PROTOCOL.md); the defaults are distkg's default protocol."""
+
+    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    filter: Literal["time", "static", "none"] = "time"
+    ties: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
+    query_chunk: int | None = None  # None: chosen from a memory budget
+    cand_chunk: int | None = None  # None: all candidates at once
+    progress: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Which model (by registry name) and its constructor arguments, checked against its signature."""
+
+    name: str = "frequency"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------ building
+def build(cls: type[T], values: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and value (module docstring)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {where}.{close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+        kwargs[key] = _check(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _check(tp: Any, value: Any, where: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _check(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got the boolean {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested mapping, in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set data.dataset=icews14")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type[T] = RunConfig) -> T:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    values: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        where = str(path)
+    values = apply_overrides(values, overrides or [])
+    return build(cls, values, where)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain data (for writing next to results)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

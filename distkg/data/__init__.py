@@ -1,0 +1,44 @@
+"""Reading the TKG benchmarks: one dataset type (TKGDataset), readers per layout, data root lookup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from distkg.data.dataset import KEY, O, R, S, SPLITS, T0, T1, TKGDataset
+from distkg.data.options import DataConfig
+from distkg.data.readers import READERS
+from distkg.errors import DataError
+
+__all__ = ["DataConfig", "TKGDataset", "load_dataset", "resolve_data_root", "S", "R", "O", "T0", "T1", "KEY", "SPLITS"]
+
+
+def default_cache_root() -> Path:
+    """Per-user cache folder: $XDG_CACHE_HOME/distkg/data, else ~/.cache/distkg/data."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "distkg" / "data"
+
+
+def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The data root: the explicit value (--data-root / data.root), else $DISTKG_DATA, else the cache."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("DISTKG_DATA"):
+        return Path(os.environ["DISTKG_DATA"]).expanduser()
+    return default_cache_root()
+
+
+def load_dataset(cfg: DataConfig | str, root: str | os.PathLike | None = None) -> TKGDataset:
+    """Read a dataset by name from the data root (see resolve_data_root)."""
+    if isinstance(cfg, str):
+        cfg = DataConfig(dataset=cfg)
+    name = cfg.dataset.lower()
+    if name not in READERS:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(READERS))}")
+    folder = resolve_data_root(root or cfg.root) / name
+    if not folder.is_dir():
+        raise DataError(
+            f"dataset folder {folder} not found; run `distkg data download {name}` "
+            "or point --data-root / $DISTKG_DATA at a folder that holds it"
+        )
+    return READERS[name](folder, cfg)
