@@ -67,7 +67,7 @@ def build(cls: type[T], values: Any, where: str = "config") -> T:
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean {where}.{close[0]!r}?)" if close else ""
+            hint = f" (did you mean '{where}.{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
         kwargs[key] = _check(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)

@@ -21,6 +21,8 @@ from typing import Literal
 
 import numpy as np
 
+from distkg.data.dates import RULES
+
 S, R, O, T0, T1, KEY = range(6)
 SPLITS = ("train", "valid", "test")
 TimeKind = Literal["point", "interval"]
@@ -94,3 +96,19 @@ class TKGDataset:
         out["bad_lines"] = dict(self.bad_lines)
         out["bad_line_examples"] = list(self.bad_line_examples)
         return out
+
+    def describe(self) -> str:
+        """A few lines a person reads before trusting any number computed on this data."""
+        lines = [
+            f"{self.name}: {self.num_entities} entities, {self.num_relations} relations, "
+            + "/".join(str(len(self.splits[s])) for s in SPLITS)
+            + f" train/valid/test facts, {self.num_times} time ids"
+        ]
+        if self.time_kind == "interval":
+            lines.append(f"  {len(self.buckets)} year buckets (min_bucket_size={self.min_bucket_size}) + 'unknown'")
+        else:
+            lines.append(f"  days {self.time_labels[0]} .. {self.time_labels[-1]}")
+        lines += [f"  date rule {rule}: {n} lines ({RULES[rule]})" for rule, n in sorted(self.date_rules.items())]
+        lines += [f"  skipped bad lines ({reason}): {n}" for reason, n in sorted(self.bad_lines.items())]
+        lines += [f"    e.g. {ex}" for ex in self.bad_line_examples]
+        return "\n".join(lines)

@@ -37,8 +37,18 @@ import numpy as np
 
 _DATE = re.compile(r"^(-?[0-9#]+)-([0-9#]{2})-([0-9#]{2})$")
 
-ENDPOINT_RULES = ("unknown", "malformed", "partial_year", "out_of_range", "negative_year", "short_year")
-FACT_RULES = ("end_from_start", "start_from_end", "no_known_year")
+# What each rule does, as shown next to its line count.
+RULES = {
+    "unknown": "an endpoint written ####-##-##: unknown",
+    "malformed": "an endpoint that is not a date (bad month/day): treated as unknown",
+    "partial_year": "an endpoint with a partial year like 19##: treated as unknown",
+    "out_of_range": "an endpoint year above data.max_year: treated as unknown",
+    "negative_year": "a BCE year: kept",
+    "short_year": "a year of fewer than 4 digits: kept",
+    "end_from_start": "only the start known: the end takes its year",
+    "start_from_end": "only the end known: the start takes its year",
+    "no_known_year": "no known year: both ends get the 'unknown' time id",
+}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+from distkg.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""distkg: distil temporal KG reasoning into tiny students. Commands: data, evaluate, run.
+
+Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from distkg.errors import DistkgError
+
+
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", help="YAML run config (configs/...)")
+    else:
+        p.add_argument("--config", help="YAML run config; defaults when omitted")
+    p.add_argument("--out", required=True, help="folder for results (metrics.json, config.yaml, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set data.dataset=icews14 (repeatable)")
+    p.add_argument("--data-root", help="folder with one sub-folder per dataset (else $DISTKG_DATA, else the cache)")
+
+
+def _load(args: argparse.Namespace):
+    from distkg.config import load_config
+
+    overrides = list(args.set)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    return load_config(args.config, overrides)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from distkg.config import DataConfig, apply_overrides, build
+    from distkg.data import load_dataset
+
+    values = apply_overrides({"dataset": args.name, "root": args.data_root}, [s.removeprefix("data.") for s in args.set])
+    ds = load_dataset(build(DataConfig, values, "data"))
+    print(json.dumps(ds.stats(), indent=2) if args.json else ds.describe())
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from distkg.data.download import download_dataset
+
+    path = download_dataset(args.name, root=args.data_root, mirror=args.mirror, force=args.force)
+    print(f"{args.name}: ready at {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from distkg.data import load_dataset
+    from distkg.models import MODELS
+    from distkg.pipeline import evaluate_model
+
+    cfg = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.data)
+    model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
+    evaluate_model(cfg, ds, model, out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distkg.pipeline import run
+
+    run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect or download the TKG benchmarks")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    stats = dsub.add_parser("stats", help="entities, relations, times, facts per split, date-rule counts")
+    stats.add_argument("name")
+    stats.add_argument("--data-root")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="data option, e.g. --set min_bucket_size=100")
+    stats.set_defaults(func=cmd_data_stats)
+    dl = dsub.add_parser("download", help="fetch a dataset from its public source and verify sha256")
+    dl.add_argument("name")
+    dl.add_argument("--data-root")
+    dl.add_argument("--mirror", help="base URL serving NAME/FILE (else $DISTKG_DATA_MIRROR, else the public sources)")
+    dl.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
+    dl.set_defaults(func=cmd_data_download)
+
+    ev = sub.add_parser("evaluate", help="evaluate the configured model under the configured protocol")
+    _add_config_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")
+    _add_config_args(run, positional=True)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DistkgError as e:
+        print(f"distkg: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,67 @@
+"""Configs: typos rejected by name, types checked, --set overrides any field."""
+
+from __future__ import annotations
+
+import pytest
+
+from distkg.config import RunConfig, apply_overrides, build, load_config
+from distkg.errors import ConfigError
+from distkg.models import MODELS
+
+
+def test_defaults_and_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  dataset: icews14\n  min_bucket_size: 100\neval:\n  ties: pessimistic\n")
+    cfg = load_config(p)
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.data.dataset, cfg.data.min_bucket_size, cfg.eval.ties, cfg.eval.filter) == ("icews14", 100, "pessimistic", "time")
+
+
+def test_typo_rejected_with_file_key_and_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  min_bucket_sise: 100\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml\.data: unknown key 'min_bucket_sise' \(did you mean '.*data\.min_bucket_size'\?\)"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="unknown key 'evl'"):
+        build(RunConfig, {"evl": {}})
+
+
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"data": {"min_bucket_size": "many"}}, r"data\.min_bucket_size: expected int"),
+        ({"data": {"min_bucket_size": True}}, "boolean"),
+        ({"eval": {"ties": "random"}}, r"eval\.ties: 'random' is not one of"),
+        ({"eval": {"splits": "test"}}, r"eval\.splits: expected a list"),
+        ({"data": 3}, "expected a mapping"),
+    ],
+)
+def test_type_errors_named(values, match):
+    with pytest.raises(ConfigError, match=match):
+        build(RunConfig, values)
+
+
+def test_overrides():
+    cfg = load_config(None, ["data.dataset=icews18", "eval.query_chunk=64", "eval.splits=[test]", "seed=3"])
+    assert (cfg.data.dataset, cfg.eval.query_chunk, cfg.eval.splits, cfg.seed) == ("icews18", 64, ["test"], 3)
+    assert apply_overrides({}, ["a.b.c=1.5"]) == {"a": {"b": {"c": 1.5}}}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["data.dataset"])
+    with pytest.raises(ConfigError, match="unknown key 'datset'"):
+        load_config(None, ["data.datset=icews14"])
+
+
+def test_model_args_checked_against_signature():
+    with pytest.raises(ConfigError, match="model 'frequency' has no argument 'prio' \\(did you mean 'prior'\\?\\)"):
+        MODELS.create("frequency", {"prio": 1.0}, "model.args", dataset=None)
+    with pytest.raises(ConfigError, match="unknown model 'frequncy' \\(did you mean 'frequency'\\?\\)"):
+        MODELS.get("frequncy")
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert configs, "no configs shipped"
+    for path in configs:
+        load_config(path)
