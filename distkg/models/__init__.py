@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from distkg.models.registry import MODELS
-from distkg.models import frequency  # noqa: F401  (registers)
+from distkg.models import frequency, tadistmult, tntcomplex, ttranse  # noqa: F401  (registers)
+from distkg.models.base import TKGModel
 
-__all__ = ["MODELS"]
+__all__ = ["MODELS", "TKGModel"]

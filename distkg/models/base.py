@@ -1,0 +1,83 @@
+"""The small interface every TKG embedding model fills in (in the spirit of tkbc).
+
+A model turns a batch of queries into query representations, holds a table of candidate entity
+representations, and matches the two into scores. Everything else is built on these three:
+1-vs-all training, chunked filtered ranking (``score_candidates`` is the evaluation Scorer
+protocol), and distillation (FitNet reads the query representation, RKD the entity table).
+
+A query row is ``(entity, relation, t0, t1)``: the known entity, the relation (``r + R`` for head
+queries, answered through reciprocal relations), and the time ids of the fact's start and end
+(equal for point-in-time data).
+
+Interval rule (PROTOCOL.md): a fact with two ends is represented at the mean of its start and end
+time representations. For the bilinear models (TA-DistMult, TNTComplEx) this is exactly the mean
+of the scores at the two ends; for TTransE it is the translation by the interval's midpoint.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from distkg.data import TKGDataset
+
+
+class TKGModel(nn.Module, ABC):
+    """Queries -> representation, a candidate table, and a score between them."""
+
+    def __init__(self, dataset: TKGDataset, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.num_entities = dataset.num_entities
+        self.num_relations = dataset.num_relations  # base relations; 2x with reciprocals
+        self.num_times = dataset.num_times
+        self.dim = dim
+
+    @abstractmethod
+    def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
+        """[B, 4] queries -> [B, D] query representations (the FitNet hint)."""
+
+    @abstractmethod
+    def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """[C, D] representations of candidate entities start..stop-1."""
+
+    @abstractmethod
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[B, D] x [C, D] -> [B, C] scores; higher is more plausible."""
+
+    def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """Extra training penalty for a batch (N3, smoothness, ...); zero unless a model adds one."""
+        return queries.new_zeros((), dtype=torch.float32)
+
+    def entity_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Entity vectors for relational distillation (RKD)."""
+        return self.candidate_table()[ids]
+
+    # ------------------------------------------------------------------------- built on the above
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        """Scores over all entities, [B, num_entities]."""
+        return self.match(self.query_repr(queries), self.candidate_table())
+
+    def score_candidates(self, queries: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The evaluation Scorer protocol."""
+        return self.match(self.query_repr(queries), self.candidate_table(start, stop))
+
+    def score_answers(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """Scores of one candidate per query, [B] (used by negative sampling)."""
+        q = self.query_repr(queries)
+        c = self.candidate_table()[answers]
+        return self.match_pairs(q, c)
+
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Row-wise match, [B, D] x [B, D] -> [B]; override when cheaper than the diagonal."""
+        return torch.stack([self.match(q[i : i + 1], c[i : i + 1])[0, 0] for i in range(len(q))])
+
+
+def embedding(n: int, dim: int, std: float) -> nn.Embedding:
+    """An embedding table with normal(0, std) init (small init suits 1-vs-all training)."""
+    emb = nn.Embedding(n, dim)
+    nn.init.normal_(emb.weight, std=std)
+    return emb

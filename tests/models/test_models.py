@@ -1,0 +1,139 @@
+"""Generic model tests (pykeen style): every backbone subclasses ModelCase and must pass all of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distkg.models import MODELS, TKGModel
+from tests.helpers import tiny_dataset
+
+
+def queries_of(ds, split="train"):
+    f = ds.splits[split]
+    return torch.from_numpy(f[:, [0, 1, 3, 4]].copy()), torch.from_numpy(f[:, 2].copy())
+
+
+class ModelCase:
+    name: str
+    args: dict = {}
+
+    @pytest.fixture(params=["point", "interval"])
+    def ds(self, request):
+        return tiny_dataset(request.param)
+
+    def make(self, ds, dim=8, seed=0) -> TKGModel:
+        torch.manual_seed(seed)
+        return MODELS.create(self.name, {"dim": dim, **self.args}, "model.args", dataset=ds)
+
+    def test_scores_cover_all_entities(self, ds):
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        assert m(q).shape == (len(q), ds.num_entities)
+        assert torch.isfinite(m(q)).all()
+
+    def test_chunked_candidates_equal_full(self, ds):
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        full = m(q)
+        parts = torch.cat([m.score_candidates(q, a, min(a + 7, ds.num_entities)) for a in range(0, ds.num_entities, 7)], 1)
+        torch.testing.assert_close(parts, full, rtol=1e-5, atol=1e-5)
+
+    def test_score_answers_is_the_gathered_score(self, ds):
+        m = self.make(ds)
+        q, a = queries_of(ds)
+        torch.testing.assert_close(m.score_answers(q, a), m(q).gather(1, a[:, None])[:, 0], rtol=1e-4, atol=1e-4)
+
+    def test_reciprocal_relations_are_distinct(self, ds):
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        rq = q.clone()
+        rq[:, 1] += ds.num_relations
+        assert not torch.allclose(m(q), m(rq))
+
+    def test_time_matters(self, ds):
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        later = q.clone()
+        later[:, 2:] = (q[:, 2:] + 1) % (ds.num_times - 1)
+        assert not torch.allclose(m(q), m(later))
+
+    def test_one_step_reduces_loss_and_regulariser_is_finite(self, ds):
+        m = self.make(ds)
+        q, a = queries_of(ds)
+        opt = torch.optim.Adam(m.parameters(), lr=0.05)
+        losses = []
+        for _ in range(5):
+            loss = torch.nn.functional.cross_entropy(m(q), a) + m.regularizer(q, a)
+            assert torch.isfinite(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+
+    def test_any_dimension_and_seeded(self, ds):
+        q, _ = queries_of(ds)
+        for dim in (2, 26):
+            a, b = self.make(ds, dim, seed=3), self.make(ds, dim, seed=3)
+            assert a.dim == dim
+            torch.testing.assert_close(a(q), b(q))
+        assert self.make(ds, 4).entity_embeddings(torch.tensor([0, 1])).shape[0] == 2
+
+
+class TestTTransE(ModelCase):
+    name = "ttranse"
+
+    def test_score_is_negative_distance(self):
+        ds = tiny_dataset("point")
+        m = self.make(ds)
+        q, a = queries_of(ds)
+        e = m.ent.weight
+        want = -(e[q[:, 0]] + m.rel.weight[q[:, 1]] + m.time.weight[q[:, 2]] - e[a]).norm(dim=1)
+        torch.testing.assert_close(m.score_answers(q, a), want, rtol=1e-4, atol=1e-4)
+
+
+class TestTADistMult(ModelCase):
+    name = "tadistmult"
+
+    def test_lstm_runs_once_per_distinct_sequence(self, ds):
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        seen = []
+        m.lstm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+        m(q)
+        starts = {(int(r), int(t)) for r, t in zip(q[:, 1], q[:, 2])}
+        ends = {(int(r), int(t)) for r, t in zip(q[:, 1], q[:, 3])}
+        expected = len(starts | ends) if ds.time_kind == "point" else len(starts) + len(ends)
+        assert seen == [expected] and expected < 2 * len(q)
+
+    def test_date_tokens(self):
+        from distkg.models.tadistmult import DAY, MONTH, YEAR, time_tokens
+
+        ds = tiny_dataset("point")
+        start, end = time_tokens(ds)
+        assert start[4].tolist() == [YEAR + 2, YEAR + 0, YEAR + 1, YEAR + 4, MONTH + 0, DAY + 0, DAY + 5]  # 2014-01-05
+        assert torch.equal(start, end)
+
+
+class TestTNTComplEx(ModelCase):
+    name = "tntcomplex"
+
+    def test_score_is_complex_trilinear(self):
+        ds = tiny_dataset("point")
+        m = self.make(ds)
+        q, a = queries_of(ds)
+        k = m.dim // 2
+
+        def c(t):
+            return torch.complex(t[:, :k], t[:, k:])
+
+        lhs, rhs = c(m.ent.weight[q[:, 0]]), c(m.ent.weight[a])
+        rel = c(m.rel.weight[q[:, 1]]) * c(m.time.weight[q[:, 2]]) + c(m.rel_nt.weight[q[:, 1]])
+        want = (lhs * rel * rhs.conj()).sum(1).real
+        torch.testing.assert_close(m.score_answers(q, a), want, rtol=1e-4, atol=1e-5)
+
+    def test_odd_dim_rejected(self):
+        with pytest.raises(ValueError, match="even dim"):
+            self.make(tiny_dataset("point"), dim=5)
