@@ -5,7 +5,13 @@ Date tokens: point data reads year digits, month and day digits of the day ("201
 the end) and the four digits of the time bucket's first year (clipped at 0 for BCE; the first
 bucket is the only one that starts before year 0); the ``unknown`` time id reads one ``unk``
 token padded. The two ends of an interval give two r_t whose mean is used (the interval rule of
-distkg.models.base). The LSTM runs once per distinct token sequence in a batch, not once per fact.
+distkg.models.base).
+
+Token order (our choice; the paper puts the relation first): date tokens first, relation last.
+The LSTM state after the date is then computed once per distinct time in a batch and shared by
+all relations, and each distinct (relation, time) costs one more LSTM step instead of a whole
+sequence: 3-8x less LSTM work, which otherwise costs more than scoring all entities. The last
+hidden state still reads every token.
 """
 
 from __future__ import annotations
@@ -54,22 +60,30 @@ class TADistMult(TKGModel):
         start, end = time_tokens(dataset)
         self.register_buffer("start_tokens", start + nrel, persistent=False)
         self.register_buffer("end_tokens", end + nrel, persistent=False)
+        self.point_time = dataset.time_kind == "point"  # start and end tokens are the same rows
         self.reg = reg
         self.drop = nn.Dropout(dropout)
 
     def relation_time(self, rel: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
-        """r_t for each query: the LSTM's last hidden state, computed once per distinct sequence."""
-        seqs = torch.cat([
-            torch.cat([rel[:, None], self.start_tokens[t0]], 1),
-            torch.cat([rel[:, None], self.end_tokens[t1]], 1),
-        ])
-        uniq, inverse = torch.unique(seqs, dim=0, return_inverse=True)
-        _, (h, _) = self.lstm(self.tokens(uniq))
-        rt = h[-1][inverse]
+        """r_t for each query: the date prefix once per distinct time, then one step per (relation, time)."""
+        if self.point_time:  # t0 == t1 and the token rows are equal: one r_t per query suffices
+            return self._relation_time(rel, t0, self.start_tokens)
+        nt = self.start_tokens.shape[0]
+        # time "slots": start times are 0..T-1, end times T..2T-1 (since/until rows differ)
+        rt = self._relation_time(rel.repeat(2), torch.cat([t0, t1 + nt]), torch.cat([self.start_tokens, self.end_tokens]))
         return 0.5 * (rt[: len(rel)] + rt[len(rel):])
+
+    def _relation_time(self, rel: torch.Tensor, slots: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        uniq_slots, slot_inv = torch.unique(slots, return_inverse=True)
+        _, (h, c) = self.lstm(self.tokens(table[uniq_slots]))
+        uniq_pairs, pair_inv = torch.unique(torch.stack([rel, slot_inv], 1), dim=0, return_inverse=True)
+        state = (h[:, uniq_pairs[:, 1]].contiguous(), c[:, uniq_pairs[:, 1]].contiguous())
+        _, (h_rt, _) = self.lstm(self.tokens(uniq_pairs[:, :1]), state)
+        return h_rt[-1][pair_inv]
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         rt = self.relation_time(queries[:, 1], queries[:, 2], queries[:, 3])
+        self._last_rt = (queries, rt)  # the regulariser of the same batch reuses it (no second LSTM pass)
         return self.drop(self.ent(queries[:, 0]) * rt)
 
     def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -85,6 +99,7 @@ class TADistMult(TKGModel):
         """N3 (Lacroix et al. 2018) on the three factors of each scored triple."""
         if not self.reg:
             return super().regularizer(queries, answers)
-        rt = self.relation_time(queries[:, 1], queries[:, 2], queries[:, 3])
+        last = getattr(self, "_last_rt", None)
+        rt = last[1] if last is not None and last[0] is queries else self.relation_time(queries[:, 1], queries[:, 2], queries[:, 3])
         factors = [self.ent(queries[:, 0]), rt, self.ent(answers)]
         return self.reg * sum(f.abs().pow(3).sum() for f in factors) / len(queries)

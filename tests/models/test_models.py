@@ -97,16 +97,30 @@ class TestTTransE(ModelCase):
 class TestTADistMult(ModelCase):
     name = "tadistmult"
 
-    def test_lstm_runs_once_per_distinct_sequence(self, ds):
+    def test_lstm_runs_once_per_distinct_time_and_relation_time(self, ds):
         m = self.make(ds)
         q, _ = queries_of(ds)
         seen = []
-        m.lstm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+        m.lstm.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[:2])))
         m(q)
-        starts = {(int(r), int(t)) for r, t in zip(q[:, 1], q[:, 2])}
-        ends = {(int(r), int(t)) for r, t in zip(q[:, 1], q[:, 3])}
-        expected = len(starts | ends) if ds.time_kind == "point" else len(starts) + len(ends)
-        assert seen == [expected] and expected < 2 * len(q)
+        # start and end are distinct inputs (since/until) for intervals; for point data they are one
+        slots = {("s", int(t)) for t in q[:, 2]}
+        pairs = {(int(r), "s", int(t)) for r, t in zip(q[:, 1], q[:, 2])}
+        if ds.time_kind == "interval":
+            slots |= {("e", int(t)) for t in q[:, 3]}
+            pairs |= {(int(r), "e", int(t)) for r, t in zip(q[:, 1], q[:, 3])}
+        date_len = m.start_tokens.shape[1]
+        assert seen == [(len(slots), date_len), (len(pairs), 1)]
+        assert len(pairs) < 2 * len(q)
+
+    def test_relation_token_is_read_last(self):
+        ds = tiny_dataset("point")
+        m = self.make(ds)
+        q, _ = queries_of(ds)
+        rt = m.relation_time(q[:, 1], q[:, 2], q[:, 3])
+        seq = torch.cat([m.start_tokens[q[:, 2]], q[:, 1:2]], 1)
+        _, (h, _) = m.lstm(m.tokens(seq))
+        torch.testing.assert_close(rt, h[-1], rtol=1e-5, atol=1e-6)
 
     def test_date_tokens(self):
         from distkg.models.tadistmult import DAY, MONTH, YEAR, time_tokens

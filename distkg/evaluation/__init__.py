@@ -1,0 +1,26 @@
+"""Link prediction evaluation under one named protocol (PROTOCOL.md): time-aware filtered,
+both directions, realistic ties; alternatives switchable. Model-agnostic through ``Scorer``."""
+
+from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode
+from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
+from distkg.evaluation.queries import QuerySet, build_queries
+from distkg.evaluation.ranking import SCORE_BUDGET_BYTES, Ranks, default_query_chunk, evaluate, rank
+from distkg.evaluation.scorer import DotProductScorer, Scorer
+
+__all__ = [
+    "FILTER_MODES",
+    "TIES",
+    "SCORE_BUDGET_BYTES",
+    "DotProductScorer",
+    "FilterIndex",
+    "FilterMode",
+    "QuerySet",
+    "Ranks",
+    "Scorer",
+    "Ties",
+    "build_queries",
+    "default_query_chunk",
+    "evaluate",
+    "rank",
+    "ranking_metrics",
+]
