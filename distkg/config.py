@@ -45,12 +45,33 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How a KG model is trained (distkg.training.trainer)."""
+
+    epochs: int = 50
+    batch_size: int = 1000
+    optimizer: Literal["adagrad", "adam"] = "adagrad"
+    lr: float = 0.1
+    loss: Literal["1vsall", "negative_sampling"] = "1vsall"
+    negatives: int = 64  # per query, for loss=negative_sampling
+    label_smoothing: float = 0.0
+    grad_accum: int = 1
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int = 1  # epochs between validation evaluations
+    patience: int = 3  # evaluations without a better validation MRR before stopping
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
 class RunConfig:
     """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
 
@@ -107,6 +128,11 @@ def _check(tp: Any, value: Any, where: str) -> Any:
         return {str(k): _check(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {tp.__name__}, got the boolean {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):

@@ -1,4 +1,4 @@
-"""The main job, ``distkg run CONFIG --out DIR``: read the data, build the model, evaluate, report.
+"""The main job, ``distkg run CONFIG --out DIR``: read the data, train (or take) the model, evaluate, report.
 
 Stages are added here as the system grows (KG teacher training, LLM teacher, distillation); each
 writes under DIR so a person can see what ran and with which settings.
@@ -14,7 +14,8 @@ from pathlib import Path
 from distkg.config import RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import evaluate
-from distkg.models import MODELS
+from distkg.models import MODELS, TKGModel
+from distkg.training.trainer import train
 from distkg.report import write_report
 
 log = logging.getLogger("distkg")
@@ -46,9 +47,14 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run") -> dict:
     ds = load_dataset(cfg.data)
     log.info("%s", ds.describe())
     (out / "data_stats.json").write_text(json.dumps(ds.stats(), indent=2))
-    model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
-    metrics = evaluate_model(cfg, ds, model, out)
-    report = write_report(out, ds, f"distkg run: {cfg.model.name} on {ds.name}",
-                          {f"{cfg.model.name} ({split})": m for split, m in metrics["splits"].items()}, command)
+    factory = MODELS.get(cfg.model.name)
+    if isinstance(factory, type) and issubclass(factory, TKGModel):  # trainable: train, then test
+        metrics = train(cfg, out, dataset=ds)
+        rows = {f"{cfg.model.name} {metrics['dim']}-d (test, best epoch {metrics['best_epoch']})": metrics}
+    else:  # training-free: evaluate as given
+        model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
+        metrics = evaluate_model(cfg, ds, model, out)
+        rows = {f"{cfg.model.name} ({split})": m for split, m in metrics["splits"].items()}
+    report = write_report(out, ds, f"distkg run: {cfg.model.name} on {ds.name}", rows, command)
     log.info("wrote %s and %s", out / "metrics.json", report)
     return metrics

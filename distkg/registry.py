@@ -38,15 +38,23 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}")
         return self._items[name]
 
+    def check(self, name: str, config_args: dict[str, Any], where: str, runtime: tuple[str, ...] = ("dataset",)) -> None:
+        """Reject config arguments the component does not take, before any expensive work starts."""
+        params = inspect.signature(self.get(name)).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        allowed = [p for p in params if p not in runtime]
+        for key in config_args:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{where}: {self.kind} {name!r} has no argument {key!r}{hint}; it takes: {', '.join(allowed)}")
+
     def create(self, name: str, config_args: dict[str, Any], where: str, **runtime: Any) -> T:
         """Build ``name`` from config arguments (checked by name) plus runtime arguments (the dataset...)."""
         obj = self.get(name)
-        params = inspect.signature(obj).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            allowed = [p for p in params if p not in runtime]
-            for key in config_args:
-                if key not in params or key in runtime:
-                    close = difflib.get_close_matches(key, allowed, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ConfigError(f"{where}: {self.kind} {name!r} has no argument {key!r}{hint}; it takes: {', '.join(allowed)}")
-        return obj(**config_args, **runtime)
+        self.check(name, config_args, where, tuple(runtime))
+        try:
+            return obj(**config_args, **runtime)
+        except ValueError as e:  # a constructor's range check, e.g. an odd dim for a complex model
+            raise ConfigError(f"{where}: {self.kind} {name!r}: {e}") from None

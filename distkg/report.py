@@ -25,13 +25,16 @@ def metrics_table(rows: dict[str, dict]) -> str:
 
 def write_report(out: Path, ds: TKGDataset, title: str, results: dict[str, dict], command: str) -> Path:
     first = next(iter(results.values()))
-    text = "\n\n".join([
+    parts = [
         f"# {title}",
         f"Command: `{command}`",
         "## Data\n\n```\n" + ds.describe() + "\n```",
         "## Protocol\n\n" + protocol_line(first["protocol"]),
         "## Metrics\n\n" + metrics_table(results),
-    ])
+    ]
+    if (out / "curves.png").is_file():
+        parts.append("## Training curves\n\n![training curves](curves.png)")
+    text = "\n\n".join(parts)
     path = out / "report.md"
     path.write_text(text + "\n")
     return path

@@ -11,32 +11,15 @@ same query chunks and dtype; each figure is the best of --repeats runs (the mach
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from distkg.data import load_dataset  # noqa: E402
-from distkg.evaluation import DotProductScorer, build_queries, default_query_chunk, evaluate  # noqa: E402
+from distkg.benchmarks import bench_data_root, machine, write_result
+from distkg.data import load_dataset
+from distkg.evaluation import DotProductScorer, build_queries, default_query_chunk, evaluate
 
 DIM = 400
-
-
-def data_root(explicit: str | None) -> str | None:
-    """--data-root, else $DISTKG_DATA, else ../shared/data next to the repo if it exists."""
-    if explicit:
-        return explicit
-    if os.environ.get("DISTKG_DATA"):
-        return os.environ["DISTKG_DATA"]
-    shared = REPO.parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--query-chunk", type=int, default=None, help="default: from the score memory budget")
     args = ap.parse_args(argv)
 
-    ds = load_dataset("icews14", data_root(args.data_root))
+    ds = load_dataset("icews14", bench_data_root(args.data_root))
     torch.manual_seed(0)
     n_ent, n_rel = ds.num_entities, ds.num_relations
     entity_emb = torch.randn(n_ent, DIM) / DIM**0.25
@@ -84,8 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
         "dim": DIM,
         "dtype": str(entity_emb.dtype),
         "query_chunk": qchunk,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
         "repeats": args.repeats,
         "eval_seconds": min(eval_times),
         "matmul_seconds": min(mm_times),
@@ -93,11 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_seconds_all": eval_times,
         "matmul_seconds_all": mm_times,
         "metrics": metrics,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
     return result
 
 

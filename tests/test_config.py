@@ -45,6 +45,9 @@ def test_overrides():
     cfg = load_config(None, ["data.dataset=icews18", "eval.query_chunk=64", "eval.splits=[test]", "seed=3"])
     assert (cfg.data.dataset, cfg.eval.query_chunk, cfg.eval.splits, cfg.seed) == ("icews18", 64, ["test"], 3)
     assert apply_overrides({}, ["a.b.c=1.5"]) == {"a": {"b": {"c": 1.5}}}
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ConfigError, match=r"train\.lr: expected float, got str 'fast'"):
+        load_config(None, ["train.lr=fast"])
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["data.dataset"])
     with pytest.raises(ConfigError, match="unknown key 'datset'"):

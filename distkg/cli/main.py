@@ -14,12 +14,12 @@ from pathlib import Path
 from distkg.errors import DistkgError
 
 
-def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False, out_required: bool = True) -> None:
     if positional:
         p.add_argument("config", help="YAML run config (configs/...)")
     else:
         p.add_argument("--config", help="YAML run config; defaults when omitted")
-    p.add_argument("--out", required=True, help="folder for results (metrics.json, config.yaml, ...)")
+    p.add_argument("--out", required=out_required, help="folder for results (metrics.json, config.yaml, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data.dataset=icews14 (repeatable)")
     p.add_argument("--data-root", help="folder with one sub-folder per dataset (else $DISTKG_DATA, else the cache)")
@@ -27,11 +27,14 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
 
 def _load(args: argparse.Namespace):
     from distkg.config import load_config
+    from distkg.models import MODELS
 
     overrides = list(args.set)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    MODELS.check(cfg.model.name, cfg.model.args, "model.args")  # before any data is read
+    return cfg
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -53,16 +56,34 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-score a trained run (--run DIR), or evaluate the configured training-free model (--config)."""
+    from distkg.config import apply_overrides, build, to_dict
     from distkg.data import load_dataset
     from distkg.models import MODELS
     from distkg.pipeline import evaluate_model
 
-    cfg = _load(args)
-    out = Path(args.out)
+    if args.run:
+        from distkg.training.trainer import load_trained
+
+        cfg, ds, model = load_trained(Path(args.run))
+        cfg = build(type(cfg), apply_overrides(to_dict(cfg), args.set), f"{args.run}/config.yaml")
+        out = Path(args.out) if args.out else Path(args.run) / "rescore"
+    else:
+        if not args.out:
+            raise DistkgError("evaluate: --out is required with --config")
+        cfg = _load(args)
+        ds = load_dataset(cfg.data)
+        model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
+        out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.data)
-    model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
     evaluate_model(cfg, ds, model, out)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distkg.training.trainer import train
+
+    train(_load(args), Path(args.out), resume=not args.restart)
     return 0
 
 
@@ -93,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     dl.set_defaults(func=cmd_data_download)
 
-    ev = sub.add_parser("evaluate", help="evaluate the configured model under the configured protocol")
-    _add_config_args(ev)
+    tr = sub.add_parser("train", help="train a KG model (checkpoints per epoch, resumes, metrics.json)")
+    _add_config_args(tr)
+    tr.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="re-score a trained run (--run DIR) or evaluate a configured model")
+    _add_config_args(ev, out_required=False)
+    ev.add_argument("--run", help="a folder written by `distkg train`; results go to RUN/rescore unless --out")
     ev.set_defaults(func=cmd_evaluate)
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")

@@ -1,0 +1,1 @@
+"""Training TKG models (distkg train)."""

@@ -1,0 +1,189 @@
+"""Training a TKG embedding model: 1-vs-all cross-entropy with reciprocal relations.
+
+Read top to bottom: build data, model and optimiser; resume from the newest checkpoint in OUT if
+there is one; for each epoch shuffle with a generator seeded by (seed, epoch) -- so a resumed run
+sees exactly the batches an uninterrupted one would -- step through the batches, evaluate on the
+validation split, keep the best, write a checkpoint, stop early when validation MRR stops rising.
+Then score the test split with the best weights and write OUT/metrics.json.
+
+Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
+gradients. A non-finite loss or weight stops training with a message naming the last good
+checkpoint, which is never overwritten by a bad state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from distkg.config import RunConfig, save_config
+from distkg.data import TKGDataset, load_dataset
+from distkg.errors import DistkgError
+from distkg.evaluation import FilterIndex, build_queries, evaluate
+from distkg.models import MODELS, TKGModel
+from distkg.training.checkpoint import Checkpoints
+from distkg.training.curves import plot_curves
+
+log = logging.getLogger("distkg")
+
+
+class TrainingDiverged(DistkgError):
+    """The loss or the weights became NaN/inf."""
+
+
+def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both directions of each fact, as evaluation builds them: (s, r, t0, t1) -> o, (o, r + R, t0, t1) -> s."""
+    qs = build_queries(facts, num_relations)
+    return torch.from_numpy(qs.queries), torch.from_numpy(qs.answers)
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    use_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "no" if use_cpu else "bf16"  # bf16 is ~6x slower than fp32 on these CPUs (STACK.md)
+    return Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr)
+    return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+
+def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The configured training loss for one batch, plus the model's regulariser."""
+    if cfg.train.loss == "1vsall":
+        loss = F.cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+    else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
+        k = cfg.train.negatives
+        neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
+        qr = model.query_repr(q)
+        pos = model.match_pairs(qr, model.candidate_table()[a])
+        negs = model.match_pairs(qr.repeat_interleave(k, 0), model.candidate_table()[neg.reshape(-1)]).view(-1, k)
+        loss = F.softplus(-pos).mean() + F.softplus(negs).mean()
+    return loss + model.regularizer(q, a)
+
+
+def _after_step(epoch: int, step: int) -> None:
+    """Hook called after every optimiser step (tests use it to simulate a crash mid-epoch)."""
+
+
+def build_model(cfg: RunConfig, ds: TKGDataset) -> TKGModel:
+    torch.manual_seed(cfg.seed)
+    return MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
+
+
+def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    tc = cfg.train
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    log.info("%s", ds.describe())
+    model = build_model(cfg, ds)
+    accelerator = make_accelerator(cfg)
+    optimizer = make_optimizer(cfg, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model: TKGModel = accelerator.unwrap_model(model)
+    ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints)
+    state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0, "seconds": 0.0, "history": []}
+    if resume and (latest := ckpts.latest()) is not None:
+        state = ckpts.load(latest, raw_model, optimizer)
+        for group in optimizer.param_groups:  # the config's learning rate wins over the checkpoint's
+            group["lr"] = tc.lr
+        log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
+
+    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
+    valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
+    n_batches = math.ceil(len(queries) / tc.batch_size)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    log.info("%s dim=%d, %d parameters, %d training queries, %d batches/epoch", cfg.model.name, raw_model.dim,
+             n_params, len(queries), n_batches)
+    started = time.perf_counter() - state["seconds"]
+    while state["epoch"] < tc.epochs and state["evals_without_gain"] < tc.patience:
+        epoch = state["epoch"]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(queries), generator=gen)
+        model.train()
+        total, t_epoch = 0.0, time.perf_counter()
+        bar = tqdm(perm.split(tc.batch_size), total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not tc.progress, leave=False, mininterval=2)
+        for step, idx in enumerate(bar):
+            q, a = queries[idx].to(accelerator.device), answers[idx].to(accelerator.device)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = batch_loss(cfg, raw_model, q, a, gen)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(_diverged_message("loss", loss.item(), epoch, step, ckpts))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+            _after_step(epoch, step)
+        bar.close()
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise TrainingDiverged(_diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
+        seconds = time.perf_counter() - t_epoch
+        row = {"epoch": epoch + 1, "loss": total / n_batches, "seconds": round(seconds, 2),
+               "facts_per_second": round(len(queries) / 2 / seconds, 1)}
+        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            raw_model.eval()
+            valid = evaluate(raw_model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties,
+                             query_chunk=cfg.eval.query_chunk, progress=False, index=valid_index)
+            row["valid_mrr"] = valid["mrr"]
+            if valid["mrr"] > state["best_mrr"]:
+                state.update(best_mrr=valid["mrr"], best_epoch=epoch + 1, evals_without_gain=0)
+                ckpts.save_best(raw_model)
+            else:
+                state["evals_without_gain"] += 1
+        state["epoch"] = epoch + 1
+        state["seconds"] = time.perf_counter() - started
+        state["history"].append(row)
+        ckpts.save(epoch + 1, raw_model, optimizer, state)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        eta = state["seconds"] / state["epoch"] * (tc.epochs - state["epoch"])
+        log.info("epoch %d/%d loss %.4f valid MRR %s  %.1fs (%.0f facts/s), ETA <= %.0fs", epoch + 1, tc.epochs,
+                 row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
+                 row["facts_per_second"], eta)
+
+    ckpts.load_best(raw_model)
+    raw_model.eval()
+    test = evaluate(raw_model, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
+                    query_chunk=cfg.eval.query_chunk, progress=cfg.eval.progress)
+    metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
+               "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
+               "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
+    log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
+             test["hits@10"], state["best_epoch"], out / "metrics.json")
+    return metrics
+
+
+def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Checkpoints) -> str:
+    last = ckpts.latest()
+    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return (f"training stopped: the {what} became {value} at epoch {epoch + 1}, step {step + 1}; {keep} "
+            "(lower train.lr or raise the regularisation, then run again to resume from it)")
+
+
+def load_trained(run_dir: Path) -> tuple[RunConfig, TKGDataset, TKGModel]:
+    """A finished run's config, dataset and best weights, for re-scoring or as a distillation teacher."""
+    from distkg.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    ds = load_dataset(cfg.data)
+    model = build_model(cfg, ds)
+    Checkpoints(run_dir / "checkpoints").load_best(model)
+    return cfg, ds, model.eval()
