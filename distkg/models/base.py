@@ -76,6 +76,21 @@ class TKGModel(nn.Module, ABC):
         return torch.stack([self.match(q[i : i + 1], c[i : i + 1])[0, 0] for i in range(len(q))])
 
 
+class DotProductModel(TKGModel):
+    """Models whose candidates are the rows of ``self.ent`` and whose score is a dot product with them."""
+
+    ent: nn.Embedding
+
+    def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self.ent.weight[start:stop]
+
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return q @ candidates.T
+
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return (q * c).sum(1)
+
+
 def embedding(n: int, dim: int, std: float) -> nn.Embedding:
     """An embedding table with normal(0, std) init (small init suits 1-vs-all training)."""
     emb = nn.Embedding(n, dim)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distkg.data import TKGDataset
-from distkg.models.base import TKGModel, embedding
+from distkg.models.base import DotProductModel, embedding
 from distkg.models.registry import MODELS
 
 YEAR, MONTH, DAY = 0, 10, 22  # offsets of the digit/month/day token groups after the relations
@@ -49,7 +49,7 @@ def time_tokens(dataset: TKGDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @MODELS.register("tadistmult")
-class TADistMult(TKGModel):
+class TADistMult(DotProductModel):
     def __init__(self, dataset: TKGDataset, dim: int = 400, init_std: float = 1e-2, reg: float = 0.0,
                  dropout: float = 0.0) -> None:
         super().__init__(dataset, dim)
@@ -85,15 +85,6 @@ class TADistMult(TKGModel):
         rt = self.relation_time(queries[:, 1], queries[:, 2], queries[:, 3])
         self._last_rt = (queries, rt)  # the regulariser of the same batch reuses it (no second LSTM pass)
         return self.drop(self.ent(queries[:, 0]) * rt)
-
-    def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.ent.weight[start:stop]
-
-    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return q @ candidates.T
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (q * c).sum(1)
 
     def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """N3 (Lacroix et al. 2018) on the three factors of each scored triple."""

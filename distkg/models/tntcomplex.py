@@ -1,6 +1,7 @@
 """TNTComplEx (Lacroix et al. 2020): temporal ComplEx with N3 and temporal smoothness.
 
-score = Re(<e_s, r * tau_t + r_nt, conj(e_o)>). ``dim`` counts real numbers, so dim 400 is rank
+score = Re(<e_s, r * tau_t + r_nt, conj(e_o)>), which in the [real | imaginary] layout is a plain
+dot product of the query vector e_s * (r * tau_t + r_nt) with the candidate rows. ``dim`` counts real numbers, so dim 400 is rank
 200 (real and imaginary halves), the same parameter budget per entity as the other backbones.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from distkg.data import TKGDataset
-from distkg.models.base import TKGModel, embedding
+from distkg.models.base import DotProductModel, embedding
 from distkg.models.registry import MODELS
 
 
@@ -26,7 +27,7 @@ def cabs(a: torch.Tensor) -> torch.Tensor:
 
 
 @MODELS.register("tntcomplex")
-class TNTComplEx(TKGModel):
+class TNTComplEx(DotProductModel):
     def __init__(self, dataset: TKGDataset, dim: int = 400, init_std: float = 1e-2, reg: float = 1e-2,
                  time_reg: float = 1e-2) -> None:
         if dim % 2:
@@ -49,16 +50,6 @@ class TNTComplEx(TKGModel):
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         lhs, full_rel = self._factors(queries)
         return cmul(lhs, full_rel)
-
-    def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.ent.weight[start:stop]
-
-    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        # Re(q * conj(c)) summed = q_re . c_re + q_im . c_im: a plain dot product in [re | im] layout
-        return q @ candidates.T
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (q * c).sum(1)
 
     def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         lhs, full_rel = self._factors(queries)

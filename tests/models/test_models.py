@@ -149,5 +149,7 @@ class TestTNTComplEx(ModelCase):
         torch.testing.assert_close(m.score_answers(q, a), want, rtol=1e-4, atol=1e-5)
 
     def test_odd_dim_rejected(self):
-        with pytest.raises(ValueError, match="even dim"):
+        from distkg.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=r"model\.args: model 'tntcomplex': .*even dim"):
             self.make(tiny_dataset("point"), dim=5)
