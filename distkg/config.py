@@ -65,6 +65,33 @@ class TrainConfig:
 
 
 @dataclass
+class LLMConfig:
+    """The LLM teacher (distkg.llm): base model, 4-bit, LoRA, projection, and its fine-tuning."""
+
+    model: str = "smollm2-135m"  # or any Hugging Face causal LM name / local folder
+    quantization: Literal["nf4", "none"] = "nf4"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dim: int = 400  # the KG space the projection maps into
+    form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
+    max_tokens: int = 32
+    encode_batch: int = 64
+    # fine-tuning (distkg llm finetune)
+    steps: int = 200
+    max_minutes: float | None = None  # stop earlier when this much time has passed
+    batch_size: int = 16  # training queries per step
+    negatives: int = 128  # sampled entities per step, shared by the batch (plus the batch's answers)
+    lr: float = 2e-4  # LoRA adapters
+    head_lr: float = 1e-2  # projection head and logit scale
+    checkpoint_every: int = 50
+    valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
+    progress: bool = True
+
+
+@dataclass
 class RunConfig:
     """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
 
@@ -72,6 +99,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     seed: int = 0
 
 

@@ -1,4 +1,4 @@
-"""distkg: distil temporal KG reasoning into tiny students. Commands: data, evaluate, run.
+"""distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, run.
 
 Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
 """
@@ -94,6 +94,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llm_finetune(args: argparse.Namespace) -> int:
+    from distkg.llm.finetune import finetune
+
+    finetune(_load(args), Path(args.out), resume=not args.restart)
+    return 0
+
+
+def cmd_llm_evaluate(args: argparse.Namespace) -> int:
+    """Load a fine-tuned teacher (adapter + head) in this process and score it; no retraining."""
+    from distkg.config import apply_overrides, build, load_config, to_dict
+    from distkg.data import load_dataset
+    from distkg.llm.finetune import build_teacher, evaluate_teacher, load_teacher
+
+    if args.run:
+        run = Path(args.run)
+        cfg = load_config(run / "config.yaml")
+        cfg = build(type(cfg), apply_overrides(to_dict(cfg), args.set), f"{run}/config.yaml")
+        ds = load_dataset(cfg.data)
+        teacher, extra = load_teacher(run / "teacher", cfg, ds), {"loaded_from": str(run / "teacher")}
+    else:  # zero-shot: the base LM with no adapters and an untrained projection
+        cfg = _load(args)
+        ds = load_dataset(cfg.data)
+        teacher, extra = build_teacher(cfg, ds, lora=False).eval(), {"zero_shot": True, "steps": 0}
+    out = Path(args.out) if args.out else Path(args.run) / "rescore"
+    out.mkdir(parents=True, exist_ok=True)
+    evaluate_teacher(teacher, cfg, ds, out, extra)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -123,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev, out_required=False)
     ev.add_argument("--run", help="a folder written by `distkg train`; results go to RUN/rescore unless --out")
     ev.set_defaults(func=cmd_evaluate)
+
+    llm = sub.add_parser("llm", help="the LLM teacher: QLoRA fine-tuning and evaluation")
+    lsub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
+    ft = lsub.add_parser("finetune", help="fine-tune LoRA adapters + projection on the training facts")
+    _add_config_args(ft)
+    ft.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    ft.set_defaults(func=cmd_llm_finetune)
+    le = lsub.add_parser("evaluate", help="score a saved teacher (--run DIR) or the zero-shot one (--config)")
+    _add_config_args(le, out_required=False)
+    le.add_argument("--run", help="a folder written by `distkg llm finetune`")
+    le.set_defaults(func=cmd_llm_evaluate)
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")
     _add_config_args(run, positional=True)

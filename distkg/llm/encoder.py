@@ -1,0 +1,103 @@
+"""Texts -> pooled LLM hidden states, doing as little LLM work as possible.
+
+On CPU the LLM runs at the matmul limit (STACK.md), so speed comes from doing less: each distinct
+text is encoded once per weights version (a cache keyed by model name, a digest of the trainable
+weights and the text), texts are sorted by token length and batched so padding is small, and the
+LM's vocabulary head is skipped (only the transformer body runs).
+
+Pooling: the mean of the last layer's hidden states over the text's real tokens (not padding).
+A causal LM's last token alone sees the whole text too, but the mean is steadier for the short
+names we encode (2-10 tokens) and does not depend on where padding goes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from distkg.llm.loading import LoadedLM
+
+
+@dataclass
+class EncoderStats:
+    texts_encoded: int = 0
+    cache_hits: int = 0
+    tokens: int = 0  # real tokens run through the LM
+    padded_tokens: int = 0  # real + padding positions run through the LM
+    forward_calls: int = 0
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The model without its vocabulary head (works for plain and peft-wrapped causal LMs)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model
+
+
+@dataclass
+class TextEncoder:
+    lm: LoadedLM
+    max_tokens: int = 32
+    batch_size: int = 64
+    stats: EncoderStats = field(default_factory=EncoderStats)
+    _cache: dict = field(default_factory=dict, repr=False)
+    _version: str | None = field(default=None, repr=False)
+
+    def weights_version(self) -> str:
+        """Digest of the trainable weights (LoRA adapters), computed once per ``mark_updated``."""
+        if self._version is None:
+            self._version = self._digest()
+        return self._version
+
+    def mark_updated(self) -> None:
+        """Call after the LM's weights change (an optimiser step, loading an adapter)."""
+        self._version = None
+
+    def _digest(self) -> str:
+        h = hashlib.sha1(self.lm.name.encode())
+        for name, p in self.lm.model.named_parameters():
+            if p.requires_grad:
+                h.update(name.encode())
+                h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def _device(self) -> torch.device:
+        return next(self.lm.model.parameters()).device
+
+    def _run(self, texts: list[str]) -> torch.Tensor:
+        """One padded batch through the transformer body; mean-pooled [n, hidden] (fp32)."""
+        batch = self.lm.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        batch = {k: v.to(self._device()) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        out = transformer_body(self.lm.model)(**batch)
+        hidden = out.last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        self.stats.forward_calls += 1
+        self.stats.tokens += int(batch["attention_mask"].sum())
+        self.stats.padded_tokens += int(batch["attention_mask"].numel())
+        self.stats.texts_encoded += len(texts)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def encode(self, texts: list[str], grad: bool = False) -> torch.Tensor:
+        """Pooled hidden states of ``texts`` (in order). With grad: no cache, one forward for all."""
+        if grad:
+            return self._run(texts)
+        version = self.weights_version()
+        missing = sorted({t for t in texts if (version, t) not in self._cache})
+        self.stats.cache_hits += len(texts) - len(missing)
+        if missing:
+            lengths = [len(ids) for ids in self.lm.tokenizer(missing, truncation=True, max_length=self.max_tokens)["input_ids"]]
+            order = sorted(range(len(missing)), key=lambda i: lengths[i])  # length buckets: little padding
+            with torch.inference_mode():
+                for b in range(0, len(order), self.batch_size):
+                    chunk = [missing[i] for i in order[b : b + self.batch_size]]
+                    for text, vec in zip(chunk, self._run(chunk).cpu()):
+                        self._cache[(version, text)] = vec
+        return torch.stack([self._cache[(version, t)] for t in texts]).to(self._device())
+
+    def clear(self) -> None:
+        self._cache.clear()

@@ -1,0 +1,210 @@
+"""Fine-tuning the LLM teacher with QLoRA on the training facts only, and loading it back.
+
+Read top to bottom: load the base LM (4-bit NF4 unless ``llm.quantization: none``), wrap it with
+LoRA adapters (peft), add the projection head, and train adapters + head on training queries.
+A full softmax over all entities would need every entity text through the LLM at every step, so
+each step scores its queries against a sampled candidate set: the batch's answers plus
+``llm.negatives`` uniformly drawn entities (sampled softmax, cross-entropy on the answer). The
+step's batch and negatives come from a generator seeded by (seed, step), so a resumed run sees
+exactly the batches an uninterrupted one would. Checkpoints every ``checkpoint_every`` steps,
+a step or time budget, then validation and test under the default protocol (full entity table,
+each entity text encoded once per weights version).
+
+Saved teacher (OUT/teacher/): the peft adapter folder, head.pt (projection + logit scale) and
+teacher.json (what it was trained on and with). ``load_teacher`` rebuilds it in any process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from distkg.config import RunConfig, save_config
+from distkg.data import TKGDataset, load_dataset
+from distkg.errors import ConfigError, DistkgError
+from distkg.evaluation import FilterIndex, evaluate
+from distkg.llm.loading import load_lm
+from distkg.llm.teacher import LLMTeacher
+from distkg.training.trainer import TrainingDiverged, training_queries
+
+log = logging.getLogger("distkg")
+
+
+def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.llm.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(r=cfg.llm.lora_r, lora_alpha=cfg.llm.lora_alpha, lora_dropout=cfg.llm.lora_dropout,
+                      target_modules=list(cfg.llm.lora_targets), bias="none")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(f"llm.lora_targets={cfg.llm.lora_targets}: {e}") from None
+
+
+def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
+    """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
+    torch.manual_seed(cfg.seed)
+    lm = load_lm(cfg.llm.model, cfg.llm.quantization, cfg.llm.device)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    if lora:
+        lm.model = wrap_lora(lm.model, cfg)
+    teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
+                         encode_batch=cfg.llm.encode_batch)
+    return teacher.to(next(lm.model.parameters()).device)
+
+
+def _head_params(teacher: LLMTeacher) -> list[torch.nn.Parameter]:
+    return [*teacher.head.parameters(), teacher.logit_scale]
+
+
+def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict | None = None) -> None:
+    """Adapter + head + teacher.json, written to a temporary folder and renamed into place."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    teacher.lm_model.save_pretrained(tmp)
+    torch.save({"head": teacher.head.state_dict(), "logit_scale": teacher.logit_scale.detach()}, tmp / "head.pt")
+    meta = {"model": cfg.llm.model, "hidden_size": teacher.head.in_features, "dim": cfg.llm.dim, "form": cfg.llm.form,
+            "lora_r": cfg.llm.lora_r, "dataset": cfg.data.dataset, **(extra or {})}
+    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
+    """Rebuild a saved teacher without retraining; a clear error if it does not fit the base model."""
+    from peft import PeftModel
+
+    meta_path = folder / "teacher.json"
+    if not meta_path.is_file():
+        raise DistkgError(f"{folder}: not a saved LLM teacher (no teacher.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta["model"] != cfg.llm.model:
+        raise ConfigError(f"{folder}: the adapter was trained on llm.model={meta['model']!r}, "
+                          f"but the config names {cfg.llm.model!r}")
+    teacher = build_teacher(cfg, ds, lora=False)
+    try:
+        teacher.lm_model = PeftModel.from_pretrained(teacher.lm_model, str(folder))
+        teacher.encoder.lm.model = teacher.lm_model
+        head = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
+        teacher.head.load_state_dict(head["head"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{folder}: the adapter/head does not match base model {cfg.llm.model!r} "
+                          f"(hidden {teacher.head.in_features}, dim {cfg.llm.dim}): {str(e).splitlines()[0]}") from None
+    with torch.no_grad():
+        teacher.logit_scale.copy_(head["logit_scale"])
+    teacher.encoder.mark_updated()
+    return teacher.eval()
+
+
+def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
+    """The dataset with a deterministic subsample of its validation facts (n = 0: all)."""
+    valid = ds.splits["valid"]
+    if not n or n >= len(valid):
+        return ds
+    rows = np.sort(np.random.default_rng(seed).choice(len(valid), n // 2, replace=False))
+    return dataclasses.replace(ds, splits={**ds.splits, "valid": valid[rows]})
+
+
+def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+    lc = cfg.llm
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    teacher = build_teacher(cfg, ds)
+    lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lc.lr}, {"params": _head_params(teacher), "lr": lc.head_lr}])
+    n_lora = sum(p.numel() for p in lora_params)
+    n_all = sum(p.numel() for p in teacher.lm_model.parameters())
+    log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
+             lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
+    state = {"step": 0, "seconds": 0.0, "losses": []}
+    ckpt = out / "checkpoints" / "latest"
+    if resume and (ckpt / "state.pt").is_file():
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(teacher.lm_model, load_file(ckpt / "adapter_model.safetensors"))
+        head = torch.load(ckpt / "head.pt", weights_only=True)
+        teacher.head.load_state_dict(head["head"])
+        with torch.no_grad():
+            teacher.logit_scale.copy_(head["logit_scale"])
+        saved = torch.load(ckpt / "state.pt", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        log.info("resumed LLM fine-tuning from %s (step %d)", ckpt, state["step"])
+
+    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
+    device = teacher.head.weight.device
+    started = time.perf_counter() - state["seconds"]
+    bar = tqdm(total=lc.steps, initial=state["step"], desc="LLM fine-tuning", disable=not lc.progress, mininterval=2)
+    teacher.train()
+    while state["step"] < lc.steps:
+        if lc.max_minutes is not None and time.perf_counter() - started > 60 * lc.max_minutes:
+            log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
+            break
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
+        idx = torch.randint(0, len(queries), (lc.batch_size,), generator=gen)
+        negatives = torch.randint(0, ds.num_entities, (lc.negatives,), generator=gen)
+        candidates, inverse = torch.unique(torch.cat([answers[idx], negatives]), return_inverse=True)
+        target = inverse[: lc.batch_size].to(device)
+        loss = F.cross_entropy(teacher.score_sampled(queries[idx].to(device), candidates.to(device)), target)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
+                                   f"the last good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        teacher.encoder.mark_updated()
+        state["step"] += 1
+        state["losses"].append(round(loss.item(), 5))
+        state["seconds"] = time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(state['losses'][-20:]):.3f}")
+        if state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps:
+            _checkpoint(teacher, cfg, optimizer, state, ckpt)
+    bar.close()
+    teacher.eval()
+    save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
+    metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1)})
+    return metrics
+
+
+def _checkpoint(teacher: LLMTeacher, cfg: RunConfig, optimizer: torch.optim.Optimizer, state: dict, ckpt: Path) -> None:
+    save_teacher(teacher, cfg, ckpt)
+    torch.save({"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
+               ckpt / "state.pt.tmp")
+    (ckpt / "state.pt.tmp").rename(ckpt / "state.pt")
+
+
+def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict) -> dict:
+    """Validation (subsampled) and test under the default protocol; OUT/metrics.json."""
+    t = time.perf_counter()
+    index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
+    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", filter=cfg.eval.filter,
+                     ties=cfg.eval.ties, progress=cfg.eval.progress, index=index)
+    test = evaluate(teacher, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
+                    progress=cfg.eval.progress, index=index)
+    stats = teacher.encoder.stats
+    metrics = {**test, "split": "test", "dataset": ds.name, "model": f"llm:{cfg.llm.model}", "dim": cfg.llm.dim,
+               "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid["mrr"],
+               "valid_queries": valid["queries"], "eval_seconds": round(time.perf_counter() - t, 1),
+               "encoder": {**dataclasses.asdict(stats), "padding_share": round(stats.padding_share, 4)}, **extra}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("LLM teacher test MRR %.4f H@1 %.4f H@10 %.4f (valid MRR %.4f on %d queries) -> %s", test["mrr"],
+             test["hits@1"], test["hits@10"], valid["mrr"], valid["queries"], out / "metrics.json")
+    return metrics

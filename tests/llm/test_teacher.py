@@ -1,0 +1,116 @@
+"""The LLM teacher on a tiny Llama: LoRA trains only adapters, save/load round trip, cache, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from distkg.config import load_config
+from distkg.errors import ConfigError
+from distkg.llm.finetune import build_teacher, finetune, load_teacher
+from distkg.llm.loading import load_lm
+from tests.helpers import tiny_dataset
+
+
+def cfg_for(model: str, **llm):
+    sets = [f"llm.model={model}", "llm.quantization=none", "llm.dim=16", "llm.steps=3", "llm.batch_size=4",
+            "llm.negatives=8", "llm.checkpoint_every=2", "llm.valid_queries=0", "llm.progress=false",
+            "eval.progress=false"] + [f"llm.{k}={v}" for k, v in llm.items()]
+    return load_config(None, sets)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tiny_dataset("point", n_ent=20, n_facts=80)
+
+
+def test_lora_step_changes_only_adapters_and_head(tiny_llama, ds, tmp_path):
+    cfg = cfg_for(tiny_llama, steps=1)
+    teacher = build_teacher(cfg, ds)
+    before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    opt = torch.optim.AdamW([p for p in teacher.parameters() if p.requires_grad], lr=1e-2)
+    q = torch.from_numpy(ds.splits["train"][:4][:, [0, 1, 3, 4]].copy())
+    cands = torch.arange(ds.num_entities)
+    loss = torch.nn.functional.cross_entropy(teacher.score_sampled(q, cands), torch.from_numpy(ds.splits["train"][:4, 2].copy()))
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in teacher.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n or n.startswith("head.") or n == "logit_scale" for n in changed)
+    assert any("lora_" in n for n in changed) and "head.weight" in changed
+
+
+def test_finetune_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tmp_path):
+    cfg = cfg_for(tiny_llama)
+    metrics = finetune(cfg, tmp_path, dataset=ds)
+    assert metrics["steps"] == 3 and 0 < metrics["mrr"] <= 1 and {"mrr", "hits@10"} <= metrics.keys()
+    assert json.loads((tmp_path / "metrics.json").read_text())["mrr"] == metrics["mrr"]
+    q = torch.from_numpy(ds.splits["test"][:, [0, 1, 3, 4]].copy())
+    a = load_teacher(tmp_path / "teacher", cfg, ds)
+    b = load_teacher(tmp_path / "teacher", cfg, ds)
+    sa = a.score_candidates(q, 0, ds.num_entities)
+    torch.testing.assert_close(sa, b.score_candidates(q, 0, ds.num_entities))
+    fresh = build_teacher(cfg, ds)  # untrained: the loaded one must differ from it
+    assert not torch.allclose(sa, fresh.score_candidates(q, 0, ds.num_entities))
+    p = a.distribution(q)
+    torch.testing.assert_close(p.sum(1), torch.ones(len(q)))
+
+
+def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path):
+    straight = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
+    finetune(cfg_for(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
+    resumed = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
+    assert resumed["steps"] == 4
+    assert resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
+
+
+def test_cache_hits_skip_the_model(tiny_llama, ds):
+    teacher = build_teacher(cfg_for(tiny_llama), ds)
+    enc = teacher.encoder
+    first = teacher.candidate_table()
+    calls = enc.stats.forward_calls
+    again = teacher.candidate_table()
+    assert enc.stats.forward_calls == calls and enc.stats.cache_hits >= ds.num_entities
+    torch.testing.assert_close(first, again)
+    with torch.no_grad():  # a weights change is a new version: texts are encoded again
+        next(p for p in teacher.lm_model.parameters() if p.requires_grad).add_(0.5)
+    enc.mark_updated()
+    teacher.candidate_table()
+    assert enc.stats.forward_calls > calls
+
+
+def test_length_buckets_reduce_padding(tiny_llama):
+    from distkg.llm.encoder import TextEncoder
+
+    lm = load_lm(tiny_llama, "none", "cpu")
+    texts = [("x" * (1 + (i * 7) % 25)) + str(i) for i in range(64)]
+    bucketed = TextEncoder(lm, batch_size=8)
+    bucketed.encode(texts)
+    unsorted = TextEncoder(lm, batch_size=8)
+    for b in range(0, 64, 8):
+        unsorted.encode(texts[b : b + 8], grad=True)
+    assert bucketed.stats.padding_share < unsorted.stats.padding_share / 3
+
+
+def test_nf4_base_with_lora(tiny_llama, ds):
+    teacher = build_teacher(cfg_for(tiny_llama, quantization="nf4"), ds)
+    kinds = {type(m).__name__ for m in teacher.lm_model.modules()}
+    assert "Linear4bit" in kinds or any("4bit" in k for k in kinds)
+    q = torch.from_numpy(ds.splits["test"][:3][:, [0, 1, 3, 4]].copy())
+    assert torch.isfinite(teacher.score_candidates(q, 0, ds.num_entities)).all()
+
+
+def test_bad_input_errors(tiny_llama, ds, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="llm.model='no/such-model' cannot be loaded"):
+        load_lm("no/such-model", "none", "cpu")
+    finetune(cfg_for(tiny_llama, steps=1), tmp_path, dataset=ds)
+    with pytest.raises(ConfigError, match="does not match base model"):
+        load_teacher(tmp_path / "teacher", cfg_for(tiny_llama, dim=8), ds)
+    with pytest.raises(ConfigError, match="trained on llm.model="):
+        load_teacher(tmp_path / "teacher", cfg_for(str(tmp_path)), ds)
+    # stands in for a machine where bitsandbytes is missing: its import fails
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ConfigError, match="nf4 needs a working bitsandbytes"):
+        load_lm(tiny_llama, "nf4", "cpu")
