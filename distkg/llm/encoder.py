@@ -2,7 +2,7 @@
 
 On CPU the LLM runs at the matmul limit (STACK.md), so speed comes from doing less: each distinct
 text is encoded once per weights version (a cache keyed by model name, a digest of the trainable
-weights and the text), texts are sorted by token length and batched so padding is small, and the
+weights and the text), texts are batched by token length so no position is padding, and the
 LM's vocabulary head is skipped (only the transformer body runs).
 
 Pooling: the mean of the last layer's hidden states over the text's real tokens (not padding).
@@ -31,6 +31,16 @@ class EncoderStats:
     @property
     def padding_share(self) -> float:
         return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def length_batches(texts: list[str], lengths: list[int], batch_size: int) -> list[list[str]]:
+    """Batches of texts with the same token length (no padding at all), at most batch_size each.
+    Entity names are 1-15 tokens, so even sorted batches of mixed lengths waste a third on padding."""
+    by_length: dict[int, list[str]] = {}
+    for text, n in zip(texts, lengths):
+        by_length.setdefault(n, []).append(text)
+    return [group[b : b + batch_size] for n in sorted(by_length) for group in [by_length[n]]
+            for b in range(0, len(group), batch_size)]
 
 
 def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
@@ -91,10 +101,8 @@ class TextEncoder:
         self.stats.cache_hits += len(texts) - len(missing)
         if missing:
             lengths = [len(ids) for ids in self.lm.tokenizer(missing, truncation=True, max_length=self.max_tokens)["input_ids"]]
-            order = sorted(range(len(missing)), key=lambda i: lengths[i])  # length buckets: little padding
             with torch.inference_mode():
-                for b in range(0, len(order), self.batch_size):
-                    chunk = [missing[i] for i in order[b : b + self.batch_size]]
+                for chunk in length_batches(missing, lengths, self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec
         return torch.stack([self._cache[(version, t)] for t in texts]).to(self._device())
