@@ -1,0 +1,1 @@
+"""Distillation: losses by name, combined per stage from config (torchdistill style)."""

@@ -1,0 +1,131 @@
+"""Distillation losses, registered by name and combined as weighted sums from config (torchdistill style).
+
+Every loss reads what it needs from one ``DistillBatch`` (student and teacher scores over the
+candidate entities, P_LLM, the true answers, and intermediate representations), so a method or
+a stage is only a mapping ``{loss name: {weight, params...}}`` in YAML, never a new code path.
+
+The paper (PAPER.md) leaves several choices open; ours, written down:
+  kd              L1 / BKD soft part: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean (Hinton).
+  ce              hard-label cross-entropy on the student's scores.
+  llm_huber       L2: Huber(delta) between P_LLM and the student's softmax(s/T), summed over
+                  entities, batch mean. Huber bounds the pull of entities where the two disagree
+                  a lot (outlier LLM scores).
+  llm_supervised  L3: MSE between the student's softmax(s) and a target softened by the LLM,
+                  y = mix * onehot(answer) + (1 - mix) * P_LLM, summed over entities, batch mean.
+  fitnet          hint: MSE between a learned linear regressor of the student's query
+                  representation and the teacher's (FitNet, Romero et al. 2015).
+  rkd_distance    RKD distance-wise: smooth-L1 between mean-normalised pairwise distances of
+                  student and teacher embeddings in the batch (Park et al. 2019).
+  rkd_angle       RKD angle-wise: smooth-L1 between the cosines of the angles formed by every
+                  triple of embeddings in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distkg.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+
+@dataclass
+class DistillBatch:
+    """What the losses of one step may read; fields a method does not use may stay None."""
+
+    student_scores: torch.Tensor  # [B, C]
+    answers: torch.Tensor  # [B] indices into the C candidates
+    teacher_scores: torch.Tensor | None = None  # [B, C] 400-d KG teacher
+    llm_probs: torch.Tensor | None = None  # [B, C] P_LLM
+    student_repr: torch.Tensor | None = None  # [B, d_s] query representations (FitNet)
+    teacher_repr: torch.Tensor | None = None  # [B, d_t]
+    student_emb: torch.Tensor | None = None  # [K, d_s] entity embeddings (RKD)
+    teacher_emb: torch.Tensor | None = None  # [K, d_t]
+    regressor: torch.nn.Module | None = None  # FitNet's learned d_s -> d_t map
+
+
+def _need(batch: DistillBatch, *names: str) -> list[torch.Tensor]:
+    missing = [n for n in names if getattr(batch, n) is None]
+    if missing:
+        raise ValueError(f"this loss needs {', '.join(missing)} in the batch")
+    return [getattr(batch, n) for n in names]
+
+
+@LOSSES.register("kd")
+def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
+    s, t = _need(batch, "student_scores", "teacher_scores")
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    p_t = F.softmax(t / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_p_s, p_t, reduction="batchmean")
+
+
+@LOSSES.register("ce")
+def ce(batch: DistillBatch) -> torch.Tensor:
+    return F.cross_entropy(batch.student_scores, batch.answers)
+
+
+@LOSSES.register("llm_huber")
+def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
+    s, p_llm = _need(batch, "student_scores", "llm_probs")
+    p_s = F.softmax(s / temperature, dim=1)
+    return F.huber_loss(p_s, p_llm, delta=delta, reduction="sum") / len(s)
+
+
+@LOSSES.register("llm_supervised")
+def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
+    s, p_llm = _need(batch, "student_scores", "llm_probs")
+    target = (1 - mix) * p_llm
+    target = target + mix * F.one_hot(batch.answers, s.shape[1]).to(s.dtype)
+    return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)
+
+
+@LOSSES.register("fitnet")
+def fitnet(batch: DistillBatch) -> torch.Tensor:
+    s, t, reg = _need(batch, "student_repr", "teacher_repr", "regressor")
+    return F.mse_loss(reg(s), t)
+
+
+def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(x, x)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return d / d[off].mean().clamp_min(1e-12)
+
+
+@LOSSES.register("rkd_distance")
+def rkd_distance(batch: DistillBatch) -> torch.Tensor:
+    s, t = _need(batch, "student_emb", "teacher_emb")
+    with torch.no_grad():
+        dt = _normalised_distances(t)
+    return F.smooth_l1_loss(_normalised_distances(s), dt)
+
+
+def _angles(x: torch.Tensor) -> torch.Tensor:
+    """cos of angle (x_i - x_j, x_k - x_j) for every anchor j and pair (i, k): [K, K, K] flattened."""
+    diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)  # [j, i, d]
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+@LOSSES.register("rkd_angle")
+def rkd_angle(batch: DistillBatch) -> torch.Tensor:
+    s, t = _need(batch, "student_emb", "teacher_emb")
+    with torch.no_grad():
+        at = _angles(t)
+    return F.smooth_l1_loss(_angles(s), at)
+
+
+def combine(spec: dict[str, dict], batch: DistillBatch, where: str = "losses") -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}."""
+    total = batch.student_scores.new_zeros(())
+    parts: dict[str, float] = {}
+    for name, args in spec.items():
+        args = dict(args)
+        weight = float(args.pop("weight", 1.0))
+        fn = LOSSES.get(name)
+        LOSSES.check(name, args, f"{where}.{name}", runtime=("batch",))
+        value = fn(batch, **args)
+        parts[name] = float(value.detach())
+        total = total + weight * value
+    return total, parts

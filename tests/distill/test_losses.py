@@ -1,0 +1,87 @@
+"""Each distillation loss against a value computed by hand on a tiny example."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distkg.distill.losses import DistillBatch, combine
+from distkg.errors import ConfigError
+
+LN3 = math.log(3)
+
+
+def batch(**kw) -> DistillBatch:
+    kw.setdefault("student_scores", torch.tensor([[0.0, 0.0]]))
+    kw.setdefault("answers", torch.tensor([0]))
+    return DistillBatch(**kw)
+
+
+def one(name: str, b: DistillBatch, **params) -> float:
+    return combine({name: {"weight": 1.0, **params}}, b)[0].item()
+
+
+def test_kd_is_t_squared_kl():
+    # p_t = softmax([ln3, 0]) = [.75, .25], p_s = [.5, .5]: KL = .75 ln 1.5 + .25 ln .5 = 0.130812
+    assert one("kd", batch(teacher_scores=torch.tensor([[LN3, 0.0]])), temperature=1.0) == pytest.approx(0.130812, abs=1e-5)
+    assert one("kd", batch(teacher_scores=torch.tensor([[2 * LN3, 0.0]])), temperature=2.0) == pytest.approx(4 * 0.130812, abs=1e-4)
+
+
+def test_ce():
+    assert one("ce", batch(student_scores=torch.tensor([[LN3, 0.0]]))) == pytest.approx(-math.log(0.75), abs=1e-6)
+
+
+def test_llm_huber():
+    b = batch(llm_probs=torch.tensor([[0.9, 0.1]]))  # p_s = [.5, .5]: |diff| = .4 on both entities
+    assert one("llm_huber", b, delta=0.1) == pytest.approx(2 * 0.1 * (0.4 - 0.05), abs=1e-6)  # linear part
+    assert one("llm_huber", b, delta=1.0) == pytest.approx(2 * 0.5 * 0.16, abs=1e-6)  # quadratic part
+
+
+def test_llm_supervised():
+    # target = .5 * [.9, .1] + .5 * onehot(1) = [.45, .55]; p_s - target = [.05, -.05]
+    b = batch(llm_probs=torch.tensor([[0.9, 0.1]]), answers=torch.tensor([1]))
+    assert one("llm_supervised", b, mix=0.5) == pytest.approx(0.005, abs=1e-7)
+
+
+def test_fitnet_through_the_regressor():
+    reg = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        reg.weight.fill_(2.0)
+    b = batch(student_repr=torch.tensor([[1.0]]), teacher_repr=torch.tensor([[3.0]]), regressor=reg)
+    assert one("fitnet", b) == pytest.approx(1.0)
+
+
+def test_rkd_distance_by_hand_and_scale_invariant():
+    s = torch.tensor([[0.0], [1.0], [2.0]])  # normalised distances 0.75, 1.5, 0.75
+    t = torch.tensor([[0.0], [1.0], [3.0]])  # normalised distances 0.5, 1.5, 1.0
+    # differences +-.25 on 4 off-diagonal entries: smooth-L1 .5 * .0625 each, mean over 9 entries
+    assert one("rkd_distance", batch(student_emb=s, teacher_emb=t)) == pytest.approx(4 * 0.03125 / 9, abs=1e-6)
+    assert one("rkd_distance", batch(student_emb=s, teacher_emb=5 * s)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_rkd_angle_invariances_and_gradient_to_student_only():
+    s = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    rot, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))
+    assert one("rkd_angle", batch(student_emb=s, teacher_emb=3 * s @ rot)) == pytest.approx(0.0, abs=1e-6)
+    # a right angle vs. a 45-degree one at the anchor 0: cos differ by 1/sqrt(2)
+    s3 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    t3 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    value = combine({"rkd_angle": {}}, batch(student_emb=s3, teacher_emb=t3))[0]
+    assert value.item() > 0.01
+    value.backward()
+    assert s3.grad is not None and t3.grad is None
+
+
+def test_weighted_sum_and_bad_specs():
+    b = batch(student_scores=torch.tensor([[LN3, 0.0]]), teacher_scores=torch.tensor([[0.0, 0.0]]))
+    total, parts = combine({"ce": {"weight": 2.0}, "kd": {"weight": 0.5, "temperature": 1.0}}, b)
+    assert total.item() == pytest.approx(2 * parts["ce"] + 0.5 * parts["kd"], abs=1e-6)
+    assert parts["ce"] == pytest.approx(-math.log(0.75), abs=1e-6)
+    with pytest.raises(ConfigError, match="unknown loss 'kd2'"):
+        combine({"kd2": {}}, b)
+    with pytest.raises(ConfigError, match="losses.kd: loss 'kd' has no argument 'temp'; it takes: temperature"):
+        combine({"kd": {"temp": 2}}, b)
+    with pytest.raises(ValueError, match="needs llm_probs"):
+        combine({"llm_huber": {}}, b)
