@@ -57,7 +57,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score a trained run (--run DIR), or evaluate the configured training-free model (--config)."""
-    from distkg.config import apply_overrides, build, to_dict
+    from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.models import MODELS
     from distkg.pipeline import evaluate_model
@@ -65,8 +65,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.run:
         from distkg.training.trainer import load_trained
 
-        cfg, ds, model = load_trained(Path(args.run))
-        cfg = build(type(cfg), apply_overrides(to_dict(cfg), args.set), f"{args.run}/config.yaml")
+        cfg = load_config(Path(args.run) / "config.yaml", args.set)  # overrides apply before anything is built
+        cfg, ds, model = load_trained(Path(args.run), cfg)
         out = Path(args.out) if args.out else Path(args.run) / "rescore"
     else:
         if not args.out:
@@ -103,14 +103,13 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
 
 def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     """Load a fine-tuned teacher (adapter + head) in this process and score it; no retraining."""
-    from distkg.config import apply_overrides, build, load_config, to_dict
+    from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.llm.finetune import build_teacher, evaluate_teacher, load_teacher
 
     if args.run:
         run = Path(args.run)
-        cfg = load_config(run / "config.yaml")
-        cfg = build(type(cfg), apply_overrides(to_dict(cfg), args.set), f"{run}/config.yaml")
+        cfg = load_config(run / "config.yaml", args.set)
         ds = load_dataset(cfg.data)
         teacher, extra = load_teacher(run / "teacher", cfg, ds), {"loaded_from": str(run / "teacher")}
     else:  # zero-shot: the base LM with no adapters and an untrained projection

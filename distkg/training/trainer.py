@@ -178,11 +178,11 @@ def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Che
             "(lower train.lr or raise the regularisation, then run again to resume from it)")
 
 
-def load_trained(run_dir: Path) -> tuple[RunConfig, TKGDataset, TKGModel]:
-    """A finished run's config, dataset and best weights, for re-scoring or as a distillation teacher."""
+def load_trained(run_dir: Path, cfg: RunConfig | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
+    """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights."""
     from distkg.config import load_config
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
     Checkpoints(run_dir / "checkpoints").load_best(model)
