@@ -92,6 +92,32 @@ class LLMConfig:
 
 
 @dataclass
+class StageConfig:
+    """One distillation stage: an epoch budget and a weighted sum of registered losses (distkg.distill.losses).
+
+    ``losses`` maps a loss name to its weight and parameters, e.g. ``{kd: {weight: 1, temperature: 7}}``.
+    Stages run in order; each starts from the best weights so far with a fresh patience counter.
+    """
+
+    name: str = "train"
+    epochs: int = 20
+    losses: dict[str, dict[str, Any]] = field(default_factory=lambda: {"ce": {}})
+    lr: float | None = None  # None: train.lr
+
+
+@dataclass
+class DistillConfig:
+    """Distilling into the student described by ``model`` (distkg distill)."""
+
+    teacher_run: str | None = None  # a `distkg train` folder (the 400-d KG teacher)
+    llm_run: str | None = None  # a `distkg llm finetune` folder (the LLM teacher)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    llm_temperature: float = 1.0  # P_LLM = softmax(LLM scores / this)
+    rkd_entities: int = 64  # entities per batch for the RKD losses (angle-wise is cubic in this)
+    method: str = "custom"  # a label for tables and reports
+
+
+@dataclass
 class RunConfig:
     """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
 
@@ -100,6 +126,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
 
 
@@ -188,21 +215,39 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type[T] = RunConfig) -> T:
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+def merge(base: dict, top: dict) -> dict:
+    """Deep-merge two config mappings; ``top`` wins, sections merge key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return values
+
+
+def load_config(path: str | Path | list | None, overrides: list[str] | None = None, cls: type[T] = RunConfig) -> T:
+    """Read YAML config(s) (or start from the defaults when ``path`` is None) and apply overrides.
+
+    Several paths are merged in order, later files winning key by key: a student config plus a
+    method config (configs/distill/*.yaml) make a distillation run.
+    """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     values: dict = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        where = str(path)
+    for p in paths:
+        values = merge(values, read_yaml(p))
     values = apply_overrides(values, overrides or [])
-    return build(cls, values, where)
+    return build(cls, values, " + ".join(map(str, paths)) or "config")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,4 +1,5 @@
-"""distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, run.
+"""distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, distill,
+reproduce, run.
 
 Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
 """
@@ -18,7 +19,8 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False, out_r
     if positional:
         p.add_argument("config", help="YAML run config (configs/...)")
     else:
-        p.add_argument("--config", help="YAML run config; defaults when omitted")
+        p.add_argument("--config", action="append", help="YAML run config; defaults when omitted; repeat to "
+                       "merge several, later ones winning (a student config + a method config)")
     p.add_argument("--out", required=out_required, help="folder for results (metrics.json, config.yaml, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data.dataset=icews14 (repeatable)")
@@ -84,6 +86,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
     train(_load(args), Path(args.out), resume=not args.restart)
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distkg.distill.runner import check_method, distill
+
+    cfg = _load(args)
+    check_method(cfg)  # loss names and arguments, before any data is read
+    distill(cfg, Path(args.out), resume=not args.restart)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from distkg.distill.reproduce import load_grid, reproduce
+
+    grid = load_grid(args.config, args.set, data_root=args.data_root)
+    reproduce(grid, Path(args.out), only_report=args.report_only)
     return 0
 
 
@@ -162,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(le, out_required=False)
     le.add_argument("--run", help="a folder written by `distkg llm finetune`")
     le.set_defaults(func=cmd_llm_evaluate)
+
+    di = sub.add_parser("distill", help="train a student from a KG teacher run (and an LLM teacher run)")
+    _add_config_args(di)
+    di.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    di.set_defaults(func=cmd_distill)
+
+    rp = sub.add_parser("reproduce", help="the paper's grid: teachers, LLM teachers, students x methods x seeds")
+    rp.add_argument("--config", required=True, help="a grid config (configs/reproduce/*.yaml)")
+    rp.add_argument("--out", required=True, help="folder for every run and the tables/plots (resumable)")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a grid field")
+    rp.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    rp.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
+    rp.set_defaults(func=cmd_reproduce)
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")
     _add_config_args(run, positional=True)

@@ -30,6 +30,18 @@ import torch.nn.functional as F
 from distkg.registry import Registry
 
 LOSSES: Registry = Registry("loss")
+INPUTS: dict[str, tuple[str, ...]] = {}  # loss name -> the DistillBatch fields it reads
+
+
+def loss(name: str, *inputs: str):
+    """Register a loss under ``name`` and record which batch fields it reads, so a runner computes
+    only those (teacher scores, P_LLM, representations) for the losses a stage uses."""
+
+    def deco(fn):
+        INPUTS[name] = inputs
+        return LOSSES.register(name)(fn)
+
+    return deco
 
 
 @dataclass
@@ -47,44 +59,44 @@ class DistillBatch:
     regressor: torch.nn.Module | None = None  # FitNet's learned d_s -> d_t map
 
 
-def _need(batch: DistillBatch, *names: str) -> list[torch.Tensor]:
-    missing = [n for n in names if getattr(batch, n) is None]
+def _need(batch: DistillBatch, name: str) -> list:
+    missing = [n for n in INPUTS[name] if getattr(batch, n) is None]
     if missing:
-        raise ValueError(f"this loss needs {', '.join(missing)} in the batch")
-    return [getattr(batch, n) for n in names]
+        raise ValueError(f"loss {name!r} needs {', '.join(missing)} in the batch")
+    return [getattr(batch, n) for n in INPUTS[name]]
 
 
-@LOSSES.register("kd")
+@loss("kd", "student_scores", "teacher_scores")
 def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
-    s, t = _need(batch, "student_scores", "teacher_scores")
+    s, t = _need(batch, "kd")
     log_p_s = F.log_softmax(s / temperature, dim=1)
     p_t = F.softmax(t / temperature, dim=1)
     return temperature**2 * F.kl_div(log_p_s, p_t, reduction="batchmean")
 
 
-@LOSSES.register("ce")
+@loss("ce", "student_scores", "answers")
 def ce(batch: DistillBatch) -> torch.Tensor:
-    return F.cross_entropy(batch.student_scores, batch.answers)
+    s, a = _need(batch, "ce")
+    return F.cross_entropy(s, a)
 
 
-@LOSSES.register("llm_huber")
+@loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    s, p_llm = _need(batch, "student_scores", "llm_probs")
+    s, p_llm = _need(batch, "llm_huber")
     p_s = F.softmax(s / temperature, dim=1)
     return F.huber_loss(p_s, p_llm, delta=delta, reduction="sum") / len(s)
 
 
-@LOSSES.register("llm_supervised")
+@loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    s, p_llm = _need(batch, "student_scores", "llm_probs")
-    target = (1 - mix) * p_llm
-    target = target + mix * F.one_hot(batch.answers, s.shape[1]).to(s.dtype)
+    s, p_llm, a = _need(batch, "llm_supervised")
+    target = (1 - mix) * p_llm + mix * F.one_hot(a, s.shape[1]).to(s.dtype)
     return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)
 
 
-@LOSSES.register("fitnet")
+@loss("fitnet", "student_repr", "teacher_repr", "regressor")
 def fitnet(batch: DistillBatch) -> torch.Tensor:
-    s, t, reg = _need(batch, "student_repr", "teacher_repr", "regressor")
+    s, t, reg = _need(batch, "fitnet")
     return F.mse_loss(reg(s), t)
 
 
@@ -94,9 +106,9 @@ def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
     return d / d[off].mean().clamp_min(1e-12)
 
 
-@LOSSES.register("rkd_distance")
+@loss("rkd_distance", "student_emb", "teacher_emb")
 def rkd_distance(batch: DistillBatch) -> torch.Tensor:
-    s, t = _need(batch, "student_emb", "teacher_emb")
+    s, t = _need(batch, "rkd_distance")
     with torch.no_grad():
         dt = _normalised_distances(t)
     return F.smooth_l1_loss(_normalised_distances(s), dt)
@@ -108,9 +120,9 @@ def _angles(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
-@LOSSES.register("rkd_angle")
+@loss("rkd_angle", "student_emb", "teacher_emb")
 def rkd_angle(batch: DistillBatch) -> torch.Tensor:
-    s, t = _need(batch, "student_emb", "teacher_emb")
+    s, t = _need(batch, "rkd_angle")
     with torch.no_grad():
         at = _angles(t)
     return F.smooth_l1_loss(_angles(s), at)

@@ -34,6 +34,7 @@ from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, evaluate
 from distkg.llm.loading import load_lm
 from distkg.llm.teacher import LLMTeacher
+from distkg.training.checkpoint import atomic_save
 from distkg.training.trainer import TrainingDiverged, training_queries
 
 log = logging.getLogger("distkg")
@@ -82,6 +83,13 @@ def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict 
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def save_tables(teacher: LLMTeacher, ds: TKGDataset, folder: Path) -> Path:
+    """FOLDER/tables.pt: every E(p) and the scoring form, so students get P_LLM without the LLM."""
+    path = folder / "tables.pt"
+    atomic_save({**teacher.tables(), "dataset": ds.name}, path)
+    return path
 
 
 def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
@@ -181,6 +189,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     teacher.eval()
     save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1)})
+    save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
 
 

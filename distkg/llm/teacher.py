@@ -28,6 +28,17 @@ from distkg.models.base import TKGModel
 from distkg.models.ttranse import neg_l2
 
 
+def compose(form: str, e: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The query representation from entity, relation and time embeddings in a scoring form."""
+    return e * r * t if form == "tadistmult" else e + r + t
+
+
+def form_match(form: str, log_scale: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[B, D] x [C, D] -> [B, C] scores in a scoring form, times the learned scale."""
+    raw = q @ candidates.T if form == "tadistmult" else neg_l2(q, candidates)
+    return raw * log_scale.exp()
+
+
 def time_texts(dataset: TKGDataset) -> list[str]:
     if dataset.time_kind == "point":
         return list(dataset.time_labels)
@@ -66,8 +77,7 @@ class LLMTeacher(TKGModel):
         e = self.embed("entity", queries[:, 0], grad)
         r = self.embed("relation", queries[:, 1], grad)
         both = self.embed("time", torch.cat([queries[:, 2], queries[:, 3]]), grad)
-        t = 0.5 * (both[: len(queries)] + both[len(queries):])
-        return e * r * t if self.form == "tadistmult" else e + r + t
+        return compose(self.form, e, r, 0.5 * (both[: len(queries)] + both[len(queries):]))
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         return self._query(queries, grad=False)
@@ -77,8 +87,7 @@ class LLMTeacher(TKGModel):
         return self.embed("entity", torch.arange(start, stop), grad=False)
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        raw = q @ candidates.T if self.form == "tadistmult" else neg_l2(q, candidates)
-        return raw * self.logit_scale.exp()
+        return form_match(self.form, self.logit_scale, q, candidates)
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         raw = (q * c).sum(1) if self.form == "tadistmult" else -(q - c).pow(2).sum(1).clamp_min(1e-9).sqrt()
@@ -89,6 +98,13 @@ class LLMTeacher(TKGModel):
         """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
         q = self._query(queries, grad=True)
         return self.match(q, self.embed("entity", candidates, grad=True))
+
+    @torch.inference_mode()
+    def tables(self) -> dict:
+        """Every entity, relation and time embedding E(p) plus the scoring form and scale: all that
+        P_LLM needs for any query, so students never run the LLM (distkg.distill.teachers)."""
+        return {kind: self.embed(kind, torch.arange(len(texts))).float().cpu() for kind, texts in self.texts.items()} | {
+            "form": self.form, "logit_scale": self.logit_scale.detach().float().cpu()}
 
     @torch.inference_mode()
     def distribution(self, queries: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

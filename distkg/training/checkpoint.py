@@ -16,7 +16,9 @@ import torch
 _EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -37,25 +39,30 @@ class Checkpoints:
         paths = self.epochs()
         return paths[-1] if paths else None
 
-    def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+    def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+             aux: torch.nn.Module | None = None) -> Path:
+        """``aux``: extra trainable modules (a FitNet regressor); best.pt holds only ``model``."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"epoch_{epoch:04d}.pt"
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                      "torch_rng": torch.get_rng_state()}, path)
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                      "aux": aux.state_dict() if aux is not None else {}, "torch_rng": torch.get_rng_state()}, path)
         for old in self.epochs()[: -self.keep]:
             old.unlink()
         return path
 
-    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             aux: torch.nn.Module | None = None) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
+        if aux is not None:
+            aux.load_state_dict(ckpt.get("aux", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]
 
     def save_best(self, model: torch.nn.Module) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save(model.state_dict(), self.folder / "best.pt")
+        atomic_save(model.state_dict(), self.folder / "best.pt")
 
     def load_best(self, model: torch.nn.Module) -> None:
         path = self.folder / "best.pt"

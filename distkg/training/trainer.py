@@ -1,9 +1,11 @@
-"""Training a TKG embedding model: 1-vs-all cross-entropy with reciprocal relations.
+"""Training a TKG embedding model in stages: plain training is one stage of 1-vs-all cross-entropy
+with reciprocal relations; a distillation method (distkg.distill) is a list of stages with other losses.
 
-Read top to bottom: build data, model and optimiser; resume from the newest checkpoint in OUT if
+Read ``fit`` top to bottom: build the optimiser; resume from the newest checkpoint in OUT if
 there is one; for each epoch shuffle with a generator seeded by (seed, epoch) -- so a resumed run
 sees exactly the batches an uninterrupted one would -- step through the batches, evaluate on the
-validation split, keep the best, write a checkpoint, stop early when validation MRR stops rising.
+validation split, keep the best, write a checkpoint, move to the next stage when validation MRR
+stops rising or the stage's epochs are spent.
 Then score the test split with the best weights and write OUT/metrics.json.
 
 Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
@@ -17,6 +19,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +58,10 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.train.optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr)
-    return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        return torch.optim.Adagrad(params, lr=cfg.train.lr)
+    return torch.optim.Adam(params, lr=cfg.train.lr)
 
 
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -83,60 +87,111 @@ def build_model(cfg: RunConfig, ds: TKGDataset) -> TKGModel:
     return MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class Stage:
+    """One phase of training. Plain training is one stage; a distillation method is a list of them.
+
+    ``loss(idx, q, a, gen)`` gets the indices of the batch's training queries (so cached teacher
+    outputs can be looked up), the queries, their answers and the epoch's generator, and returns
+    the loss and its named parts (logged per epoch).
+    """
+
+    name: str
+    epochs: int
+    loss: LossFn
+    lr: float | None = None  # None: train.lr
+
+
 def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+    """Plain training: one stage of the configured loss (1-vs-all or negative sampling)."""
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    model = build_model(cfg, ds)
+
+    def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
+        return batch_loss(cfg, model, q, a, gen), {}
+
+    return fit(cfg, out, ds, model, [Stage("train", cfg.train.epochs, loss)], resume=resume)
+
+
+def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list[Stage],
+        aux: torch.nn.Module | None = None, resume: bool = True, extra: dict | None = None) -> dict:
+    """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor).
+
+    Each stage trains until its epoch budget or until validation MRR has not risen for
+    ``train.patience`` evaluations; the next stage starts from the best weights so far with a
+    fresh patience counter. The test split is scored with the best weights of the whole run.
+    """
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     tc = cfg.train
-    ds = dataset if dataset is not None else load_dataset(cfg.data)
     log.info("%s", ds.describe())
-    model = build_model(cfg, ds)
     accelerator = make_accelerator(cfg)
-    optimizer = make_optimizer(cfg, model)
+    aux = aux if aux is not None else torch.nn.ModuleDict()
+    aux.to(accelerator.device)
+    optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: TKGModel = accelerator.unwrap_model(model)
     ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints)
-    state = {"epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0, "seconds": 0.0, "history": []}
+    state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
+             "seconds": 0.0, "history": []}
     if resume and (latest := ckpts.latest()) is not None:
-        state = ckpts.load(latest, raw_model, optimizer)
-        for group in optimizer.param_groups:  # the config's learning rate wins over the checkpoint's
-            group["lr"] = tc.lr
+        state = ckpts.load(latest, raw_model, optimizer, aux)
+        state.setdefault("stage", 0)  # checkpoints written before stages existed
+        state.setdefault("stage_epoch", state["epoch"])
         log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
     n_batches = math.ceil(len(queries) / tc.batch_size)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    log.info("%s dim=%d, %d parameters, %d training queries, %d batches/epoch", cfg.model.name, raw_model.dim,
-             n_params, len(queries), n_batches)
+    total_epochs = sum(s.epochs for s in stages)
+    log.info("%s dim=%d, %d parameters, %d training queries, %d batches/epoch, stages: %s", cfg.model.name,
+             raw_model.dim, n_params, len(queries), n_batches, ", ".join(f"{s.name} ({s.epochs} ep)" for s in stages))
     started = time.perf_counter() - state["seconds"]
-    while state["epoch"] < tc.epochs and state["evals_without_gain"] < tc.patience:
+    while state["stage"] < len(stages):
+        stage = stages[state["stage"]]
+        if state["stage_epoch"] >= stage.epochs or state["evals_without_gain"] >= tc.patience:
+            state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
+            if state["stage"] < len(stages) and state["best_epoch"] > 0:
+                ckpts.load_best(raw_model)  # the next stage starts from the best weights so far
+                log.info("stage %r done; stage %r starts from the best epoch (%d)", stage.name,
+                         stages[state["stage"]].name, state["best_epoch"])
+            continue
+        for group in optimizer.param_groups:  # the config's learning rate wins over a checkpoint's
+            group["lr"] = stage.lr if stage.lr is not None else tc.lr
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)
         model.train()
-        total, t_epoch = 0.0, time.perf_counter()
-        bar = tqdm(perm.split(tc.batch_size), total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}",
+        total, parts, t_epoch = 0.0, {}, time.perf_counter()
+        bar = tqdm(perm.split(tc.batch_size), total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
                    disable=not tc.progress, leave=False, mininterval=2)
         for step, idx in enumerate(bar):
             q, a = queries[idx].to(accelerator.device), answers[idx].to(accelerator.device)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = batch_loss(cfg, raw_model, q, a, gen)
+                    loss, named = stage.loss(idx, q, a, gen)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged_message("loss", loss.item(), epoch, step, ckpts))
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
             total += loss.item()
+            for k, v in named.items():
+                parts[k] = parts.get(k, 0.0) + v
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
             _after_step(epoch, step)
         bar.close()
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
             raise TrainingDiverged(_diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
         seconds = time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "loss": total / n_batches, "seconds": round(seconds, 2),
-               "facts_per_second": round(len(queries) / 2 / seconds, 1)}
-        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+        row = {"epoch": epoch + 1, "stage": stage.name, "loss": total / n_batches, "seconds": round(seconds, 2),
+               "facts_per_second": round(len(queries) / 2 / seconds, 1),
+               **{f"loss_{k}": v / n_batches for k, v in parts.items()}}
+        if (state["stage_epoch"] + 1) % tc.eval_every == 0 or state["stage_epoch"] + 1 == stage.epochs:
             raw_model.eval()
             valid = evaluate(raw_model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties,
                              query_chunk=cfg.eval.query_chunk, progress=False, index=valid_index)
@@ -147,14 +202,15 @@ def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | 
             else:
                 state["evals_without_gain"] += 1
         state["epoch"] = epoch + 1
+        state["stage_epoch"] += 1
         state["seconds"] = time.perf_counter() - started
         state["history"].append(row)
-        ckpts.save(epoch + 1, raw_model, optimizer, state)
+        ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        eta = state["seconds"] / state["epoch"] * (tc.epochs - state["epoch"])
-        log.info("epoch %d/%d loss %.4f valid MRR %s  %.1fs (%.0f facts/s), ETA <= %.0fs", epoch + 1, tc.epochs,
-                 row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
+        eta = state["seconds"] / state["epoch"] * (total_epochs - state["epoch"])
+        log.info("%s epoch %d/%d loss %.4f valid MRR %s  %.1fs (%.0f facts/s), ETA <= %.0fs", stage.name, epoch + 1,
+                 total_epochs, row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
                  row["facts_per_second"], eta)
 
     ckpts.load_best(raw_model)
@@ -163,7 +219,8 @@ def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | 
                     query_chunk=cfg.eval.query_chunk, progress=cfg.eval.progress)
     metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
                "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
-               "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed}
+               "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
+               **(extra or {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],

@@ -1,0 +1,298 @@
+"""``distkg reproduce``: the paper's grid of teachers, LLM teachers and students, resumable, with its report.
+
+A grid config (configs/reproduce/*.yaml) names datasets, backbones, methods, student sizes and
+seeds, and templates for the config files of each part. The grid runs, in order:
+  1. one 400-d KG teacher per (backbone, dataset)      -> OUT/teachers/BACKBONE-DATASET
+  2. one fine-tuned LLM teacher per dataset, if a method reads P_LLM -> OUT/llm/DATASET
+  3. every student: (backbone, dataset, dim, method, seed) -> OUT/students/...
+Each part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
+an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
+(distkg.distill.teachers), so every method and seed reuses them.
+
+Report (OUT/): results.csv and results.json (one row per student), table.md (the paper's layout,
+mean +- std over seeds, the paper's numbers beside ours), costs.md (wall time of each part and
+the LLM's share), comparison.png and curves.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
+from distkg.data import TKGDataset, load_dataset
+from distkg.distill.losses import INPUTS
+
+log = logging.getLogger("distkg")
+
+METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+# PAPER.md: the paper's table (its own protocol; MRR and Hits in %). Compare orders, not values.
+PAPER = {
+    ("ttranse", "yago11k"): {"bkd": (7.65, 1410.12, 3.50, 7.83, 15.61), "fitnet": (7.59, 1201.69, 3.06, 7.18, 16.48),
+                             "rkd": (7.01, 1186.27, 3.56, 6.95, 13.47), "ours": (7.69, 1193.15, 3.61, 7.89, 16.57)},
+    ("ttranse", "wikidata12k"): {"bkd": (7.94, 2383.67, 4.75, 8.22, 14.04), "fitnet": (7.86, 2148.86, 3.93, 7.78, 14.67),
+                                 "rkd": (7.89, 2052.37, 4.72, 7.49, 12.85), "ours": (7.92, 1985.63, 4.86, 8.36, 14.94)},
+    ("tadistmult", "yago11k"): {"bkd": (61.90, 973.89, 58.51, 64.13, 67.59), "fitnet": (58.44, 986.92, 54.71, 60.29, 65.34),
+                                "rkd": (58.15, 1089.57, 54.48, 61.72, 65.17), "ours": (61.87, 965.35, 58.73, 64.15, 67.68)},
+    ("tadistmult", "wikidata12k"): {"bkd": (45.89, 3150.11, 42.46, 48.87, 51.18),
+                                    "fitnet": (43.92, 3158.20, 39.77, 47.38, 50.18),
+                                    "rkd": (42.72, 3287.49, 36.32, 43.92, 47.28),
+                                    "ours": (46.03, 3142.85, 42.50, 49.16, 51.14)},
+}
+
+
+@dataclass
+class GridConfig:
+    """What ``distkg reproduce`` runs; ``{backbone}``, ``{dataset}``, ``{method}``, ``{out}`` are filled in."""
+
+    datasets: list[str] = field(default_factory=lambda: ["yago11k", "wikidata12k"])
+    backbones: list[str] = field(default_factory=lambda: ["ttranse", "tadistmult"])
+    methods: list[str] = field(default_factory=lambda: ["plain", "bkd", "fitnet", "rkd", "ours"])
+    dims: list[int] = field(default_factory=lambda: [25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    teacher_config: str = "configs/train/{backbone}-{dataset}-400.yaml"
+    student_config: str = "configs/train/{backbone}-{dataset}-25.yaml"
+    llm_config: str = "configs/llm/smollm2-{dataset}.yaml"
+    method_config: str = "configs/distill/{method}.yaml"
+    teacher_run: str = "{out}/teachers/{backbone}-{dataset}"  # point at existing `distkg train` runs to reuse them
+    llm_run: str = "{out}/llm/{dataset}"
+    teacher_set: list[str] = field(default_factory=list)  # --set overrides for every teacher run
+    llm_set: list[str] = field(default_factory=list)
+    student_set: list[str] = field(default_factory=list)
+    data_root: str | None = None
+
+
+def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
+    values = apply_overrides(read_yaml(path), overrides)
+    if data_root:
+        values["data_root"] = data_root
+    return build(GridConfig, values, path)
+
+
+def _needs_llm(grid: GridConfig, method: str) -> bool:
+    cfg = load_config(grid.method_config.format(method=method))
+    return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
+
+
+def _done(run: Path) -> dict | None:
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Grid:
+    """The runs of a grid config under OUT, each loaded or run on demand."""
+
+    def __init__(self, grid: GridConfig, out: Path) -> None:
+        self.grid, self.out = grid, out
+        self.data: dict[str, TKGDataset] = {}
+        self.root = [f"data.root={grid.data_root}"] if grid.data_root else []
+
+    def _fill(self, template: str, **kw) -> str:
+        return template.format(out=self.out, **kw)
+
+    def dataset(self, cfg: RunConfig) -> TKGDataset:
+        key = repr(cfg.data)
+        if key not in self.data:
+            self.data[key] = load_dataset(cfg.data)
+        return self.data[key]
+
+    def teacher(self, backbone: str, dataset: str) -> Path:
+        from distkg.training.trainer import train
+
+        run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
+        if _done(run) is None:
+            cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
+                              self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
+            log.info("== teacher %s on %s -> %s", backbone, dataset, run)
+            train(cfg, run, dataset=self.dataset(cfg))
+        return run
+
+    def llm(self, dataset: str) -> Path:
+        from distkg.llm.finetune import finetune
+
+        run = Path(self._fill(self.grid.llm_run, dataset=dataset))
+        if _done(run) is None:
+            cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
+            log.info("== LLM teacher on %s -> %s", dataset, run)
+            finetune(cfg, run, dataset=self.dataset(cfg))
+        return run
+
+    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict:
+        from distkg.distill.runner import distill
+
+        run = self.out / "students" / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
+        if (metrics := _done(run)) is None:
+            needs_llm = _needs_llm(self.grid, method)
+            sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
+                    f"distill.teacher_run={self.teacher(backbone, dataset)}",
+                    *([f"distill.llm_run={self.llm(dataset)}"] if needs_llm else []),
+                    "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
+            cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
+                               self._fill(self.grid.method_config, method=method)], sets)
+            log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
+            metrics = distill(cfg, run, dataset=self.dataset(cfg))
+        return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": method, "seed": seed,
+                **{k: metrics[k] for k in METRICS}, "train_seconds": metrics["train_seconds"],
+                "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "run": str(run)}
+
+
+def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(grid.__dict__, indent=2))
+    g = Grid(grid, out)
+    cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
+             for m in grid.methods for s in grid.seeds]
+    rows, started = [], time.perf_counter()
+    for i, cell in enumerate(cells):
+        run = out / "students" / f"{cell[0]}-{cell[1]}-{cell[2]}d" / f"{cell[3]}-seed{cell[4]}"
+        if only_report and _done(run) is None:
+            continue
+        t = time.perf_counter()
+        rows.append(g.student(*cell))
+        spent = time.perf_counter() - started
+        log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
+                 rows[-1]["mrr"], time.perf_counter() - t, spent)
+        write_report(rows, grid, out)
+    write_report(rows, grid, out)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ report
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float], scale: float, digits: int) -> str:
+    m, s = _mean_std([v * scale for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
+    if not rows:
+        return
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["backbone"], r["dataset"], r["dim"], r["method"]), []).append(r)
+    summary = [{"backbone": b, "dataset": d, "dim": dim, "method": m, "seeds": len(rs),
+                **{f"{k}_mean": _mean_std([r[k] for r in rs])[0] for k in METRICS},
+                **{f"{k}_std": _mean_std([r[k] for r in rs])[1] for k in METRICS},
+                "train_seconds_mean": _mean_std([r["train_seconds"] for r in rs])[0]}
+               for (b, d, dim, m), rs in groups.items()]
+    (out / "results.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+    (out / "table.md").write_text(_table(groups, grid))
+    (out / "costs.md").write_text(_costs(groups, grid, out))
+    _plot_comparison(groups, grid, out / "comparison.png")
+    _plot_curves(groups, grid, out / "curves.png")
+
+
+def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
+    """The paper's layout: a row per (backbone, dim, method), a column block per dataset."""
+    lines = ["MRR and Hits in %, mean ± std over seeds (n); test split, time-aware filter, realistic ties. "
+             "Paper: the paper's value under its own protocol (compare the order of methods, not values).", ""]
+    head = ["backbone", "dim", "method", "n"]
+    for d in grid.datasets:
+        head += [f"{d} MRR", "MR", "H@1", "H@3", "H@10", "paper MRR"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b in grid.backbones:
+        for dim in grid.dims:
+            for m in grid.methods:
+                cells = [b, str(dim), m]
+                n = 0
+                for d in grid.datasets:
+                    rs = groups.get((b, d, dim, m), [])
+                    n = max(n, len(rs))
+                    if not rs:
+                        cells += ["–"] * 6
+                        continue
+                    cells += [_cell([r["mrr"] for r in rs], 100, 2), _cell([r["mr"] for r in rs], 1, 0)]
+                    cells += [_cell([r[k] for r in rs], 100, 2) for k in ("hits@1", "hits@3", "hits@10")]
+                    paper = PAPER.get((b, d), {}).get(m)
+                    cells.append(f"{paper[0]:.2f}" if paper and dim == 25 else "–")
+                cells.insert(3, str(n))
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _costs(groups: dict[tuple, list[dict]], grid: GridConfig, out: Path) -> str:
+    """Wall time of each part; the LLM's share of what the LLM-guided method costs end to end."""
+    lines = ["Wall time in seconds on this machine (teacher and LLM runs once per grid; students: mean per seed).", "",
+             "| part | dataset | seconds |", "|---|---|---|"]
+    llm_seconds: dict[str, float] = {}
+    teacher_seconds: dict[tuple, float] = {}
+    for d in grid.datasets:
+        for b in grid.backbones:
+            m = _done(Path(grid.teacher_run.format(out=out, backbone=b, dataset=d)))
+            if m:
+                teacher_seconds[(b, d)] = m.get("train_seconds", 0.0)
+                lines.append(f"| {b} 400-d teacher training | {d} | {teacher_seconds[(b, d)]:.0f} |")
+        m = _done(Path(grid.llm_run.format(out=out, dataset=d)))
+        if m:
+            llm_seconds[d] = m.get("finetune_seconds", 0.0) + m.get("eval_seconds", 0.0)
+            lines.append(f"| LLM teacher fine-tuning + evaluation ({m.get('steps')} steps) | {d} | {llm_seconds[d]:.0f} |")
+    for (b, d, dim, m), rs in groups.items():
+        lines.append(f"| {b} {dim}-d student, {m} | {d} | {_mean_std([r['train_seconds'] for r in rs])[0]:.0f} |")
+    lines += ["", "| backbone | dataset | Ours end to end (s) | LLM share |", "|---|---|---|---|"]
+    for (b, d, dim, m), rs in groups.items():
+        if m != "ours" or d not in llm_seconds:
+            continue
+        total = teacher_seconds.get((b, d), 0.0) + llm_seconds[d] + _mean_std([r["train_seconds"] for r in rs])[0]
+        lines.append(f"| {b} {dim}-d | {d} | {total:.0f} | {100 * llm_seconds[d] / total:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    for ax, (b, d, dim) in zip(axes[0], panels):
+        ms = [m for m in grid.methods if (b, d, dim, m) in groups]
+        stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for m in ms]
+        ax.bar(range(len(ms)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(ms)), ms, rotation=45, ha="right")
+        ax.set_title(f"{b} {dim}-d, {d}", fontsize=9)
+        ax.set_ylabel("test MRR (%)")
+        if stats:
+            lo = min(s[0] - s[1] for s in stats)
+            ax.set_ylim(max(0.0, lo - 0.15 * (max(s[0] + s[1] for s in stats) - lo + 1e-9) - 0.5), None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (b, d, dim) in zip(axes[0], panels):
+        for m in grid.methods:
+            rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
+            if not rs or not (Path(rs[0]["run"]) / "log.jsonl").is_file():
+                continue
+            hist = [json.loads(x) for x in (Path(rs[0]["run"]) / "log.jsonl").read_text().splitlines()]
+            pts = [(h["epoch"], h["valid_mrr"]) for h in hist if "valid_mrr" in h]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m)
+        ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid MRR")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

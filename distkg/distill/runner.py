@@ -1,0 +1,90 @@
+"""``distkg distill``: train the student described by ``model`` with the stages of ``distill``.
+
+A method is configuration (configs/distill/*.yaml): a list of stages, each a weighted sum of
+registered losses. The runner looks at which batch fields those losses read (losses.INPUTS) and
+provides only those: the KG teacher's scores, representations or entity vectors (from
+``distill.teacher_run``), P_LLM (from ``distill.llm_run``), and a FitNet regressor when a stage
+uses ``fitnet``. The student's regulariser (N3, smoothness) is always added, as in plain training,
+so the plain student (``ce`` only) trained here equals ``distkg train``.
+
+RKD reads the entity vectors of up to ``distill.rkd_entities`` distinct entities of the batch
+(queried entities and answers), drawn with the epoch's generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from distkg.config import RunConfig
+from distkg.data import TKGDataset, load_dataset
+from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
+from distkg.distill.teachers import KGTeacher, LLMTables
+from distkg.errors import ConfigError
+from distkg.training.trainer import Stage, build_model, fit, training_queries
+
+log = logging.getLogger("distkg")
+
+KG_FIELDS = {"teacher_scores", "teacher_repr", "teacher_emb"}
+
+
+def check_method(cfg: RunConfig) -> set[str]:
+    """Loss names and arguments of every stage, checked before any data is read; the fields needed."""
+    dc = cfg.distill
+    if not dc.stages:
+        raise ConfigError("distill.stages: at least one stage is needed")
+    needs: set[str] = set()
+    for i, stage in enumerate(dc.stages):
+        if not stage.losses:
+            raise ConfigError(f"distill.stages[{i}].losses: empty; name at least one loss ({', '.join(LOSSES.names())})")
+        for name, args in stage.losses.items():
+            LOSSES.check(name, {k: v for k, v in args.items() if k != "weight"}, f"distill.stages[{i}].losses.{name}",
+                         runtime=("batch",))
+            needs |= set(INPUTS[name])
+    if needs & KG_FIELDS and not dc.teacher_run:
+        raise ConfigError("distill.teacher_run: the configured losses need a trained KG teacher; set it to a "
+                          "`distkg train` folder")
+    if "llm_probs" in needs and not dc.llm_run:
+        raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder")
+    return needs
+
+
+def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+    dc = cfg.distill
+    needs = check_method(cfg)
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    queries, _ = training_queries(ds.splits["train"], ds.num_relations)
+    kg = KGTeacher(dc.teacher_run, ds, queries) if needs & KG_FIELDS else None
+    llm = LLMTables(dc.llm_run, ds) if "llm_probs" in needs else None
+    student = build_model(cfg, ds)
+    aux = torch.nn.ModuleDict()
+    if "regressor" in needs:
+        d_s = student.query_repr(queries[:1]).shape[1]
+        aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
+
+    def make_loss(spec: dict[str, dict], where: str):
+        def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
+            qr = student.query_repr(q)
+            batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
+            if "teacher_scores" in needs:
+                batch.teacher_scores = kg.scores(idx).to(q.device)
+            if "llm_probs" in needs:
+                batch.llm_probs = llm.probs(q.cpu(), dc.llm_temperature).to(q.device)
+            if "regressor" in needs:
+                batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
+            if "student_emb" in needs:
+                ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
+                ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
+                batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
+            total, parts = combine(spec, batch, where)
+            return total + student.regularizer(q, a), parts
+
+        return loss
+
+    stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr)
+              for i, s in enumerate(dc.stages)]
+    extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
+             "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
+    return fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)

@@ -1,0 +1,117 @@
+"""What a student reads from its teachers, computed once per teacher run and reused by every method and seed.
+
+Why representations and not scores: a 1-vs-all soft target is a [queries, entities] matrix (65k x
+12.5k floats = 3.3 GB on Wikidata12k, 1.2 TB on ICEWS18's train set), but it is the product of a
+[queries, D] query table and an [entities, D] candidate table. Those two are cached (104 MB at
+400-d on Wikidata12k) and each batch's scores are one matmul, exact, with no top-k truncation.
+
+  KGTeacher   a `distkg train` run: its best weights' query representation of every training
+              query (both directions) and its candidate table, cached in RUN/outputs/.
+  LLMTables   a `distkg llm finetune` run: E(p) of every entity, relation and time text plus the
+              scoring form, written once to RUN/teacher/tables.pt (the LLM runs only then);
+              P_LLM of any query is then a lookup, a product and a softmax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from distkg.data import TKGDataset
+from distkg.errors import ConfigError, DistkgError
+from distkg.llm.teacher import compose, form_match
+from distkg.training.checkpoint import atomic_save
+
+log = logging.getLogger("distkg")
+
+
+def _finished(run: Path, what: str, made_by: str) -> dict:
+    """A finished run's metrics.json (which names the dataset it was trained on), or a clear error."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `{made_by}`)")
+    return json.loads(path.read_text())
+
+
+def _check_dataset(run: Path, what: str, trained_on: str, ds: TKGDataset) -> None:
+    if trained_on != ds.name:
+        raise ConfigError(f"{what} {run} was trained on {trained_on!r}, but the student's data is {ds.name!r}")
+
+
+class KGTeacher:
+    """A trained KG teacher's outputs on the training queries (``idx`` = row of ``training_queries``)."""
+
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor) -> None:
+        from distkg.config import load_config
+        from distkg.training.checkpoint import Checkpoints
+        from distkg.training.trainer import build_model
+
+        run = Path(run)
+        trained = _finished(run, "distill.teacher_run", "distkg train")
+        _check_dataset(run, "distill.teacher_run", trained["dataset"], ds)
+        cfg = load_config(run / "config.yaml")
+        self.model = build_model(cfg, ds)
+        Checkpoints(run / "checkpoints").load_best(self.model)
+        self.model.eval().requires_grad_(False)
+        best = (run / "checkpoints" / "best.pt").stat()
+        key = {"best_size": best.st_size, "best_mtime_ns": best.st_mtime_ns, "queries": len(queries)}
+        path = run / "outputs" / "train_queries.pt"
+        cached = torch.load(path, weights_only=True) if path.is_file() else None
+        if cached is not None and cached["key"] == key:
+            self.query, self.table = cached["query"], cached["table"]
+        else:
+            log.info("computing teacher outputs for %d training queries -> %s (once per teacher run)", len(queries), path)
+            with torch.no_grad():
+                self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
+                self.table = self.model.candidate_table()
+            atomic_save({"key": key, "query": self.query, "table": self.table}, path)
+        self.name = f"{cfg.model.name} {self.model.dim}-d ({run})"
+
+    @torch.no_grad()
+    def scores(self, idx: torch.Tensor) -> torch.Tensor:
+        """[B, E] teacher scores of the training queries ``idx`` over all entities."""
+        return self.model.match(self.query[idx], self.table)
+
+    def entities(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids]
+
+
+class LLMTables:
+    """P_LLM for any query from a fine-tuned LLM teacher's exported embedding tables."""
+
+    def __init__(self, run: str | Path, ds: TKGDataset) -> None:
+        run = Path(run)
+        path = run / "teacher" / "tables.pt"
+        if not path.is_file():
+            export_llm_tables(run, ds)
+        t = torch.load(path, weights_only=True)
+        _check_dataset(run, "distill.llm_run", t["dataset"], ds)
+        if t["entity"].shape[0] != ds.num_entities:
+            raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
+        self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
+        self.form, self.log_scale = t["form"], t["logit_scale"]
+
+    @torch.no_grad()
+    def scores(self, q: torch.Tensor) -> torch.Tensor:
+        """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included."""
+        t = 0.5 * (self.time[q[:, 2]] + self.time[q[:, 3]])
+        return form_match(self.form, self.log_scale, compose(self.form, self.entity[q[:, 0]], self.relation[q[:, 1]], t),
+                          self.entity)
+
+    def probs(self, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return torch.softmax(self.scores(q) / temperature, dim=1)
+
+
+def export_llm_tables(run: Path, ds: TKGDataset) -> Path:
+    """Load a saved LLM teacher and write RUN/teacher/tables.pt (every entity text through the LLM once)."""
+    from distkg.config import load_config
+    from distkg.llm.finetune import load_teacher, save_tables
+
+    trained = _finished(run, "distill.llm_run", "distkg llm finetune")
+    _check_dataset(run, "distill.llm_run", trained["dataset"], ds)
+    cfg = load_config(run / "config.yaml")
+    log.info("exporting the LLM teacher's embedding tables from %s (once per LLM run)", run)
+    return save_tables(load_teacher(run / "teacher", cfg, ds), ds, run / "teacher")

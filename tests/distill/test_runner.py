@@ -1,0 +1,138 @@
+"""The distillation runner on a small synthetic graph with a real trained KG teacher and a real (tiny,
+randomly initialised) LLM teacher fine-tuned for a few steps: every method runs, the plain student
+equals `distkg train`, stages resume exactly, teachers' outputs are cached, bad configs fail clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distkg.config import load_config
+from distkg.distill import runner
+from distkg.distill.teachers import KGTeacher, LLMTables
+from distkg.errors import ConfigError, DistkgError
+from distkg.llm.finetune import finetune, load_teacher
+from distkg.training import trainer
+from distkg.training.trainer import training_queries
+from tests.helpers import tiny_dataset
+from tests.llm.conftest import make_tiny_llama
+
+DS = tiny_dataset("interval", n_ent=40, n_facts=400)
+STUDENT = ["model.name=tadistmult", "model.args.dim=4", "train.batch_size=64", "train.patience=10",
+           "train.progress=false", "eval.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    kg = load_config(None, ["model.name=tadistmult", "model.args.dim=16", "train.epochs=3", "train.batch_size=64",
+                            "train.progress=false", "eval.progress=false"])
+    trainer.train(kg, root / "kg", dataset=DS)
+    llm = load_config(None, [f"llm.model={make_tiny_llama(root / 'tiny-llama')}", "llm.quantization=none", "llm.dim=8",
+                             "llm.steps=2", "llm.batch_size=4", "llm.negatives=8", "llm.valid_queries=0",
+                             "llm.progress=false", "eval.progress=false"])
+    finetune(llm, root / "llm", dataset=DS)
+    return root
+
+
+def method(name: str, teachers, *sets: str):
+    return load_config(["configs/distill/" + name + ".yaml"],
+                       STUDENT + [f"distill.teacher_run={teachers / 'kg'}", f"distill.llm_run={teachers / 'llm'}", *sets])
+
+
+def short(name: str, teachers):
+    """The method's stages with 1 epoch each."""
+    cfg = method(name, teachers)
+    for s in cfg.distill.stages:
+        s.epochs = 1
+    return cfg
+
+
+def test_plain_student_equals_distkg_train(teachers, tmp_path):
+    a = trainer.train(load_config(None, STUDENT + ["train.epochs=2"]), tmp_path / "train", dataset=DS)
+    b = runner.distill(_plain(teachers, 2), tmp_path / "distill", dataset=DS)
+    for key in ("mrr", "mr", "hits@1", "hits@10", "best_epoch"):
+        assert a[key] == b[key], key
+    wa = torch.load(tmp_path / "train" / "checkpoints" / "best.pt", weights_only=True)
+    wb = torch.load(tmp_path / "distill" / "checkpoints" / "best.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _plain(teachers, epochs: int):
+    cfg = method("plain", teachers)
+    cfg.distill.stages[0].epochs = epochs
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["bkd", "fitnet", "rkd", "ours", "ours-l1-l2", "ours-l1-l3"])
+def test_every_method_trains_and_logs_its_losses(name, teachers, tmp_path):
+    cfg = short(name, teachers)
+    m = runner.distill(cfg, tmp_path, dataset=DS)
+    assert m["method"] == name and 0 < m["mrr"] <= 1
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == [s.name for s in cfg.distill.stages]
+    for stage, row in zip(cfg.distill.stages, log):
+        assert {f"loss_{k}" for k in stage.losses} <= row.keys()
+        assert all(torch.isfinite(torch.tensor(row[f"loss_{k}"])) for k in stage.losses)
+
+
+def test_two_stage_run_resumes_exactly_after_a_crash_in_stage_two(teachers, tmp_path, monkeypatch):
+    def cfg():
+        c = method("ours", teachers)
+        c.distill.stages[0].epochs = c.distill.stages[1].epochs = 2
+        return c
+
+    straight = runner.distill(cfg(), tmp_path / "a", dataset=DS)
+
+    def crash(epoch, step):
+        if epoch == 2 and step == 1:
+            raise KeyboardInterrupt("simulated crash in stage 2")
+
+    monkeypatch.setattr(trainer, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        runner.distill(cfg(), tmp_path / "b", dataset=DS)
+    monkeypatch.setattr(trainer, "_after_step", lambda epoch, step: None)
+    resumed = runner.distill(cfg(), tmp_path / "b", dataset=DS)
+    for key in ("mrr", "mr", "hits@1", "best_epoch", "epochs_run"):
+        assert resumed[key] == straight[key], key
+
+
+def test_teacher_outputs_are_computed_once_and_match_the_teacher(teachers, monkeypatch):
+    q, _ = training_queries(DS.splits["train"], DS.num_relations)
+    first = KGTeacher(teachers / "kg", DS, q)  # writes (or reads) the cache
+    idx = torch.arange(0, len(q), 7)
+    with torch.no_grad():
+        torch.testing.assert_close(first.scores(idx), first.model(q[idx]))
+
+    def no_recompute(self, queries):
+        raise AssertionError("teacher outputs were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(type(first.model), "query_repr", no_recompute)
+    again = KGTeacher(teachers / "kg", DS, q)
+    torch.testing.assert_close(again.scores(idx), first.scores(idx))
+
+
+def test_llm_tables_give_the_llm_teachers_distribution(teachers):
+    cfg = load_config(teachers / "llm" / "config.yaml")
+    teacher = load_teacher(teachers / "llm" / "teacher", cfg, DS)
+    q = torch.from_numpy(DS.splits["test"][:, [0, 1, 3, 4]].copy())
+    torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_method_configs_fail_by_name(teachers, tmp_path):
+    with pytest.raises(ConfigError, match=r"distill.teacher_run"):
+        runner.check_method(load_config(["configs/distill/bkd.yaml"], STUDENT))
+    with pytest.raises(ConfigError, match=r"distill.llm_run"):
+        runner.check_method(load_config(["configs/distill/ours.yaml"], STUDENT + ["distill.teacher_run=x"]))
+    with pytest.raises(ConfigError, match=r"unknown loss 'kdd' \(did you mean 'kd'\?\)"):
+        runner.check_method(load_config(None, ["distill.stages=[{losses: {kdd: {}}}]"]))
+    with pytest.raises(ConfigError, match=r"distill.stages\[0\].losses.kd: loss 'kd' has no argument 'temp'"):
+        runner.check_method(load_config(None, ["distill.stages=[{losses: {kd: {temp: 2}}}]"]))
+    with pytest.raises(DistkgError, match=r"distill.teacher_run='.*nowhere'.*metrics.json"):
+        runner.distill(load_config(["configs/distill/bkd.yaml"], STUDENT + [f"distill.teacher_run={tmp_path / 'nowhere'}"]),
+                       tmp_path / "out", dataset=DS)
+    other = tiny_dataset("point", n_ent=40, n_facts=400)
+    with pytest.raises(ConfigError, match=r"trained on 'tiny-interval'.*'tiny-point'"):
+        runner.distill(short("bkd", teachers), tmp_path / "out2", dataset=other)
