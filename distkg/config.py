@@ -70,6 +70,7 @@ class LLMConfig:
 
     model: str = "smollm2-135m"  # or any Hugging Face causal LM name / local folder
     quantization: Literal["nf4", "none"] = "nf4"
+    layers: int | None = None  # keep only the first N transformer layers (cheaper on CPU); None: all
     device: Literal["auto", "cpu", "cuda"] = "auto"
     lora_r: int = 8
     lora_alpha: int = 16
@@ -118,6 +119,21 @@ class DistillConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """What ``distkg run`` does after training the model of ``model``/``train`` (the teacher).
+
+    With ``students`` empty it only trains and evaluates that model. Otherwise it also fine-tunes
+    the LLM teacher (section ``llm``) when ``llm`` is true, and trains one ``student_dim``-d student
+    of the same backbone per entry: method name -> its distillation stages (``teacher_run`` and
+    ``llm_run`` are filled in with this run's teachers).
+    """
+
+    llm: bool = False
+    student_dim: int = 25
+    students: dict[str, DistillConfig] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
 
@@ -127,6 +143,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     seed: int = 0
 
 

@@ -1,22 +1,30 @@
-"""The main job, ``distkg run CONFIG --out DIR``: read the data, train (or take) the model, evaluate, report.
+"""The main job, ``distkg run CONFIG --out DIR``: data, teacher, LLM teacher, students, evaluation, report.
 
-Stages are added here as the system grows (KG teacher training, LLM teacher, distillation); each
-writes under DIR so a person can see what ran and with which settings.
+What runs is the config (``pipeline`` section, distkg.config.PipelineConfig):
+  - a training-free model (``frequency``): evaluated as given;
+  - a trainable model and no students: trained and tested (OUT/metrics.json);
+  - with students: the model is the 400-d teacher (OUT/teacher), the LLM teacher is fine-tuned
+    (OUT/llm) when ``pipeline.llm``, and each student method is distilled (OUT/students/METHOD).
+Every part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
+an interrupted run continues where it stopped. OUT/report.md holds the table of every part, its
+size and wall time, and the plots (comparison.png, curves.png).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from distkg.config import RunConfig, save_config
+from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import evaluate
 from distkg.models import MODELS, TKGModel
+from distkg.report import bar_panels, write_report
 from distkg.training.trainer import train
-from distkg.report import write_report
 
 log = logging.getLogger("distkg")
 
@@ -48,13 +56,95 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run") -> dict:
     log.info("%s", ds.describe())
     (out / "data_stats.json").write_text(json.dumps(ds.stats(), indent=2))
     factory = MODELS.get(cfg.model.name)
-    if isinstance(factory, type) and issubclass(factory, TKGModel):  # trainable: train, then test
-        metrics = train(cfg, out, dataset=ds)
-        rows = {f"{cfg.model.name} {metrics['dim']}-d (test, best epoch {metrics['best_epoch']})": metrics}
-    else:  # training-free: evaluate as given
+    if not (isinstance(factory, type) and issubclass(factory, TKGModel)):  # training-free: evaluate as given
         model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
         metrics = evaluate_model(cfg, ds, model, out)
         rows = {f"{cfg.model.name} ({split})": m for split, m in metrics["splits"].items()}
+    elif not cfg.pipeline.students:  # one trainable model: train, then test
+        metrics = train(cfg, out, dataset=ds)
+        rows = {f"{cfg.model.name} {metrics['dim']}-d (test, best epoch {metrics['best_epoch']})": metrics}
+    else:
+        return run_pipeline(cfg, ds, out, command)
     report = write_report(out, ds, f"distkg run: {cfg.model.name} on {ds.name}", rows, command)
     log.info("wrote %s and %s", out / "metrics.json", report)
     return metrics
+
+
+def student_config(cfg: RunConfig, method: str, teacher_run: Path, llm_run: Path | None) -> RunConfig:
+    """The run config of one student: the teacher's backbone at pipeline.student_dim, the method's stages."""
+    pc = cfg.pipeline
+    model = ModelConfig(cfg.model.name, {**cfg.model.args, "dim": pc.student_dim})
+    distill = dataclasses.replace(pc.students[method], method=method, teacher_run=str(teacher_run),
+                                  llm_run=str(llm_run) if llm_run else None)
+    return dataclasses.replace(cfg, model=model, distill=distill)
+
+
+def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str) -> dict:
+    from distkg.distill.runner import check_method, distill
+    from distkg.llm.finetune import finetune
+
+    pc = cfg.pipeline
+    teacher_run, llm_run = out / "teacher", (out / "llm" if pc.llm else None)
+    students = {m: student_config(cfg, m, teacher_run, llm_run) for m in pc.students}
+    for scfg in students.values():  # every method's losses checked before anything is trained
+        check_method(scfg)
+    parts: list[tuple[str, Path, Callable[[], dict]]] = [
+        (f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
+         lambda: train(cfg, teacher_run, dataset=ds))]
+    if llm_run:
+        parts.append((f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, LoRA r={cfg.llm.lora_r})", llm_run,
+                      lambda: finetune(cfg, llm_run, dataset=ds)))
+    for method, scfg in students.items():
+        parts.append((f"student {pc.student_dim}-d: {method}", out / "students" / method,
+                      lambda scfg=scfg, method=method: distill(scfg, out / "students" / method, dataset=ds)))
+    rows: dict[str, dict] = {}
+    started = time.perf_counter()
+    for i, (name, folder, work) in enumerate(parts):
+        done = folder / "metrics.json"
+        log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), name, folder,
+                 time.perf_counter() - started, " (done before; reading it)" if done.is_file() else "")
+        rows[name] = json.loads(done.read_text()) if done.is_file() else work()
+    sections = [_cost_section(rows, time.perf_counter() - started)]
+    _plots(rows, parts, out)
+    sections.append("## Comparison\n\n![test MRR of each part](comparison.png)")
+    summary = {"parts": {name: {k: m.get(k) for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "parameters",
+                                                         "train_seconds", "finetune_seconds", "eval_seconds")}
+                         for name, m in rows.items()}, "dataset": ds.name, "protocol": next(iter(rows.values()))["protocol"]}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    report = write_report(out, ds, f"distkg run: {cfg.model.name} teacher, LLM teacher and students on {ds.name}",
+                          rows, command, sections)
+    log.info("pipeline done in %.0fs; wrote %s", time.perf_counter() - started, report)
+    return summary
+
+
+def _cost_section(rows: dict[str, dict], total: float) -> str:
+    lines = ["## Size and cost", "", "| part | parameters | seconds (training / fine-tuning) |", "|---|---|---|"]
+    for name, m in rows.items():
+        seconds = m.get("train_seconds", m.get("finetune_seconds"))
+        lines.append(f"| {name} | {m.get('parameters', '–')} | {seconds} |")
+    lines.append(f"\nWall time of this invocation: {total:.0f} s (parts read from an earlier run count as 0).")
+    return "\n".join(lines)
+
+
+def _plots(rows: dict[str, dict], parts: list, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    bar_panels([("test MRR (filtered, realistic ties)", [n.split(": ", 1)[-1] for n in names],
+                 [rows[n]["mrr"] for n in names], [0.0] * len(names))], out / "comparison.png", "MRR")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, folder, _ in parts:
+        log_path = folder / "log.jsonl"
+        if name.startswith("student") and log_path.is_file():
+            hist = [json.loads(x) for x in log_path.read_text().splitlines()]
+            pts = [(h["epoch"], h["valid_mrr"]) for h in hist if "valid_mrr" in h]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=3, label=name.split(": ", 1)[-1])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid MRR")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)

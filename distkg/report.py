@@ -23,7 +23,30 @@ def metrics_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, ds: TKGDataset, title: str, results: dict[str, dict], command: str) -> Path:
+def bar_panels(panels: list[tuple[str, list[str], list[float], list[float]]], path: Path, ylabel: str) -> Path:
+    """One bar chart per panel (title, bar names, means, stds), side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5) * len(panels), 3.4),
+                             squeeze=False)
+    for ax, (title, names, means, stds) in zip(axes[0], panels):
+        ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color="tab:blue")
+        for i, m in enumerate(means):
+            ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, ds: TKGDataset, title: str, results: dict[str, dict], command: str,
+                 sections: list[str] | None = None) -> Path:
     first = next(iter(results.values()))
     parts = [
         f"# {title}",
@@ -31,6 +54,7 @@ def write_report(out: Path, ds: TKGDataset, title: str, results: dict[str, dict]
         "## Data\n\n```\n" + ds.describe() + "\n```",
         "## Protocol\n\n" + protocol_line(first["protocol"]),
         "## Metrics\n\n" + metrics_table(results),
+        *(sections or []),
     ]
     if (out / "curves.png").is_file():
         parts.append("## Training curves\n\n![training curves](curves.png)")

@@ -7,6 +7,7 @@ parameters x positions run) as a fraction of this machine's fp32 matmul FLOP/s, 
 same run. Then scores test queries against the cached entity table (queries/s).
 
     python scripts/bench_llm.py --out runs/bench_llm.json [--dataset yago11k] [--texts 512] [--quantization nf4]
+        [--layers 8] [--encode-batch 256]
 """
 
 from __future__ import annotations
@@ -59,9 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
+    ap.add_argument("--layers", type=int, help="keep only the first N transformer layers (llm.layers)")
+    ap.add_argument("--encode-batch", type=int, default=64, help="texts per LLM forward call (llm.encode_batch)")
     args = ap.parse_args(argv)
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
-    cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false"])
+    cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
+                             f"llm.layers={args.layers if args.layers else 'null'}", f"llm.encode_batch={args.encode_batch}"])
     teacher = build_teacher(cfg, ds, lora=False).eval()
     enc = teacher.encoder
     body = sum(p.numel() for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.inference_mode():
         teacher.score_candidates(q, 0, n_ent)
     score_s = time.perf_counter() - t
-    result = {"dataset": args.dataset, "model": args.model, "quantization": args.quantization, "texts": len(texts),
+    result = {"dataset": args.dataset, "model": args.model, "quantization": args.quantization, "layers": args.layers,
+              "encode_batch": args.encode_batch, "texts": len(texts),
               "body_parameters": body, "matmul_flops_per_second": peak, "encode_naive": naive,
               "encode_bucketed": bucketed, "scoring": {"queries": len(q), "candidates": n_ent,
                                                        "queries_per_second": round(len(q) / score_s, 1)},

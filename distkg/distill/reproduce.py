@@ -27,6 +27,7 @@ from pathlib import Path
 from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
+from distkg.report import bar_panels
 
 log = logging.getLogger("distkg")
 
@@ -251,26 +252,16 @@ def _costs(groups: dict[tuple, list[dict]], grid: GridConfig, out: Path) -> str:
 
 
 def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
-    for ax, (b, d, dim) in zip(axes[0], panels):
-        ms = [m for m in grid.methods if (b, d, dim, m) in groups]
-        stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for m in ms]
-        ax.bar(range(len(ms)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(ms)), ms, rotation=45, ha="right")
-        ax.set_title(f"{b} {dim}-d, {d}", fontsize=9)
-        ax.set_ylabel("test MRR (%)")
-        if stats:
-            lo = min(s[0] - s[1] for s in stats)
-            ax.set_ylim(max(0.0, lo - 0.15 * (max(s[0] + s[1] for s in stats) - lo + 1e-9) - 0.5), None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    panels = []
+    for b in grid.backbones:
+        for d in grid.datasets:
+            for dim in grid.dims:
+                ms = [m for m in grid.methods if (b, d, dim, m) in groups]
+                stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for m in ms]
+                if ms:
+                    panels.append((f"{b} {dim}-d, {d}", ms, [x[0] for x in stats], [x[1] for x in stats]))
+    if panels:
+        bar_panels(panels, path, "test MRR (%), mean ± std")
 
 
 def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:

@@ -92,17 +92,28 @@ class TextEncoder:
         self.stats.texts_encoded += len(texts)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
+    def _lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.lm.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]]
+
     def encode(self, texts: list[str], grad: bool = False) -> torch.Tensor:
-        """Pooled hidden states of ``texts`` (in order). With grad: no cache, one forward for all."""
+        """Pooled hidden states of ``texts`` (in order).
+
+        With grad (fine-tuning): no cache, but still one forward per token length, because one
+        padded batch of names (mostly 3-6 tokens, a few up to ``max_tokens``) is ~85% padding and
+        the backward pass pays for padding again.
+        """
         if grad:
-            return self._run(texts)
+            distinct = sorted(set(texts))
+            out: dict[str, torch.Tensor] = {}
+            for chunk in length_batches(distinct, self._lengths(distinct), max(len(distinct), 1)):
+                out.update(zip(chunk, self._run(chunk)))
+            return torch.stack([out[t] for t in texts])
         version = self.weights_version()
         missing = sorted({t for t in texts if (version, t) not in self._cache})
         self.stats.cache_hits += len(texts) - len(missing)
         if missing:
-            lengths = [len(ids) for ids in self.lm.tokenizer(missing, truncation=True, max_length=self.max_tokens)["input_ids"]]
             with torch.inference_mode():
-                for chunk in length_batches(missing, lengths, self.batch_size):
+                for chunk in length_batches(missing, self._lengths(missing), self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec
         return torch.stack([self._cache[(version, t)] for t in texts]).to(self._device())

