@@ -87,6 +87,8 @@ class LLMConfig:
     negatives: int = 128  # sampled entities per step, shared by the batch (plus the batch's answers)
     lr: float = 2e-4  # LoRA adapters
     head_lr: float = 1e-2  # projection head and logit scale
+    head_epochs: int = 0  # before LoRA: epochs of head-only 1-vs-all training on the frozen LM's features
+    head_batch_size: int = 1000
     checkpoint_every: int = 50
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
     progress: bool = True

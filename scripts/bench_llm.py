@@ -34,6 +34,12 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
+def _logical_numel(p: torch.Tensor) -> int:
+    """Parameters a weight stands for: a packed 4-bit tensor holds two per byte (bitsandbytes)."""
+    state = getattr(p, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+
+
 def encode_run(enc: TextEncoder, texts: list[str], bucketed: bool, body_params: int) -> dict:
     enc.clear()
     enc.stats.__init__()
@@ -43,7 +49,7 @@ def encode_run(enc: TextEncoder, texts: list[str], bucketed: bool, body_params: 
     else:
         with torch.inference_mode():
             for b in range(0, len(texts), enc.batch_size):
-                enc.encode(texts[b : b + enc.batch_size], grad=True)
+                enc._run(texts[b : b + enc.batch_size])  # padded batches in file order
     secs = time.perf_counter() - t
     st = enc.stats
     return {"seconds": round(secs, 2), "texts_per_second": round(len(texts) / secs, 1),
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                              f"llm.layers={args.layers if args.layers else 'null'}", f"llm.encode_batch={args.encode_batch}"])
     teacher = build_teacher(cfg, ds, lora=False).eval()
     enc = teacher.encoder
-    body = sum(p.numel() for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    body = sum(_logical_numel(p) for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
     texts = teacher.texts["entity"][: args.texts]
     peak = matmul_flops()
     naive = encode_run(enc, texts, bucketed=False, body_params=body)

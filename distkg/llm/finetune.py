@@ -1,7 +1,8 @@
 """Fine-tuning the LLM teacher with QLoRA on the training facts only, and loading it back.
 
 Read top to bottom: load the base LM (4-bit NF4 unless ``llm.quantization: none``), wrap it with
-LoRA adapters (peft), add the projection head, and train adapters + head on training queries.
+LoRA adapters (peft), add the projection head; optionally warm the head up on the frozen LM's
+features (``llm.head_epochs``, see ``train_head``); then train adapters + head on training queries.
 A full softmax over all entities would need every entity text through the LLM at every step, so
 each step scores its queries against a sampled candidate set: the batch's answers plus
 ``llm.negatives`` uniformly drawn entities (sampled softmax, cross-entropy on the answer). The
@@ -161,6 +162,10 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     device = teacher.head.weight.device
+    if lc.head_epochs and not state.get("head_done"):
+        state["head"] = train_head(teacher, cfg, queries, answers)
+        state["head_done"] = True
+        state["seconds"] += state["head"]["seconds"]
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=lc.steps, initial=state["step"], desc="LLM fine-tuning", disable=not lc.progress, mininterval=2)
     teacher.train()
@@ -188,12 +193,48 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         bar.set_postfix(loss=f"{np.mean(state['losses'][-20:]):.3f}")
         if state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps:
             _checkpoint(teacher, cfg, optimizer, state, ckpt)
+            per_step = (state["seconds"] - (state.get("head") or {}).get("seconds", 0.0)) / state["step"]
+            left = per_step * (lc.steps - state["step"])
+            if lc.max_minutes is not None:
+                left = min(left, max(0.0, 60 * lc.max_minutes - state["seconds"]))
+            log.info("LLM step %d/%d loss %.3f (%.1f s/step), ETA <= %.0fs", state["step"], lc.steps,
+                     np.mean(state["losses"][-lc.checkpoint_every:]), per_step, left)
     bar.close()
     teacher.eval()
     save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
-    metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1)})
+    metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
+                                                         "head_warmup": state.get("head")})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
+
+
+def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answers: torch.Tensor) -> dict:
+    """Head warm-up: the projection and scale, trained 1-vs-all on the frozen LM's features.
+
+    Why: a sampled-softmax LoRA step on a CPU costs seconds, so within a CPU budget LoRA sees a few
+    hundred queries. The LM's features of every text are computed once (one pass over the entity
+    names), and the head then trains against all entities on all training queries in seconds per
+    epoch; the LoRA steps that follow start from a head that already ranks.
+    """
+    lc = cfg.llm
+    t = time.perf_counter()
+    device = teacher.head.weight.device
+    feats = {k: v.detach() for k, v in teacher.features().items()}
+    opt = torch.optim.Adam(_head_params(teacher), lr=lc.head_lr)
+    losses = []
+    for epoch in range(lc.head_epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
+        total, n = 0.0, 0
+        for idx in torch.randperm(len(queries), generator=gen).split(lc.head_batch_size):
+            loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item(), n + 1
+        losses.append(round(total / n, 4))
+        log.info("LLM head epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, lc.head_epochs, losses[-1], time.perf_counter() - t)
+    teacher.encoder.mark_updated()
+    return {"epochs": lc.head_epochs, "losses": losses, "seconds": round(time.perf_counter() - t, 1)}
 
 
 def _checkpoint(teacher: LLMTeacher, cfg: RunConfig, optimizer: torch.optim.Optimizer, state: dict, ckpt: Path) -> None:

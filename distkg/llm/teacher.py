@@ -56,7 +56,9 @@ class LLMTeacher(TKGModel):
         self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch)
         hidden = lm.model.config.hidden_size
         self.head = nn.Linear(hidden, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # sigmoid embeddings are all positive, so raw scores are large and close together: start the
+        # scale at 1/sqrt(dim) so initial logits differ by O(0.1), not O(10) (a saturated softmax)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / math.sqrt(dim))))
         self.form = form
         self.texts = {
             "entity": list(dataset.entity_text),
@@ -94,6 +96,18 @@ class LLMTeacher(TKGModel):
         return raw * self.logit_scale.exp()
 
     # --------------------------------------------------------------------------------- training
+    def features(self) -> dict[str, torch.Tensor]:
+        """Pooled hidden states of every entity, relation and time text under the current weights."""
+        return {kind: self.encoder.encode(texts) for kind, texts in self.texts.items()}
+
+    def score_from_features(self, feats: dict[str, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """[B, E] scores from precomputed hidden states: only the head (and scale) gets gradients,
+        so the head can see every entity at every step (a full softmax), thousands of queries/s."""
+        proj = {k: torch.sigmoid(self.head(v)) for k, v in feats.items()}
+        t = 0.5 * (proj["time"][queries[:, 2]] + proj["time"][queries[:, 3]])
+        q = compose(self.form, proj["entity"][queries[:, 0]], proj["relation"][queries[:, 1]], t)
+        return self.match(q, proj["entity"])
+
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
         q = self._query(queries, grad=True)
