@@ -221,17 +221,33 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set data.dataset=icews14")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = values
+        node: Any = values
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            node = _child(node, part, item)
+            if not isinstance(node, (dict, list)):
                 raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
+        if isinstance(node, list):
+            node[_index(node, parts[-1], item)] = value
+        else:
+            node[parts[-1]] = value
     return values
+
+
+def _index(node: list, part: str, item: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _child(node: dict | list, part: str, item: str) -> Any:
+    """One step down a ``--set`` path: a section key (created if missing) or a list index (stages.0)."""
+    if isinstance(node, list):
+        return node[_index(node, part, item)]
+    return node.setdefault(part, {})
 
 
 def merge(base: dict, top: dict) -> dict:

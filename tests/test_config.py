@@ -61,10 +61,32 @@ def test_model_args_checked_against_signature():
         MODELS.get("frequncy")
 
 
+def test_set_indexes_into_lists():
+    cfg = load_config(None, ["distill.stages=[{epochs: 3}, {epochs: 4}]", "distill.stages.1.epochs=9"])
+    assert [s.epochs for s in cfg.distill.stages] == [3, 9]
+    with pytest.raises(ConfigError, match=r"'2' is not an index of a list of 2 items"):
+        load_config(None, ["distill.stages=[{epochs: 3}, {epochs: 4}]", "distill.stages.2.epochs=9"])
+
+
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    from distkg.distill.reproduce import load_grid
+    from distkg.distill.runner import check_method
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = sorted(root.rglob("*.yaml"))
     assert configs, "no configs shipped"
     for path in configs:
-        load_config(path)
+        if path.parent.name == "reproduce":  # grid configs, and every method they name
+            grid = load_grid(str(path), [])
+            for method in grid.methods:
+                check_method(load_config([root / "train" / "tadistmult-yago11k-25.yaml", root / "distill" / f"{method}.yaml"],
+                                         ["distill.teacher_run=x", "distill.llm_run=y"]))
+        else:
+            cfg = load_config(path)
+            if cfg.pipeline.students:
+                from distkg.pipeline import student_config
+
+                for method in cfg.pipeline.students:
+                    check_method(student_config(cfg, method, Path("teacher"), Path("llm")))
