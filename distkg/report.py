@@ -30,8 +30,9 @@ def bar_panels(panels: list[tuple[str, list[str], list[float], list[float]]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5) * len(panels), 3.4),
-                             squeeze=False)
+    longest = max(len(n) for p in panels for n in p[1])
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(
+        max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5) * len(panels), 2.8 + 0.06 * longest))
     for ax, (title, names, means, stds) in zip(axes[0], panels):
         ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color="tab:blue")
         for i, m in enumerate(means):

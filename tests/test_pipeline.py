@@ -1,0 +1,52 @@
+"""The main job's whole pipeline (teacher, LLM teacher, three students, report) on a small synthetic graph
+and a tiny randomly initialised Llama; load_dataset is replaced by the synthetic graph (it stands in
+for reading YAGO11k from disk). A second run reads every finished part instead of training it again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distkg import pipeline
+from distkg.config import load_config
+from tests.helpers import tiny_dataset
+from tests.llm.conftest import make_tiny_llama
+
+DS = tiny_dataset("interval", n_ent=30, n_facts=300)
+
+
+def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
+    llm = make_tiny_llama(tmp_path / "tiny-llama")
+    cfg = load_config("configs/quickstart.yaml", [
+        "model.args.dim=8", "train.epochs=2", "train.progress=false", "eval.progress=false", "pipeline.student_dim=4",
+        f"llm.model={llm}", "llm.quantization=none", "llm.layers=null", "llm.dim=8", "llm.steps=2",
+        "llm.head_epochs=1", "llm.head_batch_size=64", "llm.batch_size=4", "llm.negatives=8", "llm.valid_queries=0",
+        "llm.progress=false", "pipeline.students.plain.stages.0.epochs=1", "pipeline.students.bkd.stages.0.epochs=1",
+        "pipeline.students.ours.stages.0.epochs=1", "pipeline.students.ours.stages.1.epochs=1"])
+    out = tmp_path / "run"
+    summary = pipeline.run(cfg, out)
+    names = list(summary["parts"])
+    assert names[0].startswith("teacher") and names[1].startswith("LLM teacher")
+    assert [n.split(": ")[1] for n in names[2:]] == ["plain", "bkd", "ours"]
+    assert all(0 < p["mrr"] <= 1 for p in summary["parts"].values())
+    assert (out / "students" / "ours" / "metrics.json").is_file() and (out / "llm" / "teacher" / "tables.pt").is_file()
+    report = (out / "report.md").read_text()
+    assert "student 4-d: ours" in report and "comparison.png" in report and "Size and cost" in report
+    assert (out / "comparison.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished part was trained again")
+
+    monkeypatch.setattr(pipeline, "train", no_training)
+    again = pipeline.run(cfg, out)
+    assert json.dumps(again["parts"], sort_keys=True) == json.dumps(summary["parts"], sort_keys=True)
+
+
+def test_pipeline_rejects_a_bad_student_method_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
+    cfg = load_config("configs/quickstart.yaml", ["pipeline.students.bkd.stages.0.losses.kd.temp=3"])
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained before checking the methods"))
+    with pytest.raises(Exception, match=r"has no argument 'temp'"):
+        pipeline.run(cfg, tmp_path)
