@@ -90,7 +90,8 @@ def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
     s, p_llm, a = _need(batch, "llm_supervised")
-    target = (1 - mix) * p_llm + mix * F.one_hot(a, s.shape[1]).to(s.dtype)
+    rows = torch.arange(len(a), device=a.device)
+    target = ((1 - mix) * p_llm).index_put((rows, a), torch.full_like(a, mix, dtype=s.dtype), accumulate=True)
     return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)
 
 

@@ -57,7 +57,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     kg = KGTeacher(dc.teacher_run, ds, queries) if needs & KG_FIELDS else None
-    llm = LLMTables(dc.llm_run, ds) if "llm_probs" in needs else None
+    llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs else None
     student = build_model(cfg, ds)
     aux = torch.nn.ModuleDict()
     if "regressor" in needs:
@@ -71,7 +71,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
             if "teacher_scores" in needs:
                 batch.teacher_scores = kg.scores(idx).to(q.device)
             if "llm_probs" in needs:
-                batch.llm_probs = llm.probs(q.cpu(), dc.llm_temperature).to(q.device)
+                batch.llm_probs = llm.probs(q.cpu(), dc.llm_temperature, idx).to(q.device)
             if "regressor" in needs:
                 batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
             if "student_emb" in needs:

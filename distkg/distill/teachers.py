@@ -3,7 +3,8 @@
 Why representations and not scores: a 1-vs-all soft target is a [queries, entities] matrix (65k x
 12.5k floats = 3.3 GB on Wikidata12k, 1.2 TB on ICEWS18's train set), but it is the product of a
 [queries, D] query table and an [entities, D] candidate table. Those two are cached (104 MB at
-400-d on Wikidata12k) and each batch's scores are one matmul, exact, with no top-k truncation.
+400-d on Wikidata12k) and each batch's scores are one matmul, exact, with no top-k truncation
+(or, where the whole matrix fits in SCORE_CACHE_BYTES, one row gather from it, built at start-up).
 
   KGTeacher   a `distkg train` run: its best weights' query representation of every training
               query (both directions) and its candidate table, cached in RUN/outputs/.
@@ -26,6 +27,11 @@ from distkg.llm.teacher import compose, form_match
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")
+
+# Below this size (4 GB: every YAGO11k / Wikidata12k / ICEWS14 training query x entity in fp32) the
+# teacher's whole score matrix is kept in memory for the run, computed from the cached tables in
+# seconds; above it (ICEWS18) each batch's scores are one matmul.
+SCORE_CACHE_BYTES = 4 * 2**30
 
 
 def _finished(run: Path, what: str, made_by: str) -> dict:
@@ -69,10 +75,16 @@ class KGTeacher:
                 self.table = self.model.candidate_table()
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
         self.name = f"{cfg.model.name} {self.model.dim}-d ({run})"
+        self.all_scores: torch.Tensor | None = None
+        if len(queries) * ds.num_entities * 4 <= SCORE_CACHE_BYTES:  # a row gather beats a 400-d matmul a batch
+            with torch.no_grad():
+                self.all_scores = torch.cat([self.model.match(q, self.table) for q in self.query.split(4096)])
 
     @torch.no_grad()
     def scores(self, idx: torch.Tensor) -> torch.Tensor:
         """[B, E] teacher scores of the training queries ``idx`` over all entities."""
+        if self.all_scores is not None:
+            return self.all_scores[idx]
         return self.model.match(self.query[idx], self.table)
 
     def entities(self, ids: torch.Tensor) -> torch.Tensor:
@@ -82,7 +94,7 @@ class KGTeacher:
 class LLMTables:
     """P_LLM for any query from a fine-tuned LLM teacher's exported embedding tables."""
 
-    def __init__(self, run: str | Path, ds: TKGDataset) -> None:
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor | None = None) -> None:
         run = Path(run)
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
@@ -93,6 +105,9 @@ class LLMTables:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
+        self.all_scores: torch.Tensor | None = None  # training queries x entities, when it fits
+        if queries is not None and len(queries) * ds.num_entities * 4 <= SCORE_CACHE_BYTES:
+            self.all_scores = torch.cat([self.scores(q) for q in queries.split(4096)])
 
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
@@ -101,8 +116,10 @@ class LLMTables:
         return form_match(self.form, self.log_scale, compose(self.form, self.entity[q[:, 0]], self.relation[q[:, 1]], t),
                           self.entity)
 
-    def probs(self, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return torch.softmax(self.scores(q) / temperature, dim=1)
+    def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction."""
+        scores = self.all_scores[idx] if idx is not None and self.all_scores is not None else self.scores(q)
+        return torch.softmax(scores / temperature, dim=1)
 
 
 def export_llm_tables(run: Path, ds: TKGDataset) -> Path:

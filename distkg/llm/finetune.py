@@ -167,7 +167,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         state["head_done"] = True
         state["seconds"] += state["head"]["seconds"]
     started = time.perf_counter() - state["seconds"]
-    bar = tqdm(total=lc.steps, initial=state["step"], desc="LLM fine-tuning", disable=not lc.progress, mininterval=2)
+    desc = "LLM fine-tuning" + (f" (budget {lc.max_minutes:g} min)" if lc.max_minutes else "")
+    bar = tqdm(total=lc.steps, initial=state["step"], desc=desc, disable=not lc.progress, mininterval=2)
     teacher.train()
     while state["step"] < lc.steps:
         if lc.max_minutes is not None and time.perf_counter() - started > 60 * lc.max_minutes:
@@ -219,7 +220,11 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     lc = cfg.llm
     t = time.perf_counter()
     device = teacher.head.weight.device
+    log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
+             sum(len(v) for v in teacher.texts.values()))
     feats = {k: v.detach() for k, v in teacher.features().items()}
+    log.info("encoded in %.0fs; training the head for %d epochs against all entities", time.perf_counter() - t,
+             lc.head_epochs)
     opt = torch.optim.Adam(_head_params(teacher), lr=lc.head_lr)
     losses = []
     for epoch in range(lc.head_epochs):

@@ -11,6 +11,7 @@ import torch
 
 from distkg.config import load_config
 from distkg.distill import runner
+from distkg.distill import teachers as teachers_module
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.finetune import finetune, load_teacher
@@ -112,6 +113,10 @@ def test_teacher_outputs_are_computed_once_and_match_the_teacher(teachers, monke
     monkeypatch.setattr(type(first.model), "query_repr", no_recompute)
     again = KGTeacher(teachers / "kg", DS, q)
     torch.testing.assert_close(again.scores(idx), first.scores(idx))
+    monkeypatch.setattr(teachers_module, "SCORE_CACHE_BYTES", 0)  # large graphs: one matmul per batch
+    big = KGTeacher(teachers / "kg", DS, q)
+    assert first.all_scores is not None and big.all_scores is None
+    torch.testing.assert_close(big.scores(idx), first.scores(idx))
 
 
 def test_llm_tables_give_the_llm_teachers_distribution(teachers):
@@ -119,6 +124,12 @@ def test_llm_tables_give_the_llm_teachers_distribution(teachers):
     teacher = load_teacher(teachers / "llm" / "teacher", cfg, DS)
     q = torch.from_numpy(DS.splits["test"][:, [0, 1, 3, 4]].copy())
     torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q), atol=1e-5, rtol=1e-4)
+    train_q, _ = training_queries(DS.splits["train"], DS.num_relations)
+    cached = LLMTables(teachers / "llm", DS, train_q)  # the score matrix of every training query, kept
+    idx = torch.tensor([5, 0, 17])
+    assert cached.all_scores is not None
+    torch.testing.assert_close(cached.probs(train_q[idx], 2.0, idx), teacher.distribution(train_q[idx], 2.0),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_bad_method_configs_fail_by_name(teachers, tmp_path):
