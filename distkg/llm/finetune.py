@@ -204,7 +204,9 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     teacher.eval()
     save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
-                                                         "head_warmup": state.get("head")})
+                                                         "head_warmup": state.get("head"),
+                                                         "parameters": n_all + sum(p.numel() for p in _head_params(teacher)),
+                                                         "trainable_parameters": n_lora + sum(p.numel() for p in _head_params(teacher))})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
 
