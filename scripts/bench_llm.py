@@ -23,6 +23,7 @@ from distkg.data import load_dataset
 from distkg.evaluation import build_queries
 from distkg.llm.encoder import TextEncoder
 from distkg.llm.finetune import build_teacher
+from distkg.llm.loading import logical_numel
 
 
 def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -32,12 +33,6 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * n**3 * repeats / (time.perf_counter() - t)
-
-
-def _logical_numel(p: torch.Tensor) -> int:
-    """Parameters a weight stands for: a packed 4-bit tensor holds two per byte (bitsandbytes)."""
-    state = getattr(p, "quant_state", None)
-    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
 
 
 def encode_run(enc: TextEncoder, texts: list[str], bucketed: bool, body_params: int) -> dict:
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
                              f"llm.layers={args.layers if args.layers else 'null'}", f"llm.encode_batch={args.encode_batch}"])
     teacher = build_teacher(cfg, ds, lora=False).eval()
     enc = teacher.encoder
-    body = sum(_logical_numel(p) for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    body = sum(logical_numel(p) for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
     texts = teacher.texts["entity"][: args.texts]
     peak = matmul_flops()
     naive = encode_run(enc, texts, bucketed=False, body_params=body)

@@ -33,7 +33,7 @@ from distkg.config import RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, evaluate
-from distkg.llm.loading import load_lm
+from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save
 from distkg.training.trainer import TrainingDiverged, training_queries
@@ -140,7 +140,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lc.lr}, {"params": _head_params(teacher), "lr": lc.head_lr}])
     n_lora = sum(p.numel() for p in lora_params)
-    n_all = sum(p.numel() for p in teacher.lm_model.parameters())
+    n_all = sum(logical_numel(p) for p in teacher.lm_model.parameters())  # 4-bit weights counted as weights
     log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
              lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
     state = {"step": 0, "seconds": 0.0, "losses": []}

@@ -90,6 +90,12 @@ def quantization_config(quantization: str, on_gpu: bool):
     )
 
 
+def logical_numel(p: torch.Tensor) -> int:
+    """How many weights a tensor stands for: a packed 4-bit tensor (bitsandbytes) holds two per byte."""
+    state = getattr(p, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+
+
 def keep_layers(model: torch.nn.Module, n: int | None) -> None:
     """Keep only the first ``n`` transformer layers (None: all), in place.
 
