@@ -23,7 +23,8 @@ from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.report import bar_panels, write_report
+from distkg.report import bar_panels, read_metrics, write_report
+from distkg.training.curves import valid_curve
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -100,10 +101,10 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str) -> dic
     rows: dict[str, dict] = {}
     started = time.perf_counter()
     for i, (name, folder, work) in enumerate(parts):
-        done = folder / "metrics.json"
+        done = read_metrics(folder)
         log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), name, folder,
-                 time.perf_counter() - started, " (done before; reading it)" if done.is_file() else "")
-        rows[name] = json.loads(done.read_text()) if done.is_file() else work()
+                 time.perf_counter() - started, " (done before; reading it)" if done else "")
+        rows[name] = done if done is not None else work()
     sections = [_cost_section(rows, time.perf_counter() - started)]
     _plots(rows, parts, out)
     sections.append("## Comparison\n\n![test MRR of each part](comparison.png)")
@@ -137,11 +138,9 @@ def _plots(rows: dict[str, dict], parts: list, out: Path) -> None:
                  [rows[n]["mrr"] for n in names], [0.0] * len(names))], out / "comparison.png", "MRR")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, folder, _ in parts:
-        log_path = folder / "log.jsonl"
-        if name.startswith("student") and log_path.is_file():
-            hist = [json.loads(x) for x in log_path.read_text().splitlines()]
-            pts = [(h["epoch"], h["valid_mrr"]) for h in hist if "valid_mrr" in h]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=3, label=name.split(": ", 1)[-1])
+        epochs, mrr = valid_curve(folder) if name.startswith("student") else ([], [])
+        if epochs:
+            ax.plot(epochs, mrr, "o-", markersize=3, label=name.split(": ", 1)[-1])
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid MRR")
     ax.legend(fontsize=8)

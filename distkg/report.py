@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from distkg.data import TKGDataset
 
 METRIC_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+
+def read_metrics(run: Path) -> dict | None:
+    """A run's metrics.json, or None while the run has not finished (how resumable jobs skip done parts)."""
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def protocol_line(protocol: dict) -> str:

@@ -27,7 +27,8 @@ from pathlib import Path
 from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
-from distkg.report import bar_panels
+from distkg.report import bar_panels, read_metrics
+from distkg.training.curves import valid_curve
 
 log = logging.getLogger("distkg")
 
@@ -81,11 +82,6 @@ def _needs_llm(grid: GridConfig, method: str) -> bool:
     return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
 
 
-def _done(run: Path) -> dict | None:
-    path = run / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 class Grid:
     """The runs of a grid config under OUT, each loaded or run on demand."""
 
@@ -107,7 +103,7 @@ class Grid:
         from distkg.training.trainer import train
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
-        if _done(run) is None:
+        if read_metrics(run) is None:
             cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
                               self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
             log.info("== teacher %s on %s -> %s", backbone, dataset, run)
@@ -118,17 +114,20 @@ class Grid:
         from distkg.llm.finetune import finetune
 
         run = Path(self._fill(self.grid.llm_run, dataset=dataset))
-        if _done(run) is None:
+        if read_metrics(run) is None:
             cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
             log.info("== LLM teacher on %s -> %s", dataset, run)
             finetune(cfg, run, dataset=self.dataset(cfg))
         return run
 
+    def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
+        return self.out / "students" / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
+
     def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict:
         from distkg.distill.runner import distill
 
-        run = self.out / "students" / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
-        if (metrics := _done(run)) is None:
+        run = self.student_run(backbone, dataset, dim, method, seed)
+        if (metrics := read_metrics(run)) is None:
             needs_llm = _needs_llm(self.grid, method)
             sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
                     f"distill.teacher_run={self.teacher(backbone, dataset)}",
@@ -151,8 +150,7 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
              for m in grid.methods for s in grid.seeds]
     rows, started = [], time.perf_counter()
     for i, cell in enumerate(cells):
-        run = out / "students" / f"{cell[0]}-{cell[1]}-{cell[2]}d" / f"{cell[3]}-seed{cell[4]}"
-        if only_report and _done(run) is None:
+        if only_report and read_metrics(g.student_run(*cell)) is None:
             continue
         t = time.perf_counter()
         rows.append(g.student(*cell))
@@ -232,11 +230,11 @@ def _costs(groups: dict[tuple, list[dict]], grid: GridConfig, out: Path) -> str:
     teacher_seconds: dict[tuple, float] = {}
     for d in grid.datasets:
         for b in grid.backbones:
-            m = _done(Path(grid.teacher_run.format(out=out, backbone=b, dataset=d)))
+            m = read_metrics(Path(grid.teacher_run.format(out=out, backbone=b, dataset=d)))
             if m:
                 teacher_seconds[(b, d)] = m.get("train_seconds", 0.0)
                 lines.append(f"| {b} 400-d teacher training | {d} | {teacher_seconds[(b, d)]:.0f} |")
-        m = _done(Path(grid.llm_run.format(out=out, dataset=d)))
+        m = read_metrics(Path(grid.llm_run.format(out=out, dataset=d)))
         if m:
             llm_seconds[d] = m.get("finetune_seconds", 0.0) + m.get("eval_seconds", 0.0)
             lines.append(f"| LLM teacher fine-tuning + evaluation ({m.get('steps')} steps) | {d} | {llm_seconds[d]:.0f} |")
@@ -275,11 +273,9 @@ def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) 
     for ax, (b, d, dim) in zip(axes[0], panels):
         for m in grid.methods:
             rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
-            if not rs or not (Path(rs[0]["run"]) / "log.jsonl").is_file():
-                continue
-            hist = [json.loads(x) for x in (Path(rs[0]["run"]) / "log.jsonl").read_text().splitlines()]
-            pts = [(h["epoch"], h["valid_mrr"]) for h in hist if "valid_mrr" in h]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m)
+            epochs, mrr = valid_curve(Path(rs[0]["run"])) if rs else ([], [])
+            if epochs:
+                ax.plot(epochs, mrr, label=m)
         ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("valid MRR")

@@ -15,15 +15,16 @@ Why representations and not scores: a 1-vs-all soft target is a [queries, entiti
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from distkg.data import TKGDataset
 from distkg.errors import ConfigError, DistkgError
-from distkg.llm.teacher import compose, form_match
+from distkg.llm.teacher import form_match, table_query
+from distkg.report import read_metrics
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")
@@ -36,10 +37,20 @@ SCORE_CACHE_BYTES = 4 * 2**30
 
 def _finished(run: Path, what: str, made_by: str) -> dict:
     """A finished run's metrics.json (which names the dataset it was trained on), or a clear error."""
-    path = run / "metrics.json"
-    if not path.is_file():
+    metrics = read_metrics(run)
+    if metrics is None:
         raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `{made_by}`)")
-    return json.loads(path.read_text())
+    return metrics
+
+
+def score_matrix(score: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
+                 num_entities: int) -> torch.Tensor | None:
+    """``score`` of every row in chunks, kept as one [rows, entities] matrix when it fits in
+    SCORE_CACHE_BYTES (a row gather beats a 400-d matmul a batch); None when it does not."""
+    if len(rows) * num_entities * 4 > SCORE_CACHE_BYTES:
+        return None
+    with torch.no_grad():
+        return torch.cat([score(chunk) for chunk in rows.split(4096)])
 
 
 def _check_dataset(run: Path, what: str, trained_on: str, ds: TKGDataset) -> None:
@@ -74,11 +85,7 @@ class KGTeacher:
                 self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
                 self.table = self.model.candidate_table()
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
-        self.name = f"{cfg.model.name} {self.model.dim}-d ({run})"
-        self.all_scores: torch.Tensor | None = None
-        if len(queries) * ds.num_entities * 4 <= SCORE_CACHE_BYTES:  # a row gather beats a 400-d matmul a batch
-            with torch.no_grad():
-                self.all_scores = torch.cat([self.model.match(q, self.table) for q in self.query.split(4096)])
+        self.all_scores = score_matrix(lambda q: self.model.match(q, self.table), self.query, ds.num_entities)
 
     @torch.no_grad()
     def scores(self, idx: torch.Tensor) -> torch.Tensor:
@@ -105,16 +112,14 @@ class LLMTables:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
-        self.all_scores: torch.Tensor | None = None  # training queries x entities, when it fits
-        if queries is not None and len(queries) * ds.num_entities * 4 <= SCORE_CACHE_BYTES:
-            self.all_scores = torch.cat([self.scores(q) for q in queries.split(4096)])
+        # training queries x entities, when given and it fits
+        self.all_scores = score_matrix(self.scores, queries, ds.num_entities) if queries is not None else None
 
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
         """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included."""
-        t = 0.5 * (self.time[q[:, 2]] + self.time[q[:, 3]])
-        return form_match(self.form, self.log_scale, compose(self.form, self.entity[q[:, 0]], self.relation[q[:, 1]], t),
-                          self.entity)
+        query = table_query(self.form, self.entity, self.relation, self.time, q)
+        return form_match(self.form, self.log_scale, query, self.entity)
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None) -> torch.Tensor:
         """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction."""

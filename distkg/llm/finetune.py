@@ -140,6 +140,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lc.lr}, {"params": _head_params(teacher), "lr": lc.head_lr}])
     n_lora = sum(p.numel() for p in lora_params)
+    n_head = sum(p.numel() for p in _head_params(teacher))
     n_all = sum(logical_numel(p) for p in teacher.lm_model.parameters())  # 4-bit weights counted as weights
     log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
              lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
@@ -205,8 +206,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
                                                          "head_warmup": state.get("head"),
-                                                         "parameters": n_all + sum(p.numel() for p in _head_params(teacher)),
-                                                         "trainable_parameters": n_lora + sum(p.numel() for p in _head_params(teacher))})
+                                                         "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
 

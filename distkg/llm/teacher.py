@@ -39,6 +39,13 @@ def form_match(form: str, log_scale: torch.Tensor, q: torch.Tensor, candidates: 
     return raw * log_scale.exp()
 
 
+def table_query(form: str, entity: torch.Tensor, relation: torch.Tensor, time: torch.Tensor,
+                queries: torch.Tensor) -> torch.Tensor:
+    """Query representations looked up in embedding tables, the interval rule included."""
+    t = 0.5 * (time[queries[:, 2]] + time[queries[:, 3]])
+    return compose(form, entity[queries[:, 0]], relation[queries[:, 1]], t)
+
+
 def time_texts(dataset: TKGDataset) -> list[str]:
     if dataset.time_kind == "point":
         return list(dataset.time_labels)
@@ -104,8 +111,7 @@ class LLMTeacher(TKGModel):
         """[B, E] scores from precomputed hidden states: only the head (and scale) gets gradients,
         so the head can see every entity at every step (a full softmax), thousands of queries/s."""
         proj = {k: torch.sigmoid(self.head(v)) for k, v in feats.items()}
-        t = 0.5 * (proj["time"][queries[:, 2]] + proj["time"][queries[:, 3]])
-        q = compose(self.form, proj["entity"][queries[:, 0]], proj["relation"][queries[:, 1]], t)
+        q = table_query(self.form, proj["entity"], proj["relation"], proj["time"], queries)
         return self.match(q, proj["entity"])
 
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def valid_curve(run: Path) -> tuple[list[int], list[float]]:
+    """(epochs, validation MRR) of a training run, from its log.jsonl; empty when there is none."""
+    log = run / "log.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    pts = [(r["epoch"], r["valid_mrr"]) for r in rows if "valid_mrr" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> Path:
