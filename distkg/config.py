@@ -136,6 +136,35 @@ class PipelineConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Where a distillation run executes (distkg.runtime; cluster/SCALING.md).
+
+    ``local``: one process, the teachers' outputs read in-process (the default, and what tests and
+    the quickstart use). ``ray``: the LLM teacher runs as a pool of Ray scoring actors under
+    DeepSpeed inference, each holding 1/N of the entity table, and the student trains in Ray
+    Train workers (DDP) that send the queries of their next batches to the pool ahead of time.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None  # None: start a local Ray on 127.0.0.1; "auto" / "HOST:PORT": join a cluster
+    num_cpus: int | None = None  # a local Ray's CPUs (None: all)
+    teacher_actors: int = 2  # LLM scoring actors; each encodes and scores 1/N of the entities
+    teacher_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per actor, e.g. {GPU: 1}
+    kg_teacher: Literal["local", "pool"] = "local"  # the 400-d KG teacher next to each student, or in actors
+    tp_size: int = 1  # DeepSpeed inference tensor-parallel degree per actor
+    kernel_inject: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA and an unquantized LM
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    workers: int = 1  # Ray Train student workers (DDP: gloo on CPU, NCCL on GPU)
+    worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per worker, e.g. {GPU: 1}
+    soft_targets: Literal["full", "topk"] = "full"  # what the pool returns per query
+    topk: int = 64  # entities kept per query when soft_targets is topk
+    prefetch: int = 2  # batches of queries in flight ahead of the step
+    cache: bool = True  # each distinct training query reaches the LLM once per teacher version
+    max_failures: int = 1  # student worker-group restarts (each resumes from the last checkpoint)
+    timeout_s: float = 600.0  # longest wait for one batch of soft targets
+
+
+@dataclass
 class RunConfig:
     """A whole run. Later stages (training, LLM teacher, distillation, runtime) add sections here."""
 
@@ -146,6 +175,7 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 0
 
 

@@ -94,7 +94,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    distill(cfg, Path(args.out), resume=not args.restart)
+    if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
+        from distkg.runtime.students import distill_on_ray
+
+        if args.restart:
+            raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
+        distill_on_ray(cfg, Path(args.out))
+    else:
+        distill(cfg, Path(args.out), resume=not args.restart)
     return 0
 
 

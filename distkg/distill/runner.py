@@ -7,6 +7,10 @@ provides only those: the KG teacher's scores, representations or entity vectors 
 uses ``fitnet``. The student's regulariser (N3, smoothness) is always added, as in plain training,
 so the plain student (``ce`` only) trained here equals ``distkg train``.
 
+With ``pools`` (distkg.runtime: the LLM teacher, and the KG teacher's scores when
+``runtime.kg_teacher`` is ``pool``, served by Ray scoring actors) those scores come from the pool
+instead, the epoch's batches sent ahead of the steps.
+
 RKD reads the entity vectors of up to ``distill.rkd_entities`` distinct entities of the batch
 (queried entities and answers), drawn with the epoch's generator.
 """
@@ -51,13 +55,24 @@ def check_method(cfg: RunConfig) -> set[str]:
     return needs
 
 
-def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
+            pools: dict | None = None) -> dict:
+    """``pools``: {"llm": TeacherPool, "kg": TeacherPool} serving those teachers' scores (optional)."""
+    from distkg.runtime.pool import SoftTargets
+
     dc = cfg.distill
     needs = check_method(cfg)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
-    kg = KGTeacher(dc.teacher_run, ds, queries) if needs & KG_FIELDS else None
-    llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs else None
+    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch, cfg.runtime.timeout_s)
+              for name, pool in (pools or {}).items()}
+    local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
+    kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
+    llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs and "llm" not in remote else None
+
+    def plan(batches: list[torch.Tensor]) -> None:
+        for targets in remote.values():
+            targets.plan(batches)
     student = build_model(cfg, ds)
     aux = torch.nn.ModuleDict()
     if "regressor" in needs:
@@ -69,9 +84,11 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
             qr = student.query_repr(q)
             batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
             if "teacher_scores" in needs:
-                batch.teacher_scores = kg.scores(idx).to(q.device)
+                batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
             if "llm_probs" in needs:
-                batch.llm_probs = llm.probs(q.cpu(), dc.llm_temperature, idx).to(q.device)
+                probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
+                         else llm.probs(q.cpu(), dc.llm_temperature, idx))
+                batch.llm_probs = probs.to(q.device)
             if "regressor" in needs:
                 batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
             if "student_emb" in needs:
@@ -83,8 +100,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
         return loss
 
-    stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr)
-              for i, s in enumerate(dc.stages)]
+    stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
+                    on_epoch=plan if remote else None) for i, s in enumerate(dc.stages)]
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
     return fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)

@@ -25,9 +25,11 @@ def atomic_save(obj: object, path: Path) -> None:
 
 
 class Checkpoints:
-    def __init__(self, folder: Path, keep: int = 2) -> None:
+    def __init__(self, folder: Path, keep: int = 2, write: bool = True) -> None:
+        """``write`` False: a reader only (ranks other than 0 of a multi-process run)."""
         self.folder = folder
         self.keep = max(keep, 1)
+        self.write = write
 
     def epochs(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -42,8 +44,10 @@ class Checkpoints:
     def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
              aux: torch.nn.Module | None = None) -> Path:
         """``aux``: extra trainable modules (a FitNet regressor); best.pt holds only ``model``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"epoch_{epoch:04d}.pt"
+        if not self.write:
+            return path
+        self.folder.mkdir(parents=True, exist_ok=True)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                       "aux": aux.state_dict() if aux is not None else {}, "torch_rng": torch.get_rng_state()}, path)
         for old in self.epochs()[: -self.keep]:
@@ -61,6 +65,8 @@ class Checkpoints:
         return ckpt["state"]
 
     def save_best(self, model: torch.nn.Module) -> None:
+        if not self.write:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_save(model.state_dict(), self.folder / "best.pt")
 

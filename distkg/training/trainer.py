@@ -9,7 +9,10 @@ stops rising or the stage's epochs are spent.
 Then score the test split with the best weights and write OUT/metrics.json.
 
 Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
-gradients. A non-finite loss or weight stops training with a message naming the last good
+gradients. Under several processes (Ray Train workers, torchrun) every global batch is split
+across them by rank and their gradients are averaged over the process group before each step,
+so the updates are those of one process with the whole batch; all ranks evaluate (identical
+weights, so identical decisions) and only rank 0 writes checkpoints, logs and metrics. A non-finite loss or weight stops training with a message naming the last good
 checkpoint, which is never overwritten by a bad state.
 """
 
@@ -103,6 +106,7 @@ class Stage:
     epochs: int
     loss: LossFn
     lr: float | None = None  # None: train.lr
+    on_epoch: Callable[[list[torch.Tensor]], None] | None = None  # told each epoch's batches ahead (prefetch)
 
 
 def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
@@ -134,7 +138,9 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: TKGModel = accelerator.unwrap_model(model)
-    ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    trained = [p for p in [*raw_model.parameters(), *aux.parameters()] if p.requires_grad]
+    ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main)
     state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
              "seconds": 0.0, "history": []}
     if resume and (latest := ckpts.latest()) is not None:
@@ -156,6 +162,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         if state["stage_epoch"] >= stage.epochs or state["evals_without_gain"] >= tc.patience:
             state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
             if state["stage"] < len(stages) and state["best_epoch"] > 0:
+                accelerator.wait_for_everyone()
                 ckpts.load_best(raw_model)  # the next stage starts from the best weights so far
                 log.info("stage %r done; stage %r starts from the best epoch (%d)", stage.name,
                          stages[state["stage"]].name, state["best_epoch"])
@@ -165,10 +172,13 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)
+        batches = [b[rank::world] for b in perm.split(tc.batch_size)]  # this rank's share of each batch
+        if stage.on_epoch is not None:
+            stage.on_epoch(batches)
         model.train()
         total, parts, t_epoch = 0.0, {}, time.perf_counter()
-        bar = tqdm(perm.split(tc.batch_size), total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
-                   disable=not tc.progress, leave=False, mininterval=2)
+        bar = tqdm(batches, total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
+                   disable=not (tc.progress and main), leave=False, mininterval=2)
         for step, idx in enumerate(bar):
             q, a = queries[idx].to(accelerator.device), answers[idx].to(accelerator.device)
             with accelerator.accumulate(model):
@@ -177,6 +187,8 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged_message("loss", loss.item(), epoch, step, ckpts))
                 accelerator.backward(loss)
+                if world > 1 and accelerator.sync_gradients:
+                    average_gradients(trained, world)
                 optimizer.step()
                 optimizer.zero_grad()
             total += loss.item()
@@ -206,8 +218,10 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         state["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        accelerator.wait_for_everyone()
         eta = state["seconds"] / state["epoch"] * (total_epochs - state["epoch"])
         log.info("%s epoch %d/%d loss %.4f valid MRR %s  %.1fs (%.0f facts/s), ETA <= %.0fs", stage.name, epoch + 1,
                  total_epochs, row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
@@ -221,11 +235,32 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
                "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
                **(extra or {})}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
+    if main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
              test["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of every gradient over the process group (gloo on CPU, NCCL on GPU).
+
+    Why not torch DDP's wrapper: the losses call the model's parts (query_repr, match, entity
+    vectors) rather than its forward, and DDP only synchronises gradients of a forward it ran.
+    One flat all-reduce per step does the same work.
+    """
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone()
+        offset += n
 
 
 def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Checkpoints) -> str:

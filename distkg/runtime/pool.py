@@ -1,0 +1,255 @@
+"""The teacher scoring pool: Ray actors that each hold one shard of a teacher's entity table.
+
+Why shards of entities, not replicas: a teacher's score row is [entities] long and the LLM's cost
+is encoding entity texts. With N actors each owning entities [lo, hi), every entity text goes
+through the LLM once in the whole pool (not once per replica), and with ``soft_targets: topk``
+each actor returns only its shard's top k, which the client merges into the exact global top k.
+
+  ScoringShard  loads a finished teacher run (an LLM teacher: 4-bit base + LoRA adapter + head,
+                wrapped by DeepSpeed inference; or a `distkg train` KG teacher) and scores queries
+                against its shard, caching each distinct query's row per teacher version.
+  TeacherPool   creates the actors (declared resources, restarted when they die, in-flight calls
+                retried) and merges their answers: [B, E] scores (-inf outside the top k).
+  SoftTargets   one student worker's view: the epoch's batches are planned ahead, ``prefetch`` of
+                them stay in flight, and the time a step waits for its targets is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from distkg.config import RuntimeConfig
+
+log = logging.getLogger("distkg")
+
+
+def shard_bounds(num_entities: int, shards: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each shard; sizes differ by at most one."""
+    edges = [round(i * num_entities / shards) for i in range(shards + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def merge_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int, num_entities: int) -> torch.Tensor:
+    """The exact global top k from each shard's (values, entity ids) top k, as dense [B, E] scores
+    with -inf elsewhere (so softmax(scores / T) is the top-k distribution renormalised)."""
+    values = torch.cat([v for v, _ in parts], dim=1)
+    ids = torch.cat([i for _, i in parts], dim=1)
+    best, where = values.topk(min(k, values.shape[1]), dim=1)
+    dense = torch.full((len(values), num_entities), float("-inf"))
+    return dense.scatter_(1, ids.gather(1, where), best)
+
+
+def inference_settings(rc: RuntimeConfig, on_cuda: bool, quantized: bool) -> tuple[torch.dtype, bool]:
+    """DeepSpeed inference dtype and kernel injection for this device (capability, not imports)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(rc.dtype)
+    if dtype is None:  # auto
+        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
+    inject = rc.kernel_inject == "on" or (rc.kernel_inject == "auto" and on_cuda and not quantized)
+    if inject and not on_cuda:
+        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
+    return dtype, inject
+
+
+def wrap_deepspeed(lm_model: torch.nn.Module, rc: RuntimeConfig, quantized: bool) -> dict:
+    """Wrap the LM with ``deepspeed.init_inference`` in place; returns what was chosen (for reports).
+
+    The engine changes the module in place (kernel injection replaces layers, tensor parallelism
+    shards them), so the text encoder keeps calling the same module object.
+    """
+    import deepspeed
+
+    on_cuda = torch.cuda.is_available()
+    dtype, inject = inference_settings(rc, on_cuda, quantized)
+    engine = deepspeed.init_inference(lm_model, dtype=dtype, replace_with_kernel_inject=inject,
+                                      tensor_parallel={"tp_size": rc.tp_size})
+    return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."), "kernel_inject": inject,
+            "tp_size": rc.tp_size, "device": "cuda" if on_cuda else "cpu", "module": engine.module}
+
+
+class ScoringShard:
+    """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg")."""
+
+    def __init__(self, kind: str, run: str, lo: int, hi: int, rc: RuntimeConfig, data_root: str | None = None,
+                 cache: bool = True) -> None:
+        from distkg.config import load_config
+        from distkg.data import load_dataset
+
+        torch.set_num_threads(max(1, int(rc.teacher_resources.get("CPU", 1))))
+        self.kind, self.lo, self.hi = kind, lo, hi
+        run_path = Path(run)
+        cfg = load_config(run_path / "config.yaml")
+        if data_root is not None:
+            cfg.data.root = data_root
+        ds = load_dataset(cfg.data)
+        self.info: dict = {"kind": kind, "run": run, "shard": [lo, hi]}
+        if kind == "llm":
+            from distkg.llm.finetune import load_teacher
+
+            self.model = load_teacher(run_path / "teacher", cfg, ds)
+            ds_info = wrap_deepspeed(self.model.lm_model, rc, quantized=cfg.llm.quantization != "none")
+            self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
+            self.info.update(ds_info)
+            self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
+        else:
+            from distkg.training.trainer import load_trained
+
+            _, _, self.model = load_trained(run_path, cfg)
+            self.version = _digest(*self.model.parameters())
+        self.model.requires_grad_(False)
+        self.use_cache = cache
+        self.cache: dict[tuple, torch.Tensor | tuple] = {}
+        self.stats = {"queries": 0, "cache_hits": 0, "scored": 0, "seconds": 0.0}
+        with torch.inference_mode():
+            self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
+
+    def score(self, queries: torch.Tensor, topk: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query."""
+        t0 = time.perf_counter()
+        keys = [(self.version, topk, *row) for row in queries.tolist()] if self.use_cache else []
+        todo = [i for i, k in enumerate(keys) if k not in self.cache] if self.use_cache else list(range(len(queries)))
+        self.stats["queries"] += len(queries)
+        self.stats["cache_hits"] += len(queries) - len(todo)
+        fresh: list = []
+        if todo:
+            with torch.inference_mode():
+                rows = self.model.match(self.model.query_repr(queries[todo]), self.table).float()
+            self.stats["scored"] += len(todo)
+            if topk is not None:
+                values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
+                fresh = list(zip(values, ids + self.lo))
+            else:
+                fresh = list(rows)
+            if self.use_cache:
+                self.cache.update((keys[i], r) for i, r in zip(todo, fresh))
+        by_row = dict(zip(todo, fresh))
+        out = [by_row[i] if i in by_row else self.cache[keys[i]] for i in range(len(queries))]
+        self.stats["seconds"] += time.perf_counter() - t0
+        if topk is not None:
+            return torch.stack([v for v, _ in out]), torch.stack([i for _, i in out])
+        return torch.stack(out)
+
+    def node(self) -> dict:
+        import os
+
+        import ray
+
+        return {**{k: v for k, v in self.info.items()}, "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "version": self.version}
+
+    def get_stats(self, reset: bool = False) -> dict:
+        out = dict(self.stats)
+        if reset:
+            self.stats = dict.fromkeys(self.stats, 0) | {"seconds": 0.0}
+        return out
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class TeacherPool:
+    """N ScoringShard actors over one teacher run; ``score`` merges their answers."""
+
+    def __init__(self, kind: str, run: str | Path, num_entities: int, rc: RuntimeConfig,
+                 data_root: str | None = None) -> None:
+        import ray
+
+        self.kind, self.num_entities, self.rc = kind, num_entities, rc
+        self.bounds = shard_bounds(num_entities, rc.teacher_actors)
+        resources = dict(rc.teacher_resources)
+        cpus, gpus = resources.pop("CPU", 0), resources.pop("GPU", 0)
+        actor_cls = ray.remote(ScoringShard).options(
+            num_cpus=cpus, num_gpus=gpus, resources=resources or None,
+            max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its pending calls retried
+            name=None)
+        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root, rc.cache)
+                       for lo, hi in self.bounds]
+        self.topk = rc.topk if rc.soft_targets == "topk" else None
+
+    def ready(self, timeout: float | None = None) -> list[dict]:
+        """Wait until every actor has loaded its teacher and encoded its shard; their placement."""
+        import ray
+
+        return ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+
+    def submit(self, queries: torch.Tensor) -> list:
+        return [a.score.remote(queries, self.topk) for a in self.actors]
+
+    def collect(self, refs: list, timeout: float | None = None) -> torch.Tensor:
+        """[B, E] scores from the shards' answers (-inf outside the merged top k)."""
+        import ray
+
+        parts = ray.get(refs, timeout=timeout)
+        return torch.cat(parts, dim=1) if self.topk is None else merge_topk(parts, self.topk, self.num_entities)
+
+    def score(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.collect(self.submit(queries), timeout=self.rc.timeout_s)
+
+    def stats(self, reset: bool = False) -> dict:
+        """Summed over actors: queries answered, cache hits, queries scored, seconds busy."""
+        import ray
+
+        total: dict = {}
+        for s in ray.get([a.get_stats.remote(reset) for a in self.actors]):
+            for k, v in s.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+@dataclass
+class SoftTargets:
+    """One student worker's client of a pool: rows of teacher scores by training-query index.
+
+    ``plan`` is given the epoch's batches (index tensors, in order) and sends the first
+    ``prefetch`` of them; each ``get`` returns the next planned batch's scores and sends one more,
+    so the pool works on batch i+1.. while the student computes batch i. A ``get`` for a batch
+    that was not planned is sent and waited for at once.
+    """
+
+    pool: TeacherPool
+    queries: torch.Tensor  # all training queries, [Q, 4]
+    prefetch: int = 2
+    timeout: float | None = None
+    waits: list[float] = field(default_factory=list)  # seconds each get blocked
+    _plan: deque = field(default_factory=deque)
+    _inflight: deque = field(default_factory=deque)
+
+    def plan(self, batches: list[torch.Tensor]) -> None:
+        self._plan = deque(batches)
+        self._inflight.clear()
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._plan and len(self._inflight) < self.prefetch:
+            idx = self._plan.popleft()
+            self._inflight.append((idx, self.pool.submit(self.queries[idx])))
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._inflight and torch.equal(self._inflight[0][0], idx):
+            _, refs = self._inflight.popleft()
+        else:  # not planned (or the plan was abandoned): fetch now
+            self._plan.clear()
+            self._inflight.clear()
+            refs = self.pool.submit(self.queries[idx])
+        t0 = time.perf_counter()
+        scores = self.pool.collect(refs, timeout=self.timeout)
+        self.waits.append(time.perf_counter() - t0)
+        self._fill()
+        return scores

@@ -1,0 +1,142 @@
+"""``distkg distill`` with ``runtime.backend: ray``: a teacher scoring pool plus Ray Train students.
+
+Read top to bottom: connect to Ray (a local one on 127.0.0.1, or the cluster of
+``runtime.address`` / ``ray job submit``); start the LLM teacher's scoring pool (and the KG
+teacher's, with ``runtime.kg_teacher: pool``) on the resources the config declares; run
+``runtime.workers`` Ray Train workers, each the ordinary distillation loop (distkg.distill.runner,
+Accelerate inside) with the pools' handles; a failed worker group is restarted up to
+``runtime.max_failures`` times and resumes from the last checkpoint in OUT; stop the pool, and the
+local Ray if this process started it.
+
+Paths (OUT, teacher runs, the data root) are made absolute here, because workers and actors do
+not share the driver's working directory; on a multi-node cluster OUT must be on a shared
+filesystem (cluster/SCALING.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from distkg.config import RunConfig, build, to_dict
+from distkg.data import resolve_data_root
+from distkg.distill.runner import KG_FIELDS, check_method
+from distkg.errors import DistkgError
+from distkg.report import read_metrics
+from distkg.runtime.cluster import connect
+from distkg.runtime.pool import TeacherPool
+
+log = logging.getLogger("distkg")
+
+
+def absolute(cfg: RunConfig) -> RunConfig:
+    """The config with every path the workers read made absolute."""
+    dc = cfg.distill
+    distill = dataclasses.replace(dc, teacher_run=dc.teacher_run and str(Path(dc.teacher_run).resolve()),
+                                  llm_run=dc.llm_run and str(Path(dc.llm_run).resolve()))
+    data = dataclasses.replace(cfg.data, root=str(resolve_data_root(cfg.data.root).resolve()))
+    return dataclasses.replace(cfg, distill=distill, data=data)
+
+
+def start_pools(cfg: RunConfig, num_entities: int) -> dict[str, TeacherPool]:
+    """The scoring pools this method needs, loaded and ready; their placement is logged."""
+    needs, rc, dc = check_method(cfg), cfg.runtime, cfg.distill
+    pools: dict[str, TeacherPool] = {}
+    if "llm_probs" in needs:
+        pools["llm"] = TeacherPool("llm", dc.llm_run, num_entities, rc, cfg.data.root)
+    if "teacher_scores" in needs and rc.kg_teacher == "pool":
+        pools["kg"] = TeacherPool("kg", dc.teacher_run, num_entities, rc, cfg.data.root)
+    for name, pool in pools.items():
+        for info in pool.ready(timeout=rc.timeout_s):
+            log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
+                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size") if k in info})
+    if needs & KG_FIELDS and rc.kg_teacher == "local":
+        log.info("KG teacher: next to each student (runtime.kg_teacher=local)")
+    return pools
+
+
+def _worker(config: dict) -> None:
+    """One Ray Train worker: the ordinary distillation loop; Accelerate finds the process group.
+    Each worker records where it ran in OUT/runtime/worker-RANK.json."""
+    import os
+
+    import ray
+    import ray.train
+    import torch
+
+    from distkg.distill.runner import distill
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    rank = ray.train.get_context().get_world_rank()
+    where = Path(config["out"]) / "runtime"
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"worker-{rank}.json").write_text(json.dumps(
+        {"rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
+    if config.get("fail_once"):
+        _fail_once(rank, **config["fail_once"])
+    cfg = build(RunConfig, config["cfg"])
+    distill(cfg, Path(config["out"]), resume=True, pools=config["pools"])
+
+
+def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
+    """Fault tests: the worker of ``on_rank`` raises after (epoch, step) the first time only (``marker``)."""
+    from distkg.training import trainer
+
+    def crash(e: int, s: int) -> None:
+        if rank == on_rank and (e, s) == (epoch, step) and not Path(marker).exists():
+            Path(marker).write_text("failed once\n")
+            raise RuntimeError(f"injected student worker failure at epoch {e + 1}, step {s + 1}")
+
+    trainer._after_step = crash
+
+
+def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
+    """Run the distillation of ``cfg`` on Ray into OUT (module docstring); its metrics.
+
+    ``fail_once``: {epoch, step, marker[, on_rank]} makes one worker fail once (fault tests).
+    """
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from distkg.data import load_dataset
+
+    cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
+    check_method(cfg)
+    num_entities = load_dataset(cfg.data).num_entities
+    started = connect(rc.address, rc.num_cpus)
+    pools: dict[str, TeacherPool] = {}
+    try:
+        pools = start_pools(cfg, num_entities)
+        resources = dict(rc.worker_resources)
+        use_gpu = resources.pop("GPU", 0) > 0
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": to_dict(cfg), "out": str(out), "pools": pools,
+                               "threads": resources.get("CPU", 1), "fail_once": fail_once},
+            scaling_config=ScalingConfig(num_workers=rc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RayRunConfig(name="students", storage_path=str(out / "ray"),
+                                    failure_config=FailureConfig(max_failures=rc.max_failures)))
+        result = trainer.fit()
+        if result.error is not None:
+            raise DistkgError(f"the Ray Train student workers failed: {result.error}")
+        record = {"pools": {name: {"actors": pool.ready(), "stats": pool.stats()} for name, pool in pools.items()},
+                  "workers": rc.workers, "address": rc.address or "local"}
+        (out / "runtime").mkdir(parents=True, exist_ok=True)
+        (out / "runtime" / "pools.json").write_text(json.dumps(record, indent=2))
+        for name, pool in pools.items():
+            log.info("%s pool: %s", name, record["pools"][name]["stats"])
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
+    metrics = read_metrics(out)
+    if metrics is None:
+        raise DistkgError(f"{out}: the workers finished but wrote no metrics.json")
+    return metrics

@@ -1,0 +1,136 @@
+"""The teacher scoring pool on a real 2-node Ray cluster: exact scores, top k, the cache, prefetch
+and a killed actor. (Unit tests of the pure parts first; they need no Ray.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from distkg.config import RuntimeConfig
+from distkg.runtime.pool import inference_settings, merge_topk, shard_bounds
+
+TEACHER = {"teacher": 1.0}  # custom resource only the head node has
+
+
+def test_shards_cover_every_entity_once():
+    for n, k in [(40, 2), (41, 3), (5, 5), (10623, 4)]:
+        bounds = shard_bounds(n, k)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == k
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def test_merged_shard_topk_is_the_global_topk():
+    scores = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    parts = []
+    for lo, hi in shard_bounds(50, 3):
+        v, i = scores[:, lo:hi].topk(4, dim=1)
+        parts.append((v, i + lo))
+    dense = merge_topk(parts, 4, 50)
+    v, i = scores.topk(4, dim=1)
+    assert torch.equal(dense.gather(1, i), v) and int(torch.isfinite(dense).sum()) == 6 * 4
+    probs = torch.softmax(dense, dim=1)
+    assert torch.allclose(probs.sum(1), torch.ones(6)) and torch.allclose(probs.gather(1, i), torch.softmax(v, 1))
+
+
+def test_inference_settings_follow_the_device():
+    rc = RuntimeConfig()
+    assert inference_settings(rc, on_cuda=False, quantized=True) == (torch.float32, False)
+    assert inference_settings(rc, on_cuda=True, quantized=False) == (torch.bfloat16, True)
+    assert inference_settings(rc, on_cuda=True, quantized=True) == (torch.float32, False)  # bnb 4-bit: no injection
+    with pytest.raises(ValueError, match="kernel_inject=on needs CUDA"):
+        inference_settings(dataclasses.replace(rc, kernel_inject="on"), on_cuda=False, quantized=False)
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_runs):
+    from distkg.data import load_dataset
+    from distkg.training.trainer import training_queries
+
+    ds = load_dataset(tiny_runs.student("plain").data)
+    return ds, training_queries(ds.splits["train"], ds.num_relations)[0]
+
+
+def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
+    import ray
+
+    from distkg.distill.teachers import KGTeacher, LLMTables
+    from distkg.runtime.pool import TeacherPool
+
+    ds, queries = graph
+    rc = RuntimeConfig(teacher_actors=2, teacher_resources=TEACHER)
+    llm = TeacherPool("llm", tiny_runs.llm, ds.num_entities, rc, str(tiny_runs.data))
+    kg = TeacherPool("kg", tiny_runs.teacher, ds.num_entities, dataclasses.replace(rc, soft_targets="topk", topk=5),
+                     str(tiny_runs.data))
+    try:
+        infos = llm.ready(timeout=120)
+        head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("teacher"))
+        assert {i["node_id"] for i in infos} == {head} and [i["shard"] for i in infos] == [[0, 20], [20, 40]]
+        assert infos[0]["engine"] == "InferenceEngine" and infos[0]["kernel_inject"] is False  # DeepSpeed, CPU
+        q = queries[:64]
+        assert torch.allclose(llm.score(q), LLMTables(tiny_runs.llm, ds).scores(q), atol=1e-6)
+        ref = KGTeacher(tiny_runs.teacher, ds, queries).scores(torch.arange(64))
+        top = kg.score(q)
+        v, i = ref.topk(5, dim=1)
+        assert torch.allclose(top.gather(1, i), v, atol=1e-6) and int(torch.isfinite(top).sum()) == 64 * 5
+        # each distinct query is scored once per teacher version; a repeat is a cache hit in every shard
+        llm.stats(reset=True)
+        llm.score(q)
+        assert llm.stats() == pytest.approx({"queries": 128, "cache_hits": 128, "scored": 0, "seconds": llm.stats()["seconds"]})
+    finally:
+        llm.shutdown()
+        kg.shutdown()
+
+
+def test_prefetch_keeps_batches_in_flight(cluster, tiny_runs, graph):
+    from distkg.runtime.pool import SoftTargets, TeacherPool
+
+    ds, queries = graph
+    pool = TeacherPool("kg", tiny_runs.teacher, ds.num_entities, RuntimeConfig(teacher_actors=1, teacher_resources=TEACHER),
+                       str(tiny_runs.data))
+    try:
+        targets = SoftTargets(pool, queries, prefetch=2)
+        batches = list(torch.arange(40).split(10))
+        targets.plan(batches)
+        assert len(targets._inflight) == 2
+        first = targets.get(batches[0])
+        assert len(targets._inflight) == 2 and torch.equal(first, pool.score(queries[:10]))
+        assert torch.equal(targets.get(batches[3]), pool.score(queries[30:40]))  # off-plan: fetched at once
+    finally:
+        pool.shutdown()
+
+
+def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_runs, tmp_path, monkeypatch):
+    """Kill an LLM scoring actor mid-run: Ray restarts it, its in-flight calls are retried, and the
+    student ends with the same metrics as an undisturbed run (tolerance 1e-6: the same arithmetic)."""
+    import ray
+
+    from distkg.data import load_dataset
+    from distkg.distill.runner import distill
+    from distkg.runtime.pool import TeacherPool
+    from distkg.training import trainer
+
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=1", "distill.stages.1.epochs=2",
+                            "runtime.teacher_actors=2", "runtime.teacher_resources={teacher: 1}")
+    undisturbed = distill(cfg, tmp_path / "local")  # in-process teachers
+    ds = load_dataset(cfg.data)
+    pool = TeacherPool("llm", tiny_runs.llm, ds.num_entities, cfg.runtime, str(tiny_runs.data))
+    try:
+        before = pool.ready(timeout=120)
+        killed = []
+
+        def kill(epoch: int, step: int) -> None:
+            if (epoch, step) == (1, 2):  # stage 2, batches already in flight
+                ray.kill(pool.actors[0], no_restart=False)
+                killed.append(step)
+
+        monkeypatch.setattr(trainer, "_after_step", kill)
+        got = distill(cfg, tmp_path / "pool", pools={"llm": pool})
+        after = pool.ready(timeout=120)
+    finally:
+        pool.shutdown()
+    assert killed and after[0]["pid"] != before[0]["pid"] and after[1]["pid"] == before[1]["pid"]
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)

@@ -1,0 +1,74 @@
+"""Ray Train students on the real 2-node loopback cluster: submitted with `ray job submit`, placed
+apart from the teacher actors, two DDP workers equal to one process, and a worker failure resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distkg.config import save_config
+
+REPO = Path(__file__).resolve().parents[2]
+RAY_SETTINGS = ["runtime.backend=ray", "runtime.address=auto", "runtime.teacher_actors=2",
+                "runtime.teacher_resources={teacher: 1}", "runtime.workers=2",
+                "runtime.worker_resources={CPU: 0.5, student: 1}"]
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tiny_runs, tmp_path_factory) -> dict:
+    from distkg.distill.runner import distill
+
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=2", "distill.stages.1.epochs=2")
+    return distill(cfg, tmp_path_factory.mktemp("one-process"))
+
+
+def test_job_submit_runs_the_distillation_with_teachers_and_students_apart(cluster, tiny_runs, undisturbed, tmp_path):
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=2", "distill.stages.1.epochs=2", *RAY_SETTINGS)
+    save_config(cfg, tmp_path / "job.yaml")
+    out = tmp_path / "job"
+    env = cluster.env()
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", cluster.dashboard,
+         "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
+         "--", "python", "-m", "distkg", "distill", "--config", str(tmp_path / "job.yaml"), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    got = _metrics(out)
+    # two DDP workers, each half of every batch, gradients averaged: the one-process run's numbers
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)
+    import ray
+
+    nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    record = json.loads((out / "runtime" / "pools.json").read_text())
+    actor_nodes = {a["node_id"] for a in record["pools"]["llm"]["actors"]}
+    worker_nodes = {json.loads(p.read_text())["node_id"] for p in (out / "runtime").glob("worker-*.json")}
+    assert len(worker_nodes) == 1 and len(actor_nodes) == 1 and not actor_nodes & worker_nodes
+    assert nodes[actor_nodes.pop()].get("teacher") and nodes[worker_nodes.pop()].get("student")
+    stats = record["pools"]["llm"]["stats"]
+    assert stats["scored"] < stats["queries"] and stats["cache_hits"] > 0  # epochs 2..4 hit the cache
+
+
+def test_a_failed_student_worker_resumes_from_its_checkpoint(cluster, tiny_runs, undisturbed, tmp_path):
+    from distkg.runtime.students import distill_on_ray
+
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=2", "distill.stages.1.epochs=2", *RAY_SETTINGS,
+                            f"runtime.address={cluster.address}")
+    out = tmp_path / "faulty"
+    got = distill_on_ray(cfg, out, fail_once={"epoch": 2, "step": 1, "marker": str(tmp_path / "failed"), "on_rank": 1})
+    assert (tmp_path / "failed").is_file()  # the failure happened
+    epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]  # epoch 3 was not logged twice: the restarted group resumed after epoch 2
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)
+    assert yaml.safe_load((out / "config.yaml").read_text())["runtime"]["workers"] == 2
