@@ -32,6 +32,12 @@ from distkg.training.trainer import Stage, build_model, fit, training_queries
 log = logging.getLogger("distkg")
 
 KG_FIELDS = {"teacher_scores", "teacher_repr", "teacher_emb"}
+POOL_FIELD = {"kg": "teacher_scores", "llm": "llm_probs"}  # what each scoring pool serves
+
+
+def stage_fields(losses: dict[str, dict]) -> set[str]:
+    """The batch fields a stage's losses read (losses.INPUTS)."""
+    return set().union(*(INPUTS[name] for name in losses))
 
 
 def check_method(cfg: RunConfig) -> set[str]:
@@ -70,9 +76,20 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
     llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs and "llm" not in remote else None
 
-    def plan(batches: list[torch.Tensor]) -> None:
-        for targets in remote.values():
-            targets.plan(batches)
+    epochs_planned = []
+
+    def make_plan(fields: set[str]):
+        def plan(batches: list[torch.Tensor]) -> None:
+            """Send the epoch's queries to the pools this stage reads, after reporting the last epoch."""
+            if epochs_planned:
+                report_targets(remote, out, epochs_planned[-1])
+            epochs_planned.append(len(epochs_planned) + 1)
+            for name, targets in remote.items():
+                if POOL_FIELD[name] in fields:
+                    targets.plan(batches)
+
+        return plan
+
     student = build_model(cfg, ds)
     aux = torch.nn.ModuleDict()
     if "regressor" in needs:
@@ -80,6 +97,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
 
     def make_loss(spec: dict[str, dict], where: str):
+        needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
+
         def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
             qr = student.query_repr(q)
             batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
@@ -101,7 +120,27 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         return loss
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
-                    on_epoch=plan if remote else None) for i, s in enumerate(dc.stages)]
+                    on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
-    return fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
+    metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
+    if epochs_planned:
+        report_targets(remote, out, epochs_planned[-1])
+    return metrics
+
+
+def report_targets(remote: dict, out: Path, epoch: int) -> None:
+    """One line per pool and epoch (counted from this process's start) in OUT/runtime/targets-RANK.jsonl:
+    cache hit rate, mean wait of a step for its targets, pool busy time."""
+    import json
+    import os
+
+    rank = int(os.environ.get("RANK", 0))
+    folder = out / "runtime"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"targets-{rank}.jsonl", "a") as f:
+        for name, targets in remote.items():
+            row = {"pool": name, "epoch": epoch, **targets.report()}
+            f.write(json.dumps(row) + "\n")
+            log.info("%s pool, epoch %d: cache hits %.0f%%, a step waited %.1f ms for its targets", name, epoch,
+                     100 * row["cache_hit_rate"], 1000 * row["wait_mean_s"])

@@ -67,6 +67,7 @@ class LLMTeacher(TKGModel):
         # scale at 1/sqrt(dim) so initial logits differ by O(0.1), not O(10) (a saturated softmax)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / math.sqrt(dim))))
         self.form = form
+        self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
         self.texts = {
             "entity": list(dataset.entity_text),
             "relation": list(dataset.relation_text) + [f"inverse of {t}" for t in dataset.relation_text],
@@ -76,7 +77,10 @@ class LLMTeacher(TKGModel):
     # ------------------------------------------------------------------------------- embeddings
     def embed(self, kind: str, ids: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """E(p) for the texts of ``ids``: each distinct text is encoded once (per call, and per
-        weights version through the encoder's cache when ``grad`` is False)."""
+        weights version through the encoder's cache when ``grad`` is False), or read from a table
+        given to ``use_tables`` (a scoring pool shares its shards' entity tables that way)."""
+        if not grad and kind in self.given:
+            return self.given[kind][ids.cpu()].to(self.head.weight.device)
         uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
         texts = [self.texts[kind][i] for i in uniq.tolist()]
         hidden = self.encoder.encode(texts, grad=grad).to(self.head.weight.device)
@@ -101,6 +105,11 @@ class LLMTeacher(TKGModel):
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         raw = (q * c).sum(1) if self.form == "tadistmult" else -(q - c).pow(2).sum(1).clamp_min(1e-9).sqrt()
         return raw * self.logit_scale.exp()
+
+    def use_tables(self, **tables: torch.Tensor) -> None:
+        """Read E(p) of these kinds (e.g. ``entity=``) from the given tables instead of the LLM. They
+        hold for the current weights only: call ``use_tables()`` to drop them after changing weights."""
+        self.given = dict(tables)
 
     # --------------------------------------------------------------------------------- training
     def features(self) -> dict[str, torch.Tensor]:

@@ -108,6 +108,16 @@ class ScoringShard:
         with torch.inference_mode():
             self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
 
+    def shard_table(self) -> torch.Tensor:
+        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them)."""
+        return self.table
+
+    def use_entity_table(self, table: torch.Tensor) -> None:
+        """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
+        LLM call in this actor for an entity another shard owns. A restarted actor lacks it and
+        encodes such entities itself (the same E(p), more LLM work) until given it again."""
+        self.model.use_tables(entity=table)
+
     def score(self, queries: torch.Tensor, topk: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query."""
         t0 = time.perf_counter()
@@ -176,12 +186,20 @@ class TeacherPool:
         self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root, rc.cache)
                        for lo, hi in self.bounds]
         self.topk = rc.topk if rc.soft_targets == "topk" else None
+        self._shared = False
 
     def ready(self, timeout: float | None = None) -> list[dict]:
-        """Wait until every actor has loaded its teacher and encoded its shard; their placement."""
+        """Wait until every actor has loaded its teacher and encoded its shard; for an LLM teacher
+        give every actor the whole entity table (each text went through the LLM in one actor only).
+        Returns the actors' placement."""
         import ray
 
-        return ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+        infos = ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+        if self.kind == "llm" and not self._shared:
+            table = ray.put(torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)))
+            ray.get([a.use_entity_table.remote(table) for a in self.actors], timeout=timeout)
+            self._shared = True
+        return infos
 
     def submit(self, queries: torch.Tensor) -> list:
         return [a.score.remote(queries, self.topk) for a in self.actors]
@@ -240,6 +258,16 @@ class SoftTargets:
         while self._plan and len(self._inflight) < self.prefetch:
             idx = self._plan.popleft()
             self._inflight.append((idx, self.pool.submit(self.queries[idx])))
+
+    def report(self) -> dict:
+        """Since the last report: the pool's cache hit rate (all clients of the pool together) and
+        how long this client's steps waited for their targets; resets both."""
+        stats, waits = self.pool.stats(reset=True), self.waits
+        self.waits = []
+        return {"steps": len(waits), "wait_mean_s": sum(waits) / max(len(waits), 1), "wait_total_s": sum(waits),
+                "queries": stats.get("queries", 0), "scored": stats.get("scored", 0),
+                "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("queries", 0), 1),
+                "pool_busy_s": stats.get("seconds", 0.0)}
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self._inflight and torch.equal(self._inflight[0][0], idx):

@@ -4,6 +4,7 @@ and a killed actor. (Unit tests of the pure parts first; they need no Ray.)"""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -132,5 +133,8 @@ def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_ru
     finally:
         pool.shutdown()
     assert killed and after[0]["pid"] != before[0]["pid"] and after[1]["pid"] == before[1]["pid"]
+    rows = [json.loads(line) for line in (tmp_path / "pool" / "runtime" / "targets-0.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[0]["steps"] == 0  # stage 1 does not read P_LLM
+    assert rows[1]["steps"] == rows[2]["steps"] > 0 and rows[2]["cache_hit_rate"] > 0
     for key in ("mrr", "mr", "hits@1", "hits@10"):
         assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)

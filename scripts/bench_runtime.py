@@ -1,0 +1,226 @@
+"""Benchmark: the Ray runtime (distkg.runtime) on this machine, against doing the same work in-process.
+
+  throughput  The same work both ways: load the fine-tuned LLM teacher (4-bit base + adapter +
+              head), encode every entity text, score --queries training queries over all
+              entities. In-process: one process with all --threads. Pool: --actors scoring
+              actors under DeepSpeed inference with threads/actors each, every actor encoding its
+              shard of the entities. Also the warm rate (tables encoded) of both.
+  prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
+              and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
+              a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
+  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs),
+              then BKD of a 25-d student with the teacher served by the pool as top-k soft targets
+              (--scale-epochs), peak memory of the whole process tree (driver, Ray, actors) sampled.
+
+    python scripts/bench_runtime.py --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
+        [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2] [--scale --scale-dir runs/scale-icews18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from distkg.benchmarks import bench_data_root, machine, write_result
+from distkg.config import RuntimeConfig, load_config
+from distkg.data import load_dataset, resolve_data_root
+from distkg.training.trainer import training_queries
+
+log = logging.getLogger("distkg")
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (Ray's included), sampled."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import psutil
+
+        self.root, self.every, self.peak, self._stop = psutil.Process(), every, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.root, *self.root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def throughput(args, ds, queries: torch.Tensor) -> dict:
+    from distkg.llm.finetune import load_teacher
+    from distkg.runtime.pool import TeacherPool
+
+    chunks = list(queries[: args.queries].split(args.batch))
+    llm_cfg = load_config(Path(args.llm_run) / "config.yaml")
+    llm_cfg.data.root = args.data_root
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    teacher = load_teacher(Path(args.llm_run) / "teacher", llm_cfg, ds)
+    with torch.inference_mode():
+        table = teacher.candidate_table()
+        t_tables = time.perf_counter() - t0
+        for c in chunks:
+            teacher.match(teacher.query_repr(c), table)
+        t_in = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for c in chunks:
+            teacher.match(teacher.query_repr(c), table)
+        warm_in = time.perf_counter() - t1
+    del teacher, table
+    log.info("in-process: %.1fs (tables %.1fs), warm %.2fs", t_in, t_tables, warm_in)
+
+    rc = RuntimeConfig(teacher_actors=args.actors, teacher_resources={"CPU": args.threads / args.actors}, cache=False)
+    t0 = time.perf_counter()
+    pool = TeacherPool("llm", args.llm_run, ds.num_entities, rc, args.data_root)
+    try:
+        info = pool.ready()
+        t_ready = time.perf_counter() - t0
+        refs = [pool.submit(c) for c in chunks]  # all in flight: the pool's own rate
+        for r in refs:
+            pool.collect(r)
+        t_pool = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for r in [pool.submit(c) for c in chunks]:
+            pool.collect(r)
+        warm_pool = time.perf_counter() - t1
+    finally:
+        pool.shutdown()
+    log.info("pool: %.1fs (ready %.1fs), warm %.2fs", t_pool, t_ready, warm_pool)
+    n = len(queries[: args.queries])
+    return {"queries": n, "entities": ds.num_entities, "batch": args.batch, "threads": args.threads,
+            "actors": args.actors, "actor_engine": {k: info[0][k] for k in ("engine", "dtype", "kernel_inject")},
+            "in_process_seconds": round(t_in, 2), "in_process_tables_seconds": round(t_tables, 2),
+            "pool_seconds": round(t_pool, 2), "pool_ready_seconds": round(t_ready, 2),
+            "pool_vs_in_process": round(t_in / t_pool, 3),
+            "warm_in_process_queries_per_s": round(n / warm_in, 1), "warm_pool_queries_per_s": round(n / warm_pool, 1),
+            "warm_pool_vs_in_process": round(warm_in / warm_pool, 3)}
+
+
+def prefetch(args, out: Path) -> dict:
+    from distkg.distill.runner import distill
+    from distkg.runtime.pool import TeacherPool
+
+    results = {}
+    for depth in (0, args.prefetch):
+        run = out / f"prefetch-{depth}"
+        cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/ours.yaml"], [
+            f"data.root={args.data_root}", "distill.stages.0.epochs=0", f"distill.stages.1.epochs={args.epochs}",
+            f"distill.teacher_run={args.teacher_run}", f"distill.llm_run={args.llm_run}", "train.progress=false",
+            "eval.progress=false", f"runtime.prefetch={depth}", f"runtime.teacher_actors={args.actors}",
+            f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
+        ds = load_dataset(cfg.data)
+        pool = TeacherPool("llm", args.llm_run, ds.num_entities, cfg.runtime, args.data_root)
+        try:
+            pool.ready()
+            t0 = time.perf_counter()
+            metrics = distill(cfg, run, resume=False, dataset=ds, pools={"llm": pool})
+            seconds = time.perf_counter() - t0
+        finally:
+            pool.shutdown()
+        epochs = [json.loads(line) for line in (run / "runtime" / "targets-0.jsonl").read_text().splitlines()]
+        results[f"prefetch_{depth}"] = {
+            "seconds": round(seconds, 1), "test_mrr": metrics["mrr"],
+            "per_epoch": [{k: round(e[k], 4) for k in ("epoch", "cache_hit_rate", "wait_mean_s", "wait_total_s",
+                                                       "pool_busy_s")} for e in epochs]}
+        log.info("prefetch %d: %s", depth, results[f"prefetch_{depth}"])
+    return results
+
+
+def scale(args) -> dict:
+    from distkg.distill.runner import distill
+    from distkg.runtime.pool import TeacherPool
+    from distkg.training.trainer import train
+
+    root = Path(args.scale_dir)
+    common = [f"data.root={args.data_root}", "eval.progress=false"]
+    result: dict = {}
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
+                                    [*common, f"train.epochs={args.scale_teacher_epochs}"]), root / "teacher")
+        result["teacher"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": teacher["mrr"],
+                             "epochs": args.scale_teacher_epochs, "peak_rss_gb": round(mem.peak / 2**30, 2)}
+        cfg = load_config(["configs/train/tadistmult-icews18-25.yaml", "configs/distill/bkd.yaml"], [
+            *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={root / 'teacher'}",
+            "runtime.kg_teacher=pool", "runtime.soft_targets=topk", f"runtime.topk={args.topk}",
+            f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
+        ds = load_dataset(cfg.data)
+        t0 = time.perf_counter()
+        pool = TeacherPool("kg", str(root / "teacher"), ds.num_entities, cfg.runtime, args.data_root)
+        try:
+            pool.ready()
+            student = distill(cfg, root / "bkd-topk", resume=True, dataset=ds, pools={"kg": pool})
+        finally:
+            pool.shutdown()
+        result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": student["mrr"],
+                             "epochs": args.scale_epochs, "topk": args.topk, "method": "bkd (teacher served top-k)"}
+    _, answers = training_queries(ds.splits["train"], ds.num_relations)
+    result.update(dataset="icews18", entities=ds.num_entities, training_facts=len(ds.splits["train"]),
+                  training_queries=len(answers), peak_rss_gb=round(mem.peak / 2**30, 2))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dataset", default="yago11k")
+    ap.add_argument("--data-root")
+    ap.add_argument("--llm-run", default="runs/llm/yago11k")
+    ap.add_argument("--teacher-run", default="runs/train/tadistmult-yago11k-400")
+    ap.add_argument("--queries", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--parts", default="throughput,prefetch", help="comma list of throughput, prefetch")
+    ap.add_argument("--work", default="runs/bench_runtime", help="folder for the prefetch part's runs")
+    ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--scale-dir", default="runs/scale-icews18")
+    ap.add_argument("--scale-teacher-epochs", type=int, default=1)
+    ap.add_argument("--scale-epochs", type=int, default=1)
+    ap.add_argument("--topk", type=int, default=64)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())
+    from distkg.runtime.cluster import connect
+
+    connect(None, num_cpus=args.threads)
+    out = Path(args.out)
+    work = Path(args.work)  # runs of the prefetch part
+    result: dict = {"machine": machine(), "dataset": args.dataset, "llm_run": args.llm_run}
+    parts = args.parts.split(",") if args.parts else []
+    if "throughput" in parts:
+        ds = load_dataset(dataclasses.replace(load_config(f"configs/train/tadistmult-{args.dataset}-25.yaml").data,
+                                              root=args.data_root))
+        result["throughput"] = throughput(args, ds, training_queries(ds.splits["train"], ds.num_relations)[0])
+    if "prefetch" in parts:
+        result["prefetch"] = prefetch(args, work)
+    if args.scale:
+        result["scale"] = scale(args)
+    write_result(result, out)
+
+
+if __name__ == "__main__":
+    main()
