@@ -123,7 +123,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
-    finetune(_load(args), Path(args.out), resume=not args.restart)
+    cfg = _load(args)
+    if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
+        from distkg.runtime.students import finetune_on_ray
+
+        if args.restart:
+            raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
+        finetune_on_ray(cfg, Path(args.out))
+    else:
+        finetune(cfg, Path(args.out), resume=not args.restart)
     return 0
 
 

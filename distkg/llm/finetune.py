@@ -144,6 +144,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     n_all = sum(logical_numel(p) for p in teacher.lm_model.parameters())  # 4-bit weights counted as weights
     log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
              lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
+    rank, world = process_group()
     state = {"step": 0, "seconds": 0.0, "losses": []}
     ckpt = out / "checkpoints" / "latest"
     if resume and (ckpt / "state.pt").is_file():
@@ -156,7 +157,10 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         with torch.no_grad():
             teacher.logit_scale.copy_(head["logit_scale"])
         saved = torch.load(ckpt / "state.pt", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("optimizer") is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+        else:  # written under ZeRO, whose optimiser state is partitioned across the workers
+            log.warning("resuming LLM fine-tuning without optimiser moments (the checkpoint was written under ZeRO)")
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
         log.info("resumed LLM fine-tuning from %s (step %d)", ckpt, state["step"])
@@ -167,15 +171,16 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         state["head"] = train_head(teacher, cfg, queries, answers)
         state["head_done"] = True
         state["seconds"] += state["head"]["seconds"]
+    engine = zero_engine(teacher, optimizer, cfg) if world > 1 else None  # after the head warm-up (every rank alike)
     started = time.perf_counter() - state["seconds"]
     desc = "LLM fine-tuning" + (f" (budget {lc.max_minutes:g} min)" if lc.max_minutes else "")
-    bar = tqdm(total=lc.steps, initial=state["step"], desc=desc, disable=not lc.progress, mininterval=2)
+    bar = tqdm(total=lc.steps, initial=state["step"], desc=desc, disable=not (lc.progress and rank == 0), mininterval=2)
     teacher.train()
     while state["step"] < lc.steps:
-        if lc.max_minutes is not None and time.perf_counter() - started > 60 * lc.max_minutes:
+        if lc.max_minutes is not None and _agreed(time.perf_counter() - started > 60 * lc.max_minutes, world):
             log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
             break
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # a batch per rank
         idx = torch.randint(0, len(queries), (lc.batch_size,), generator=gen)
         negatives = torch.randint(0, ds.num_entities, (lc.negatives,), generator=gen)
         candidates, inverse = torch.unique(torch.cat([answers[idx], negatives]), return_inverse=True)
@@ -184,17 +189,21 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
                                    f"the last good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if engine is not None:  # ZeRO: gradients reduced and optimiser state partitioned across the workers
+            engine.backward(loss)
+            engine.step()
+        else:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         teacher.encoder.mark_updated()
         state["step"] += 1
         state["losses"].append(round(loss.item(), 5))
         state["seconds"] = time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(state['losses'][-20:]):.3f}")
-        if state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps:
-            _checkpoint(teacher, cfg, optimizer, state, ckpt)
+        if (state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps) and rank == 0:
+            _checkpoint(teacher, cfg, None if engine is not None else optimizer, state, ckpt)
             per_step = (state["seconds"] - (state.get("head") or {}).get("seconds", 0.0)) / state["step"]
             left = per_step * (lc.steps - state["step"])
             if lc.max_minutes is not None:
@@ -203,7 +212,9 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
                      np.mean(state["losses"][-lc.checkpoint_every:]), per_step, left)
     bar.close()
     teacher.eval()
-    save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"]})
+    if rank != 0:  # the workers hold the same weights; rank 0 saves and evaluates them
+        return {}
+    save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"], "workers": world})
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
                                                          "head_warmup": state.get("head"),
                                                          "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head})
@@ -244,9 +255,43 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     return {"epochs": lc.head_epochs, "losses": losses, "seconds": round(time.perf_counter() - t, 1)}
 
 
-def _checkpoint(teacher: LLMTeacher, cfg: RunConfig, optimizer: torch.optim.Optimizer, state: dict, ckpt: Path) -> None:
+def _agreed(flag: bool, world: int) -> bool:
+    """Rank 0's decision on every rank (the workers must stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the torch process group this process is in (Ray Train), else (0, 1)."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
+    """DeepSpeed ZeRO (``runtime.zero_stage``) over the trainable LoRA and head parameters, in the
+    process group Ray Train set up: each worker steps on its own batch of ``llm.batch_size``."""
+    import deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
+              "bf16": {"enabled": torch.cuda.is_available() and cfg.llm.quantization == "none"}}
+    engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)
+    log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
+             engine.world_size)
+    return engine
+
+
+def _checkpoint(teacher: LLMTeacher, cfg: RunConfig, optimizer: torch.optim.Optimizer | None, state: dict,
+                ckpt: Path) -> None:
     save_teacher(teacher, cfg, ckpt)
-    torch.save({"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
+    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "state": state,
+                "torch_rng": torch.get_rng_state()},
                ckpt / "state.pt.tmp")
     (ckpt / "state.pt.tmp").rename(ckpt / "state.pt")
 

@@ -65,7 +65,8 @@ class LLMTeacher(TKGModel):
         self.head = nn.Linear(hidden, dim)
         # sigmoid embeddings are all positive, so raw scores are large and close together: start the
         # scale at 1/sqrt(dim) so initial logits differ by O(0.1), not O(10) (a saturated softmax)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / math.sqrt(dim))))
+        # shape [1], not a scalar: DeepSpeed's engine broadcasts parameters as bytes, which 0-d tensors refuse
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / math.sqrt(dim))))
         self.form = form
         self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
         self.texts = {

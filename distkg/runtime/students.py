@@ -1,4 +1,5 @@
-"""``distkg distill`` with ``runtime.backend: ray``: a teacher scoring pool plus Ray Train students.
+"""``distkg distill`` with ``runtime.backend: ray``: a teacher scoring pool plus Ray Train students
+(and ``distkg llm finetune`` with ``runtime.backend: ray``: a Ray Train job under DeepSpeed ZeRO).
 
 Read top to bottom: connect to Ray (a local one on 127.0.0.1, or the cluster of
 ``runtime.address`` / ``ray job submit``); start the LLM teacher's scoring pool (and the KG
@@ -93,15 +94,58 @@ def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) 
     trainer._after_step = crash
 
 
+def _finetune_worker(config: dict) -> None:
+    import torch
+
+    from distkg.llm.finetune import finetune
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    finetune(build(RunConfig, config["cfg"]), Path(config["out"]), resume=True)
+
+
+def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
+    """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
+    (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
+    cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
+    started = connect(rc.address, rc.num_cpus)
+    try:
+        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    metrics = read_metrics(out)
+    if metrics is None:
+        raise DistkgError(f"{out}: the fine-tuning workers finished but wrote no metrics.json")
+    return metrics
+
+
+def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
+    """``fn(config)`` on ``runtime.workers`` Ray Train workers (their process group set up, gloo on
+    CPU, NCCL on GPU), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = dict(rc.worker_resources)
+    use_gpu = resources.pop("GPU", 0) > 0
+    trainer = TorchTrainer(
+        fn, train_loop_config={**config, "threads": resources.get("CPU", 1)},
+        scaling_config=ScalingConfig(num_workers=rc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
+                                failure_config=FailureConfig(max_failures=rc.max_failures)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
+
+
 def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
     """Run the distillation of ``cfg`` on Ray into OUT (module docstring); its metrics.
 
     ``fail_once``: {epoch, step, marker[, on_rank]} makes one worker fail once (fault tests).
     """
-    from ray.train import FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
-
     from distkg.data import load_dataset
 
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
@@ -111,18 +155,8 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     pools: dict[str, TeacherPool] = {}
     try:
         pools = start_pools(cfg, num_entities)
-        resources = dict(rc.worker_resources)
-        use_gpu = resources.pop("GPU", 0) > 0
-        trainer = TorchTrainer(
-            _worker,
-            train_loop_config={"cfg": to_dict(cfg), "out": str(out), "pools": pools,
-                               "threads": resources.get("CPU", 1), "fail_once": fail_once},
-            scaling_config=ScalingConfig(num_workers=rc.workers, use_gpu=use_gpu, resources_per_worker=resources),
-            run_config=RayRunConfig(name="students", storage_path=str(out / "ray"),
-                                    failure_config=FailureConfig(max_failures=rc.max_failures)))
-        result = trainer.fit()
-        if result.error is not None:
-            raise DistkgError(f"the Ray Train student workers failed: {result.error}")
+        run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
+                    rc, out, "students")
         record = {"pools": {name: {"actors": pool.ready(), "stats": pool.stats()} for name, pool in pools.items()},
                   "workers": rc.workers, "address": rc.address or "local"}
         (out / "runtime").mkdir(parents=True, exist_ok=True)
