@@ -5,6 +5,8 @@
               entities. In-process: one process with all --threads. Pool: --actors scoring
               actors under DeepSpeed inference with threads/actors each, every actor encoding its
               shard of the entities. Also the warm rate (tables encoded) of both.
+  topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
+              by the pool, full soft targets against the top --topk at T, --epochs-topk epochs each.
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
@@ -147,6 +149,32 @@ def prefetch(args, out: Path) -> dict:
     return results
 
 
+def topk_effect(args, out: Path) -> dict:
+    """BKD from the 400-d KG teacher served by the pool: full soft targets against the top k."""
+    from distkg.distill.runner import distill
+    from distkg.runtime.pool import TeacherPool
+
+    results = {}
+    for mode in ("full", "topk"):
+        cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/bkd.yaml"], [
+            f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}",
+            f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
+            "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
+            f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
+        ds = load_dataset(cfg.data)
+        pool = TeacherPool("kg", args.teacher_run, ds.num_entities, cfg.runtime, args.data_root)
+        try:
+            pool.ready()
+            t0 = time.perf_counter()
+            m = distill(cfg, out / f"bkd-{mode}", resume=False, dataset=ds, pools={"kg": pool})
+        finally:
+            pool.shutdown()
+        results[mode] = {"seconds": round(time.perf_counter() - t0, 1), **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
+                         "mr": round(m["mr"], 1)}
+        log.info("BKD with %s soft targets: %s", mode, results[mode])
+    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, **results}
+
+
 def scale(args) -> dict:
     from distkg.distill.runner import distill
     from distkg.runtime.pool import TeacherPool
@@ -158,9 +186,11 @@ def scale(args) -> dict:
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
-                                    [*common, f"train.epochs={args.scale_teacher_epochs}"]), root / "teacher")
+                                    [*common, f"train.epochs={args.scale_teacher_epochs}",
+                                     f"model.args.dim={args.scale_teacher_dim}"]), root / "teacher")
         result["teacher"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": teacher["mrr"],
-                             "epochs": args.scale_teacher_epochs, "peak_rss_gb": round(mem.peak / 2**30, 2)}
+                             "epochs": args.scale_teacher_epochs, "dim": args.scale_teacher_dim,
+                             "peak_rss_gb": round(mem.peak / 2**30, 2)}
         cfg = load_config(["configs/train/tadistmult-icews18-25.yaml", "configs/distill/bkd.yaml"], [
             *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={root / 'teacher'}",
             "runtime.kg_teacher=pool", "runtime.soft_targets=topk", f"runtime.topk={args.topk}",
@@ -194,12 +224,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--parts", default="throughput,prefetch", help="comma list of throughput, prefetch")
+    ap.add_argument("--epochs-topk", type=int, default=5)
+    ap.add_argument("--parts", default="throughput,prefetch", help="comma list of throughput, prefetch, topk")
     ap.add_argument("--work", default="runs/bench_runtime", help="folder for the prefetch part's runs")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--scale-dir", default="runs/scale-icews18")
     ap.add_argument("--scale-teacher-epochs", type=int, default=1)
     ap.add_argument("--scale-epochs", type=int, default=1)
+    ap.add_argument("--scale-teacher-dim", type=int, default=400,
+                    help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -217,6 +250,8 @@ def main() -> None:
         result["throughput"] = throughput(args, ds, training_queries(ds.splits["train"], ds.num_relations)[0])
     if "prefetch" in parts:
         result["prefetch"] = prefetch(args, work)
+    if "topk" in parts:
+        result["topk_effect"] = topk_effect(args, work)
     if args.scale:
         result["scale"] = scale(args)
     write_result(result, out)

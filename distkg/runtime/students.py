@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.config import RunConfig, build, to_dict
@@ -108,17 +109,28 @@ def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
     """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
     (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
+    with ray_session(rc):
+        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
+    return _written_metrics(out)
+
+
+@contextmanager
+def ray_session(rc):
+    """Connected to Ray for the block; a local Ray started here is shut down after it."""
     started = connect(rc.address, rc.num_cpus)
     try:
-        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
+        yield
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _written_metrics(out: Path) -> dict:
     metrics = read_metrics(out)
     if metrics is None:
-        raise DistkgError(f"{out}: the fine-tuning workers finished but wrote no metrics.json")
+        raise DistkgError(f"{out}: the Ray Train workers finished but wrote no metrics.json")
     return metrics
 
 
@@ -151,26 +163,19 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
     check_method(cfg)
     num_entities = load_dataset(cfg.data).num_entities
-    started = connect(rc.address, rc.num_cpus)
     pools: dict[str, TeacherPool] = {}
-    try:
-        pools = start_pools(cfg, num_entities)
-        run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
-                    rc, out, "students")
-        record = {"pools": {name: {"actors": pool.ready(), "stats": pool.stats()} for name, pool in pools.items()},
-                  "workers": rc.workers, "address": rc.address or "local"}
-        (out / "runtime").mkdir(parents=True, exist_ok=True)
-        (out / "runtime" / "pools.json").write_text(json.dumps(record, indent=2))
-        for name, pool in pools.items():
-            log.info("%s pool: %s", name, record["pools"][name]["stats"])
-    finally:
-        for pool in pools.values():
-            pool.shutdown()
-        if started:
-            import ray
-
-            ray.shutdown()
-    metrics = read_metrics(out)
-    if metrics is None:
-        raise DistkgError(f"{out}: the workers finished but wrote no metrics.json")
-    return metrics
+    with ray_session(rc):
+        try:
+            pools = start_pools(cfg, num_entities)
+            run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
+                        rc, out, "students")
+            record = {"pools": {n: {"actors": p.ready(), "stats": p.stats()} for n, p in pools.items()},
+                      "workers": rc.workers, "address": rc.address or "local"}
+            (out / "runtime").mkdir(parents=True, exist_ok=True)
+            (out / "runtime" / "pools.json").write_text(json.dumps(record, indent=2))
+            for name, pool in pools.items():
+                log.info("%s pool: %s", name, record["pools"][name]["stats"])
+        finally:
+            for pool in pools.values():
+                pool.shutdown()
+    return _written_metrics(out)
