@@ -152,11 +152,9 @@ class ScoringShard:
         return {**{k: v for k, v in self.info.items()}, "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "version": self.version}
 
-    def get_stats(self, reset: bool = False) -> dict:
-        out = dict(self.stats)
-        if reset:
-            self.stats = dict.fromkeys(self.stats, 0) | {"seconds": 0.0}
-        return out
+    def get_stats(self) -> dict:
+        """Totals since this actor started: queries answered, cache hits, queries scored, seconds."""
+        return dict(self.stats)
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -214,12 +212,12 @@ class TeacherPool:
     def score(self, queries: torch.Tensor) -> torch.Tensor:
         return self.collect(self.submit(queries), timeout=self.rc.timeout_s)
 
-    def stats(self, reset: bool = False) -> dict:
-        """Summed over actors: queries answered, cache hits, queries scored, seconds busy."""
+    def stats(self) -> dict:
+        """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
         import ray
 
         total: dict = {}
-        for s in ray.get([a.get_stats.remote(reset) for a in self.actors]):
+        for s in ray.get([a.get_stats.remote() for a in self.actors]):
             for k, v in s.items():
                 total[k] = total.get(k, 0) + v
         return total
@@ -248,6 +246,7 @@ class SoftTargets:
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
+    _seen: dict = field(default_factory=dict)  # the pool's totals at the last report
 
     def plan(self, batches: list[torch.Tensor]) -> None:
         self._plan = deque(batches)
@@ -260,10 +259,11 @@ class SoftTargets:
             self._inflight.append((idx, self.pool.submit(self.queries[idx])))
 
     def report(self) -> dict:
-        """Since the last report: the pool's cache hit rate (all clients of the pool together) and
-        how long this client's steps waited for their targets; resets both."""
-        stats, waits = self.pool.stats(reset=True), self.waits
-        self.waits = []
+        """Since this client's last report: the pool's cache hit rate (all its clients together) and
+        how long this client's steps waited for their targets."""
+        now, waits = self.pool.stats(), self.waits
+        stats = {k: v - self._seen.get(k, 0) for k, v in now.items()}
+        self._seen, self.waits = now, []
         return {"steps": len(waits), "wait_mean_s": sum(waits) / max(len(waits), 1), "wait_total_s": sum(waits),
                 "queries": stats.get("queries", 0), "scored": stats.get("scored", 0),
                 "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("queries", 0), 1),
