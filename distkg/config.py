@@ -142,7 +142,7 @@ class RuntimeConfig:
     ``local``: one process, the teachers' outputs read in-process (the default, and what tests and
     the quickstart use). ``ray``: the LLM teacher runs as a pool of Ray scoring actors under
     DeepSpeed inference, each holding 1/N of the entity table, and the student trains in Ray
-    Train workers (DDP) that send the queries of their next batches to the pool ahead of time.
+    Train workers (data parallel) that send the queries of their next batches to the pool ahead of time.
     """
 
     backend: Literal["local", "ray"] = "local"
@@ -154,7 +154,7 @@ class RuntimeConfig:
     tp_size: int = 1  # DeepSpeed inference tensor-parallel degree per actor
     kernel_inject: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA and an unquantized LM
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    workers: int = 1  # Ray Train student workers (DDP: gloo on CPU, NCCL on GPU)
+    workers: int = 1  # Ray Train workers, data parallel (gradients averaged over gloo on CPU, NCCL on GPU)
     worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per worker, e.g. {GPU: 1}
     soft_targets: Literal["full", "topk"] = "full"  # what the pool returns per query
     topk: int = 64  # entities kept per query when soft_targets is topk

@@ -89,16 +89,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_ray(cfg, args: argparse.Namespace) -> bool:
+    """Whether the run goes to distkg.runtime (``runtime.backend: ray``), which always resumes OUT."""
+    if cfg.runtime.backend != "ray":
+        return False
+    if args.restart:
+        raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
+    return True
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from distkg.distill.runner import check_method, distill
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
+    if _on_ray(cfg, args):  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
-        if args.restart:
-            raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
         distill_on_ray(cfg, Path(args.out))
     else:
         distill(cfg, Path(args.out), resume=not args.restart)
@@ -124,11 +131,9 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
+    if _on_ray(cfg, args):  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.students import finetune_on_ray
 
-        if args.restart:
-            raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
         finetune_on_ray(cfg, Path(args.out))
     else:
         finetune(cfg, Path(args.out), resume=not args.restart)

@@ -70,20 +70,16 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     needs = check_method(cfg)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
-    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch, cfg.runtime.timeout_s)
-              for name, pool in (pools or {}).items()}
+    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
     llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs and "llm" not in remote else None
 
-    epochs_planned = []
-
     def make_plan(fields: set[str]):
-        def plan(batches: list[torch.Tensor]) -> None:
-            """Send the epoch's queries to the pools this stage reads, after reporting the last epoch."""
-            if epochs_planned:
-                report_targets(remote, out, epochs_planned[-1])
-            epochs_planned.append(len(epochs_planned) + 1)
+        def plan(epoch: int, batches: list[torch.Tensor]) -> None:
+            """Send the epoch's queries to the pools this stage reads, after reporting the epoch before."""
+            if epoch > 0:
+                report_targets(remote, out, epoch)
             for name, targets in remote.items():
                 if POOL_FIELD[name] in fields:
                     targets.plan(batches)
@@ -124,14 +120,14 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
     metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
-    if epochs_planned:
-        report_targets(remote, out, epochs_planned[-1])
+    if remote:
+        report_targets(remote, out, metrics["epochs_run"])
     return metrics
 
 
 def report_targets(remote: dict, out: Path, epoch: int) -> None:
-    """One line per pool and epoch (counted from this process's start) in OUT/runtime/targets-RANK.jsonl:
-    cache hit rate, mean wait of a step for its targets, pool busy time."""
+    """One line per pool for training epoch ``epoch`` in OUT/runtime/targets-RANK.jsonl: cache hit
+    rate, mean wait of a step for its targets, pool busy time."""
     import json
     import os
 

@@ -7,7 +7,8 @@ each actor returns only its shard's top k, which the client merges into the exac
 
   ScoringShard  loads a finished teacher run (an LLM teacher: 4-bit base + LoRA adapter + head,
                 wrapped by DeepSpeed inference; or a `distkg train` KG teacher) and scores queries
-                against its shard, caching each distinct query's row per teacher version.
+                against its shard, caching each distinct query's row (an actor holds one teacher
+                version for its life, so its cache is per teacher version).
   TeacherPool   creates the actors (declared resources, restarted when they die, in-flight calls
                 retried) and merges their answers: [B, E] scores (-inf outside the top k).
   SoftTargets   one student worker's view: the epoch's batches are planned ahead, ``prefetch`` of
@@ -75,8 +76,7 @@ def wrap_deepspeed(lm_model: torch.nn.Module, rc: RuntimeConfig, quantized: bool
 class ScoringShard:
     """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg")."""
 
-    def __init__(self, kind: str, run: str, lo: int, hi: int, rc: RuntimeConfig, data_root: str | None = None,
-                 cache: bool = True) -> None:
+    def __init__(self, kind: str, run: str, lo: int, hi: int, rc: RuntimeConfig, data_root: str | None = None) -> None:
         from distkg.config import load_config
         from distkg.data import load_dataset
 
@@ -102,8 +102,8 @@ class ScoringShard:
             _, _, self.model = load_trained(run_path, cfg)
             self.version = _digest(*self.model.parameters())
         self.model.requires_grad_(False)
-        self.use_cache = cache
-        self.cache: dict[tuple, torch.Tensor | tuple] = {}
+        self.use_cache = rc.cache
+        self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
         self.stats = {"queries": 0, "cache_hits": 0, "scored": 0, "seconds": 0.0}
         with torch.inference_mode():
             self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
@@ -121,24 +121,23 @@ class ScoringShard:
     def score(self, queries: torch.Tensor, topk: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query."""
         t0 = time.perf_counter()
-        keys = [(self.version, topk, *row) for row in queries.tolist()] if self.use_cache else []
-        todo = [i for i, k in enumerate(keys) if k not in self.cache] if self.use_cache else list(range(len(queries)))
+        keys = [(topk, *row) for row in queries.tolist()]
+        todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
-        fresh: list = []
+        fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
             with torch.inference_mode():
                 rows = self.model.match(self.model.query_repr(queries[todo]), self.table).float()
             self.stats["scored"] += len(todo)
             if topk is not None:
                 values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
-                fresh = list(zip(values, ids + self.lo))
+                fresh = dict(zip(todo, zip(values, ids + self.lo)))
             else:
-                fresh = list(rows)
+                fresh = dict(zip(todo, rows))
             if self.use_cache:
-                self.cache.update((keys[i], r) for i, r in zip(todo, fresh))
-        by_row = dict(zip(todo, fresh))
-        out = [by_row[i] if i in by_row else self.cache[keys[i]] for i in range(len(queries))]
+                self.cache.update((keys[i], r) for i, r in fresh.items())
+        out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
         if topk is not None:
             return torch.stack([v for v, _ in out]), torch.stack([i for _, i in out])
@@ -149,7 +148,7 @@ class ScoringShard:
 
         import ray
 
-        return {**{k: v for k, v in self.info.items()}, "node_id": ray.get_runtime_context().get_node_id(),
+        return {**self.info, "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "version": self.version}
 
     def get_stats(self) -> dict:
@@ -179,9 +178,8 @@ class TeacherPool:
         cpus, gpus = resources.pop("CPU", 0), resources.pop("GPU", 0)
         actor_cls = ray.remote(ScoringShard).options(
             num_cpus=cpus, num_gpus=gpus, resources=resources or None,
-            max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its pending calls retried
-            name=None)
-        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root, rc.cache)
+            max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
+        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
                        for lo, hi in self.bounds]
         self.topk = rc.topk if rc.soft_targets == "topk" else None
         self._shared = False
@@ -202,15 +200,16 @@ class TeacherPool:
     def submit(self, queries: torch.Tensor) -> list:
         return [a.score.remote(queries, self.topk) for a in self.actors]
 
-    def collect(self, refs: list, timeout: float | None = None) -> torch.Tensor:
-        """[B, E] scores from the shards' answers (-inf outside the merged top k)."""
+    def collect(self, refs: list) -> torch.Tensor:
+        """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
+        ``runtime.timeout_s``."""
         import ray
 
-        parts = ray.get(refs, timeout=timeout)
+        parts = ray.get(refs, timeout=self.rc.timeout_s)
         return torch.cat(parts, dim=1) if self.topk is None else merge_topk(parts, self.topk, self.num_entities)
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:
-        return self.collect(self.submit(queries), timeout=self.rc.timeout_s)
+        return self.collect(self.submit(queries))
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -242,7 +241,6 @@ class SoftTargets:
     pool: TeacherPool
     queries: torch.Tensor  # all training queries, [Q, 4]
     prefetch: int = 2
-    timeout: float | None = None
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
@@ -277,7 +275,7 @@ class SoftTargets:
             self._inflight.clear()
             refs = self.pool.submit(self.queries[idx])
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs, timeout=self.timeout)
+        scores = self.pool.collect(refs)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores

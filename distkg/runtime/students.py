@@ -42,9 +42,9 @@ def absolute(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, distill=distill, data=data)
 
 
-def start_pools(cfg: RunConfig, num_entities: int) -> dict[str, TeacherPool]:
-    """The scoring pools this method needs, loaded and ready; their placement is logged."""
-    needs, rc, dc = check_method(cfg), cfg.runtime, cfg.distill
+def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
+    """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
+    rc, dc = cfg.runtime, cfg.distill
     pools: dict[str, TeacherPool] = {}
     if "llm_probs" in needs:
         pools["llm"] = TeacherPool("llm", dc.llm_run, num_entities, rc, cfg.data.root)
@@ -66,12 +66,10 @@ def _worker(config: dict) -> None:
 
     import ray
     import ray.train
-    import torch
 
     from distkg.distill.runner import distill
 
-    torch.set_num_threads(max(1, int(config["threads"])))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cfg = _worker_setup(config)
     rank = ray.train.get_context().get_world_rank()
     where = Path(config["out"]) / "runtime"
     where.mkdir(parents=True, exist_ok=True)
@@ -79,8 +77,16 @@ def _worker(config: dict) -> None:
         {"rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
-    cfg = build(RunConfig, config["cfg"])
     distill(cfg, Path(config["out"]), resume=True, pools=config["pools"])
+
+
+def _worker_setup(config: dict) -> RunConfig:
+    """A Ray Train worker's threads (its CPU share) and log format; the run config it was sent."""
+    import torch
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return build(RunConfig, config["cfg"])
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
@@ -96,13 +102,9 @@ def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) 
 
 
 def _finetune_worker(config: dict) -> None:
-    import torch
-
     from distkg.llm.finetune import finetune
 
-    torch.set_num_threads(max(1, int(config["threads"])))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    finetune(build(RunConfig, config["cfg"]), Path(config["out"]), resume=True)
+    finetune(_worker_setup(config), Path(config["out"]), resume=True)
 
 
 def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
@@ -161,12 +163,12 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     from distkg.data import load_dataset
 
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
-    check_method(cfg)
+    needs = check_method(cfg)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
     with ray_session(rc):
         try:
-            pools = start_pools(cfg, num_entities)
+            pools = start_pools(cfg, needs, num_entities)
             run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
                         rc, out, "students")
             record = {"pools": {n: {"actors": p.ready(), "stats": p.stats()} for n, p in pools.items()},

@@ -11,9 +11,10 @@ Then score the test split with the best weights and write OUT/metrics.json.
 Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
 gradients. Under several processes (Ray Train workers, torchrun) every global batch is split
 across them by rank and their gradients are averaged over the process group before each step,
-so the updates are those of one process with the whole batch; all ranks evaluate (identical
-weights, so identical decisions) and only rank 0 writes checkpoints, logs and metrics. A non-finite loss or weight stops training with a message naming the last good
-checkpoint, which is never overwritten by a bad state.
+so the updates are those of one process with the whole batch (exactly so when the shares are
+equal); all ranks evaluate (identical weights, so identical decisions) and only rank 0 writes
+checkpoints, logs and metrics. A non-finite loss or weight stops training with a message naming
+the last good checkpoint, which is never overwritten by a bad state.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Stage:
     epochs: int
     loss: LossFn
     lr: float | None = None  # None: train.lr
-    on_epoch: Callable[[list[torch.Tensor]], None] | None = None  # told each epoch's batches ahead (prefetch)
+    on_epoch: Callable[[int, list[torch.Tensor]], None] | None = None  # (epoch index, its batches), told ahead
 
 
 def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
@@ -174,7 +175,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         perm = torch.randperm(len(queries), generator=gen)
         batches = [b[rank::world] for b in perm.split(tc.batch_size)]  # this rank's share of each batch
         if stage.on_epoch is not None:
-            stage.on_epoch(batches)
+            stage.on_epoch(epoch, batches)
         model.train()
         total, parts, t_epoch = 0.0, {}, time.perf_counter()
         bar = tqdm(batches, total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
