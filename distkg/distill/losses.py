@@ -51,6 +51,7 @@ class DistillBatch:
     student_scores: torch.Tensor  # [B, C]
     answers: torch.Tensor  # [B] indices into the C candidates
     teacher_scores: torch.Tensor | None = None  # [B, C] 400-d KG teacher
+    teacher_targets: TemperedTargets | None = None  # the same at one temperature, precomputed (kd reads it first)
     llm_probs: torch.Tensor | None = None  # [B, C] P_LLM
     student_repr: torch.Tensor | None = None  # [B, d_s] query representations (FitNet)
     teacher_repr: torch.Tensor | None = None  # [B, d_t]
@@ -66,12 +67,48 @@ def _need(batch: DistillBatch, name: str) -> list:
     return [getattr(batch, n) for n in INPUTS[name]]
 
 
+@dataclass
+class TemperedTargets:
+    """A fixed teacher's softmax(t / T) and each row's sum of p log p, computed once per run instead
+    of every step (the teacher does not change; distill.teachers.KGTeacher.temper)."""
+
+    temperature: float
+    probs: torch.Tensor  # [B, C]
+    plogp: torch.Tensor  # [B]
+
+
+def temper(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(t / T) and its rows' sum p log p (0 log 0 = 0: a teacher may say -inf, as top-k targets do)."""
+    p = torch.softmax(t / temperature, dim=1)
+    return p, torch.xlogy(p, p).sum(dim=1)
+
+
+class _SoftKL(torch.autograd.Function):
+    """T^2 * KL(p || softmax(s/T)), batch mean, from p and its rows' sum p log p, with the gradient
+    T * (q - p) / B written out: fewer passes over the [B, E] matrices than log_softmax + softmax +
+    kl_div, which were half of a BKD step (the teacher gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor, temperature: float) -> torch.Tensor:
+        log_q = torch.log_softmax(s / temperature, dim=1)
+        cross = torch.dot(p.reshape(-1), log_q.reshape(-1))  # sum p log q
+        ctx.save_for_backward(log_q.exp_(), p)
+        ctx.temperature = temperature
+        return (plogp.sum() - cross) * (temperature**2 / len(s))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, p = ctx.saved_tensors
+        return q.sub_(p).mul_(grad * (ctx.temperature / len(q))), None, None, None
+
+
 @loss("kd", "student_scores", "teacher_scores")
 def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
+    pre = batch.teacher_targets
+    if pre is not None and pre.temperature == temperature:
+        return _SoftKL.apply(batch.student_scores, pre.probs, pre.plogp, float(temperature))
     s, t = _need(batch, "kd")
-    log_p_s = F.log_softmax(s / temperature, dim=1)
-    p_t = F.softmax(t / temperature, dim=1)
-    return temperature**2 * F.kl_div(log_p_s, p_t, reduction="batchmean")
+    return _SoftKL.apply(s, *temper(t.detach().to(s.dtype), float(temperature)), float(temperature))
 
 
 @loss("ce", "student_scores", "answers")

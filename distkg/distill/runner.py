@@ -17,6 +17,7 @@ RKD reads the entity vectors of up to ``distill.rkd_entities`` distinct entities
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
+from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TemperedTargets, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.training.trainer import Stage, build_model, fit, training_queries
@@ -61,6 +62,16 @@ def check_method(cfg: RunConfig) -> set[str]:
     return needs
 
 
+def kd_temperature(cfg: RunConfig) -> float | None:
+    """The one temperature of a method whose only reader of teacher scores is kd, so the teacher's
+    soft targets can be computed once (KGTeacher.temper); None otherwise."""
+    readers = [(name, args) for s in cfg.distill.stages for name, args in s.losses.items()
+               if "teacher_scores" in INPUTS[name]]
+    default = inspect.signature(LOSSES.get("kd")).parameters["temperature"].default
+    temperatures = {float(args.get("temperature", default)) for name, args in readers if name == "kd"}
+    return temperatures.pop() if len(temperatures) == 1 and all(name == "kd" for name, _ in readers) else None
+
+
 def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
             pools: dict | None = None) -> dict:
     """``pools``: {"llm": TeacherPool, "kg": TeacherPool} serving those teachers' scores (optional)."""
@@ -73,7 +84,10 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
-    llm = LLMTables(dc.llm_run, ds, queries) if "llm_probs" in needs and "llm" not in remote else None
+    llm = (LLMTables(dc.llm_run, ds, queries, dc.llm_temperature) if "llm_probs" in needs and "llm" not in remote
+           else None)
+    if kg is not None and "kg" not in remote and (t := kd_temperature(cfg)) is not None:
+        kg.temper(t)
 
     def make_plan(fields: set[str]):
         def plan(epoch: int, batches: list[torch.Tensor]) -> None:
@@ -98,7 +112,10 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
             qr = student.query_repr(q)
             batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
-            if "teacher_scores" in needs:
+            if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
+                t = kg.targets(idx)
+                batch.teacher_targets = TemperedTargets(t.temperature, t.probs.to(q.device), t.plogp.to(q.device))
+            elif "teacher_scores" in needs:
                 batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
             if "llm_probs" in needs:
                 probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from distkg.data import TKGDataset
+from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import form_match, table_query
 from distkg.report import read_metrics
@@ -87,12 +88,34 @@ class KGTeacher:
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
         self.all_scores = score_matrix(lambda q: self.model.match(q, self.table), self.query, ds.num_entities)
 
+        self.tempered: TemperedTargets | None = None
+
     @torch.no_grad()
     def scores(self, idx: torch.Tensor) -> torch.Tensor:
         """[B, E] teacher scores of the training queries ``idx`` over all entities."""
         if self.all_scores is not None:
             return self.all_scores[idx]
         return self.model.match(self.query[idx], self.table)
+
+    def temper(self, temperature: float) -> bool:
+        """Turn the cached score matrix into softmax(scores / T) in place, so a run whose only reader
+        of teacher scores is kd at T gathers its soft targets instead of computing them each step.
+        The scores are then recomputed per batch if asked for; False when nothing is cached."""
+        if self.all_scores is None:
+            return False
+        probs, self.all_scores = self.all_scores, None
+        plogp = torch.empty(len(probs))
+        with torch.no_grad():
+            for rows, out in zip(probs.split(4096), plogp.split(4096)):
+                p, out[:] = temper(rows, temperature)
+                rows.copy_(p)
+        self.tempered = TemperedTargets(temperature, probs, plogp)
+        return True
+
+    def targets(self, idx: torch.Tensor) -> TemperedTargets:
+        """The tempered soft targets of training queries ``idx`` (after ``temper``)."""
+        t = self.tempered
+        return TemperedTargets(t.temperature, t.probs[idx], t.plogp[idx])
 
     def entities(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids]
@@ -101,7 +124,8 @@ class KGTeacher:
 class LLMTables:
     """P_LLM for any query from a fine-tuned LLM teacher's exported embedding tables."""
 
-    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor | None = None) -> None:
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor | None = None,
+                 temperature: float = 1.0) -> None:
         run = Path(run)
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
@@ -112,8 +136,12 @@ class LLMTables:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
-        # training queries x entities, when given and it fits
-        self.all_scores = score_matrix(self.scores, queries, ds.num_entities) if queries is not None else None
+        # P_LLM of every training query x entity at ``temperature``, when queries are given and it fits
+        self.temperature = temperature
+        self.all_probs = score_matrix(self.scores, queries, ds.num_entities) if queries is not None else None
+        if self.all_probs is not None:
+            for rows in self.all_probs.split(4096):
+                rows.copy_(torch.softmax(rows / temperature, dim=1))
 
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
@@ -123,8 +151,9 @@ class LLMTables:
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None) -> torch.Tensor:
         """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction."""
-        scores = self.all_scores[idx] if idx is not None and self.all_scores is not None else self.scores(q)
-        return torch.softmax(scores / temperature, dim=1)
+        if idx is not None and self.all_probs is not None and temperature == self.temperature:
+            return self.all_probs[idx]
+        return torch.softmax(self.scores(q) / temperature, dim=1)
 
 
 def export_llm_tables(run: Path, ds: TKGDataset) -> Path:

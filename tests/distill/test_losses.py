@@ -29,6 +29,27 @@ def test_kd_is_t_squared_kl():
     assert one("kd", batch(teacher_scores=torch.tensor([[2 * LN3, 0.0]])), temperature=2.0) == pytest.approx(4 * 0.130812, abs=1e-4)
 
 
+def test_kd_gradient_and_masked_teacher_match_torch_kl_div():
+    # the written-out gradient against autograd through F.kl_div (the textbook form), on random
+    # scores and on a teacher that is -inf outside its top 3 (0 log 0 = 0, as kl_div has it)
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    topk = torch.full_like(t, float("-inf")).scatter(1, t.topk(3, dim=1).indices, t.topk(3, dim=1).values)
+    for teacher in (t, topk):
+        s1 = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+        s2 = s1.detach().clone().requires_grad_(True)
+        ours = combine({"kd": {"temperature": 3.0}}, batch(student_scores=s1, teacher_scores=teacher))[0]
+        ref = 9.0 * F.kl_div(F.log_softmax(s2 / 3, 1), F.softmax(teacher / 3, 1), reduction="batchmean")
+        (2 * ours).backward()
+        (2 * ref).backward()
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+        assert torch.allclose(s1.grad, s2.grad, rtol=1e-10, atol=1e-12)
+    nan = combine({"kd": {}}, batch(student_scores=torch.tensor([[float("nan"), 0.0]]), teacher_scores=t[:1, :2]))[0]
+    assert nan.isnan()  # a NaN student is not hidden by the 0 log 0 rule: the NaN guard must see it
+
+
 def test_ce():
     assert one("ce", batch(student_scores=torch.tensor([[LN3, 0.0]]))) == pytest.approx(-math.log(0.75), abs=1e-6)
 

@@ -11,6 +11,8 @@ import torch
 
 from distkg.config import load_config
 from distkg.distill import runner
+from distkg.distill.losses import DistillBatch, combine
+from distkg.distill.runner import kd_temperature
 from distkg.distill import teachers as teachers_module
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError, DistkgError
@@ -125,11 +127,39 @@ def test_llm_tables_give_the_llm_teachers_distribution(teachers):
     q = torch.from_numpy(DS.splits["test"][:, [0, 1, 3, 4]].copy())
     torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q), atol=1e-5, rtol=1e-4)
     train_q, _ = training_queries(DS.splits["train"], DS.num_relations)
-    cached = LLMTables(teachers / "llm", DS, train_q)  # the score matrix of every training query, kept
+    cached = LLMTables(teachers / "llm", DS, train_q, temperature=2.0)  # P_LLM of every training query, kept
     idx = torch.tensor([5, 0, 17])
-    assert cached.all_scores is not None
-    torch.testing.assert_close(cached.probs(train_q[idx], 2.0, idx), teacher.distribution(train_q[idx], 2.0),
-                               atol=1e-5, rtol=1e-4)
+    assert cached.all_probs is not None
+    for temperature in (2.0, 0.5):  # the kept matrix, and a temperature it was not made at (computed)
+        torch.testing.assert_close(cached.probs(train_q[idx], temperature, idx),
+                                   teacher.distribution(train_q[idx], temperature), atol=1e-5, rtol=1e-4)
+
+
+def test_tempered_teacher_targets_give_the_same_kd_as_scores(teachers):
+    q, _ = training_queries(DS.splits["train"], DS.num_relations)
+    kg, idx = KGTeacher(teachers / "kg", DS, q), torch.arange(0, len(q), 5)
+    scores = kg.scores(idx)
+    student = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1))
+    by_scores = combine({"kd": {"temperature": 3.0}}, DistillBatch(student, idx, teacher_scores=scores))[0]
+    assert kg.temper(3.0) and kg.all_scores is None
+    targets = kg.targets(idx)
+    by_targets = combine({"kd": {"temperature": 3.0}}, DistillBatch(student, idx, teacher_targets=targets))[0]
+    torch.testing.assert_close(by_targets, by_scores)
+    torch.testing.assert_close(kg.scores(idx), scores)  # scores are still there, recomputed per batch
+    other = combine({"kd": {"temperature": 2.0}}, DistillBatch(student, idx, teacher_scores=scores,
+                                                               teacher_targets=targets))[0]  # another T: from scores
+    torch.testing.assert_close(other, combine({"kd": {"temperature": 2.0}}, DistillBatch(student, idx, teacher_scores=scores))[0])
+
+
+def test_kd_temperature_is_known_only_when_kd_alone_reads_the_teacher_at_one_temperature():
+    def method(*stages):
+        return load_config("configs/train/tadistmult-yago11k-25.yaml", [
+            f"distill.stages={json.dumps([{'name': f's{i}', 'epochs': 1, 'losses': s} for i, s in enumerate(stages)])}"])
+
+    assert kd_temperature(method({"kd": {}, "ce": {}})) == 7.0
+    assert kd_temperature(method({"kd": {"temperature": 2}}, {"kd": {"temperature": 2}, "llm_huber": {}})) == 2.0
+    assert kd_temperature(method({"kd": {"temperature": 2}}, {"kd": {"temperature": 3}})) is None
+    assert kd_temperature(method({"ce": {}})) is None
 
 
 def test_bad_method_configs_fail_by_name(teachers, tmp_path):
