@@ -4,7 +4,9 @@ A grid config (configs/reproduce/*.yaml) names datasets, backbones, methods, stu
 seeds, and templates for the config files of each part. The grid runs, in order:
   1. one 400-d KG teacher per (backbone, dataset)      -> OUT/teachers/BACKBONE-DATASET
   2. one fine-tuned LLM teacher per dataset, if a method reads P_LLM -> OUT/llm/DATASET
-  3. every student: (backbone, dataset, dim, method, seed) -> OUT/students/...
+  3. every student: (backbone, dataset, dim, method, seed) -> STUDENTS/BACKBONE-DATASET-DIMd/METHOD-seedN,
+     STUDENTS being ``student_root`` (OUT/students unless a grid points at another grid's students,
+     as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
 Each part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
 an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
 (distkg.distill.teachers), so every method and seed reuses them.
@@ -64,6 +66,7 @@ class GridConfig:
     method_config: str = "configs/distill/{method}.yaml"
     teacher_run: str = "{out}/teachers/{backbone}-{dataset}"  # point at existing `distkg train` runs to reuse them
     llm_run: str = "{out}/llm/{dataset}"
+    student_root: str = "{out}/students"
     teacher_set: list[str] = field(default_factory=list)  # --set overrides for every teacher run
     llm_set: list[str] = field(default_factory=list)
     student_set: list[str] = field(default_factory=list)
@@ -121,7 +124,7 @@ class Grid:
         return run
 
     def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
-        return self.out / "students" / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
+        return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
 
     def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict:
         from distkg.distill.runner import distill

@@ -61,3 +61,20 @@ def test_half_finished_grid_continues(grid, tmp_path):
     grid.methods = ["plain", "bkd"]
     rows = rp.reproduce(grid, out)
     assert [r["mrr"] for r in rows[:2]] == [r["mrr"] for r in first] and len(rows) == 4
+
+
+def test_a_grid_reuses_the_cells_it_shares_with_another(grid, tmp_path, monkeypatch):
+    # the size sweep and the ablation point student_root at the paper grid's students: shared cells
+    # are read from there, the others are written there, and each grid's report stays in its own OUT
+    main = tmp_path / "main"
+    grid.methods = ["plain"]
+    first = rp.reproduce(grid, main)
+    trained = []
+    original = runner.distill
+    monkeypatch.setattr(runner, "distill", lambda cfg, out, **kw: trained.append(out) or original(cfg, out, **kw))
+    grid.methods, grid.dims = ["plain"], [25, 6]
+    grid.teacher_run, grid.student_root = str(main / "teachers" / "{backbone}-{dataset}"), str(main / "students")
+    rows = rp.reproduce(grid, tmp_path / "sweep")
+    assert [r["mrr"] for r in rows if r["dim"] == 25] == [r["mrr"] for r in first]
+    assert trained == [main / "students" / "tadistmult-yago11k-6d" / f"plain-seed{s}" for s in (0, 1)]
+    assert (tmp_path / "sweep" / "table.md").is_file() and not (tmp_path / "sweep" / "students").exists()
