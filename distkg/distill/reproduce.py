@@ -8,7 +8,10 @@ seeds, and templates for the config files of each part. The grid runs, in order:
      STUDENTS being ``student_root`` (OUT/students unless a grid points at another grid's students,
      as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
 Each part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
-an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
+an interrupted grid continues where it stopped. Several processes may run one grid at once (one
+per core, or per node on a shared filesystem): a process claims a part (RUN/claim: host and pid)
+before running it and leaves parts claimed by others; a student part is then left to its
+holder, a teacher part is waited for. A claim of a dead process on the same host is taken over. Teacher outputs are cached in the teacher's run
 (distkg.distill.teachers), so every method and seed reuses them.
 
 Report (OUT/): results.csv and results.json (one row per student), table.md (the paper's layout,
@@ -21,6 +24,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -85,6 +90,51 @@ def _needs_llm(grid: GridConfig, method: str) -> bool:
     return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run: Path) -> str | None:
+    """Claim RUN for this process (RUN/claim holds "host pid"); None when claimed, else the holder.
+    A claim by a dead process on this host is taken over; one from another host is respected."""
+    run.mkdir(parents=True, exist_ok=True)
+    path, host = run / "claim", socket.gethostname()
+    me = f"{host} {os.getpid()}"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = path.read_text().strip()
+            except FileNotFoundError:
+                continue  # released in between
+            parts = holder.split()
+            if holder == me or (len(parts) == 2 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1]))):
+                path.unlink(missing_ok=True)
+                continue
+            return holder or "a process that is writing its claim"
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return None
+
+
+def release(run: Path) -> None:
+    (run / "claim").unlink(missing_ok=True)
+
+
+def _wait_for(run: Path, what: str) -> None:
+    """Wait for a part another process holds to finish (or to be left by a dead holder: then None)."""
+    while read_metrics(run) is None and (holder := claim(run)) is not None:
+        log.info("%s %s is being trained by %s; waiting", what, run, holder)
+        time.sleep(30)
+
+
 class Grid:
     """The runs of a grid config under OUT, each loaded or run on demand."""
 
@@ -106,30 +156,38 @@ class Grid:
         from distkg.training.trainer import train
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
-        if read_metrics(run) is None:
+        _wait_for(run, "teacher")
+        if read_metrics(run) is None:  # claimed by this process
             cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
                               self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
             log.info("== teacher %s on %s -> %s", backbone, dataset, run)
             train(cfg, run, dataset=self.dataset(cfg))
+        release(run)
         return run
 
     def llm(self, dataset: str) -> Path:
         from distkg.llm.finetune import finetune
 
         run = Path(self._fill(self.grid.llm_run, dataset=dataset))
+        _wait_for(run, "LLM teacher")
         if read_metrics(run) is None:
             cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
             log.info("== LLM teacher on %s -> %s", dataset, run)
             finetune(cfg, run, dataset=self.dataset(cfg))
+        release(run)
         return run
 
     def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
         return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
 
-    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict:
+    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict | None:
+        """The cell's result row, training it first if needed; None when another process holds it."""
         from distkg.distill.runner import distill
 
         run = self.student_run(backbone, dataset, dim, method, seed)
+        if read_metrics(run) is None and (holder := claim(run)) is not None:
+            log.info("student %s is being trained by %s; left to it", run, holder)
+            return None
         if (metrics := read_metrics(run)) is None:
             needs_llm = _needs_llm(self.grid, method)
             sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
@@ -140,6 +198,7 @@ class Grid:
                                self._fill(self.grid.method_config, method=method)], sets)
             log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
             metrics = distill(cfg, run, dataset=self.dataset(cfg))
+        release(run)
         return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": method, "seed": seed,
                 **{k: metrics[k] for k in METRICS}, "train_seconds": metrics["train_seconds"],
                 "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "run": str(run)}
@@ -151,17 +210,23 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
     g = Grid(grid, out)
     cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
              for m in grid.methods for s in grid.seeds]
-    rows, started = [], time.perf_counter()
+    rows, started, elsewhere = [], time.perf_counter(), 0
     for i, cell in enumerate(cells):
         if only_report and read_metrics(g.student_run(*cell)) is None:
             continue
         t = time.perf_counter()
-        rows.append(g.student(*cell))
+        if (row := g.student(*cell)) is None:
+            elsewhere += 1
+            continue
+        rows.append(row)
         spent = time.perf_counter() - started
         log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
                  rows[-1]["mrr"], time.perf_counter() - t, spent)
         write_report(rows, grid, out)
     write_report(rows, grid, out)
+    if elsewhere:
+        log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
+                 "for the whole report", elsewhere)
     return rows
 
 

@@ -78,3 +78,29 @@ def test_a_grid_reuses_the_cells_it_shares_with_another(grid, tmp_path, monkeypa
     assert [r["mrr"] for r in rows if r["dim"] == 25] == [r["mrr"] for r in first]
     assert trained == [main / "students" / "tadistmult-yago11k-6d" / f"plain-seed{s}" for s in (0, 1)]
     assert (tmp_path / "sweep" / "table.md").is_file() and not (tmp_path / "sweep" / "students").exists()
+
+
+def test_processes_split_a_grid_by_claims(grid, tmp_path):
+    # a cell claimed by another live process is left to it; one claimed by a dead process is taken over
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    g = rp.Grid(grid, out)
+    held, dead = g.student_run("tadistmult", "yago11k", 25, "bkd", 1), g.student_run("tadistmult", "yago11k", 25, "plain", 0)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for run, pid in ((held, os.getppid()), (dead, int(gone.stdout))):
+        run.mkdir(parents=True)
+        (run / "claim").write_text(f"{socket.gethostname()} {pid}")
+    rows = rp.reproduce(grid, out)
+    assert [(r["method"], r["seed"]) for r in rows] == [("plain", 0), ("plain", 1), ("bkd", 0)]
+    assert not (held / "metrics.json").exists() and (held / "claim").is_file()
+    assert not (dead / "claim").exists() and not list(out.glob("**/claim"))[1:]  # only the live holder's is left
+    (held / "claim").unlink()  # its holder "finished" without writing: the next call runs it
+    assert len(rp.reproduce(grid, out)) == 4
+    assert rp.claim(held) is None and rp.claim(held) is None  # this process may claim again what it holds
+    other = f"{socket.gethostname()}-elsewhere 1"
+    (held / "claim").write_text(other)
+    assert rp.claim(held) == other  # another host's claim is respected (its pid cannot be checked here)
