@@ -8,11 +8,13 @@ seeds, and templates for the config files of each part. The grid runs, in order:
      STUDENTS being ``student_root`` (OUT/students unless a grid points at another grid's students,
      as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
 Each part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
-an interrupted grid continues where it stopped. Several processes may run one grid at once (one
-per core, or per node on a shared filesystem): a process claims a part (RUN/claim: host and pid)
-before running it and leaves parts claimed by others; a student part is then left to its
-holder, a teacher part is waited for. A claim of a dead process on the same host is taken over. Teacher outputs are cached in the teacher's run
+an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
 (distkg.distill.teachers), so every method and seed reuses them.
+
+Several processes may run one grid at once (one per core, or per node on a shared filesystem): a
+process claims a part (RUN/claim: host and pid) before running it and leaves parts claimed by
+others; a student part is then left to its holder, a teacher part is waited for. A claim of a
+dead process on the same host is taken over.
 
 Report (OUT/): results.csv and results.json (one row per student), table.md (the paper's layout,
 mean +- std over seeds, the paper's numbers beside ours), costs.md (wall time of each part and

@@ -25,7 +25,7 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TemperedTargets, combine
+from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.training.trainer import Stage, build_model, fit, training_queries
@@ -113,8 +113,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
             qr = student.query_repr(q)
             batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
             if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
-                t = kg.targets(idx)
-                batch.teacher_targets = TemperedTargets(t.temperature, t.probs.to(q.device), t.plogp.to(q.device))
+                batch.teacher_targets = kg.targets(idx, q.device)
             elif "teacher_scores" in needs:
                 batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
             if "llm_probs" in needs:

@@ -54,6 +54,17 @@ def score_matrix(score: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tens
         return torch.cat([score(chunk) for chunk in rows.split(4096)])
 
 
+def soften_(matrix: torch.Tensor, temperature: float) -> torch.Tensor:
+    """matrix <- softmax(matrix / T) row by row, in place and in chunks (a score matrix of GBs has no
+    room for a second copy); returns each row's sum of p log p."""
+    plogp = torch.empty(len(matrix))
+    with torch.no_grad():
+        for rows, out in zip(matrix.split(4096), plogp.split(4096)):
+            p, out[:] = temper(rows, temperature)
+            rows.copy_(p)
+    return plogp
+
+
 def _check_dataset(run: Path, what: str, trained_on: str, ds: TKGDataset) -> None:
     if trained_on != ds.name:
         raise ConfigError(f"{what} {run} was trained on {trained_on!r}, but the student's data is {ds.name!r}")
@@ -87,7 +98,6 @@ class KGTeacher:
                 self.table = self.model.candidate_table()
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
         self.all_scores = score_matrix(lambda q: self.model.match(q, self.table), self.query, ds.num_entities)
-
         self.tempered: TemperedTargets | None = None
 
     @torch.no_grad()
@@ -104,18 +114,13 @@ class KGTeacher:
         if self.all_scores is None:
             return False
         probs, self.all_scores = self.all_scores, None
-        plogp = torch.empty(len(probs))
-        with torch.no_grad():
-            for rows, out in zip(probs.split(4096), plogp.split(4096)):
-                p, out[:] = temper(rows, temperature)
-                rows.copy_(p)
-        self.tempered = TemperedTargets(temperature, probs, plogp)
+        self.tempered = TemperedTargets(temperature, probs, soften_(probs, temperature))
         return True
 
-    def targets(self, idx: torch.Tensor) -> TemperedTargets:
-        """The tempered soft targets of training queries ``idx`` (after ``temper``)."""
+    def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> TemperedTargets:
+        """The tempered soft targets of training queries ``idx`` (after ``temper``), on ``device``."""
         t = self.tempered
-        return TemperedTargets(t.temperature, t.probs[idx], t.plogp[idx])
+        return TemperedTargets(t.temperature, t.probs[idx].to(device), t.plogp[idx].to(device))
 
     def entities(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids]
@@ -140,8 +145,7 @@ class LLMTables:
         self.temperature = temperature
         self.all_probs = score_matrix(self.scores, queries, ds.num_entities) if queries is not None else None
         if self.all_probs is not None:
-            for rows in self.all_probs.split(4096):
-                rows.copy_(torch.softmax(rows / temperature, dim=1))
+            soften_(self.all_probs, temperature)
 
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
