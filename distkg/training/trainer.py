@@ -195,7 +195,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             total += loss.item()
             for k, v in named.items():
                 parts[k] = parts.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}", refresh=False)  # a refresh here would print every step, with a stale count
             _after_step(epoch, step)
         bar.close()
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):

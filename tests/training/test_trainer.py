@@ -84,3 +84,15 @@ def test_cli_train_then_evaluate_run(data_root, tmp_path):
     rescored = json.loads((out / "rescore" / "metrics.json").read_text())
     assert rescored["mrr"] == pytest.approx(trained["mrr"], abs=1e-9)
     assert main(["train", *args, "--set", "train.epoks=2"]) == 2  # a typo is rejected by name
+
+
+def test_progress_bar_counts_steps_and_keeps_to_its_interval(tmp_path, capsys):
+    """The bar is redrawn at most every 2 s with the current step, not once per step with step 0 (a
+    refreshing set_postfix did that: log files grew by a line per step, each showing 0/N)."""
+    cfg = config(epochs=1, batch_size=8, progress=True)
+    run(cfg, tmp_path)
+    frames = [f for f in capsys.readouterr().err.split("\r") if "loss=" in f]
+    n_steps = -(-len(DS.splits["train"]) * 2 // 8)
+    assert n_steps > 50
+    assert len(frames) < n_steps // 2, f"{len(frames)} bar frames for {n_steps} steps"
+    assert not [f for f in frames if f" 0/{n_steps} " in f]
