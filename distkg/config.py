@@ -83,6 +83,7 @@ class LLMConfig:
     # fine-tuning (distkg llm finetune)
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed
+    min_steps: int = 0  # QLoRA steps taken even once max_minutes is spent (by a long head warm-up), so the adapters always train
     batch_size: int = 16  # training queries per step
     negatives: int = 128  # sampled entities per step, shared by the batch (plus the batch's answers)
     lr: float = 2e-4  # LoRA adapters

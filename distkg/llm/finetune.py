@@ -177,7 +177,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     bar = tqdm(total=lc.steps, initial=state["step"], desc=desc, disable=not (lc.progress and rank == 0), mininterval=2)
     teacher.train()
     while state["step"] < lc.steps:
-        if lc.max_minutes is not None and _agreed(time.perf_counter() - started > 60 * lc.max_minutes, world):
+        if (lc.max_minutes is not None and state["step"] >= lc.min_steps
+                and _agreed(time.perf_counter() - started > 60 * lc.max_minutes, world)):
             log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # a batch per rank

@@ -66,6 +66,12 @@ def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path):
     assert resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
 
 
+def test_time_budget_stops_fine_tuning_but_not_before_min_steps(tiny_llama, ds, tmp_path):
+    """A spent budget (here: none at all) ends fine-tuning at once, unless llm.min_steps asks for steps anyway."""
+    assert finetune(cfg_for(tiny_llama, steps=5, max_minutes=0), tmp_path / "a", dataset=ds)["steps"] == 0
+    assert finetune(cfg_for(tiny_llama, steps=5, max_minutes=0, min_steps=2), tmp_path / "b", dataset=ds)["steps"] == 2
+
+
 def test_cache_hits_skip_the_model(tiny_llama, ds):
     teacher = build_teacher(cfg_for(tiny_llama), ds)
     enc = teacher.encoder
