@@ -18,7 +18,7 @@ dead process on the same host is taken over.
 
 Report (OUT/): results.csv and results.json (one row per student), table.md (the paper's layout,
 mean +- std over seeds, the paper's numbers beside ours), costs.md (wall time of each part and
-the LLM's share), comparison.png and curves.png.
+the LLM's share), comparison.png and curves.png; sizes.png (MRR against student dimension) when the grid has several dims.
 """
 
 from __future__ import annotations
@@ -262,6 +262,8 @@ def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
     (out / "costs.md").write_text(_costs(groups, grid, out))
     _plot_comparison(groups, grid, out / "comparison.png")
     _plot_curves(groups, grid, out / "curves.png")
+    if len(grid.dims) > 1:
+        _plot_sizes(groups, grid, out / "sizes.png")
 
 
 def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
@@ -349,6 +351,32 @@ def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) 
         ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("valid MRR")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+    """The size sweep's answer at a glance: test MRR against student dimension, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(b, d) for b in grid.backbones for d in grid.datasets]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (b, d) in zip(axes[0], panels):
+        for m in grid.methods:
+            dims = [dim for dim in sorted(grid.dims) if (b, d, dim, m) in groups]
+            stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for dim in dims]
+            if dims:
+                ax.errorbar(dims, [x[0] for x in stats], yerr=[x[1] for x in stats], marker="o", capsize=3, label=m)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(grid.dims), [str(x) for x in sorted(grid.dims)])
+        ax.set_title(f"{b}, {d}", fontsize=9)
+        ax.set_xlabel("student dimension")
+        ax.set_ylabel("test MRR (%), mean ± std")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -78,6 +78,7 @@ def test_a_grid_reuses_the_cells_it_shares_with_another(grid, tmp_path, monkeypa
     assert [r["mrr"] for r in rows if r["dim"] == 25] == [r["mrr"] for r in first]
     assert trained == [main / "students" / "tadistmult-yago11k-6d" / f"plain-seed{s}" for s in (0, 1)]
     assert (tmp_path / "sweep" / "table.md").is_file() and not (tmp_path / "sweep" / "students").exists()
+    assert (tmp_path / "sweep" / "sizes.png").stat().st_size > 0 and not (main / "sizes.png").exists()
 
 
 def test_processes_split_a_grid_by_claims(grid, tmp_path):
