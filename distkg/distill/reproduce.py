@@ -30,6 +30,8 @@ import os
 import socket
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,50 +336,49 @@ def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Pa
         bar_panels(panels, path, "test MRR (%), mean ± std")
 
 
-def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+@contextmanager
+def _panels(n: int, width: float, height: float, path: Path) -> Iterator[list]:
+    """A row of n axes, laid out and saved to path as a PNG on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for ax, (b, d, dim) in zip(axes[0], panels):
-        for m in grid.methods:
-            rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
-            epochs, mrr = valid_curve(Path(rs[0]["run"])) if rs else ([], [])
-            if epochs:
-                ax.plot(epochs, mrr, label=m)
-        ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid MRR")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    yield list(axes[0])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+    panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
+    with _panels(len(panels), 3.6, 3.2, path) as axes:
+        for ax, (b, d, dim) in zip(axes, panels):
+            for m in grid.methods:
+                rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
+                epochs, mrr = valid_curve(Path(rs[0]["run"])) if rs else ([], [])
+                if epochs:
+                    ax.plot(epochs, mrr, label=m)
+            ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("valid MRR")
+            ax.legend(fontsize=7)
 
 
 def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
     """The size sweep's answer at a glance: test MRR against student dimension, a line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [(b, d) for b in grid.backbones for d in grid.datasets]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (b, d) in zip(axes[0], panels):
-        for m in grid.methods:
-            dims = [dim for dim in sorted(grid.dims) if (b, d, dim, m) in groups]
-            stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for dim in dims]
-            if dims:
-                ax.errorbar(dims, [x[0] for x in stats], yerr=[x[1] for x in stats], marker="o", capsize=3, label=m)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(grid.dims), [str(x) for x in sorted(grid.dims)])
-        ax.set_title(f"{b}, {d}", fontsize=9)
-        ax.set_xlabel("student dimension")
-        ax.set_ylabel("test MRR (%), mean ± std")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _panels(len(panels), 4.2, 3.4, path) as axes:
+        for ax, (b, d) in zip(axes, panels):
+            for m in grid.methods:
+                dims = [dim for dim in sorted(grid.dims) if (b, d, dim, m) in groups]
+                stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for dim in dims]
+                if dims:
+                    ax.errorbar(dims, [x[0] for x in stats], yerr=[x[1] for x in stats], marker="o", capsize=3, label=m)
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(grid.dims), [str(x) for x in sorted(grid.dims)])
+            ax.set_title(f"{b}, {d}", fontsize=9)
+            ax.set_xlabel("student dimension")
+            ax.set_ylabel("test MRR (%), mean ± std")
+            ax.legend(fontsize=7)
