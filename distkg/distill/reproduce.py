@@ -363,7 +363,8 @@ def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) 
             ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel("valid MRR")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel whose cells have not run yet stays empty
+                ax.legend(fontsize=7)
 
 
 def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
@@ -381,4 +382,5 @@ def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -
             ax.set_title(f"{b}, {d}", fontsize=9)
             ax.set_xlabel("student dimension")
             ax.set_ylabel("test MRR (%), mean ± std")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel whose cells have not run yet stays empty
+                ax.legend(fontsize=7)
