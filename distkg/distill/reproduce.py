@@ -132,6 +132,16 @@ def release(run: Path) -> None:
     (run / "claim").unlink(missing_ok=True)
 
 
+@contextmanager
+def _holding(run: Path) -> Iterator[None]:
+    """Release the claim on RUN however its part ends: a part that raised (a NaN loss, a bad
+    config) is free to retry at once, not only after this process has exited."""
+    try:
+        yield
+    finally:
+        release(run)
+
+
 def _wait_for(run: Path, what: str) -> None:
     """Wait for a part another process holds to finish (or to be left by a dead holder: then None)."""
     while read_metrics(run) is None and (holder := claim(run)) is not None:
@@ -161,12 +171,12 @@ class Grid:
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
         _wait_for(run, "teacher")
-        if read_metrics(run) is None:  # claimed by this process
-            cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
-                              self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
-            log.info("== teacher %s on %s -> %s", backbone, dataset, run)
-            train(cfg, run, dataset=self.dataset(cfg))
-        release(run)
+        with _holding(run):
+            if read_metrics(run) is None:  # claimed by this process
+                cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
+                                  self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
+                log.info("== teacher %s on %s -> %s", backbone, dataset, run)
+                train(cfg, run, dataset=self.dataset(cfg))
         return run
 
     def llm(self, dataset: str) -> Path:
@@ -174,11 +184,11 @@ class Grid:
 
         run = Path(self._fill(self.grid.llm_run, dataset=dataset))
         _wait_for(run, "LLM teacher")
-        if read_metrics(run) is None:
-            cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
-            log.info("== LLM teacher on %s -> %s", dataset, run)
-            finetune(cfg, run, dataset=self.dataset(cfg))
-        release(run)
+        with _holding(run):
+            if read_metrics(run) is None:
+                cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
+                log.info("== LLM teacher on %s -> %s", dataset, run)
+                finetune(cfg, run, dataset=self.dataset(cfg))
         return run
 
     def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
@@ -192,17 +202,17 @@ class Grid:
         if read_metrics(run) is None and (holder := claim(run)) is not None:
             log.info("student %s is being trained by %s; left to it", run, holder)
             return None
-        if (metrics := read_metrics(run)) is None:
-            needs_llm = _needs_llm(self.grid, method)
-            sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
-                    f"distill.teacher_run={self.teacher(backbone, dataset)}",
-                    *([f"distill.llm_run={self.llm(dataset)}"] if needs_llm else []),
-                    "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
-            cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
-                               self._fill(self.grid.method_config, method=method)], sets)
-            log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
-            metrics = distill(cfg, run, dataset=self.dataset(cfg))
-        release(run)
+        with _holding(run):
+            if (metrics := read_metrics(run)) is None:
+                needs_llm = _needs_llm(self.grid, method)
+                sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
+                        f"distill.teacher_run={self.teacher(backbone, dataset)}",
+                        *([f"distill.llm_run={self.llm(dataset)}"] if needs_llm else []),
+                        "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
+                cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
+                                   self._fill(self.grid.method_config, method=method)], sets)
+                log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
+                metrics = distill(cfg, run, dataset=self.dataset(cfg))
         return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": method, "seed": seed,
                 **{k: metrics[k] for k in METRICS}, "train_seconds": metrics["train_seconds"],
                 "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "run": str(run)}

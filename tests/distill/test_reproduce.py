@@ -105,3 +105,18 @@ def test_processes_split_a_grid_by_claims(grid, tmp_path):
     other = f"{socket.gethostname()}-elsewhere 1"
     (held / "claim").write_text(other)
     assert rp.claim(held) == other  # another host's claim is respected (its pid cannot be checked here)
+
+
+def test_a_part_that_raises_leaves_no_claim(grid, tmp_path, monkeypatch):
+    # a failed cell (here a student whose training raises, standing in for a NaN loss) must not stay
+    # claimed: another process, or this one on the next call, may retry it at once
+    out = tmp_path / "out"
+
+    def fails(*a, **k):
+        raise FloatingPointError("loss is NaN")
+
+    monkeypatch.setattr(runner, "distill", fails)
+    with pytest.raises(FloatingPointError):
+        rp.reproduce(grid, out)
+    assert (out / "teachers" / "tadistmult-yago11k" / "metrics.json").is_file()
+    assert not list(out.glob("**/claim"))
