@@ -23,7 +23,7 @@ from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.report import bar_panels, read_metrics, write_report
+from distkg.report import bar_panels, figure_row, read_metrics, write_report
 from distkg.training.curves import valid_curve
 from distkg.training.trainer import train
 
@@ -128,22 +128,14 @@ def _cost_section(rows: dict[str, dict], total: float) -> str:
 
 
 def _plots(rows: dict[str, dict], parts: list, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(rows)
     bar_panels([("test MRR (filtered, realistic ties)", [n.split(": ", 1)[-1] for n in names],
                  [rows[n]["mrr"] for n in names], [0.0] * len(names))], out / "comparison.png", "MRR")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, folder, _ in parts:
-        epochs, mrr = valid_curve(folder) if name.startswith("student") else ([], [])
-        if epochs:
-            ax.plot(epochs, mrr, "o-", markersize=3, label=name.split(": ", 1)[-1])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("valid MRR")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
+    with figure_row(1, 6, 3.5, out / "curves.png") as (ax,):
+        for name, folder, _ in parts:
+            epochs, mrr = valid_curve(folder) if name.startswith("student") else ([], [])
+            if epochs:
+                ax.plot(epochs, mrr, "o-", markersize=3, label=name.split(": ", 1)[-1])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid MRR")
+        ax.legend(fontsize=8)

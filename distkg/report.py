@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.data import TKGDataset
@@ -30,26 +32,40 @@ def metrics_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def bar_panels(panels: list[tuple[str, list[str], list[float], list[float]]], path: Path, ylabel: str) -> Path:
-    """One bar chart per panel (title, bar names, means, stds), side by side, as a PNG."""
+@contextmanager
+def figure_row(n: int, width: float, height: float, path: Path) -> Iterator[list]:
+    """A row of n axes (each width x height inches), saved to path as a PNG on exit. An axis with
+    labelled artists and no legend of its own gets one; an empty axis (cells not run yet) gets none,
+    where a plain ax.legend() would warn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    try:
+        yield list(axes[0])
+        for ax in axes[0]:
+            if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def bar_panels(panels: list[tuple[str, list[str], list[float], list[float]]], path: Path, ylabel: str) -> Path:
+    """One bar chart per panel (title, bar names, means, stds), side by side, as a PNG."""
     longest = max(len(n) for p in panels for n in p[1])
-    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(
-        max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5) * len(panels), 2.8 + 0.06 * longest))
-    for ax, (title, names, means, stds) in zip(axes[0], panels):
-        ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color="tab:blue")
-        for i, m in enumerate(means):
-            ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(ylabel)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    width = max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5)
+    with figure_row(len(panels), width, 2.8 + 0.06 * longest, path) as axes:
+        for ax, (title, names, means, stds) in zip(axes, panels):
+            ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color="tab:blue")
+            for i, m in enumerate(means):
+                ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel(ylabel)
     return path
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
-from distkg.report import bar_panels, read_metrics
+from distkg.report import bar_panels, figure_row, read_metrics
 from distkg.training.curves import valid_curve
 
 log = logging.getLogger("distkg")
@@ -346,24 +346,9 @@ def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Pa
         bar_panels(panels, path, "test MRR (%), mean ± std")
 
 
-@contextmanager
-def _panels(n: int, width: float, height: float, path: Path) -> Iterator[list]:
-    """A row of n axes, laid out and saved to path as a PNG on exit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    yield list(axes[0])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
     panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
-    with _panels(len(panels), 3.6, 3.2, path) as axes:
+    with figure_row(len(panels), 3.6, 3.2, path) as axes:
         for ax, (b, d, dim) in zip(axes, panels):
             for m in grid.methods:
                 rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
@@ -373,14 +358,12 @@ def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) 
             ax.set_title(f"{b} {dim}-d, {d} (seed {min(grid.seeds)})", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel("valid MRR")
-            if ax.get_legend_handles_labels()[0]:  # a panel whose cells have not run yet stays empty
-                ax.legend(fontsize=7)
 
 
 def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
     """The size sweep's answer at a glance: test MRR against student dimension, a line per method."""
     panels = [(b, d) for b in grid.backbones for d in grid.datasets]
-    with _panels(len(panels), 4.2, 3.4, path) as axes:
+    with figure_row(len(panels), 4.2, 3.4, path) as axes:
         for ax, (b, d) in zip(axes, panels):
             for m in grid.methods:
                 dims = [dim for dim in sorted(grid.dims) if (b, d, dim, m) in groups]
@@ -392,5 +375,3 @@ def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -
             ax.set_title(f"{b}, {d}", fontsize=9)
             ax.set_xlabel("student dimension")
             ax.set_ylabel("test MRR (%), mean ± std")
-            if ax.get_legend_handles_labels()[0]:  # a panel whose cells have not run yet stays empty
-                ax.legend(fontsize=7)
