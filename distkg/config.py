@@ -81,6 +81,10 @@ class LLMConfig:
     max_tokens: int = 32
     encode_batch: int = 64
     # fine-tuning (distkg llm finetune)
+    # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
+    # infonce: against every entity through a refreshed cache, false negatives masked (contrastive.py)
+    objective: Literal["sampled", "infonce"] = "sampled"
+    refresh_every: int = 50  # infonce: steps between full re-encodings of the entity cache (+ a validation point)
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed
     min_steps: int = 0  # QLoRA steps taken even once max_minutes is spent (by a long head warm-up), so the adapters always train
