@@ -16,7 +16,8 @@ predictors instead train the encoder against many negatives with a learned tempe
 - False negatives masked: the other answers of the same (entity, relation', time key) among the
   TRAINING facts (the time-aware filter, distkg.evaluation.filters, over train only: validation and
   test facts are never seen in training) are left out of the softmax.
-- One padded forward call per step on the step's distinct entity, relation and time texts.
+- One padded forward call per step on the step's distinct entity, relation and time texts
+  (``llm.step_calls: one``), or one call per token length (``lengths``: no padding, the CPU choice).
 
 Each full refresh also scores the validation subsample from the cache (no extra LLM work), which
 gives the curve of validation MRR against fine-tuning minutes (metrics.json ``curve``); the
@@ -62,14 +63,15 @@ def step_texts(teacher: LLMTeacher, q: torch.Tensor, a: torch.Tensor) -> tuple[l
     return texts, ids
 
 
-def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet,
-                 index: FilterIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, index: FilterIndex,
+                 step_calls: str = "one") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(loss, entity ids encoded, their fresh hidden states, texts encoded) for one batch;
-    ``cache`` [E, H] is read, not changed."""
+    ``cache`` [E, H] is read, not changed. ``step_calls`` as ``llm.step_calls``."""
     device = teacher.head.weight.device
     q, a = torch.from_numpy(batch.queries), torch.from_numpy(batch.answers)
     texts, ids = step_texts(teacher, q, a)
-    hidden = teacher.encoder.encode_padded(texts).to(device)
+    encode = teacher.encoder.encode_padded if step_calls == "one" else lambda x: teacher.encoder.encode(x, grad=True)
+    hidden = encode(texts).to(device)
     proj = torch.sigmoid(teacher.head(hidden))
     n_e, n_r = len(ids["entity"]), len(ids["relation"])
     ent, rel, tim = proj[:n_e], proj[n_e : n_e + n_r], proj[n_e + n_r :]
@@ -120,6 +122,8 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
     train_qs = build_queries(ds.splits["train"], ds.num_relations)
     train_index = FilterIndex(ds.splits["train"], ds.num_relations, "time")
     eval_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
+    if lc.step_head_lr is not None:  # the head group of finetune's optimiser: after the warm-up it needs small steps
+        optimizer.param_groups[1]["lr"] = lc.step_head_lr
     state.setdefault("curve", [])
     state.setdefault("llm_texts", 0)
     started = time.perf_counter() - state["seconds"]
@@ -152,7 +156,7 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
         idx = torch.randint(0, len(train_qs), (lc.batch_size,), generator=gen).numpy()
         batch = QuerySet(train_qs.queries[idx], train_qs.answers[idx], train_qs.keys[idx], num_tail=0)
-        loss, ent_ids, fresh, n_texts = infonce_loss(teacher, cache, batch, train_index)
+        loss, ent_ids, fresh, n_texts = infonce_loss(teacher, cache, batch, train_index, lc.step_calls)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
                                    f"the last good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}")

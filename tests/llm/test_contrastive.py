@@ -9,7 +9,7 @@ import torch
 
 from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
-from distkg.llm.contrastive import full_cache, infonce_loss, masked_logits
+from distkg.llm.contrastive import full_cache, infonce_loss, masked_logits, step_texts
 from distkg.llm.finetune import build_teacher, finetune, load_teacher
 from tests.helpers import tiny_dataset
 from tests.llm.test_teacher import cfg_for
@@ -52,6 +52,22 @@ def test_a_step_is_one_forward_call_and_trains_adapters_through_the_fresh_rows(t
     lora_grads = [p.grad for n, p in teacher.named_parameters() if "lora_B" in n]
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
     assert teacher.head.weight.grad.abs().sum() > 0 and teacher.logit_scale.grad is not None
+
+
+def test_lengths_mode_runs_one_call_per_token_length_with_the_same_states(tiny_llama, ds):
+    """llm.step_calls=lengths: no padding, one call per distinct token length; same hidden states (mean pooling
+    over real tokens does not depend on padding), so the same loss up to float error."""
+    teacher = build_teacher(infonce_cfg(tiny_llama, lora_dropout=0.0), ds).eval()
+    cache = full_cache(teacher)["entity"]
+    qs = build_queries(ds.splits["train"], ds.num_relations)
+    batch = QuerySet(qs.queries[:8], qs.answers[:8], qs.keys[:8], num_tail=8)
+    index = FilterIndex(ds.splits["train"], ds.num_relations)
+    one, *_ = infonce_loss(teacher, cache, batch, index, "one")
+    calls = teacher.encoder.stats.forward_calls
+    by_length, _, _, n_texts = infonce_loss(teacher, cache, batch, index, "lengths")
+    texts, _ = step_texts(teacher, torch.from_numpy(batch.queries), torch.from_numpy(batch.answers))
+    assert teacher.encoder.stats.forward_calls - calls == len(set(teacher.encoder._lengths(texts))) > 1
+    torch.testing.assert_close(one, by_length, rtol=1e-4, atol=1e-4)
 
 
 def test_finetune_infonce_records_a_curve_resumes_exactly_and_saves(tiny_llama, ds, tmp_path):
