@@ -3,9 +3,10 @@ of the same model and layers, measured alternately in one process so shared-mach
 
 - forward: the step's texts encoded without gradients, length-bucketed, ``--encode-batch`` per call
   (what scripts/bench_llm.py reports as encode_bucketed);
-- lora_fb: the same texts in one padded call with gradients through the LoRA adapters, then
-  backward (the LLM part of an InfoNCE step, distkg.llm.contrastive);
-- step: whole InfoNCE steps (encode, head over the entity cache, scoring against every entity,
+- lora_fb_one: the same texts in one padded call with gradients through the LoRA adapters, then
+  backward (the LLM part of an InfoNCE step with ``llm.step_calls: one``, distkg.llm.contrastive);
+- lora_fb_lengths: the same with one call per token length (``llm.step_calls: lengths``);
+- step: whole InfoNCE steps (``--step-calls``) (encode, head over the entity cache, scoring against every entity,
   masking, backward, optimiser), texts/s counting the texts the step runs through the LLM.
 
     python scripts/bench_lora.py --out runs/bench_lora.json [--dataset yago11k] [--layers 8]
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--encode-batch", type=int, default=512, help="texts per forward-only call (llm.encode_batch)")
     ap.add_argument("--batch-size", type=int, default=256, help="training queries per step (llm.batch_size)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--step-calls", default="lengths", choices=["one", "lengths"], help="llm.step_calls of the whole steps")
     args = ap.parse_args(argv)
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     cache = full_cache(teacher.eval())["entity"]
     cache_s = time.perf_counter() - t
-    rates: dict[str, list[float]] = {"forward": [], "lora_fb": [], "step": []}
+    rates: dict[str, list[float]] = {"forward": [], "lora_fb_one": [], "lora_fb_lengths": [], "step": []}
     for rep in range(args.repeats):
         idx = torch.randint(0, len(qs), (args.batch_size,), generator=torch.Generator().manual_seed(rep)).numpy()
         batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
@@ -66,10 +68,13 @@ def main(argv: list[str] | None = None) -> dict:
         teacher.train()
         t = time.perf_counter()
         enc.encode_padded(texts).sum().backward()
-        rates["lora_fb"].append(len(texts) / (time.perf_counter() - t))
+        rates["lora_fb_one"].append(len(texts) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        enc.encode(texts, grad=True).sum().backward()
+        rates["lora_fb_lengths"].append(len(texts) / (time.perf_counter() - t))
         opt.zero_grad()
         t = time.perf_counter()
-        loss, _, _, n = infonce_loss(teacher, cache, batch, index)
+        loss, _, _, n = infonce_loss(teacher, cache, batch, index, args.step_calls)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -79,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
               "max_tokens": args.max_tokens, "batch_size": args.batch_size, "texts_per_step": len(texts),
               "entity_cache_seconds": round(cache_s, 1), "entities": ds.num_entities,
               "texts_per_second_median": med, "texts_per_second_all": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-              "forward_over_lora_fb": round(med["forward"] / med["lora_fb"], 2),
-              "forward_over_step": round(med["forward"] / med["step"], 2), "machine": machine()}
+              "step_calls": args.step_calls, "forward_over": {k: round(med["forward"] / med[k], 2) for k in med if k != "forward"},
+              "machine": machine()}
     write_result(result, args.out)
     return result
 

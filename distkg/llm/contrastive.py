@@ -175,6 +175,8 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
         state["seconds"] = time.perf_counter() - started
         if state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps:
             _checkpoint(teacher, cfg, optimizer, {**state, "cache": cache}, ckpt)
+            log.info("InfoNCE step %d loss %.3f (%.1f min, %d texts through the LLM)", state["step"],
+                     np.mean(state["losses"][-lc.checkpoint_every:]), state["seconds"] / 60, state["llm_texts"])
     bar.close()
     state["seconds"] = time.perf_counter() - started
     if state["curve"][-1]["step"] != state["step"]:  # the last point; evaluation then reads the encoder's cache

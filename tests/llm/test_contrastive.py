@@ -87,3 +87,12 @@ def test_finetune_infonce_records_a_curve_resumes_exactly_and_saves(tiny_llama, 
 def test_bad_objective_is_a_config_error(tiny_llama):
     with pytest.raises(ConfigError, match="objective"):
         cfg_for(tiny_llama, objective="contrastive")
+
+
+def test_step_head_lr_sets_the_heads_rate_in_the_infonce_steps(tiny_llama, ds, tmp_path):
+    """llm.step_head_lr=0: the head stays as built (no warm-up here) while the adapters train."""
+    cfg = infonce_cfg(tiny_llama, steps=2, step_head_lr=0.0)
+    finetune(cfg, tmp_path, dataset=ds)
+    trained, fresh = load_teacher(tmp_path / "teacher", cfg, ds), build_teacher(cfg, ds)
+    torch.testing.assert_close(trained.head.weight, fresh.head.weight)
+    assert any(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
