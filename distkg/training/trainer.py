@@ -63,9 +63,11 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from distkg.training.optim import Adagrad, Adam  # torch's, without importing torch._dynamo (3 s)
+
     if cfg.train.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.train.lr)
-    return torch.optim.Adam(params, lr=cfg.train.lr)
+        return Adagrad(params, lr=cfg.train.lr)
+    return Adam(params, lr=cfg.train.lr)
 
 
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
