@@ -107,29 +107,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
 
     def make_loss(spec: dict[str, dict], where: str):
-        needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
-
-        def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
-            qr = student.query_repr(q)
-            batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
-            if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
-                batch.teacher_targets = kg.targets(idx, q.device)
-            elif "teacher_scores" in needs:
-                batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
-            if "llm_probs" in needs:
-                probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
-                         else llm.probs(q.cpu(), dc.llm_temperature, idx))
-                batch.llm_probs = probs.to(q.device)
-            if "regressor" in needs:
-                batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
-            if "student_emb" in needs:
-                ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
-                ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
-                batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
-            total, parts = combine(spec, batch, where)
-            return total + student.regularizer(q, a), parts
-
-        return loss
+        return step_loss(student, spec, where, dc, kg=kg, llm=llm, remote=remote, aux=aux)
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
@@ -139,6 +117,36 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     if remote:
         report_targets(remote, out, metrics["epochs_run"])
     return metrics
+
+
+def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | None = None,
+              llm: LLMTables | None = None, remote: dict | None = None, aux: torch.nn.ModuleDict | None = None):
+    """The loss of one step of a stage with losses ``spec``: the batch fields those losses read,
+    from the teachers given (``remote``: pools serving "kg" / "llm" scores), combined as weighted."""
+    needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
+    remote = remote or {}
+
+    def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
+        qr = student.query_repr(q)
+        batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
+        if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
+            batch.teacher_targets = kg.targets(idx, q.device)
+        elif "teacher_scores" in needs:
+            batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
+        if "llm_probs" in needs:
+            probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
+                     else llm.probs(q.cpu(), dc.llm_temperature, idx))
+            batch.llm_probs = probs.to(q.device)
+        if "regressor" in needs:
+            batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
+        if "student_emb" in needs:
+            ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
+            ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
+            batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
+        total, parts = combine(spec, batch, where)
+        return total + student.regularizer(q, a), parts
+
+    return loss
 
 
 def report_targets(remote: dict, out: Path, epoch: int) -> None:

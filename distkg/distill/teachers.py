@@ -100,13 +100,27 @@ class KGTeacher:
             self.query, self.table = cached["query"], cached["table"]
         else:
             log.info("computing teacher outputs for %d training queries -> %s (once per teacher run)", len(queries), path)
-            with torch.no_grad():
-                self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
-                self.table = self.model.candidate_table()
+            self._compute_tables(queries)
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
+        self._start(ds, run / "outputs", {**key, "entities": ds.num_entities})
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, ds: TKGDataset, queries: torch.Tensor) -> KGTeacher:
+        """A teacher from weights in memory, with no run folder and no cache on disk (benchmarks)."""
+        self = cls.__new__(cls)
+        self.model = model.eval().requires_grad_(False)
+        self._compute_tables(queries)
+        self._start(ds, None, {})
+        return self
+
+    def _compute_tables(self, queries: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
+            self.table = self.model.candidate_table()
+
+    def _start(self, ds: TKGDataset, targets_folder: Path | None, targets_key: dict) -> None:
         self.num_entities = ds.num_entities
-        self.targets_key = {**key, "entities": ds.num_entities}
-        self.targets_folder: Path | None = run / "outputs"
+        self.targets_folder, self.targets_key = targets_folder, targets_key
         self._all_scores: torch.Tensor | None = None
         self._built = False
         self.tempered: TemperedTargets | None = None
@@ -205,24 +219,37 @@ class LLMTables:
         _check_dataset(run, "distill.llm_run", t["dataset"], ds)
         if t["entity"].shape[0] != ds.num_entities:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
+        self._start(t, ds, queries, temperature, path)
+
+    @classmethod
+    def from_tables(cls, tables: dict, ds: TKGDataset, queries: torch.Tensor | None = None,
+                    temperature: float = 1.0) -> LLMTables:
+        """Tables in memory (entity, relation, time, form, logit_scale), no run folder, no cache on disk (benchmarks)."""
+        self = cls.__new__(cls)
+        self._start(tables, ds, queries, temperature, None)
+        return self
+
+    def _start(self, t: dict, ds: TKGDataset, queries: torch.Tensor | None, temperature: float,
+               path: Path | None) -> None:
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
         # P_LLM of every training query x entity at ``temperature``, when queries are given and it fits
         self.temperature = temperature
         self.all_probs = self._all_probs(path, queries, ds.num_entities) if queries is not None else None
 
-    def _all_probs(self, tables: Path, queries: torch.Tensor, num_entities: int) -> torch.Tensor | None:
+    def _all_probs(self, tables: Path | None, queries: torch.Tensor, num_entities: int) -> torch.Tensor | None:
         """P_LLM of every training query, read from RUN/teacher/probs-T*.pt when it was made from these
         tables, these queries and this temperature, else computed and written there."""
-        path = tables.with_name(f"probs-T{self.temperature:g}.pt")
+        path = tables.with_name(f"probs-T{self.temperature:g}.pt") if tables is not None else None
         key = {"tables_sha1": _sha1(tables), "queries": len(queries), "entities": num_entities,
-               "temperature": float(self.temperature)}
-        if (cached := _load_keyed(path, key)) is not None:
+               "temperature": float(self.temperature)} if tables is not None else {}
+        if path is not None and (cached := _load_keyed(path, key)) is not None:
             return cached["probs"]
         probs = score_matrix(self.scores, queries, num_entities)
         if probs is not None:
             soften_(probs, self.temperature)
-            _save_keyed({"key": key, "probs": probs}, path)
+            if path is not None:
+                _save_keyed({"key": key, "probs": probs}, path)
         return probs
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distkg.config import RunConfig, save_config
+from distkg.distill.losses import cross_entropy
 from distkg.data import TKGDataset, load_dataset
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, evaluate
@@ -73,7 +74,7 @@ def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.op
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The configured training loss for one batch, plus the model's regulariser."""
     if cfg.train.loss == "1vsall":
-        loss = F.cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+        loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
         neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
