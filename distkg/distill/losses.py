@@ -22,7 +22,7 @@ The paper (PAPER.md) leaves several choices open; ours, written down:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,15 @@ class DistillBatch:
     student_emb: torch.Tensor | None = None  # [K, d_s] entity embeddings (RKD)
     teacher_emb: torch.Tensor | None = None  # [K, d_t]
     regressor: torch.nn.Module | None = None  # FitNet's learned d_s -> d_t map
+    _probs: dict = field(default_factory=dict, repr=False)
+
+    def student_probs(self, temperature: float = 1.0) -> torch.Tensor:
+        """softmax(student_scores / T), computed once per batch and temperature: the LLM terms of
+        Ours' stage 2 share it (and its one softmax backward) instead of each making their own."""
+        if temperature not in self._probs:
+            s = self.student_scores
+            self._probs[temperature] = torch.softmax(s if temperature == 1 else s / temperature, dim=1)
+        return self._probs[temperature]
 
 
 def _need(batch: DistillBatch, name: str) -> list:
@@ -148,16 +157,63 @@ def ce(batch: DistillBatch) -> torch.Tensor:
     return cross_entropy(s, a)
 
 
+class _Huber(torch.autograd.Function):
+    """sum Huber_delta(p - y) / B with the gradient clamp(p - y, -delta, delta) / B written out:
+    with h = clamp(x), Huber(x) = h * (x - h / 2) elementwise, so the loss is two dot products."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, y: torch.Tensor, delta: float) -> torch.Tensor:
+        x = p - y
+        h = x.clamp(-delta, delta)
+        ctx.save_for_backward(h)
+        flat_h = h.reshape(-1)
+        return (torch.dot(flat_h, x.reshape(-1)) - 0.5 * torch.dot(flat_h, flat_h)) / len(p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (h,) = ctx.saved_tensors
+        return h * (grad / len(h)), None, None
+
+
+class _SquaredToTarget(torch.autograd.Function):
+    """sum (p - y)^2 / B for y = (1 - mix) * P_LLM + mix * onehot(answer), without building y:
+    the difference once (the answers' column corrected in place), the gradient 2 (p - y) / B."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, p_llm: torch.Tensor, a: torch.Tensor, mix: float) -> torch.Tensor:
+        d = torch.sub(p, p_llm, alpha=1 - mix)
+        d[torch.arange(len(a), device=a.device), a] -= mix
+        ctx.save_for_backward(d)
+        flat = d.reshape(-1)
+        return torch.dot(flat, flat) / len(p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (d,) = ctx.saved_tensors
+        return d * (2 * grad / len(d)), None, None, None
+
+
 @loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    s, p_llm = _need(batch, "llm_huber")
-    p_s = F.softmax(s / temperature, dim=1)
-    return F.huber_loss(p_s, p_llm, delta=delta, reduction="sum") / len(s)
+    _, p_llm = _need(batch, "llm_huber")
+    return _Huber.apply(batch.student_probs(float(temperature)), p_llm.detach(), float(delta))
 
 
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    s, p_llm, a = _need(batch, "llm_supervised")
+    _, p_llm, a = _need(batch, "llm_supervised")
+    return _SquaredToTarget.apply(batch.student_probs(), p_llm.detach().to(batch.student_scores.dtype), a, float(mix))
+
+
+def llm_huber_reference(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
+    """llm_huber through autograd's elementwise ops (what the fused form is tested against)."""
+    p_s = F.softmax(batch.student_scores / temperature, dim=1)
+    return F.huber_loss(p_s, batch.llm_probs, delta=delta, reduction="sum") / len(p_s)
+
+
+def llm_supervised_reference(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
+    """llm_supervised through autograd's elementwise ops (what the fused form is tested against)."""
+    s, p_llm, a = batch.student_scores, batch.llm_probs, batch.answers
     rows = torch.arange(len(a), device=a.device)
     target = ((1 - mix) * p_llm).index_put((rows, a), torch.full_like(a, mix, dtype=s.dtype), accumulate=True)
     return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)

@@ -35,7 +35,10 @@ class _NegL2(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         q, c, s = ctx.saved_tensors
         w = g / s
-        w.masked_fill_(s == -torch.tensor(EPS, dtype=s.dtype).sqrt(), 0)  # clamped: no gradient, as autograd's clamp
+        floor = -torch.tensor(EPS, dtype=s.dtype).sqrt()  # s where the clamp held: no gradient there, as autograd's
+        rows = (s.amax(1) >= floor).nonzero()[:, 0]  # a read-only pass finds the (rare) rows with a clamp
+        if len(rows):
+            w[rows] = w[rows].masked_fill_(s[rows] >= floor, 0)
         d = q.shape[1]
         dq = dc = None
         if ctx.needs_input_grad[0]:

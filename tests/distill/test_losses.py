@@ -122,3 +122,24 @@ def test_fused_cross_entropy_equals_torchs(smoothing):
     (grad_ours,) = torch.autograd.grad(3 * ours, s)
     (grad_ref,) = torch.autograd.grad(3 * ref, s)
     torch.testing.assert_close(grad_ours, grad_ref)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_fused_llm_terms_equal_their_autograd_forms(temperature):
+    from distkg.distill.losses import (_Huber, _SquaredToTarget, llm_huber_reference,
+                                       llm_supervised_reference)
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    p_llm = torch.softmax(torch.randn(4, 9, dtype=torch.float64, generator=g), 1)
+    a = torch.tensor([0, 8, 3, 3])
+    p = torch.softmax(torch.randn(4, 9, dtype=torch.float64, generator=g), 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: _Huber.apply(x, p_llm, 0.05), (p,))
+    assert torch.autograd.gradcheck(lambda x: _SquaredToTarget.apply(x, p_llm, a, 0.7), (p,))
+    spec = {"llm_huber": {"delta": 0.05, "temperature": temperature}, "llm_supervised": {"mix": 0.7}}
+    fused, parts = combine(spec, DistillBatch(s, a, llm_probs=p_llm))
+    b = DistillBatch(s, a, llm_probs=p_llm)
+    reference = llm_huber_reference(b, 0.05, temperature) + llm_supervised_reference(b, 0.7)
+    torch.testing.assert_close(fused, reference)
+    assert parts["llm_huber"] == pytest.approx(float(llm_huber_reference(b, 0.05, temperature)))
+    torch.testing.assert_close(torch.autograd.grad(fused, s)[0], torch.autograd.grad(reference, s)[0])
