@@ -52,6 +52,7 @@ class DistillBatch:
     answers: torch.Tensor  # [B] indices into the C candidates
     teacher_scores: torch.Tensor | None = None  # [B, C] 400-d KG teacher
     teacher_targets: TemperedTargets | None = None  # the same at one temperature, precomputed (kd reads it first)
+    teacher_topk: TopKTargets | None = None  # the teacher's top k and the mass outside them (a pool's top-k)
     llm_probs: torch.Tensor | None = None  # [B, C] P_LLM
     student_repr: torch.Tensor | None = None  # [B, d_s] query representations (FitNet)
     teacher_repr: torch.Tensor | None = None  # [B, d_t]
@@ -84,6 +85,43 @@ class TemperedTargets:
     temperature: float
     probs: torch.Tensor  # [B, C]
     plogp: torch.Tensor  # [B]
+
+
+@dataclass
+class TopKTargets:
+    """A teacher row at temperature T kept as its top k entities' probabilities plus one "rest"
+    bucket, 1 - their sum: the mass a renormalised top k would drop (runtime.soft_targets: topk)."""
+
+    temperature: float
+    ids: torch.Tensor  # [B, k] entity ids
+    log_probs: torch.Tensor  # [B, k] log softmax(t / T) of those entities over the whole row
+
+
+class _TopKKL(torch.autograd.Function):
+    """T^2 * KL over k + 1 buckets, batch mean: the teacher's top-k probabilities and its rest mass
+    against the student's probabilities of the same k entities and its mass outside them (the form
+    of DistillKit's missing-mass KL). Gradient, with q = softmax(s / T): T (q - p) / B on the k
+    entities and T q (1 - r / q_rest) / B elsewhere, r the teacher's rest, q_rest the student's."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, temperature: float) -> torch.Tensor:
+        q = torch.softmax(s / temperature, dim=1)
+        q_k = q.gather(1, ids)
+        p_k = log_p.exp()
+        rest_p = (1 - p_k.sum(1)).clamp_min(0)
+        # summed outside the k, not 1 - sum(q_k): that cancels to 0 when the student is sure, and r / 0 explodes
+        rest_q = q.scatter(1, ids, 0).sum(1).clamp_min(torch.finfo(q.dtype).tiny)
+        kl = (torch.xlogy(p_k, p_k) - p_k * q_k.log()).sum() + (torch.xlogy(rest_p, rest_p) - torch.xlogy(rest_p, rest_q)).sum()
+        ctx.save_for_backward(q, ids, p_k, rest_p / rest_q)
+        ctx.temperature = temperature
+        return kl * (temperature**2 / len(s))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, ids, p_k, ratio = ctx.saved_tensors
+        g = q * (1 - ratio).unsqueeze(1)
+        g.scatter_(1, ids, q.gather(1, ids) - p_k)
+        return g.mul_(grad * (ctx.temperature / len(q))), None, None, None
 
 
 def temper(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +182,12 @@ def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0
 
 @loss("kd", "student_scores", "teacher_scores")
 def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
+    top = batch.teacher_topk
+    if top is not None:
+        if top.temperature != temperature:
+            raise ValueError(f"kd at T={temperature} was given top-k targets made at T={top.temperature}")
+        return _TopKKL.apply(batch.student_scores, top.ids, top.log_probs.to(batch.student_scores.dtype),
+                             float(temperature))
     pre = batch.teacher_targets
     if pre is not None and pre.temperature == temperature:
         return _SoftKL.apply(batch.student_scores, pre.probs, pre.plogp, float(temperature))

@@ -25,7 +25,7 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
+from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.training.trainer import Stage, build_model, fit, training_queries
@@ -81,7 +81,9 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     needs = check_method(cfg)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
-    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
+    # a top-k KG pool sends kd's top k with the rest mass at kd's temperature (losses.TopKTargets)
+    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
+              for name, pool in (pools or {}).items()}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
     llm = (LLMTables(dc.llm_run, ds, queries, dc.llm_temperature) if "llm_probs" in needs and "llm" not in remote
@@ -132,7 +134,11 @@ def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | No
         if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
             batch.teacher_targets = kg.targets(idx, q.device)
         elif "teacher_scores" in needs:
-            batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
+            got = remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)
+            if isinstance(got, TopKTargets):
+                batch.teacher_topk = TopKTargets(got.temperature, got.ids.to(q.device), got.log_probs.to(q.device))
+            else:
+                batch.teacher_scores = got.to(q.device)
         if "llm_probs" in needs:
             probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
                      else llm.probs(q.cpu(), dc.llm_temperature, idx))
