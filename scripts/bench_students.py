@@ -14,6 +14,9 @@ bound = the step's three 1-vs-all matmuls of the same shapes timed bare ([B, D] 
 both gradients) + five copies of a [B, E] tensor; epoch = median step x batches per epoch; ratio =
 epoch / bound. Run on one thread (OMP_NUM_THREADS=1) on an otherwise quiet machine.
 
+Also one validation evaluation per (dataset, backbone), and with all 24 cells an estimate of the
+students' share of the paper's grid (grid_estimate: 20 epochs, 3 seeds, two 1-thread processes).
+
     OMP_NUM_THREADS=1 python scripts/bench_students.py --out runs/bench_students.json [--steps 8]
 """
 
@@ -74,6 +77,30 @@ def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches)
     return statistics.median(times[1:])
 
 
+def eval_seconds(cfg, ds) -> float:
+    """CPU seconds of one validation evaluation of a fresh student (what every epoch adds)."""
+    from distkg.evaluation import FilterIndex, evaluate
+
+    model = build_model(cfg, ds).eval()
+    index = FilterIndex.from_dataset(ds, cfg.eval.filter)
+    t = time.process_time()
+    evaluate(model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties, progress=False, index=index)
+    return time.process_time() - t
+
+
+def grid_estimate(rows: list[dict], evals: dict, epochs: int, seeds: int, processes: int) -> dict:
+    """Students' share of the paper's grid from the measured costs: every cell at its full epoch
+    budget (patience may stop it sooner) plus one validation per epoch, Ours 10 + 10 epochs, run
+    as ``processes`` one-thread processes. An estimate, not a measurement of the grid."""
+    total = 0.0
+    for row in rows:
+        block_eval = evals[(row["dataset"], row["backbone"])]
+        n = epochs // 2 if row["cell"].startswith("ours") else epochs
+        total += seeds * n * (row["epoch_seconds"] + block_eval)
+    return {"student_cpu_seconds": round(total), "processes": processes,
+            "student_wall_hours": round(total / processes / 3600, 2), "epochs": epochs, "seeds": seeds}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -83,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--backbones", default="tadistmult,ttranse")
     ap.add_argument("--cells", default=",".join(CELLS))
     args = ap.parse_args(argv)
-    rows = []
+    rows, evals = [], {}
     for dataset in args.datasets.split(","):
         for backbone in args.backbones.split(","):
             student_cfg = f"configs/train/{backbone}-{dataset}-25.yaml"
@@ -105,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "time": torch.randn(ds.num_times, 400, generator=g) / 20,
                       "form": "tadistmult", "logit_scale": torch.tensor(0.0)}
             bound = bound_seconds(bs, ds.num_entities, base.model.args.get("dim", 25), args.steps)
+            evals[(dataset, backbone)] = eval_seconds(base, ds)
             for cell in args.cells.split(","):
                 method, stage = CELLS[cell]
                 cfg = load_config([student_cfg, f"configs/distill/{method}.yaml"])
@@ -121,7 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(row)
                 print(f"{dataset:12s} {backbone:10s} {cell:7s} epoch {row['epoch_seconds']:7.2f} s  bound "
                       f"{row['bound_seconds']:6.2f} s  ratio {row['ratio']:5.2f}", flush=True)
-    result = {"steps": args.steps, "threads": torch.get_num_threads(), "results": rows, "machine": machine()}
+    result = {"steps": args.steps, "threads": torch.get_num_threads(), "results": rows,
+              "valid_eval_seconds": {f"{d}-{b}": round(v, 2) for (d, b), v in evals.items()},
+              "grid_estimate": grid_estimate(rows, evals, 20, 3, 2) if len(rows) == 24 else None,
+              "machine": machine()}
     write_result(result, args.out)
     return result
 
