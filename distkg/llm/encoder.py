@@ -76,13 +76,10 @@ class TextEncoder:
                 h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def _device(self) -> torch.device:
-        return next(self.lm.model.parameters()).device
-
     def _run(self, texts: list[str]) -> torch.Tensor:
         """One padded batch through the transformer body; mean-pooled [n, hidden] (fp32)."""
         batch = self.lm.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        batch = {k: v.to(self._device()) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        batch = {k: v.to(self.lm.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         out = transformer_body(self.lm.model)(**batch)
         hidden = out.last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -116,7 +113,7 @@ class TextEncoder:
                 for chunk in length_batches(missing, self._lengths(missing), self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec
-        return torch.stack([self._cache[(version, t)] for t in texts]).to(self._device())
+        return torch.stack([self._cache[(version, t)] for t in texts]).to(self.lm.device)
 
     def clear(self) -> None:
         self._cache.clear()
