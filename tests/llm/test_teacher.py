@@ -34,7 +34,8 @@ def test_lora_step_changes_only_adapters_and_head(tiny_llama, ds, tmp_path):
     opt = torch.optim.AdamW([p for p in teacher.parameters() if p.requires_grad], lr=1e-2)
     q = torch.from_numpy(ds.splits["train"][:4][:, [0, 1, 3, 4]].copy())
     cands = torch.arange(ds.num_entities)
-    loss = torch.nn.functional.cross_entropy(teacher.score_sampled(q, cands), torch.from_numpy(ds.splits["train"][:4, 2].copy()))
+    target = torch.from_numpy(ds.splits["train"][:4, 2].copy()).to(teacher.device)  # scores live on the LM's device
+    loss = torch.nn.functional.cross_entropy(teacher.score_sampled(q, cands), target)
     loss.backward()
     opt.step()
     changed = {n for n, p in teacher.named_parameters() if not torch.equal(p, before[n])}
@@ -54,7 +55,7 @@ def test_finetune_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tm
     torch.testing.assert_close(sa, b.score_candidates(q, 0, ds.num_entities))
     fresh = build_teacher(cfg, ds)  # untrained: the loaded one must differ from it
     assert not torch.allclose(sa, fresh.score_candidates(q, 0, ds.num_entities))
-    p = a.distribution(q)
+    p = a.distribution(q).cpu()
     torch.testing.assert_close(p.sum(1), torch.ones(len(q)))
 
 
