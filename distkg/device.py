@@ -72,6 +72,18 @@ def as_device(device: torch.device | str, key: str = "llm.device") -> torch.devi
     return device if isinstance(device, torch.device) else resolve_device(device, key)
 
 
+# Texts per LLM forward call under ``llm.encode_batch: auto``. CPU: 64 (the value before ``auto``
+# existed; the CPU path batches by exact token length, so batch size matters little). CUDA: thousands of entity names (<= llm.max_tokens tokens each) per call,
+# so bitsandbytes dequantizes each weight once per call for many texts, not for a few dozen;
+# SmolLM2-135M's activations for 4096 x 32 tokens are ~150 MB a layer.
+ENCODE_BATCH = {"cpu": 64, "cuda": 4096}
+
+
+def encode_batch(value: int | str, device: torch.device) -> int:
+    """``llm.encode_batch`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
+    return ENCODE_BATCH.get(device.type, ENCODE_BATCH["cpu"]) if value == "auto" else int(value)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and in which precision this process computes (module docstring)."""

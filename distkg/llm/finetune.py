@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from distkg.config import RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
-from distkg.device import placement
+from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.loading import load_lm, logical_numel
@@ -64,7 +64,7 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=cfg.llm.encode_batch)
+                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
     return teacher.to(lm.device)
 
 
