@@ -62,6 +62,17 @@ def resolve_device(choice: str, key: str) -> torch.device:
     return torch.device("cuda", _cuda_index())
 
 
+def on_resources(cfg: RunConfig, resources: dict[str, float]) -> RunConfig:
+    """``cfg`` with its devices set for a Ray actor or worker that declared ``resources``: ``cuda``
+    when it asked for a GPU (Ray then shows it only its own), ``cpu`` when it asked for none, so a
+    CPU actor on a GPU node never computes on a card the scheduler gave to someone else."""
+    import dataclasses
+
+    choice = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=choice),
+                               llm=dataclasses.replace(cfg.llm, device=choice))
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The LLM's dtype on ``device``: bf16 on CUDA, fp32 on CPU (bf16 matmuls are ~6x slower there)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

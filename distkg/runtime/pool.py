@@ -28,7 +28,7 @@ import torch
 from distkg.config import RuntimeConfig
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
-from distkg.device import inference_settings  # noqa: F401  (the DeepSpeed rule lives with the other device rules)
+from distkg.device import inference_settings, on_resources
 
 log = logging.getLogger("distkg")
 
@@ -105,7 +105,7 @@ class ScoringShard:
         torch.set_num_threads(max(1, int(rc.teacher_resources.get("CPU", 1))))
         self.kind, self.lo, self.hi = kind, lo, hi
         run_path = Path(run)
-        cfg = load_config(run_path / "config.yaml")
+        cfg = on_resources(load_config(run_path / "config.yaml"), rc.teacher_resources)
         if data_root is not None:
             cfg.data.root = data_root
         ds = load_dataset(cfg.data)
@@ -188,6 +188,14 @@ def _digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def actor_options(resources: dict[str, float]) -> dict:
+    """Ray actor options for declared resources: CPU and GPU (fractions share a card: {GPU: 0.5} puts
+    two actors on one GPU) plus any custom resources, e.g. {GPU: 1, teacher: 1}."""
+    rest = dict(resources)
+    cpus, gpus = rest.pop("CPU", 0), rest.pop("GPU", 0)
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": rest or None}
+
+
 class TeacherPool:
     """N ScoringShard actors over one teacher run; ``score`` merges their answers."""
 
@@ -197,10 +205,8 @@ class TeacherPool:
 
         self.kind, self.num_entities, self.rc = kind, num_entities, rc
         self.bounds = shard_bounds(num_entities, rc.teacher_actors)
-        resources = dict(rc.teacher_resources)
-        cpus, gpus = resources.pop("CPU", 0), resources.pop("GPU", 0)
         actor_cls = ray.remote(ScoringShard).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources or None,
+            **actor_options(rc.teacher_resources),
             max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
         self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
                        for lo, hi in self.bounds]
