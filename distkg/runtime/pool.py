@@ -28,7 +28,7 @@ import torch
 from distkg.config import RuntimeConfig
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
-from distkg.device import inference_settings, on_resources
+from distkg.device import inference_settings, on_resources, placement
 
 log = logging.getLogger("distkg")
 
@@ -122,8 +122,9 @@ class ScoringShard:
         else:
             from distkg.training.trainer import load_trained
 
-            _, _, self.model = load_trained(run_path, cfg)
+            _, _, self.model = load_trained(run_path, cfg)  # on this actor's device (distkg.device)
             self.version = _digest(*self.model.parameters())
+        self.device = self.model.device if kind == "llm" else placement(cfg).device
         self.model.requires_grad_(False)
         self.use_cache = rc.cache
         self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
@@ -132,8 +133,9 @@ class ScoringShard:
             self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
 
     def shard_table(self) -> torch.Tensor:
-        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them)."""
-        return self.table
+        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them), on the CPU:
+        whoever gathers them may have no GPU."""
+        return self.table.cpu()
 
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
@@ -151,7 +153,8 @@ class ScoringShard:
         fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
             with torch.inference_mode():
-                rows = self.model.match(self.model.query_repr(queries[todo]), self.table).float()
+                # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
+                rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
             self.stats["scored"] += len(todo)
             if topk is not None:
                 values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
