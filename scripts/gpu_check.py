@@ -10,6 +10,8 @@ Parts, each timed and each recorded even when it fails (its error is kept, the n
   llm_encode  entity-text encoding with the LLM (all layers, NF4): texts/s, forward calls, padding
   qlora_step  seconds per QLoRA step at the quickstart's batch (16 queries + 64 sampled entities,
               8 layers) and at a 10x larger batch
+  precision   the quickstart's teacher trained with bf16 autocast and without, two seeds each: the
+              test MRR change from bf16 beside the change from the seed
 
 ``--smoke``: the same parts at tiny sizes on the CPU (under two minutes), so the script itself is
 tested (tests/test_gpu_check.py) and cannot rot.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,13 +40,15 @@ import yaml  # noqa: E402
 
 # (full GPU run, CPU smoke) sizes of every part
 SIZES = {
-    "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 230,
+    "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 200,
+             "precision_sets": [], "precision_seeds": [0, 1],
              "main_job": [], "main_timeout": 140, "probe_n": 8192, "texts": 8192, "encode_layers": None,
              "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10},
     "smoke": {"tests": ["tests/test_device.py", "-k", "rules or only_the_owner"], "tests_timeout": 60,
+              "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=negative_sampling"], "precision_seeds": [0],
               "main_job": ["--set", "train.epochs=1", "--set", "model.args.dim=16", "--set", "pipeline.llm=false",
-                           "--set", "pipeline.students={plain: {stages: [{name: train, epochs: 1, losses: {ce: {}}}]}}",
-                           "--set", "eval.splits=[test]", "--set", "eval.progress=false", "--set", "train.progress=false"],
+                           "--set", "pipeline.students={}", "--set", "eval.splits=[test]", "--set", "eval.progress=false",
+                           "--set", "train.progress=false"],  # the teacher alone
               "main_timeout": 60, "probe_n": 512, "texts": 64, "encode_layers": 1, "qlora_layers": 1,
               "qlora_batches": [(4, 8)], "qlora_steps": 2},
 }
@@ -66,14 +71,21 @@ def sync() -> None:
 
 
 def tests(size: dict, work: Path) -> dict:
+    """The suite, interrupted (SIGINT: pytest still writes its report) when its time is up."""
     xml = work / "tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *size["tests"]]
     t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        rc = subprocess.run(cmd, cwd=REPO, timeout=size["tests_timeout"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL).returncode
+        rc: int | str = proc.wait(timeout=size["tests_timeout"])
     except subprocess.TimeoutExpired:
-        rc = "timeout"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rc = f"interrupted after {size['tests_timeout']} s"
     out = {"command": " ".join(cmd[1:]), "rc": rc, "seconds": round(time.perf_counter() - t, 1)}
     if not xml.is_file():
         return {**out, "error": "pytest wrote no report (timed out before the end?)"}
@@ -96,10 +108,16 @@ def main_job(size: dict, work: Path) -> dict:
     if proc.returncode != 0:
         return {**result, "error": proc.stderr[-2000:]}
     summary = json.loads((out / "metrics.json").read_text())
-    result["parts"] = {name: {k: v for k, v in m.items() if v is not None} for name, m in summary["parts"].items()}
-    result["teacher_log"] = [json.loads(line) for line in (out / "teacher" / "log.jsonl").read_text().splitlines()]
-    result["teacher_dim"] = yaml.safe_load((out / "teacher" / "config.yaml").read_text())["model"]["args"]["dim"]
+    parts = summary.get("parts") or {"teacher": summary}  # a run without students is its teacher alone
+    result["parts"] = {name: {k: m[k] for k in METRICS if m.get(k) is not None} for name, m in parts.items()}
+    teacher_dir = out / "teacher" if (out / "teacher").is_dir() else out
+    result["teacher_log"] = [json.loads(line) for line in (teacher_dir / "log.jsonl").read_text().splitlines()]
+    result["teacher_dim"] = yaml.safe_load((teacher_dir / "config.yaml").read_text())["model"]["args"]["dim"]
     return result
+
+
+METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "parameters", "train_seconds", "finetune_seconds",
+           "eval_seconds")
 
 
 def matmul_probe(n: int, dtype: torch.dtype, device: torch.device, repeats: int = 20) -> dict:
@@ -203,6 +221,27 @@ def qlora_step(size: dict) -> dict:
     return {"layers": teacher.lm_model.config.num_hidden_layers, "device": str(teacher.device), "batches": rows}
 
 
+def precision(size: dict, work: Path) -> dict:
+    """`distkg train` of the quickstart's teacher per (precision, seed), each in its own process
+    (Accelerate fixes mixed precision once per process)."""
+    seeds = size["precision_seeds"]
+    sets = ["train.progress=false", "eval.progress=false", *size["precision_sets"]]
+    mrr: dict = {}
+    for mp in ("no", "bf16"):
+        for seed in seeds:
+            out = work / f"precision-{mp}-{seed}"
+            cmd = [sys.executable, "-m", "distkg", "train", "--config", "configs/quickstart.yaml", "--out", str(out)]
+            for item in [*sets, f"train.mixed_precision='{mp}'", f"seed={seed}"]:
+                cmd += ["--set", item]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[3:])} failed: {proc.stderr[-1500:]}")
+            mrr[f"{mp}/seed{seed}"] = json.loads((out / "metrics.json").read_text())["mrr"]
+    return {"test_mrr": mrr,
+            "bf16_change": [round(mrr[f"bf16/seed{s}"] - mrr[f"no/seed{s}"], 5) for s in seeds],
+            "seed_change": [round(mrr[f"{mp}/seed{seeds[-1]}"] - mrr[f"{mp}/seed{seeds[0]}"], 5) for mp in ("no", "bf16")]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="the JSON file to write")
@@ -225,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["main_job"].pop(key, None)
         run_part(result, "llm_encode", llm_encode, size)
         run_part(result, "qlora_step", qlora_step, size)
+        run_part(result, "precision", precision, size, work)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

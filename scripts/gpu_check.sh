@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (scripts/gpu_check.py): on one GPU, in <= 8 minutes, ONE JSON with the test suite on
 # CUDA (tests/runtime excluded), the main job's wall time and metrics, teacher epoch time beside a
-# matmul probe in the same dtype, LLM encoding texts/s and QLoRA step time.
+# matmul probe in the same dtype, LLM encoding texts/s, QLoRA step time, and bf16 against fp32 training.
 #   bash scripts/gpu_check.sh            # on the GPU machine: bash .gpu/device.sh bash scripts/gpu_check.sh
 #   bash scripts/gpu_check.sh --smoke    # CPU, tiny sizes, < 2 minutes (CI: tests/test_gpu_check.py)
 # The JSON goes to $OUT/gpu_check.json when OUT is set (the device tool fetches $OUT), else to
