@@ -40,9 +40,9 @@ import yaml  # noqa: E402
 
 # (full GPU run, CPU smoke) sizes of every part
 SIZES = {
-    "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 200,
+    "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 170,
              "precision_sets": [], "precision_seeds": [0, 1],
-             "main_job": [], "main_timeout": 140, "probe_n": 8192, "texts": 8192, "encode_layers": None,
+             "main_job": [], "main_timeout": 150, "probe_n": 8192, "texts": 8192, "encode_layers": None,
              "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10},
     "smoke": {"tests": ["tests/test_device.py", "-k", "rules or only_the_owner"], "tests_timeout": 60,
               "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=negative_sampling"], "precision_seeds": [0],

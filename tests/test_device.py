@@ -35,6 +35,7 @@ def fresh_owner():
     owner.cuda_available.cache_clear()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only rules; a GPU machine resolves auto to CUDA")
 def test_rules_on_a_machine_without_cuda():
     where = placement(load_config(None))
     assert where == Placement(torch.device("cpu"), "no", torch.device("cpu"), torch.float32)
