@@ -79,7 +79,7 @@ class LLMConfig:
     dim: int = 400  # the KG space the projection maps into
     form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
     max_tokens: int = 32
-    encode_batch: int = 64
+    encode_batch: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
     # fine-tuning (distkg llm finetune)
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed

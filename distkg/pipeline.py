@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
-from distkg.evaluation import evaluate
+from distkg.evaluation import eval_options, evaluate
 from distkg.models import MODELS, TKGModel
 from distkg.report import bar_panels, figure_row, read_metrics, write_report
 from distkg.training.curves import valid_curve
@@ -33,12 +33,10 @@ log = logging.getLogger("distkg")
 def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
     """Evaluate on every configured split; metrics.json holds the test split at the top level."""
     results: dict = {}
+    options = eval_options(cfg)
     for split in cfg.eval.splits:
         t = time.perf_counter()
-        m = evaluate(
-            model, ds, split=split, filter=cfg.eval.filter, ties=cfg.eval.ties,
-            query_chunk=cfg.eval.query_chunk, cand_chunk=cfg.eval.cand_chunk, progress=cfg.eval.progress,
-        )
+        m = evaluate(model, ds, split=split, options=options)
         m["seconds"] = round(time.perf_counter() - t, 3)
         results[split] = m
         log.info("%s %s: MRR %.4f  MR %.1f  H@1 %.4f  H@3 %.4f  H@10 %.4f", ds.name, split,

@@ -7,9 +7,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from a hub in tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if torch.cuda.is_available():  # the exact-resume and equal-run tests compare runs bit for bit
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 REPO = Path(__file__).resolve().parents[1]
 

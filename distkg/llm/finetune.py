@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from distkg.config import RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
+from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
-from distkg.evaluation import FilterIndex, evaluate
+from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save
@@ -57,14 +58,14 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
     """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
     torch.manual_seed(cfg.seed)
-    lm = load_lm(cfg.llm.model, cfg.llm.quantization, cfg.llm.device, cfg.llm.layers)
+    lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=cfg.llm.encode_batch)
-    return teacher.to(next(lm.model.parameters()).device)
+                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
+    return teacher.to(lm.device)
 
 
 def _head_params(teacher: LLMTeacher) -> list[torch.nn.Parameter]:
@@ -166,7 +167,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         log.info("resumed LLM fine-tuning from %s (step %d)", ckpt, state["step"])
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
-    device = teacher.head.weight.device
+    device = teacher.device
     if lc.head_epochs and not state.get("head_done"):
         state["head"] = train_head(teacher, cfg, queries, answers)
         state["head_done"] = True
@@ -233,7 +234,7 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     """
     lc = cfg.llm
     t = time.perf_counter()
-    device = teacher.head.weight.device
+    device = teacher.device
     log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
              sum(len(v) for v in teacher.texts.values()))
     feats = {k: v.detach() for k, v in teacher.features().items()}
@@ -281,7 +282,7 @@ def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunC
 
     config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
-              "bf16": {"enabled": torch.cuda.is_available() and cfg.llm.quantization == "none"}}
+              "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
     engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)
     log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
              engine.world_size)
@@ -301,10 +302,10 @@ def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: P
     """Validation (subsampled) and test under the default protocol; OUT/metrics.json."""
     t = time.perf_counter()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
-    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", filter=cfg.eval.filter,
-                     ties=cfg.eval.ties, progress=cfg.eval.progress, index=index)
-    test = evaluate(teacher, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                    progress=cfg.eval.progress, index=index)
+    options = eval_options(cfg, teacher.device)
+    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", options=options,
+                     index=index)
+    test = evaluate(teacher, ds, split="test", options=options, index=index)
     stats = teacher.encoder.stats
     metrics = {**test, "split": "test", "dataset": ds.name, "model": f"llm:{cfg.llm.model}", "dim": cfg.llm.dim,
                "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid["mrr"],

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from distkg.config import RunConfig, build, to_dict
 from distkg.data import resolve_data_root
+from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.report import read_metrics
@@ -86,7 +87,8 @@ def _worker_setup(config: dict) -> RunConfig:
 
     torch.set_num_threads(max(1, int(config["threads"])))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    return build(RunConfig, config["cfg"])
+    cfg = build(RunConfig, config["cfg"])
+    return on_resources(cfg, cfg.runtime.worker_resources)  # a worker computes where Ray placed it
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
@@ -136,18 +138,28 @@ def _written_metrics(out: Path) -> dict:
     return metrics
 
 
+def worker_scaling(rc) -> dict:
+    """How Ray Train runs the workers of ``runtime``: the resources each declares (a GPU fraction
+    included: {GPU: 0.5} puts two workers on one card), whether they get GPUs, and the process
+    group's backend: NCCL when the workers have GPUs, gloo otherwise."""
+    resources = {k: v for k, v in rc.worker_resources.items() if k != "GPU" or v > 0}
+    use_gpu = "GPU" in resources
+    return {"num_workers": rc.workers, "use_gpu": use_gpu, "resources_per_worker": resources,
+            "backend": "nccl" if use_gpu else "gloo"}
+
+
 def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
-    """``fn(config)`` on ``runtime.workers`` Ray Train workers (their process group set up, gloo on
-    CPU, NCCL on GPU), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
+    """``fn(config)`` on ``runtime.workers`` Ray Train workers (worker_scaling: their resources and
+    process group), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = dict(rc.worker_resources)
-    use_gpu = resources.pop("GPU", 0) > 0
+    scaling = worker_scaling(rc)
+    backend = scaling.pop("backend")
     trainer = TorchTrainer(
-        fn, train_loop_config={**config, "threads": resources.get("CPU", 1)},
-        scaling_config=ScalingConfig(num_workers=rc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        fn, train_loop_config={**config, "threads": scaling["resources_per_worker"].get("CPU", 1)},
+        scaling_config=ScalingConfig(**scaling), torch_config=TorchConfig(backend=backend),
         run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
                                 failure_config=FailureConfig(max_failures=rc.max_failures)))
     result = trainer.fit()

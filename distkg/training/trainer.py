@@ -8,8 +8,9 @@ validation split, keep the best, write a checkpoint, move to the next stage when
 stops rising or the stage's epochs are spent.
 Then score the test split with the best weights and write OUT/metrics.json.
 
-Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
-gradients. Under several processes (Ray Train workers, torchrun) every global batch is split
+The device and mixed precision come from distkg.device (bf16 on GPU, fp32 on CPU); Accelerate
+places the model there, runs the autocast and accumulates gradients, and the batch fetch is the
+one place training moves tensors (evaluation moves its own chunks, distkg.evaluation.ranking). Under several processes (Ray Train workers, torchrun) every global batch is split
 across them by rank and their gradients are averaged over the process group before each step,
 so the updates are those of one process with the whole batch (exactly so when the shares are
 equal); all ranks evaluate (identical weights, so identical decisions) and only rank 0 writes
@@ -35,8 +36,9 @@ from tqdm.auto import tqdm
 
 from distkg.config import RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
+from distkg.device import Placement, placement
 from distkg.errors import DistkgError
-from distkg.evaluation import FilterIndex, build_queries, evaluate
+from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
@@ -54,12 +56,26 @@ def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tenso
     return torch.from_numpy(qs.queries), torch.from_numpy(qs.answers)
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
-    use_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "no" if use_cpu else "bf16"  # bf16 is ~6x slower than fp32 on these CPUs (STACK.md)
-    return Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
+def make_accelerator(cfg: RunConfig, where: Placement | None = None) -> Accelerator:
+    """Accelerate on the resolved device and precision (distkg.device); an error if it disagrees."""
+    where = where if where is not None else placement(cfg)
+    accelerator = Accelerator(cpu=not where.on_cuda, mixed_precision=where.mixed_precision,
+                              gradient_accumulation_steps=cfg.train.grad_accum)
+    if not same_device(accelerator.device, where.device):
+        raise DistkgError(f"Accelerate chose {accelerator.device} but train.device resolved to {where.device} "
+                          "(ACCELERATE_TORCH_DEVICE / LOCAL_RANK disagree with this process's GPU)")
+    return accelerator
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two device names are one device ("cuda" means the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    index = torch.cuda.current_device
+    return (a.index if a.index is not None else index()) == (b.index if b.index is not None else index())
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -133,9 +149,12 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     save_config(cfg, out / "config.yaml")
     tc = cfg.train
     log.info("%s", ds.describe())
-    accelerator = make_accelerator(cfg)
+    where = placement(cfg)
+    accelerator = make_accelerator(cfg, where)
+    device = where.device
+    options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
-    aux.to(accelerator.device)
+    aux.to(device)
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: TKGModel = accelerator.unwrap_model(model)
@@ -181,7 +200,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         bar = tqdm(batches, total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
                    disable=not (tc.progress and main), leave=False, mininterval=2)
         for step, idx in enumerate(bar):
-            q, a = queries[idx].to(accelerator.device), answers[idx].to(accelerator.device)
+            q, a = queries[idx].to(device), answers[idx].to(device)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss, named = stage.loss(idx, q, a, gen)
@@ -206,8 +225,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                **{f"loss_{k}": v / n_batches for k, v in parts.items()}}
         if (state["stage_epoch"] + 1) % tc.eval_every == 0 or state["stage_epoch"] + 1 == stage.epochs:
             raw_model.eval()
-            valid = evaluate(raw_model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                             query_chunk=cfg.eval.query_chunk, progress=False, index=valid_index)
+            valid = evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)
             row["valid_mrr"] = valid["mrr"]
             if valid["mrr"] > state["best_mrr"]:
                 state.update(best_mrr=valid["mrr"], best_epoch=epoch + 1, evals_without_gain=0)
@@ -230,8 +248,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
 
     ckpts.load_best(raw_model)
     raw_model.eval()
-    test = evaluate(raw_model, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                    query_chunk=cfg.eval.query_chunk, progress=cfg.eval.progress)
+    test = evaluate(raw_model, ds, split="test", options=options)
     metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
                "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
                "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
@@ -271,12 +288,14 @@ def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Che
             "(lower train.lr or raise the regularisation, then run again to resume from it)")
 
 
-def load_trained(run_dir: Path, cfg: RunConfig | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
-    """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights."""
+def load_trained(run_dir: Path, cfg: RunConfig | None = None,
+                 device: torch.device | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
+    """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
+    ``device`` (default: the config's resolved training device, distkg.device)."""
     from distkg.config import load_config
 
     cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
     Checkpoints(run_dir / "checkpoints").load_best(model)
-    return cfg, ds, model.eval()
+    return cfg, ds, model.to(device if device is not None else placement(cfg).device).eval()
