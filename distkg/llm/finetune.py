@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distkg.config import RunConfig, save_config
+from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
+from distkg.runfolder import claim
 from distkg.training.checkpoint import atomic_save
 from distkg.training.trainer import TrainingDiverged, training_queries
 
@@ -133,8 +134,7 @@ def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
 
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
     lc = cfg.llm
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    claim(cfg, out, restart=not resume, write=process_group()[0] == 0)  # one run folder, one config
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     teacher = build_teacher(cfg, ds)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
