@@ -8,6 +8,7 @@ dotted key (and the file) on error, with a close match suggested.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -363,15 +364,30 @@ def load_config(path: str | Path | list | None, overrides: list[str] | None = No
     values: dict = {}
     for p in paths:
         values = merge(values, read_yaml(p))
-    source = " + ".join(map(str, paths)) or "config"
-    cfg = _checked(cls, values, source)  # the files' own errors name the files
-    for item in overrides or []:  # then each --set in turn, so an error names the --set the user wrote
-        values = apply_overrides(values, [item])
+    return build_overridden(cls, values, " + ".join(map(str, paths)) or "config", overrides or [])
+
+
+def build_overridden(cls: type[T], values: dict, source: str, overrides: list[str]) -> T:
+    """Build ``cls`` from the files' ``values`` with the ``--set`` items applied. An error names where
+    it comes from as the user wrote it: the first of the files (``source``) and the states after each
+    ``--set`` in turn that shows it -- the ``--set`` item, not the file's key, for a typo in a --set."""
+    states = [values]
+    for item in overrides:
+        states.append(apply_overrides(copy.deepcopy(states[-1]), [item]))
+    try:
+        return _checked(cls, states[-1], "")
+    except ConfigError as e:
+        error = str(e)
+    for i, state in enumerate(states):
         try:
-            cfg = _checked(cls, values, "")
+            _checked(cls, state, "")
         except ConfigError as e:
-            raise ConfigError(f"--set {item}: {e}") from None
-    return cfg
+            if str(e) != error:
+                continue
+            if i == 0:
+                _checked(cls, state, source)  # raises, naming the file
+            raise ConfigError(f"--set {overrides[i - 1]}: {error}") from None
+    raise ConfigError(f"{source} with {' '.join('--set ' + o for o in overrides)}: {error}")
 
 
 def _checked(cls: type[T], values: dict, where: str) -> T:

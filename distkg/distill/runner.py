@@ -28,6 +28,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
+from distkg.runfolder import check_folder
 from distkg.training.trainer import Stage, build_model, fit, training_queries
 
 log = logging.getLogger("distkg")
@@ -79,6 +80,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
     dc = cfg.distill
     needs = check_method(cfg)
+    if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
+        check_folder(cfg, out)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
