@@ -195,7 +195,7 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "encode_batch": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _POSITIVE, "min_steps": _AT_LEAST_0,
+                "encode_batch": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "batch_size": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
                 "head_epochs": _AT_LEAST_0, "head_batch_size": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},

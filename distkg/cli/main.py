@@ -234,3 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     except DistkgError as e:
         print(f"distkg: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was started (a local Ray, its workers) has been stopped
+        print("distkg: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
