@@ -136,6 +136,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
+    log.info("epoch budget: the stages' epochs (%s); train.epochs (%d) is not used by distillation",
+             ", ".join(f"{s.name} {s.epochs}" for s in dc.stages), cfg.train.epochs)
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
     metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
