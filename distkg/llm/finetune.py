@@ -36,7 +36,7 @@ from distkg.evaluation import FilterIndex, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import claim
-from distkg.training.checkpoint import atomic_save
+from distkg.training.checkpoint import CheckpointError, atomic_save, load_weights, read_checkpoint
 from distkg.training.trainer import TrainingDiverged, training_queries
 
 log = logging.getLogger("distkg")
@@ -151,12 +151,16 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(teacher.lm_model, load_file(ckpt / "adapter_model.safetensors"))
-        head = torch.load(ckpt / "head.pt", weights_only=True)
-        teacher.head.load_state_dict(head["head"])
+        try:  # verified: a damaged file is named, not a raw reader traceback
+            set_peft_model_state_dict(teacher.lm_model, load_file(ckpt / "adapter_model.safetensors"))
+        except Exception as e:
+            raise CheckpointError(f"{ckpt / 'adapter_model.safetensors'} cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}); pass --restart to start over") from None
+        head = read_checkpoint(ckpt / "head.pt")
+        load_weights(teacher.head, head["head"], ckpt / "head.pt")
         with torch.no_grad():
             teacher.logit_scale.copy_(head["logit_scale"])
-        saved = torch.load(ckpt / "state.pt", weights_only=True)
+        saved = read_checkpoint(ckpt / "state.pt")
         if saved.get("optimizer") is not None:
             optimizer.load_state_dict(saved["optimizer"])
         else:  # written under ZeRO, whose optimiser state is partitioned across the workers

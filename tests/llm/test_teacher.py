@@ -12,6 +12,7 @@ from distkg.config import load_config
 from distkg.errors import ConfigError
 from distkg.llm.finetune import build_teacher, finetune, load_teacher
 from distkg.llm.loading import load_lm
+from distkg.training.checkpoint import CheckpointError
 from tests.helpers import tiny_dataset
 
 
@@ -64,6 +65,10 @@ def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path):
     resumed = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
     assert resumed["steps"] == 4
     assert resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
+    state = tmp_path / "b" / "checkpoints" / "latest" / "state.pt"
+    state.write_bytes(state.read_bytes()[:50])  # truncated
+    with pytest.raises(CheckpointError, match=r"state\.pt cannot be read .*truncated or corrupt"):
+        finetune(cfg_for(tiny_llama, steps=6), tmp_path / "b", dataset=ds)
 
 
 def test_time_budget_stops_fine_tuning_but_not_before_min_steps(tiny_llama, ds, tmp_path):
