@@ -58,7 +58,7 @@ def test_train_into_a_folder_of_another_config_stops_before_writing(tmp_path, ca
     assert [json.loads(r)["epoch"] for r in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_distilling_one_method_into_another_methods_folder_stops(tmp_path, capsys):
+def test_distilling_one_method_into_another_methods_folder_stops(tmp_path, capsys, monkeypatch):
     teacher = tmp_path / "teacher"
     trainer.train(cfg("model.args.dim=16"), teacher, dataset=DS)
     out = tmp_path / "bkd"
@@ -76,7 +76,9 @@ def test_distilling_one_method_into_another_methods_folder_stops(tmp_path, capsy
     assert "distill.method: 'bkd' -> 'ours'" in capsys.readouterr().err
     assert snapshot(out) == before
     # the same method with a larger stage budget continues; a relative spelling of the teacher's path is the same path
+    monkeypatch.chdir(tmp_path)
     bkd.distill.stages[0].epochs = 2
+    bkd.distill.teacher_run = "teacher"
     assert runner.distill(bkd, out, dataset=DS)["epochs_run"] == 2
 
 
