@@ -104,6 +104,17 @@ def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> lis
     return out
 
 
+def config_digest(cfg: RunConfig) -> str:
+    """A digest of every key that may not change under a run (all but SAFE_KEYS and AFTER_DIVERGENCE),
+    stored in each checkpoint so that a resume verifies the checkpoint belongs to this config."""
+    import hashlib
+
+    flat = flatten(to_dict(cfg))
+    kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flat.items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE))}
+    return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
+
+
 def saved_config(out: Path) -> RunConfig | None:
     """The config a run folder was written with, or None for a new folder."""
     path = out / "config.yaml"

@@ -130,6 +130,19 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_log_keeps_one_line_per_e
         trainer.train(cfg("train.epochs=4", "train.keep_checkpoints=2"), out, dataset=DS)
 
 
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """config.yaml says one thing, the checkpoint another (copied in from another run): refused."""
+    trainer.train(cfg("seed=1"), tmp_path / "other", dataset=DS)
+    out = tmp_path / "run"
+    trainer.train(cfg(), out, dataset=DS)
+    for p in Checkpoints(out / "checkpoints").epochs():
+        p.unlink()
+    copied = Checkpoints(tmp_path / "other" / "checkpoints").latest()
+    (out / "checkpoints" / copied.name).write_bytes(copied.read_bytes())
+    with pytest.raises(CheckpointError, match=r"epoch_0002\.pt was written by a run of another configuration"):
+        trainer.train(cfg("train.epochs=3"), out, dataset=DS)
+
+
 def test_a_damaged_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "load_dataset", lambda data: DS)
     out = tmp_path / "run"

@@ -38,8 +38,8 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import claim, mark_diverged
-from distkg.training.checkpoint import Checkpoints
+from distkg.runfolder import claim, config_digest, mark_diverged
+from distkg.training.checkpoint import CheckpointError, Checkpoints
 from distkg.training.curves import plot_curves
 
 log = logging.getLogger("distkg")
@@ -151,8 +151,12 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main)
     state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
              "seconds": 0.0, "history": []}
+    digest = config_digest(cfg)
     if resume and (found := ckpts.resume(raw_model, optimizer, aux)) is not None:
         latest, state = found
+        if state.get("config_digest", digest) != digest:  # checkpoints from before the digest carry none
+            raise CheckpointError(f"{latest} was written by a run of another configuration than {out / 'config.yaml'} "
+                                  "(a checkpoint copied in, or config.yaml edited); pass --restart to start over")
         state.setdefault("stage", 0)  # checkpoints written before stages existed
         state.setdefault("stage_epoch", state["epoch"])
         log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
@@ -225,6 +229,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 state["evals_without_gain"] += 1
         state["epoch"] = epoch + 1
         state["stage_epoch"] += 1
+        state["config_digest"] = digest
         state["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
