@@ -213,7 +213,7 @@ SPLIT_NAMES = ("train", "valid", "test")
 def _check_range(cls: type, key: str, value: Any, where: str) -> None:
     """Raise ConfigError naming ``where`` when ``value`` is outside RANGES[cls][key]."""
     bounds = RANGES.get(cls, {}).get(key)
-    if bounds is None or value is None:
+    if bounds is None or not isinstance(value, (int, float)):  # None and words such as 'auto' have no range
         return
     low, high, open_low = bounds
     if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
