@@ -115,12 +115,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(f"--jobs: expected a number >= 1 or 'auto', got {value!r}")
+    return value
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from distkg.distill.reproduce import load_grid, reproduce
 
+    from distkg.distill.reproduce import default_jobs, run_jobs
+
     grid = load_grid(args.config, args.set, data_root=args.data_root)
-    reproduce(grid, Path(args.out), only_report=args.report_only)
-    return 0
+    jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
+    status = 0
+    if jobs > 1 and not args.report_only:
+        status = run_jobs(jobs, args.config, args.out, args.set, args.data_root)
+    reproduce(grid, Path(args.out), only_report=args.report_only or jobs > 1)
+    return status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -217,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a grid field")
     rp.add_argument("--data-root", help="folder with one sub-folder per dataset")
     rp.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
+    rp.add_argument("--jobs", default="auto", type=_jobs,
+                    help="worker processes of one thread each (auto: one per core on a machine of up to 8 cores, "
+                         "else 1 process with every thread)")
     rp.set_defaults(func=cmd_reproduce)
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")

@@ -105,12 +105,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale(holder: str) -> bool:
+    """A claim this process may take: its own, or a dead process's on this host."""
+    host, parts = socket.gethostname(), holder.split()
+    return holder == f"{host} {os.getpid()}" or (
+        len(parts) == 2 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])))
+
+
+def held_elsewhere(run: Path) -> bool:
+    """RUN is unfinished and claimed by another live process (nothing is claimed by asking)."""
+    try:
+        holder = (run / "claim").read_text().strip()
+    except FileNotFoundError:
+        return False
+    return read_metrics(run) is None and not _stale(holder)
+
+
 def claim(run: Path) -> str | None:
     """Claim RUN for this process (RUN/claim holds "host pid"); None when claimed, else the holder.
     A claim by a dead process on this host is taken over; one from another host is respected."""
     run.mkdir(parents=True, exist_ok=True)
-    path, host = run / "claim", socket.gethostname()
-    me = f"{host} {os.getpid()}"
+    path = run / "claim"
+    me = f"{socket.gethostname()} {os.getpid()}"
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -119,8 +135,7 @@ def claim(run: Path) -> str | None:
                 holder = path.read_text().strip()
             except FileNotFoundError:
                 continue  # released in between
-            parts = holder.split()
-            if holder == me or (len(parts) == 2 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1]))):
+            if _stale(holder):
                 path.unlink(missing_ok=True)
                 continue
             return holder or "a process that is writing its claim"
@@ -192,6 +207,16 @@ class Grid:
                 finetune(cfg, run, dataset=self.dataset(cfg))
         return run
 
+    def waits_on_another(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> bool:
+        """The cell is unfinished and its teacher (or LLM teacher) is being trained by another
+        process: better to take a cell that can start now than to wait (``--jobs``)."""
+        if read_metrics(self.student_run(backbone, dataset, dim, method, seed)) is not None:
+            return False
+        parts = [Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))]
+        if _needs_llm(self.grid, method):
+            parts.append(Path(self._fill(self.grid.llm_run, dataset=dataset)))
+        return any(held_elsewhere(run) for run in parts)
+
     def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
         return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
 
@@ -226,7 +251,11 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
     cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
              for m in grid.methods for s in grid.seeds]
     rows, started, elsewhere = [], time.perf_counter(), 0
-    for i, cell in enumerate(cells):
+    pending = list(enumerate(cells))
+    while pending:
+        # in grid order, except that cells whose teacher another process is training wait their turn
+        i, cell = next(((i, c) for i, c in pending if only_report or not g.waits_on_another(*c)), pending[0])
+        pending.remove((i, cell))
         if only_report and read_metrics(g.student_run(*cell)) is None:
             continue
         t = time.perf_counter()
@@ -238,6 +267,7 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
         log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
                  rows[-1]["mrr"], time.perf_counter() - t, spent)
         write_report(rows, grid, out)
+    rows.sort(key=lambda r: cells.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
     if only_report and not rows:
         raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
                           "each cell); run `distkg reproduce` without --report-only first")
@@ -246,6 +276,48 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
         log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
                  "for the whole report", elsewhere)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ --jobs
+SMALL_MACHINE_CORES = 8  # up to this many cores, a grid runs as one 1-thread process per core
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_jobs(cores: int | None = None) -> int:
+    """Processes for ``distkg reproduce --jobs auto``: one per core on a small machine, where a 25-d
+    student's step is too small to keep two threads busy (two 1-thread cells finish sooner than two
+    2-thread cells in turn); one process with every thread on a larger one."""
+    cores = usable_cores() if cores is None else cores
+    return cores if cores <= SMALL_MACHINE_CORES else 1
+
+
+def worker_command(config: str, out: str, sets: list[str], data_root: str | None) -> list[str]:
+    """The command of one ``--jobs`` worker: the same grid, one process, claims deciding its cells."""
+    import sys
+
+    cmd = [sys.executable, "-m", "distkg", "reproduce", "--config", config, "--out", out, "--jobs", "1"]
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd + (["--data-root", data_root] if data_root else [])
+
+
+def run_jobs(jobs: int, config: str, out: str, sets: list[str], data_root: str | None) -> int:
+    """Run a grid as ``jobs`` 1-thread worker processes (they split it by claims, teachers
+    included) and wait for them; the worst exit status. The caller writes the report after."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log.info("running the grid as %d one-thread processes (--jobs)", jobs)
+    workers = [subprocess.Popen(worker_command(config, out, sets, data_root), env=env) for _ in range(jobs)]
+    try:
+        return max(w.wait() for w in workers)
+    finally:
+        for w in workers:  # interrupted: stop the workers this process started (their claims free up)
+            if w.poll() is None:
+                w.terminate()
 
 
 # ------------------------------------------------------------------------------------------ report

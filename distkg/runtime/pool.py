@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from distkg.config import RuntimeConfig
+from distkg.device import inference_settings, on_resources, placement
+from distkg.distill.losses import TopKTargets
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
-from distkg.device import inference_settings, on_resources, placement
 
 log = logging.getLogger("distkg")
 
@@ -53,6 +54,18 @@ def merge_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int, num_entit
 # accepts: bf16/fp16 carry 8/11 mantissa bits (relative rounding 4e-3 / 5e-4 per value, a few
 # times that after 30 layers); fp32 wraps must agree to float rounding.
 OUTPUT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int,
+                    temperature: float) -> TopKTargets:
+    """The global top k with their probabilities at ``temperature`` over the whole row, from each
+    shard's (values, entity ids, logsumexp of its row / T): what the missing-mass KL reads (the
+    rest bucket is 1 minus their sum)."""
+    values = torch.cat([v for v, _, _ in parts], dim=1)
+    ids = torch.cat([i for _, i, _ in parts], dim=1)
+    lse = torch.logsumexp(torch.stack([s for _, _, s in parts], dim=1), dim=1, keepdim=True)
+    best, where = values.topk(min(k, values.shape[1]), dim=1)
+    return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
 
 
 def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
@@ -143,10 +156,13 @@ class ScoringShard:
         encodes such entities itself (the same E(p), more LLM work) until given it again."""
         self.model.use_tables(entity=table)
 
-    def score(self, queries: torch.Tensor, topk: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query."""
+    def score(self, queries: torch.Tensor, topk: int | None = None,
+              temperature: float | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query,
+        and with a ``temperature`` each row's logsumexp(scores / T) over the shard too (the
+        client's rest bucket: the mass outside the global top k)."""
         t0 = time.perf_counter()
-        keys = [(topk, *row) for row in queries.tolist()]
+        keys = [(topk, temperature, *row) for row in queries.tolist()]
         todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
@@ -158,7 +174,8 @@ class ScoringShard:
             self.stats["scored"] += len(todo)
             if topk is not None:
                 values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
-                fresh = dict(zip(todo, zip(values, ids + self.lo)))
+                extra = [torch.logsumexp(rows / temperature, dim=1)] if temperature is not None else []
+                fresh = dict(zip(todo, zip(values, ids + self.lo, *extra)))
             else:
                 fresh = dict(zip(todo, rows))
             if self.use_cache:
@@ -166,7 +183,7 @@ class ScoringShard:
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
         if topk is not None:
-            return torch.stack([v for v, _ in out]), torch.stack([i for _, i in out])
+            return tuple(torch.stack(column) for column in zip(*out))
         return torch.stack(out)
 
     def node(self) -> dict:
@@ -229,19 +246,24 @@ class TeacherPool:
             self._shared = True
         return infos
 
-    def submit(self, queries: torch.Tensor) -> list:
-        return [a.score.remote(queries, self.topk) for a in self.actors]
+    def submit(self, queries: torch.Tensor, temperature: float | None = None) -> list:
+        return [a.score.remote(queries, self.topk, temperature if self.topk else None) for a in self.actors]
 
-    def collect(self, refs: list) -> torch.Tensor:
+    def collect(self, refs: list, temperature: float | None = None) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
-        ``runtime.timeout_s``."""
+        ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
+        top k's probabilities and the rest bucket instead (merge_topk_rest)."""
         import ray
 
         parts = ray.get(refs, timeout=self.rc.timeout_s)
-        return torch.cat(parts, dim=1) if self.topk is None else merge_topk(parts, self.topk, self.num_entities)
+        if self.topk is None:
+            return torch.cat(parts, dim=1)
+        if temperature is not None:
+            return merge_topk_rest(parts, self.topk, temperature)
+        return merge_topk(parts, self.topk, self.num_entities)
 
-    def score(self, queries: torch.Tensor) -> torch.Tensor:
-        return self.collect(self.submit(queries))
+    def score(self, queries: torch.Tensor, temperature: float | None = None) -> torch.Tensor | TopKTargets:
+        return self.collect(self.submit(queries, temperature), temperature)
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -273,6 +295,7 @@ class SoftTargets:
     pool: TeacherPool
     queries: torch.Tensor  # all training queries, [Q, 4]
     prefetch: int = 2
+    temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
@@ -286,7 +309,7 @@ class SoftTargets:
     def _fill(self) -> None:
         while self._plan and len(self._inflight) < self.prefetch:
             idx = self._plan.popleft()
-            self._inflight.append((idx, self.pool.submit(self.queries[idx])))
+            self._inflight.append((idx, self.pool.submit(self.queries[idx], self.temperature)))
 
     def report(self) -> dict:
         """Since this client's last report: the pool's cache hit rate (all its clients together) and
@@ -299,15 +322,15 @@ class SoftTargets:
                 "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("queries", 0), 1),
                 "pool_busy_s": stats.get("seconds", 0.0)}
 
-    def get(self, idx: torch.Tensor) -> torch.Tensor:
+    def get(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
         if self._inflight and torch.equal(self._inflight[0][0], idx):
             _, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
             self._plan.clear()
             self._inflight.clear()
-            refs = self.pool.submit(self.queries[idx])
+            refs = self.pool.submit(self.queries[idx], self.temperature)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs)
+        scores = self.pool.collect(refs, self.temperature)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores

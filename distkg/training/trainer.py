@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distkg.config import RunConfig
+from distkg.distill.losses import cross_entropy
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import Placement, placement
 from distkg.errors import DistkgError
@@ -87,15 +88,17 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from distkg.training.optim import Adagrad, Adam  # torch's, without importing torch._dynamo (3 s)
+
     if cfg.train.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.train.lr)
-    return torch.optim.Adam(params, lr=cfg.train.lr)
+        return Adagrad(params, lr=cfg.train.lr)
+    return Adam(params, lr=cfg.train.lr)
 
 
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The configured training loss for one batch, plus the model's regulariser."""
     if cfg.train.loss == "1vsall":
-        loss = F.cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+        loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
         neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
