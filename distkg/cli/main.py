@@ -181,6 +181,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's model as a self-contained file plus its id maps (distkg.serving.export)."""
+    from distkg.serving.export import export_onnx
+
+    folder = export_onnx(args.run, args.out, _run_overrides(args))
+    print(f"{folder / 'model.onnx'} ({(folder / 'model.onnx').stat().st_size} bytes) and {folder / 'maps.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -251,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
     pr.add_argument("--data-root", help="folder with one sub-folder per dataset")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file plus its id maps")
+    ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
+    ex.add_argument("--out", help="folder for model.onnx and maps.json (default RUN/export)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    ex.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

@@ -106,9 +106,10 @@ def read_queries(path: Path) -> list[Query]:
 class Predictor:
     """A run's scores for named queries: resolution, optional train filter, top-k with names."""
 
-    def __init__(self, ds: TKGDataset, score: ScoreFn, max_year: int, kind: str) -> None:
+    def __init__(self, ds: TKGDataset, score: ScoreFn, max_year: int, kind: str, source: object = None) -> None:
         self.ds = ds
         self.score = score
+        self.source = source if source is not None else score  # the model or tables behind ``score`` (export reads it)
         self.kind = kind  # "kg" or "llm", reported with the answers
         self.entities = NameIndex("entity", ds.entity_names, ds.entity_text)
         self.relations = NameIndex("relation", ds.relation_names, ds.relation_text)
@@ -174,7 +175,15 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
         from distkg.distill.teachers import LLMTables
 
         ds = load_dataset(cfg.data)
-        return Predictor(ds, LLMTables(run, ds).scores, cfg.data.max_year, "llm")
+        tables = LLMTables(run, ds)
+        return Predictor(ds, tables.scores, cfg.data.max_year, "llm", tables)
+    from distkg.models import MODELS
+
+    cls = MODELS.get(cfg.model.name)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        ds = load_dataset(cfg.data)  # a training-free model (the frequency baseline): nothing to load
+        model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
+        return Predictor(ds, lambda q: model.score_candidates(q, 0, ds.num_entities), cfg.data.max_year, "kg", model)
     from distkg.training.trainer import load_trained
 
     cfg, ds, model = load_trained(run, cfg)
