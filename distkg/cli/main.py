@@ -190,6 +190,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The predict queries over HTTP JSON on Ray Serve (distkg.serving.serve)."""
+    from distkg.serving.serve import serve_forever
+
+    serve_forever(args.run, args.host, args.port, _run_overrides(args), args.max_batch, args.batch_wait_ms / 1000)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -268,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
     ex.add_argument("--data-root", help="folder with one sub-folder per dataset")
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="answer queries over HTTP JSON (Ray Serve), batched across requests")
+    sv.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests scored together")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    sv.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -70,17 +70,22 @@ def parse_query(text: str, where: str = "query") -> Query:
     return make_query(*fields, where=where)
 
 
-def _json_query(line: str, where: str) -> Query:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise QueryError(f"{where}: not JSON ({e.msg})") from None
+def query_from_json(obj: object, where: str) -> Query:
+    """A Query from decoded JSON: ``{"query": "s|r|o|t"}`` or ``{"subject", "relation", "object", "time"}``."""
     if isinstance(obj, dict) and isinstance(obj.get("query"), str):
         return parse_query(obj["query"], where)
     keys = ("subject", "relation", "object", "time")
     if not isinstance(obj, dict) or any(k not in obj for k in keys):
         raise QueryError(f"{where}: expected {{\"query\": \"s|r|o|t\"}} or an object with keys {', '.join(keys)}")
     return make_query(*(obj[k] for k in keys), where=where)
+
+
+def _json_line(line: str, where: str) -> Query:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise QueryError(f"{where}: not JSON ({e.msg})") from None
+    return query_from_json(obj, where)
 
 
 def read_queries(path: Path) -> list[Query]:
@@ -94,7 +99,7 @@ def read_queries(path: Path) -> list[Query]:
             continue
         where = f"{path}:{lineno}"
         if jsonl:
-            out.append(_json_query(line, where))
+            out.append(_json_line(line, where))
         else:
             fields = line.split("\t")
             if len(fields) != 4:
