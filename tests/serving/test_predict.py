@@ -120,3 +120,16 @@ def test_llm_teacher_tables_answer_on_point_data(tiny_runs):
         pred.times("2015-01-01")
     with pytest.raises(QueryError, match="not a day written YYYY-MM-DD"):
         pred.times("2014")
+
+
+def test_distilled_student_answers(tiny_runs, tmp_path):
+    from distkg.distill.runner import distill
+
+    out = tmp_path / "bkd"
+    distill(tiny_runs.student("bkd", "distill.stages=[{name: bkd, epochs: 1, losses: {kd: {temperature: 7.0}, ce: {}}}]"), out)
+    pred = load_predictor(out)
+    assert pred.source.dim == 4
+    res = pred.predict([parse_query("?|Relation 2|Entity 5|2014-02-10")], k=3)[0]
+    ids = pred.ids(parse_query("?|Relation 2|Entity 5|2014-02-10"))
+    want = torch.topk(pred.score(torch.tensor([ids]))[0], 3).indices.tolist()
+    assert [a["entity"] for a in res["answers"]] == [pred.ds.entity_names[i] for i in want]
