@@ -1,5 +1,5 @@
 """distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, distill,
-reproduce, run.
+reproduce, run, predict, export, serve.
 
 Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
 """
@@ -177,6 +177,39 @@ def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.set, *([f"data.root={args.data_root}"] if args.data_root else [])]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer named queries with a trained run (distkg.serving.predict)."""
+    from distkg.serving.predict import format_text, load_predictor, parse_query, read_queries
+
+    if bool(args.query) == bool(args.queries):
+        raise DistkgError("predict: give --query 's|r|?|t' (repeatable) or --queries FILE (TSV or JSONL)")
+    queries = [parse_query(q, "--query") for q in args.query] if args.query else read_queries(Path(args.queries))
+    results = load_predictor(args.run, _run_overrides(args)).predict(queries, args.top, args.filter)
+    print(json.dumps(results, indent=2) if args.json else format_text(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's model as a self-contained file plus its id maps (distkg.serving.export)."""
+    from distkg.serving.export import export_onnx
+
+    folder = export_onnx(args.run, args.out, _run_overrides(args))
+    print(f"{folder / 'model.onnx'} ({(folder / 'model.onnx').stat().st_size} bytes) and {folder / 'maps.json'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The predict queries over HTTP JSON on Ray Serve (distkg.serving.serve)."""
+    from distkg.serving.serve import serve_forever
+
+    serve_forever(args.run, args.host, args.port, _run_overrides(args), args.max_batch, args.batch_wait_ms / 1000)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -238,6 +271,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run, positional=True)
     run.add_argument("--restart", action="store_true", help="discard every part in --out and start over")
     run.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser("predict", help="answer queries written with names (s|r|?|t) with a trained run")
+    pr.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    pr.add_argument("--query", action="append", default=[], help="'subject|relation|?|time' or '?|relation|object|time'")
+    pr.add_argument("--queries", help="a TSV (s, r, o, t) or JSONL file of queries, one a line")
+    pr.add_argument("--top", type=int, default=10, help="answers per query (default 10)")
+    pr.add_argument("--filter", choices=["none", "known"], default="none",
+                    help="known: leave out answers already true in train at the query's time")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    pr.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file plus its id maps")
+    ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
+    ex.add_argument("--out", help="folder for model.onnx and maps.json (default RUN/export)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    ex.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="answer queries over HTTP JSON (Ray Serve), batched across requests")
+    sv.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests scored together")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    sv.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 
