@@ -82,6 +82,14 @@ class LLMConfig:
     max_tokens: int = 32
     encode_batch: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
     # fine-tuning (distkg llm finetune)
+    # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
+    # infonce: against every entity through a refreshed cache, false negatives masked (contrastive.py)
+    objective: Literal["sampled", "infonce"] = "sampled"
+    refresh_every: int = 50  # infonce: steps between full re-encodings of the entity cache (+ a validation point)
+    # infonce: the step's texts in one padded forward call, or one call per token length (no padding; on a
+    # CPU the padding costs more than the calls, docs/RESULTS.md)
+    step_calls: Literal["one", "lengths"] = "one"
+    step_head_lr: float | None = None  # infonce: the head's lr in the LoRA steps (None: head_lr); a warm head needs less
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed
     min_steps: int = 0  # QLoRA steps taken even once max_minutes is spent (by a long head warm-up), so the adapters always train

@@ -113,6 +113,11 @@ class TextEncoder:
         self.stats.texts_encoded += len(texts)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
+    def encode_padded(self, texts: list[str]) -> torch.Tensor:
+        """All ``texts`` in ONE padded forward call, with gradients: a training step pays the
+        per-call overhead (4-bit weights dequantized per call) once instead of once per length."""
+        return self._run(texts)
+
     def _lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.lm.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]]
 

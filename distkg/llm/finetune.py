@@ -177,11 +177,15 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         state["head_done"] = True
         state["seconds"] += state["head"]["seconds"]
     engine = zero_engine(teacher, optimizer, cfg) if world > 1 else None  # after the head warm-up (every rank alike)
+    if lc.objective == "infonce":  # distkg/llm/contrastive.py: its own step; these checkpoints, saving and evaluation
+        from distkg.llm.contrastive import run_infonce
+
+        run_infonce(teacher, cfg, ds, optimizer, state, ckpt)
     started = time.perf_counter() - state["seconds"]
     desc = "LLM fine-tuning" + (f" (budget {lc.max_minutes:g} min)" if lc.max_minutes else "")
     bar = tqdm(total=lc.steps, initial=state["step"], desc=desc, disable=not (lc.progress and rank == 0), mininterval=2)
     teacher.train()
-    while state["step"] < lc.steps:
+    while lc.objective == "sampled" and state["step"] < lc.steps:
         if (lc.max_minutes is not None and state["step"] >= lc.min_steps
                 and _agreed(time.perf_counter() - started > 60 * lc.max_minutes, world)):
             log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
@@ -227,7 +231,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded)
     teacher = load_teacher(out / "teacher", cfg, ds)
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
-                                                         "head_warmup": state.get("head"),
+                                                         "head_warmup": state.get("head"), "objective": lc.objective,
+                                                         "curve": state.get("curve"), "llm_texts": state.get("llm_texts"),
                                                          "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
