@@ -68,6 +68,7 @@ class LLMTeacher(TKGModel):
         # shape [1], not a scalar: DeepSpeed's engine broadcasts parameters as bytes, which 0-d tensors refuse
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / math.sqrt(dim))))
         self.form = form
+        self.device = lm.device  # the LM's resolved device (distkg.device); the head lives there too
         self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
         self.texts = {
             "entity": list(dataset.entity_text),
@@ -81,11 +82,11 @@ class LLMTeacher(TKGModel):
         weights version through the encoder's cache when ``grad`` is False), or read from a table
         given to ``use_tables`` (a scoring pool shares its shards' entity tables that way)."""
         if not grad and kind in self.given:
-            return self.given[kind][ids.cpu()].to(self.head.weight.device)
+            return self.given[kind][ids.cpu()].to(self.device)
         uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
         texts = [self.texts[kind][i] for i in uniq.tolist()]
-        hidden = self.encoder.encode(texts, grad=grad).to(self.head.weight.device)
-        return torch.sigmoid(self.head(hidden))[inverse.to(self.head.weight.device)]
+        hidden = self.encoder.encode(texts, grad=grad).to(self.device)
+        return torch.sigmoid(self.head(hidden))[inverse.to(self.device)]
 
     def _query(self, queries: torch.Tensor, grad: bool) -> torch.Tensor:
         e = self.embed("entity", queries[:, 0], grad)

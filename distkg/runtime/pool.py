@@ -26,7 +26,10 @@ from pathlib import Path
 import torch
 
 from distkg.config import RuntimeConfig
+from distkg.device import inference_settings, on_resources, placement
 from distkg.distill.losses import TopKTargets
+from distkg.errors import DistkgError
+from distkg.llm.encoder import TextEncoder
 
 log = logging.getLogger("distkg")
 
@@ -47,6 +50,12 @@ def merge_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int, num_entit
     return dense.scatter_(1, ids.gather(1, where), best)
 
 
+# Largest relative L2 error of a pooled text vector, wrapped vs plain model, that the output check
+# accepts: bf16/fp16 carry 8/11 mantissa bits (relative rounding 4e-3 / 5e-4 per value, a few
+# times that after 30 layers); fp32 wraps must agree to float rounding.
+OUTPUT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
 def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int,
                     temperature: float) -> TopKTargets:
     """The global top k with their probabilities at ``temperature`` over the whole row, from each
@@ -59,31 +68,44 @@ def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
 
 
-def inference_settings(rc: RuntimeConfig, on_cuda: bool, quantized: bool) -> tuple[torch.dtype, bool]:
-    """DeepSpeed inference dtype and kernel injection for this device (capability, not imports)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(rc.dtype)
-    if dtype is None:  # auto
-        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
-    inject = rc.kernel_inject == "on" or (rc.kernel_inject == "auto" and on_cuda and not quantized)
-    if inject and not on_cuda:
-        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
-    return dtype, inject
+def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
+    """Largest per-row relative L2 difference between two [n, d] outputs."""
+    plain, wrapped = plain.float().cpu(), wrapped.float().cpu()
+    return float(((wrapped - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max())
 
 
-def wrap_deepspeed(lm_model: torch.nn.Module, rc: RuntimeConfig, quantized: bool) -> dict:
-    """Wrap the LM with ``deepspeed.init_inference`` in place; returns what was chosen (for reports).
+def wrap_deepspeed(encoder: TextEncoder, rc: RuntimeConfig, quantized: bool, device: torch.device,
+                   probe: list[str]) -> dict:
+    """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
+    returns what was chosen (for reports).
 
     The engine changes the module in place (kernel injection replaces layers, tensor parallelism
-    shards them), so the text encoder keeps calling the same module object.
+    shards them); the encoder is pointed at the engine's module. Output check: ``probe`` (texts of
+    mixed lengths, so the batch is padded: the case of DeepSpeed issue 3960) is encoded by the
+    plain and by the wrapped model; a relative error above OUTPUT_TOLERANCE of the wrap's dtype
+    stops the actor with an error instead of serving wrong soft targets.
     """
     import deepspeed
 
-    on_cuda = torch.cuda.is_available()
-    dtype, inject = inference_settings(rc, on_cuda, quantized)
-    engine = deepspeed.init_inference(lm_model, dtype=dtype, replace_with_kernel_inject=inject,
+    with torch.inference_mode():
+        plain = encoder._run(probe)
+    model_type = getattr(getattr(encoder.lm.model, "config", None), "model_type", None)
+    dtype, inject = inference_settings(rc, device.type == "cuda", quantized, model_type)
+    engine = deepspeed.init_inference(encoder.lm.model, dtype=dtype, replace_with_kernel_inject=inject,
                                       tensor_parallel={"tp_size": rc.tp_size})
+    encoder.lm.model = engine.module
+    with torch.inference_mode():
+        error = output_error(plain, encoder._run(probe))
+    check = {"texts": len(probe), "max_relative_error": round(error, 6), "tolerance": OUTPUT_TOLERANCE[dtype]}
+    if not error <= OUTPUT_TOLERANCE[dtype]:
+        raise DistkgError(f"DeepSpeed inference (dtype {dtype}, kernel_inject {inject}) changed the LM's outputs: "
+                          f"relative error {error:.3g} > {OUTPUT_TOLERANCE[dtype]} on {len(probe)} padded texts; "
+                          "set runtime.kernel_inject=off (and runtime.dtype=auto)")
     return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."), "kernel_inject": inject,
-            "tp_size": rc.tp_size, "device": "cuda" if on_cuda else "cpu", "module": engine.module}
+            "tp_size": rc.tp_size, "device": str(device), "output_check": check, "module": engine.module}
+
+
+PROBE_TEXTS = 64  # entity texts of its shard each LLM actor checks the DeepSpeed wrap on
 
 
 class ScoringShard:
@@ -96,7 +118,7 @@ class ScoringShard:
         torch.set_num_threads(max(1, int(rc.teacher_resources.get("CPU", 1))))
         self.kind, self.lo, self.hi = kind, lo, hi
         run_path = Path(run)
-        cfg = load_config(run_path / "config.yaml")
+        cfg = on_resources(load_config(run_path / "config.yaml"), rc.teacher_resources)
         if data_root is not None:
             cfg.data.root = data_root
         ds = load_dataset(cfg.data)
@@ -105,15 +127,17 @@ class ScoringShard:
             from distkg.llm.finetune import load_teacher
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
-            ds_info = wrap_deepspeed(self.model.lm_model, rc, quantized=cfg.llm.quantization != "none")
+            probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
+            ds_info = wrap_deepspeed(self.model.encoder, rc, cfg.llm.quantization != "none", self.model.device, probe)
             self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
             self.info.update(ds_info)
             self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
         else:
             from distkg.training.trainer import load_trained
 
-            _, _, self.model = load_trained(run_path, cfg)
+            _, _, self.model = load_trained(run_path, cfg)  # on this actor's device (distkg.device)
             self.version = _digest(*self.model.parameters())
+        self.device = self.model.device if kind == "llm" else placement(cfg).device
         self.model.requires_grad_(False)
         self.use_cache = rc.cache
         self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
@@ -122,8 +146,9 @@ class ScoringShard:
             self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
 
     def shard_table(self) -> torch.Tensor:
-        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them)."""
-        return self.table
+        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them), on the CPU:
+        whoever gathers them may have no GPU."""
+        return self.table.cpu()
 
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
@@ -144,7 +169,8 @@ class ScoringShard:
         fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
             with torch.inference_mode():
-                rows = self.model.match(self.model.query_repr(queries[todo]), self.table).float()
+                # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
+                rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
             self.stats["scored"] += len(todo)
             if topk is not None:
                 values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
@@ -182,6 +208,14 @@ def _digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def actor_options(resources: dict[str, float]) -> dict:
+    """Ray actor options for declared resources: CPU and GPU (fractions share a card: {GPU: 0.5} puts
+    two actors on one GPU) plus any custom resources, e.g. {GPU: 1, teacher: 1}."""
+    rest = dict(resources)
+    cpus, gpus = rest.pop("CPU", 0), rest.pop("GPU", 0)
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": rest or None}
+
+
 class TeacherPool:
     """N ScoringShard actors over one teacher run; ``score`` merges their answers."""
 
@@ -191,10 +225,8 @@ class TeacherPool:
 
         self.kind, self.num_entities, self.rc = kind, num_entities, rc
         self.bounds = shard_bounds(num_entities, rc.teacher_actors)
-        resources = dict(rc.teacher_resources)
-        cpus, gpus = resources.pop("CPU", 0), resources.pop("GPU", 0)
         actor_cls = ray.remote(ScoringShard).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources or None,
+            **actor_options(rc.teacher_resources),
             max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
         self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
                        for lo, hi in self.bounds]

@@ -125,14 +125,14 @@ def test_llm_tables_give_the_llm_teachers_distribution(teachers):
     cfg = load_config(teachers / "llm" / "config.yaml")
     teacher = load_teacher(teachers / "llm" / "teacher", cfg, DS)
     q = torch.from_numpy(DS.splits["test"][:, [0, 1, 3, 4]].copy())
-    torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q).cpu(), atol=1e-5, rtol=1e-4)
     train_q, _ = training_queries(DS.splits["train"], DS.num_relations)
     cached = LLMTables(teachers / "llm", DS, train_q, temperature=2.0)  # P_LLM of every training query, kept
     idx = torch.tensor([5, 0, 17])
     assert cached.all_probs is not None
     for temperature in (2.0, 0.5):  # the kept matrix, and a temperature it was not made at (computed)
         torch.testing.assert_close(cached.probs(train_q[idx], temperature, idx),
-                                   teacher.distribution(train_q[idx], temperature), atol=1e-5, rtol=1e-4)
+                                   teacher.distribution(train_q[idx], temperature).cpu(), atol=1e-5, rtol=1e-4)
 
 
 def test_tempered_teacher_targets_give_the_same_kd_as_scores(teachers):
