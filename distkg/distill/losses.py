@@ -130,27 +130,16 @@ def temper(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Ten
     return p, torch.xlogy(p, p).sum(dim=1)
 
 
-def _softmax_lse(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(z) and each row's logsumexp with one exponential per element (log_softmax then exp
-    took two, and exp is the costly part of these passes): lse = z_j - log q_j at the row's most
-    probable j, where q_j >= 1 / C keeps the log exact."""
-    q = torch.softmax(z, dim=1)
-    q_max, j = q.max(dim=1)
-    return q, z.gather(1, j[:, None])[:, 0] - q_max.log()
-
-
 class _SoftKL(torch.autograd.Function):
     """T^2 * KL(p || softmax(s/T)), batch mean, from p and its rows' sum p log p, with the gradient
     T * (q - p) / B written out: fewer passes over the [B, E] matrices than log_softmax + softmax +
-    kl_div, which were half of a BKD step (the teacher gets no gradient). sum p log q is
-    sum p z - sum_rows lse * sum p, so log q is never formed."""
+    kl_div, which were half of a BKD step (the teacher gets no gradient)."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor, temperature: float) -> torch.Tensor:
-        z = s / temperature
-        q, lse = _softmax_lse(z)
-        cross = torch.dot(p.reshape(-1), z.reshape(-1)) - torch.dot(p.sum(1), lse)  # sum p log q
-        ctx.save_for_backward(q, p)
+        log_q = torch.log_softmax(s / temperature, dim=1)
+        cross = torch.dot(p.reshape(-1), log_q.reshape(-1))  # sum p log q
+        ctx.save_for_backward(log_q.exp_(), p)
         ctx.temperature = temperature
         return (plogp.sum() - cross) * (temperature**2 / len(s))
 
@@ -162,30 +151,28 @@ class _SoftKL(torch.autograd.Function):
 
 class _CrossEntropy(torch.autograd.Function):
     """F.cross_entropy (batch mean, optional label smoothing) with its gradient written out:
-    the softmax and each row's logsumexp once forward (_softmax_lse), the loss lse - s[answer],
-    the gradient softmax - target. Autograd's nll_loss + log_softmax backward makes a zero [B, C]
-    matrix, scatters into it, reads it twice and exponentiates again."""
+    log_softmax once forward, kept, and turned in place into softmax - target backward. Autograd's
+    nll_loss + log_softmax backward makes a zero [B, C] matrix, scatters into it and reads it twice."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, a: torch.Tensor, smoothing: float) -> torch.Tensor:
-        q, lse = _softmax_lse(s)
+        log_p = torch.log_softmax(s, dim=1)
         rows = torch.arange(len(a), device=a.device)
-        nll = (lse - s[rows, a]).sum()
-        if smoothing:  # - smoothing / C * sum_j log q_j = smoothing * (lse - mean_j s_j)
-            nll = (1 - smoothing) * nll + smoothing * (lse.sum() - s.sum() / s.shape[1])
-        ctx.save_for_backward(q, a)
+        nll = -log_p[rows, a].sum()
+        if smoothing:
+            nll = (1 - smoothing) * nll - smoothing * log_p.sum() / s.shape[1]
+        ctx.save_for_backward(log_p, a)
         ctx.smoothing = smoothing
         return nll / len(s)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        q, a = ctx.saved_tensors
-        scale = grad / len(q)
-        g = q * scale  # a new buffer, so a retained graph can run backward again
+        log_p, a = ctx.saved_tensors
+        g = log_p.exp()  # a new buffer (same passes as in place), so a retained graph can run backward again
         if ctx.smoothing:
-            g.sub_(scale * (ctx.smoothing / g.shape[1]))
-        g[torch.arange(len(a), device=a.device), a] -= scale * (1 - ctx.smoothing)
-        return g, None, None
+            g.sub_(ctx.smoothing / g.shape[1])
+        g[torch.arange(len(a), device=a.device), a] -= 1 - ctx.smoothing
+        return g.mul_(grad / len(g)), None, None
 
 
 def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
