@@ -28,15 +28,24 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False, out_r
 
 
 def _load(args: argparse.Namespace):
+    """The run config: every value and the model's arguments checked before any data is read."""
     from distkg.config import load_config
-    from distkg.models import MODELS
 
     overrides = list(args.set)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    cfg = load_config(args.config, overrides)
-    MODELS.check(cfg.model.name, cfg.model.args, "model.args")  # before any data is read
-    return cfg
+    return load_config(args.config, overrides)
+
+
+def _claim_out(cfg, args: argparse.Namespace) -> None:
+    """--out of another configuration stops the command before anything is read or written; with
+    --restart the run there is discarded instead (distkg.runfolder)."""
+    from distkg.runfolder import check_folder, clear
+
+    if args.restart:
+        clear(Path(args.out))
+    else:
+        check_folder(cfg, Path(args.out))
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -85,17 +94,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
-    train(_load(args), Path(args.out), resume=not args.restart)
+    cfg = _load(args)
+    _claim_out(cfg, args)
+    train(cfg, Path(args.out), resume=not args.restart)
     return 0
-
-
-def _on_ray(cfg, args: argparse.Namespace) -> bool:
-    """Whether the run goes to distkg.runtime (``runtime.backend: ray``), which always resumes OUT."""
-    if cfg.runtime.backend != "ray":
-        return False
-    if args.restart:
-        raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
-    return True
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -103,7 +105,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    if _on_ray(cfg, args):  # teacher scoring pool + Ray Train students (distkg.runtime)
+    _claim_out(cfg, args)
+    if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
         distill_on_ray(cfg, Path(args.out))
@@ -123,7 +126,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from distkg.pipeline import run
 
-    run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]))
+    run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]), restart=args.restart)
     return 0
 
 
@@ -131,7 +134,8 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    if _on_ray(cfg, args):  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
+    _claim_out(cfg, args)
+    if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.students import finetune_on_ray
 
         finetune_on_ray(cfg, Path(args.out))
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a KG model (checkpoints per epoch, resumes, metrics.json)")
     _add_config_args(tr)
-    tr.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    tr.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="re-score a trained run (--run DIR) or evaluate a configured model")
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
     ft = lsub.add_parser("finetune", help="fine-tune LoRA adapters + projection on the training facts")
     _add_config_args(ft)
-    ft.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    ft.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     ft.set_defaults(func=cmd_llm_finetune)
     le = lsub.add_parser("evaluate", help="score a saved teacher (--run DIR) or the zero-shot one (--config)")
     _add_config_args(le, out_required=False)
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student from a KG teacher run (and an LLM teacher run)")
     _add_config_args(di)
-    di.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    di.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     di.set_defaults(func=cmd_distill)
 
     rp = sub.add_parser("reproduce", help="the paper's grid: teachers, LLM teachers, students x methods x seeds")
@@ -217,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")
     _add_config_args(run, positional=True)
+    run.add_argument("--restart", action="store_true", help="discard every part in --out and start over")
     run.set_defaults(func=cmd_run)
     return parser
 
@@ -229,3 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     except DistkgError as e:
         print(f"distkg: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was started (a local Ray, its workers) has been stopped
+        print("distkg: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

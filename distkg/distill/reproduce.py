@@ -35,9 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
+from distkg.config import RunConfig, build_overridden, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
+from distkg.errors import DistkgError
 from distkg.report import bar_panels, figure_row, read_metrics
 from distkg.training.curves import valid_curve
 
@@ -83,10 +84,10 @@ class GridConfig:
 
 
 def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
-    values = apply_overrides(read_yaml(path), overrides)
+    values = read_yaml(path)
     if data_root:
         values["data_root"] = data_root
-    return build(GridConfig, values, path)
+    return build_overridden(GridConfig, values, path, overrides)
 
 
 def _needs_llm(grid: GridConfig, method: str) -> bool:
@@ -237,6 +238,9 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
         log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
                  rows[-1]["mrr"], time.perf_counter() - t, spent)
         write_report(rows, grid, out)
+    if only_report and not rows:
+        raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
+                          "each cell); run `distkg reproduce` without --report-only first")
     write_report(rows, grid, out)
     if elsewhere:
         log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "

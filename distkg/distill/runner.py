@@ -28,6 +28,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
+from distkg.runfolder import check_folder
 from distkg.training.trainer import Stage, build_model, fit, training_queries
 
 log = logging.getLogger("distkg")
@@ -79,6 +80,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
     dc = cfg.distill
     needs = check_method(cfg)
+    if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
+        check_folder(cfg, out)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
@@ -133,6 +136,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
+    log.info("epoch budget: the stages' epochs (%s); train.epochs (%d) is not used by distillation",
+             ", ".join(f"{s.name} {s.epochs}" for s in dc.stages), cfg.train.epochs)
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
     metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)

@@ -27,6 +27,8 @@ from distkg.data import TKGDataset
 class TKGModel(nn.Module, ABC):
     """Queries -> representation, a candidate table, and a score between them."""
 
+    dim_step: int = 1  # dims must be a multiple of this (distkg.models.check_dim)
+
     def __init__(self, dataset: TKGDataset, dim: int) -> None:
         super().__init__()
         if dim < 1:

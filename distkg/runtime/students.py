@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from distkg.errors import DistkgError
 from distkg.report import read_metrics
 from distkg.runtime.cluster import connect
 from distkg.runtime.pool import TeacherPool
+from distkg.runtime.resources import check_fits, local_cpus
 
 log = logging.getLogger("distkg")
 
@@ -43,14 +45,18 @@ def absolute(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, distill=distill, data=data)
 
 
+def pool_names(rc, needs: set[str]) -> list[str]:
+    """The scoring pools a method reading ``needs`` uses: the LLM teacher's, and the KG teacher's
+    with ``runtime.kg_teacher: pool``."""
+    return [name for name, used in (("llm", "llm_probs" in needs),
+                                    ("kg", "teacher_scores" in needs and rc.kg_teacher == "pool")) if used]
+
+
 def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
     """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
     rc, dc = cfg.runtime, cfg.distill
-    pools: dict[str, TeacherPool] = {}
-    if "llm_probs" in needs:
-        pools["llm"] = TeacherPool("llm", dc.llm_run, num_entities, rc, cfg.data.root)
-    if "teacher_scores" in needs and rc.kg_teacher == "pool":
-        pools["kg"] = TeacherPool("kg", dc.teacher_run, num_entities, rc, cfg.data.root)
+    runs = {"llm": dc.llm_run, "kg": dc.teacher_run}
+    pools = {name: TeacherPool(name, runs[name], num_entities, rc, cfg.data.root) for name in pool_names(rc, needs)}
     for name, pool in pools.items():
         for info in pool.ready(timeout=rc.timeout_s):
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
@@ -113,16 +119,19 @@ def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
     """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
     (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
-    with ray_session(rc):
+    with ray_session(rc, []):
         run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
     return _written_metrics(out)
 
 
 @contextmanager
-def ray_session(rc):
-    """Connected to Ray for the block; a local Ray started here is shut down after it."""
-    started = connect(rc.address, rc.num_cpus)
+def ray_session(rc, pools: list[str]):
+    """Connected to Ray for the block, which runs only when the cluster can hold the run's ``pools``
+    and workers (distkg.runtime.resources); a local Ray started here is shut down after it, also
+    when the block is interrupted (Ctrl-C)."""
+    started = connect(rc.address, local_cpus(rc, pools))
     try:
+        check_fits(rc, pools)
         yield
     finally:
         if started:
@@ -161,10 +170,39 @@ def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
         fn, train_loop_config={**config, "threads": scaling["resources_per_worker"].get("CPU", 1)},
         scaling_config=ScalingConfig(**scaling), torch_config=TorchConfig(backend=backend),
         run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
-                                failure_config=FailureConfig(max_failures=rc.max_failures)))
-    result = trainer.fit()
+                                # controller failures (a worker group that cannot start) are bounded
+                                # too: Ray's default retries them without end
+                                failure_config=FailureConfig(max_failures=rc.max_failures,
+                                                             controller_failure_limit=rc.max_failures)))
+    result = interruptible(trainer.fit)
     if result.error is not None:
         raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
+
+
+def interruptible(fit):
+    """``fit()`` in a thread, so that Ctrl-C reaches this (main) thread and stops the run: Ray Train's
+    own handler, installed when fit runs in the main thread, only asks its controller to abort, which
+    a worker group still waiting for resources never does. The caller's ``ray_session`` then shuts
+    the local Ray down (the workers and actors with it)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fit()
+        except BaseException as e:  # handed to the main thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping the Ray Train workers, the scoring actors and a local Ray")
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
@@ -178,7 +216,7 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     needs = check_method(cfg)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
-    with ray_session(rc):
+    with ray_session(rc, pool_names(rc, needs)):
         try:
             pools = start_pools(cfg, needs, num_entities)
             run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},

@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distkg.config import RunConfig, save_config
+from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import Placement, placement
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.training.checkpoint import Checkpoints
+from distkg.runfolder import claim, config_digest, mark_diverged
+from distkg.training.checkpoint import CheckpointError, Checkpoints
 from distkg.training.curves import plot_curves
 
 log = logging.getLogger("distkg")
@@ -48,6 +49,13 @@ log = logging.getLogger("distkg")
 
 class TrainingDiverged(DistkgError):
     """The loss or the weights became NaN/inf."""
+
+
+def _diverged(out: Path, main: bool, message: str) -> TrainingDiverged:
+    """The error to raise, recorded in OUT so that a resume may lower the rates (distkg.runfolder)."""
+    if main:
+        mark_diverged(out, message)
+    return TrainingDiverged(message)
 
 
 def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,12 +153,11 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     ``train.patience`` evaluations; the next stage starts from the best weights so far with a
     fresh patience counter. The test split is scored with the best weights of the whole run.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     tc = cfg.train
     log.info("%s", ds.describe())
     where = placement(cfg)
     accelerator = make_accelerator(cfg, where)
+    claim(cfg, out, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
     device = where.device
     options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
@@ -163,11 +170,17 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main)
     state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
              "seconds": 0.0, "history": []}
-    if resume and (latest := ckpts.latest()) is not None:
-        state = ckpts.load(latest, raw_model, optimizer, aux)
+    digest = config_digest(cfg)
+    if resume and (found := ckpts.resume(raw_model, optimizer, aux)) is not None:
+        latest, state = found
+        if state.get("config_digest", digest) != digest:  # checkpoints from before the digest carry none
+            raise CheckpointError(f"{latest} was written by a run of another configuration than {out / 'config.yaml'} "
+                                  "(a checkpoint copied in, or config.yaml edited); pass --restart to start over")
         state.setdefault("stage", 0)  # checkpoints written before stages existed
         state.setdefault("stage_epoch", state["epoch"])
         log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
+    if main:  # the log holds exactly the epochs of the state resumed from: none repeated, none from a later crash
+        write_log(out / "log.jsonl", state["history"])
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
@@ -183,7 +196,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
             if state["stage"] < len(stages) and state["best_epoch"] > 0:
                 accelerator.wait_for_everyone()
-                ckpts.load_best(raw_model)  # the next stage starts from the best weights so far
+                ckpts.load_best(raw_model, state["best_epoch"])  # the next stage starts from the best weights so far
                 log.info("stage %r done; stage %r starts from the best epoch (%d)", stage.name,
                          stages[state["stage"]].name, state["best_epoch"])
             continue
@@ -205,7 +218,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 with accelerator.autocast():
                     loss, named = stage.loss(idx, q, a, gen)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged_message("loss", loss.item(), epoch, step, ckpts))
+                    raise _diverged(out, main, _diverged_message("loss", loss.item(), epoch, step, ckpts))
                 accelerator.backward(loss)
                 if world > 1 and accelerator.sync_gradients:
                     average_gradients(trained, world)
@@ -218,7 +231,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             _after_step(epoch, step)
         bar.close()
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise TrainingDiverged(_diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
+            raise _diverged(out, main, _diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
         seconds = time.perf_counter() - t_epoch
         row = {"epoch": epoch + 1, "stage": stage.name, "loss": total / n_batches, "seconds": round(seconds, 2),
                "facts_per_second": round(len(queries) / 2 / seconds, 1),
@@ -234,6 +247,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 state["evals_without_gain"] += 1
         state["epoch"] = epoch + 1
         state["stage_epoch"] += 1
+        state["config_digest"] = digest
         state["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
@@ -246,7 +260,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                  total_epochs, row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
                  row["facts_per_second"], eta)
 
-    ckpts.load_best(raw_model)
+    ckpts.load_best(raw_model, state["best_epoch"])
     raw_model.eval()
     test = evaluate(raw_model, ds, split="test", options=options)
     metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
@@ -259,6 +273,13 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
              test["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """OUT/log.jsonl, one line per epoch run, written whole (temporary name, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -293,9 +314,10 @@ def load_trained(run_dir: Path, cfg: RunConfig | None = None,
     """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
     ``device`` (default: the config's resolved training device, distkg.device)."""
     from distkg.config import load_config
+    from distkg.report import read_metrics
 
     cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
-    Checkpoints(run_dir / "checkpoints").load_best(model)
+    Checkpoints(run_dir / "checkpoints").load_best(model, (read_metrics(run_dir) or {}).get("best_epoch"))
     return cfg, ds, model.to(device if device is not None else placement(cfg).device).eval()
