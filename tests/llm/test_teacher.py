@@ -163,6 +163,22 @@ def test_no_gradient_checkpointing_in_qlora(tiny_llama, ds):
     assert not any(getattr(m, "gradient_checkpointing", False) for m in teacher.lm_model.modules())
 
 
+def test_a_fine_tuning_step_is_one_forward_call_on_the_gpu_path(tiny_llama, ds):
+    """score_sampled sends the step's entity, relation, time and candidate texts through the LM together:
+    one padded call on the GPU path, and the same scores as kind-by-kind embedding."""
+    teacher = build_teacher(cfg_for(tiny_llama), ds)
+    teacher.encoder.exact_lengths = False  # the CUDA batching, run on the CPU
+    q = torch.from_numpy(ds.splits["train"][:4][:, [0, 1, 3, 4]].copy())
+    cands = torch.arange(ds.num_entities)
+    calls = teacher.encoder.stats.forward_calls
+    together = teacher.score_sampled(q, cands)
+    assert teacher.encoder.stats.forward_calls == calls + 1
+    e, r = teacher.embed("entity", q[:, 0], grad=True), teacher.embed("relation", q[:, 1], grad=True)
+    t = teacher.embed("time", torch.cat([q[:, 2], q[:, 3]]), grad=True)
+    apart = teacher.match(teacher._query_from(q, e, r, t), teacher.embed("entity", cands, grad=True))
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-4)
+
+
 def test_a_reloaded_4bit_teacher_scores_as_fine_tuning_recorded(tiny_llama, ds, tmp_path):
     """The metrics of fine-tuning are those of the saved teacher: with NF4 on a CPU with AVX512-BF16,
     bitsandbytes repacks the weights (bf16 scales) on the head warm-up's inference pass and back on

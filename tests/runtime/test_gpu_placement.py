@@ -42,7 +42,7 @@ options = {"teacher": actor_options(rc.teacher_resources), "worker": actor_optio
 pools = 2 if rc.kg_teacher == "pool" else 1  # the LLM pool, and the KG teacher's pool when it is served too
 actors = [Probe.options(**options["teacher"]).remote() for _ in range(pools * rc.teacher_actors)]
 actors += [Probe.options(**options["worker"]).remote() for _ in range(rc.workers)]
-ready, pending = ray.wait([a.where.remote() for a in actors], num_returns=len(actors), timeout=60)
+ready, pending = ray.wait([a.where.remote() for a in actors], num_returns=len(actors), timeout=150)
 extra = Probe.options(**options["teacher"]).remote()  # one more than the declared GPUs hold
 fits, _ = ray.wait([extra.where.remote()], timeout=3)
 print(json.dumps({"placed": [ray.get(r) for r in ready], "pending": len(pending), "extra_placed": len(fits),
@@ -89,8 +89,9 @@ def test_worker_backend_and_devices_follow_the_declared_resources():
 def test_fractional_actors_share_a_declared_gpu(tmp_path, resources):
     cfg = tmp_path / "rt.yaml"
     cfg.write_text(json.dumps({"runtime": {"backend": "ray", "teacher_actors": 4, "teacher_resources": resources,
-                                           "workers": 0, "kg_teacher": "local"}}))
+                                           "workers": 1, "worker_resources": {"CPU": 1}, "kg_teacher": "local"}}))
     got = place(cfg, gpus=2)
     assert got["pending"] == 0 and got["extra_placed"] == 0
-    ids = [p["gpu_ids"][0] for p in got["placed"]]
+    ids = [p["gpu_ids"][0] for p in got["placed"][: got["teachers"]]]
     assert sorted(ids) == ["0", "0", "1", "1"]
+    assert got["placed"][-1]["gpu_ids"] == []  # a worker that asked for no GPU gets none
