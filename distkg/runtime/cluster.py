@@ -60,8 +60,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls;
+        # address "local": a new Ray of this command's own, not a `ray start` cluster found on the machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
                  logging_level=logging.WARNING, log_to_driver=True)
         return True
     ray.init(address=address, logging_level=logging.WARNING)
