@@ -191,7 +191,7 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
         return Predictor(ds, lambda q: model.score_candidates(q, 0, ds.num_entities), cfg.data.max_year, "kg", model)
     from distkg.training.trainer import load_trained
 
-    cfg, ds, model = load_trained(run, cfg)
+    cfg, ds, model = load_trained(run, cfg, device=torch.device("cpu"))  # answering is a CPU job (the student's point)
     model.requires_grad_(False)
     return Predictor(ds, model, cfg.data.max_year, "kg")
 

@@ -98,7 +98,9 @@ def start(run: str | Path, host: str = "127.0.0.1", port: int = 8000, overrides:
     started = connect(num_cpus=num_cpus)
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port})
+    # one HTTP proxy, on the head: on a cluster of several nodes on one machine (tests/runtime's
+    # loopback cluster) a proxy per node would bind the same host:port twice
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     serve.run(build_app(run, overrides, max_batch, batch_wait_s), name="distkg", route_prefix="/")
     return started
 
