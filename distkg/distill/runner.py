@@ -74,19 +74,17 @@ def kd_temperature(cfg: RunConfig) -> float | None:
 
 
 def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
-            pools: dict | None = None) -> dict:
-    """``pools``: {"llm": TeacherPool, "kg": TeacherPool} serving those teachers' scores (optional)."""
-    from distkg.runtime.pool import SoftTargets
-
+            remote: dict | None = None) -> dict:
+    """``remote``: {"llm": ..., "kg": ...} clients that serve those teachers' scores by training-query
+    index (distkg.runtime.pool.soft_targets builds them from Ray scoring pools; optional). They are
+    handed in, so distillation never imports the runtime that runs it."""
     dc = cfg.distill
     needs = check_method(cfg)
     if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
         check_folder(cfg, out)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
-    # a top-k KG pool sends kd's top k with the rest mass at kd's temperature (losses.TopKTargets)
-    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
-              for name, pool in (pools or {}).items()}
+    remote = remote or {}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
     llm = (LLMTables(dc.llm_run, ds, queries, dc.llm_temperature) if "llm_probs" in needs and "llm" not in remote

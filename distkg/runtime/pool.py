@@ -25,11 +25,14 @@ from pathlib import Path
 
 import torch
 
-from distkg.config import RuntimeConfig
+from distkg.config import RunConfig, RuntimeConfig
+from distkg.data import TKGDataset
 from distkg.device import compute_dtype, inference_settings, on_resources, placement
 from distkg.distill.losses import TopKTargets
+from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
+from distkg.training.trainer import training_queries
 
 log = logging.getLogger("distkg")
 
@@ -337,3 +340,12 @@ class SoftTargets:
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores
+
+
+def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
+    """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
+    ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
+    mass at kd's temperature (losses.TopKTargets)."""
+    queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
+    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
+            for name, pool in pools.items()}

@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.config import RunConfig, build, to_dict
-from distkg.data import resolve_data_root
+from distkg.data import load_dataset, resolve_data_root
 from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.report import read_metrics
 from distkg.runtime.cluster import connect
-from distkg.runtime.pool import TeacherPool
+from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.resources import check_fits, local_cpus
 
 log = logging.getLogger("distkg")
@@ -84,7 +84,8 @@ def _worker(config: dict) -> None:
         {"rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
-    distill(cfg, Path(config["out"]), resume=True, pools=config["pools"])
+    ds = load_dataset(cfg.data)
+    distill(cfg, Path(config["out"]), resume=True, dataset=ds, remote=soft_targets(config["pools"], cfg, ds))
 
 
 def _worker_setup(config: dict) -> RunConfig:

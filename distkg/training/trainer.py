@@ -35,7 +35,6 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distkg.config import RunConfig
-from distkg.distill.losses import cross_entropy
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import Placement, placement
 from distkg.errors import DistkgError
@@ -44,6 +43,7 @@ from distkg.models import MODELS, TKGModel
 from distkg.runfolder import claim, config_digest, mark_diverged
 from distkg.training.checkpoint import CheckpointError, Checkpoints
 from distkg.training.curves import plot_curves
+from distkg.training.objective import cross_entropy
 
 log = logging.getLogger("distkg")
 

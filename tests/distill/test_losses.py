@@ -110,7 +110,7 @@ def test_weighted_sum_and_bad_specs():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_fused_cross_entropy_equals_torchs(smoothing):
-    from distkg.distill.losses import _CrossEntropy, cross_entropy
+    from distkg.training.objective import _CrossEntropy, cross_entropy
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)

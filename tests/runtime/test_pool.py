@@ -131,7 +131,7 @@ def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_ru
 
     from distkg.data import load_dataset
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training import trainer
 
     cfg = tiny_runs.student("ours", "distill.stages.0.epochs=1", "distill.stages.1.epochs=2",
@@ -149,7 +149,7 @@ def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_ru
                 killed.append(step)
 
         monkeypatch.setattr(trainer, "_after_step", kill)
-        got = distill(cfg, tmp_path / "pool", pools={"llm": pool})
+        got = distill(cfg, tmp_path / "pool", dataset=ds, remote=soft_targets({"llm": pool}, cfg, ds))
         after = pool.ready(timeout=120)
     finally:
         pool.shutdown()
