@@ -4,7 +4,7 @@ Every loss reads what it needs from one ``DistillBatch`` (student and teacher sc
 candidate entities, P_LLM, the true answers, and intermediate representations), so a method or
 a stage is only a mapping ``{loss name: {weight, params...}}`` in YAML, never a new code path.
 
-The paper (PAPER.md) leaves several choices open; ours, written down:
+The paper (docs/METHOD.md) leaves several choices open; ours, written down:
   kd              L1 / BKD soft part: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean (Hinton).
   ce              hard-label cross-entropy on the student's scores.
   llm_huber       L2: Huber(delta) between P_LLM and the student's softmax(s/T), summed over

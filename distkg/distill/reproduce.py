@@ -11,8 +11,8 @@ Each part is skipped when its metrics.json exists and resumed from its checkpoin
 an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
 (distkg.distill.teachers), so every method and seed reuses them.
 
-Several processes may run one grid at once (one per core, or per node on a shared filesystem): a
-process claims a part (RUN/claim: host and pid) before running it and leaves parts claimed by
+Several processes may run one grid at once (one per core, or per node on a shared filesystem;
+distkg.claims): a process claims a part (RUN/claim: host and pid) before running it and leaves parts claimed by
 others; a student part is then left to its holder, a teacher part is waited for. A claim of a
 dead process on the same host is taken over.
 
@@ -27,14 +27,12 @@ import csv
 import json
 import logging
 import os
-import socket
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distkg.claims import claim, held_elsewhere, holding, wait_for
 from distkg.config import RunConfig, build_overridden, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
@@ -45,21 +43,6 @@ from distkg.training.curves import valid_curve
 log = logging.getLogger("distkg")
 
 METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-
-# PAPER.md: the paper's table (its own protocol; MRR and Hits in %). Compare orders, not values.
-PAPER = {
-    ("ttranse", "yago11k"): {"bkd": (7.65, 1410.12, 3.50, 7.83, 15.61), "fitnet": (7.59, 1201.69, 3.06, 7.18, 16.48),
-                             "rkd": (7.01, 1186.27, 3.56, 6.95, 13.47), "ours": (7.69, 1193.15, 3.61, 7.89, 16.57)},
-    ("ttranse", "wikidata12k"): {"bkd": (7.94, 2383.67, 4.75, 8.22, 14.04), "fitnet": (7.86, 2148.86, 3.93, 7.78, 14.67),
-                                 "rkd": (7.89, 2052.37, 4.72, 7.49, 12.85), "ours": (7.92, 1985.63, 4.86, 8.36, 14.94)},
-    ("tadistmult", "yago11k"): {"bkd": (61.90, 973.89, 58.51, 64.13, 67.59), "fitnet": (58.44, 986.92, 54.71, 60.29, 65.34),
-                                "rkd": (58.15, 1089.57, 54.48, 61.72, 65.17), "ours": (61.87, 965.35, 58.73, 64.15, 67.68)},
-    ("tadistmult", "wikidata12k"): {"bkd": (45.89, 3150.11, 42.46, 48.87, 51.18),
-                                    "fitnet": (43.92, 3158.20, 39.77, 47.38, 50.18),
-                                    "rkd": (42.72, 3287.49, 36.32, 43.92, 47.28),
-                                    "ours": (46.03, 3142.85, 42.50, 49.16, 51.14)},
-}
-
 
 @dataclass
 class GridConfig:
@@ -81,6 +64,19 @@ class GridConfig:
     llm_set: list[str] = field(default_factory=list)
     student_set: list[str] = field(default_factory=list)
     data_root: str | None = None
+    published: str | None = "configs/reproduce/paper-table.csv"  # numbers shown beside ours in table.md; None: none
+
+
+def published_mrr(path: str | None) -> dict[tuple[str, str, str], float]:
+    """(backbone, dataset, method) -> MRR in % from a CSV of published results ('#' lines are notes)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        return {(r["backbone"], r["dataset"], r["method"]): float(r["mrr"]) for r in rows}
+    except (OSError, KeyError, ValueError) as e:
+        raise DistkgError(f"{path}: cannot read the published table (published): {e}") from None
 
 
 def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
@@ -93,76 +89,6 @@ def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> 
 def _needs_llm(grid: GridConfig, method: str) -> bool:
     cfg = load_config(grid.method_config.format(method=method))
     return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stale(holder: str) -> bool:
-    """A claim this process may take: its own, or a dead process's on this host."""
-    host, parts = socket.gethostname(), holder.split()
-    return holder == f"{host} {os.getpid()}" or (
-        len(parts) == 2 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])))
-
-
-def held_elsewhere(run: Path) -> bool:
-    """RUN is unfinished and claimed by another live process (nothing is claimed by asking)."""
-    try:
-        holder = (run / "claim").read_text().strip()
-    except FileNotFoundError:
-        return False
-    return read_metrics(run) is None and not _stale(holder)
-
-
-def claim(run: Path) -> str | None:
-    """Claim RUN for this process (RUN/claim holds "host pid"); None when claimed, else the holder.
-    A claim by a dead process on this host is taken over; one from another host is respected."""
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "claim"
-    me = f"{socket.gethostname()} {os.getpid()}"
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = path.read_text().strip()
-            except FileNotFoundError:
-                continue  # released in between
-            if _stale(holder):
-                path.unlink(missing_ok=True)
-                continue
-            return holder or "a process that is writing its claim"
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return None
-
-
-def release(run: Path) -> None:
-    (run / "claim").unlink(missing_ok=True)
-
-
-@contextmanager
-def _holding(run: Path) -> Iterator[None]:
-    """Release the claim on RUN however its part ends: a part that raised (a NaN loss, a bad
-    config) is free to retry at once, not only after this process has exited."""
-    try:
-        yield
-    finally:
-        release(run)
-
-
-def _wait_for(run: Path, what: str) -> None:
-    """Wait for a part another process holds to finish (or to be left by a dead holder: then None)."""
-    while read_metrics(run) is None and (holder := claim(run)) is not None:
-        log.info("%s %s is being trained by %s; waiting", what, run, holder)
-        time.sleep(30)
 
 
 class Grid:
@@ -186,8 +112,8 @@ class Grid:
         from distkg.training.trainer import train
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
-        _wait_for(run, "teacher")
-        with _holding(run):
+        wait_for(run, "teacher")
+        with holding(run):
             if read_metrics(run) is None:  # claimed by this process
                 cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
                                   self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
@@ -199,8 +125,8 @@ class Grid:
         from distkg.llm.finetune import finetune
 
         run = Path(self._fill(self.grid.llm_run, dataset=dataset))
-        _wait_for(run, "LLM teacher")
-        with _holding(run):
+        wait_for(run, "LLM teacher")
+        with holding(run):
             if read_metrics(run) is None:
                 cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
                 log.info("== LLM teacher on %s -> %s", dataset, run)
@@ -228,7 +154,7 @@ class Grid:
         if read_metrics(run) is None and (holder := claim(run)) is not None:
             log.info("student %s is being trained by %s; left to it", run, holder)
             return None
-        with _holding(run):
+        with holding(run):
             if (metrics := read_metrics(run)) is None:
                 needs_llm = _needs_llm(self.grid, method)
                 sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
@@ -266,12 +192,12 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
         spent = time.perf_counter() - started
         log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
                  rows[-1]["mrr"], time.perf_counter() - t, spent)
-        write_report(rows, grid, out)
+        write_grid_report(rows, grid, out)
     rows.sort(key=lambda r: cells.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
     if only_report and not rows:
         raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
                           "each cell); run `distkg reproduce` without --report-only first")
-    write_report(rows, grid, out)
+    write_grid_report(rows, grid, out)
     if elsewhere:
         log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
                  "for the whole report", elsewhere)
@@ -330,7 +256,7 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
+def write_grid_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
     if not rows:
         return
     with open(out / "results.csv", "w", newline="") as f:
@@ -356,6 +282,7 @@ def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
 
 def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
     """The paper's layout: a row per (backbone, dim, method), a column block per dataset."""
+    published = published_mrr(grid.published)
     lines = ["MRR and Hits in %, mean ± std over seeds (n); test split, time-aware filter, realistic ties. "
              "Paper: the paper's value under its own protocol (compare the order of methods, not values).", ""]
     head = ["backbone", "dim", "method", "n"]
@@ -375,8 +302,8 @@ def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
                         continue
                     cells += [_cell([r["mrr"] for r in rs], 100, 2), _cell([r["mr"] for r in rs], 1, 0)]
                     cells += [_cell([r[k] for r in rs], 100, 2) for k in ("hits@1", "hits@3", "hits@10")]
-                    paper = PAPER.get((b, d), {}).get(m)
-                    cells.append(f"{paper[0]:.2f}" if paper and dim == 25 else "–")
+                    paper = published.get((b, d, m))
+                    cells.append(f"{paper:.2f}" if paper is not None and dim == 25 else "–")
                 cells.insert(3, str(n))
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

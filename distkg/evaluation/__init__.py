@@ -1,4 +1,4 @@
-"""Link prediction evaluation under one named protocol (PROTOCOL.md): time-aware filtered,
+"""Link prediction evaluation under one named protocol (docs/PROTOCOL.md): time-aware filtered,
 both directions, realistic ties; alternatives switchable. Model-agnostic through ``Scorer``."""
 
 from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode

@@ -208,7 +208,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     options: EvalOptions | None = None,
 ) -> dict:
-    """Metrics of one split under the named protocol (both directions); see PROTOCOL.md.
+    """Metrics of one split under the named protocol (both directions); see docs/PROTOCOL.md.
 
     ``options`` (built once from the config, distkg.evaluation.options) replaces the six keyword
     settings before it; ``index`` lets a trainer build the FilterIndex once and reuse it."""

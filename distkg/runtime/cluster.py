@@ -136,7 +136,7 @@ class LoopbackCluster:
             time.sleep(1)
 
     def stop(self) -> None:
-        """``ray stop`` (what the Ray docs and STACK.md prescribe), then the temp dir."""
+        """``ray stop`` (what the Ray docs prescribe), then the temp dir."""
         subprocess.run([_ray_cli(), "stop", "--force"], env=self.env(), capture_output=True, timeout=120)
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
