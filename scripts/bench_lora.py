@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     for rep in range(args.repeats):
         idx = torch.randint(0, len(qs), (args.batch_size,), generator=torch.Generator().manual_seed(rep)).numpy()
         batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
-        texts, _ = step_texts(teacher, torch.from_numpy(batch.queries), torch.from_numpy(batch.answers))
+        texts, _ = step_texts(teacher, torch.from_numpy(batch.queries))
         enc.clear()
         teacher.eval()
         t = time.perf_counter()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         rates["lora_fb_lengths"].append(len(texts) / (time.perf_counter() - t))
         opt.zero_grad()
         t = time.perf_counter()
-        loss, _, _, n = infonce_loss(teacher, cache, batch, index, args.step_calls)
+        loss, n = infonce_loss(teacher, cache, batch, index, args.step_calls)
         loss.backward()
         opt.step()
         opt.zero_grad()
