@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distkg.benchmarks import REPO, bench_data_root, machine, write_result
+from benchlib import REPO, bench_data_root, machine, write_result
 from distkg.evaluation.queries import build_queries
 from distkg.serving.export import export_onnx, onnx_scorer
 from distkg.serving.predict import load_predictor

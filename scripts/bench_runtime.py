@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from distkg.benchmarks import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, write_result
 from distkg.config import RuntimeConfig, load_config
 from distkg.data import load_dataset, resolve_data_root
 from distkg.training.trainer import training_queries
