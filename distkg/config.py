@@ -8,6 +8,7 @@ dotted key (and the file) on error, with a close match suggested.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -79,7 +80,7 @@ class LLMConfig:
     dim: int = 400  # the KG space the projection maps into
     form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
     max_tokens: int = 32
-    encode_batch: int = 64
+    encode_batch: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
     # fine-tuning (distkg llm finetune)
     # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
     # infonce: against every entity through a refreshed cache, false negatives masked (contrastive.py)
@@ -189,6 +190,46 @@ class RunConfig:
     seed: int = 0
 
 
+# ------------------------------------------------------------------------------------ ranges
+# (low, high, low exclusive): every number a run reads is checked when the config is built, so a
+# zero batch size or a negative learning rate stops the command before any work, naming the key.
+# None: no bound on that side. A missing entry means any value of the right type.
+_AT_LEAST_1, _AT_LEAST_0, _POSITIVE = (1, None, False), (0, None, False), (0, None, True)
+RANGES: dict[type, dict[str, tuple]] = {
+    DataConfig: {"min_bucket_size": _AT_LEAST_1},
+    EvalConfig: {"query_chunk": _AT_LEAST_1, "cand_chunk": _AT_LEAST_1},
+    TrainConfig: {"epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "lr": _POSITIVE, "negatives": _AT_LEAST_1,
+                  "label_smoothing": (0, 0.999999, False), "grad_accum": _AT_LEAST_1, "eval_every": _AT_LEAST_1,
+                  "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
+    LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
+                "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
+                "encode_batch": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "batch_size": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
+                "head_epochs": _AT_LEAST_0, "head_batch_size": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1,
+                "valid_queries": _AT_LEAST_0},
+    StageConfig: {"epochs": _AT_LEAST_1, "lr": _POSITIVE},
+    DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},
+    PipelineConfig: {"student_dim": _AT_LEAST_1},
+    RuntimeConfig: {"num_cpus": _AT_LEAST_1, "teacher_actors": _AT_LEAST_1, "tp_size": _AT_LEAST_1,
+                    "workers": _AT_LEAST_1, "topk": _AT_LEAST_1, "prefetch": _AT_LEAST_0, "max_failures": _AT_LEAST_0,
+                    "timeout_s": _POSITIVE},
+    RunConfig: {"seed": _AT_LEAST_0},
+}
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _check_range(cls: type, key: str, value: Any, where: str) -> None:
+    """Raise ConfigError naming ``where`` when ``value`` is outside RANGES[cls][key]."""
+    bounds = RANGES.get(cls, {}).get(key)
+    if bounds is None or not isinstance(value, (int, float)):  # None and words such as 'auto' have no range
+        return
+    low, high, open_low = bounds
+    if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+        rule = [f"> {low}" if open_low else f">= {low}"] if low is not None else []
+        rule += [f"<= {high}"] if high is not None else []
+        raise ConfigError(f"{where}: {value!r} is out of range (it must be {' and '.join(rule)})")
+
+
 # ------------------------------------------------------------------------------------ building
 def build(cls: type[T], values: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, checking every key and value (module docstring)."""
@@ -202,10 +243,20 @@ def build(cls: type[T], values: Any, where: str = "config") -> T:
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean '{where}.{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
-        kwargs[key] = _check(hints[key], value, f"{where}.{key}")
+            hint = f" (did you mean '{_join(where, close[0])}'?)" if close else ""
+            raise ConfigError(f"{where or 'config'}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+        kwargs[key] = _check(hints[key], value, _join(where, key))
+        _check_range(cls, key, kwargs[key], _join(where, key))
+    if cls is EvalConfig and "splits" in kwargs:
+        bad = [s for s in kwargs["splits"] if s not in SPLIT_NAMES]
+        if bad or not kwargs["splits"]:
+            raise ConfigError(f"{_join(where, 'splits')}: {kwargs['splits']!r}: name one or more of {', '.join(SPLIT_NAMES)}")
     return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    """A dotted key under ``where`` ("" is the top of the config)."""
+    return f"{where}.{key}" if where else key
 
 
 def _check(tp: Any, value: Any, where: str) -> Any:
@@ -321,8 +372,53 @@ def load_config(path: str | Path | list | None, overrides: list[str] | None = No
     values: dict = {}
     for p in paths:
         values = merge(values, read_yaml(p))
-    values = apply_overrides(values, overrides or [])
-    return build(cls, values, " + ".join(map(str, paths)) or "config")
+    return build_overridden(cls, values, " + ".join(map(str, paths)) or "config", overrides or [])
+
+
+def build_overridden(cls: type[T], values: dict, source: str, overrides: list[str]) -> T:
+    """Build ``cls`` from the files' ``values`` with the ``--set`` items applied. An error names where
+    it comes from as the user wrote it: the first of the files (``source``) and the states after each
+    ``--set`` in turn that shows it -- the ``--set`` item, not the file's key, for a typo in a --set."""
+    states = [values]
+    for item in overrides:
+        states.append(apply_overrides(copy.deepcopy(states[-1]), [item]))
+    try:
+        return _checked(cls, states[-1], "")
+    except ConfigError as e:
+        error = str(e)
+    for i, state in enumerate(states):
+        try:
+            _checked(cls, state, "")
+        except ConfigError as e:
+            if str(e) != error:
+                continue
+            if i == 0:
+                _checked(cls, state, source)  # raises, naming the file
+            raise ConfigError(f"--set {overrides[i - 1]}: {error}") from None
+    raise ConfigError(f"{source} with {' '.join('--set ' + o for o in overrides)}: {error}")
+
+
+def _checked(cls: type[T], values: dict, where: str) -> T:
+    """``build``, plus for a run config the model's name, arguments and dims (check_models)."""
+    cfg = build(cls, values, where)
+    if isinstance(cfg, RunConfig):
+        try:
+            check_models(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+    return cfg
+
+
+def check_models(cfg: RunConfig) -> None:
+    """The model and its arguments (against its signature), its dim and the pipeline's student dim,
+    before any data is read: a bad student dim must not wait for the teachers' training."""
+    from distkg.models import MODELS, check_dim
+
+    MODELS.check(cfg.model.name, cfg.model.args, "model.args")
+    if "dim" in cfg.model.args:
+        check_dim(cfg.model.name, cfg.model.args["dim"], "model.args.dim")
+    if cfg.pipeline.students:
+        check_dim(cfg.model.name, cfg.pipeline.student_dim, "pipeline.student_dim")
 
 
 def to_dict(cfg: Any) -> dict:

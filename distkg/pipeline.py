@@ -21,9 +21,10 @@ from pathlib import Path
 
 from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
-from distkg.evaluation import evaluate
+from distkg.evaluation import eval_options, evaluate
 from distkg.models import MODELS, TKGModel
 from distkg.report import bar_panels, figure_row, read_metrics, write_report
+from distkg.runfolder import check_folder, clear
 from distkg.training.curves import valid_curve
 from distkg.training.trainer import train
 
@@ -33,12 +34,10 @@ log = logging.getLogger("distkg")
 def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
     """Evaluate on every configured split; metrics.json holds the test split at the top level."""
     results: dict = {}
+    options = eval_options(cfg)
     for split in cfg.eval.splits:
         t = time.perf_counter()
-        m = evaluate(
-            model, ds, split=split, filter=cfg.eval.filter, ties=cfg.eval.ties,
-            query_chunk=cfg.eval.query_chunk, cand_chunk=cfg.eval.cand_chunk, progress=cfg.eval.progress,
-        )
+        m = evaluate(model, ds, split=split, options=options)
         m["seconds"] = round(time.perf_counter() - t, 3)
         results[split] = m
         log.info("%s %s: MRR %.4f  MR %.1f  H@1 %.4f  H@3 %.4f  H@10 %.4f", ds.name, split,
@@ -50,14 +49,23 @@ def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
     return metrics
 
 
-def run(cfg: RunConfig, out: Path, command: str = "distkg run") -> dict:
+def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = False) -> dict:
+    """The job of ``cfg`` in OUT (module docstring). Every method is checked and OUT and each part's
+    folder must hold this configuration (distkg.runfolder) before anything is read or written;
+    ``restart`` discards what OUT holds instead."""
+    factory = MODELS.get(cfg.model.name)
+    trainable = isinstance(factory, type) and issubclass(factory, TKGModel)
+    parts = part_configs(cfg, out) if trainable and cfg.pipeline.students else {}
+    if restart:
+        clear(out)
+    for folder, part_cfg in {out: cfg, **parts}.items():
+        check_folder(part_cfg, folder)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     ds = load_dataset(cfg.data)
     log.info("%s", ds.describe())
     (out / "data_stats.json").write_text(json.dumps(ds.stats(), indent=2))
-    factory = MODELS.get(cfg.model.name)
-    if not (isinstance(factory, type) and issubclass(factory, TKGModel)):  # training-free: evaluate as given
+    if not trainable:  # training-free: evaluate as given
         model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
         metrics = evaluate_model(cfg, ds, model, out)
         rows = {f"{cfg.model.name} ({split})": m for split, m in metrics["splits"].items()}
@@ -65,7 +73,7 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run") -> dict:
         metrics = train(cfg, out, dataset=ds)
         rows = {f"{cfg.model.name} {metrics['dim']}-d (test, best epoch {metrics['best_epoch']})": metrics}
     else:
-        return run_pipeline(cfg, ds, out, command)
+        return run_pipeline(cfg, ds, out, command, parts)
     report = write_report(out, ds, f"distkg run: {cfg.model.name} on {ds.name}", rows, command)
     log.info("wrote %s and %s", out / "metrics.json", report)
     return metrics
@@ -80,15 +88,26 @@ def student_config(cfg: RunConfig, method: str, teacher_run: Path, llm_run: Path
     return dataclasses.replace(cfg, model=model, distill=distill)
 
 
-def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str) -> dict:
-    from distkg.distill.runner import check_method, distill
+def part_configs(cfg: RunConfig, out: Path) -> dict[Path, RunConfig]:
+    """The folder and config of every part of a pipeline with students; each method's losses checked."""
+    from distkg.distill.runner import check_method
+
+    pc = cfg.pipeline
+    teacher_run, llm_run = out / "teacher", (out / "llm" if pc.llm else None)
+    parts = {teacher_run: cfg, **({llm_run: cfg} if llm_run else {})}
+    for method in pc.students:
+        parts[out / "students" / method] = student_config(cfg, method, teacher_run, llm_run)
+        check_method(parts[out / "students" / method])  # before anything is trained
+    return parts
+
+
+def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, configs: dict[Path, RunConfig]) -> dict:
+    from distkg.distill.runner import distill
     from distkg.llm.finetune import finetune
 
     pc = cfg.pipeline
     teacher_run, llm_run = out / "teacher", (out / "llm" if pc.llm else None)
-    students = {m: student_config(cfg, m, teacher_run, llm_run) for m in pc.students}
-    for scfg in students.values():  # every method's losses checked before anything is trained
-        check_method(scfg)
+    students = {m: configs[out / "students" / m] for m in pc.students}
     parts: list[tuple[str, Path, Callable[[], dict]]] = [
         (f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
          lambda: train(cfg, teacher_run, dataset=ds))]
@@ -99,13 +118,21 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str) -> dic
         parts.append((f"student {pc.student_dim}-d: {method}", out / "students" / method,
                       lambda scfg=scfg, method=method: distill(scfg, out / "students" / method, dataset=ds)))
     rows: dict[str, dict] = {}
+    walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it
+    walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     started = time.perf_counter()
     for i, (name, folder, work) in enumerate(parts):
         done = read_metrics(folder)
         log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), name, folder,
                  time.perf_counter() - started, " (done before; reading it)" if done else "")
-        rows[name] = done if done is not None else work()
-    sections = [_cost_section(rows, time.perf_counter() - started)]
+        if done is None:
+            t = time.perf_counter()
+            done = work()
+            walls[folder.relative_to(out).as_posix()] = round(time.perf_counter() - t, 1)
+            walls_path.write_text(json.dumps(walls, indent=2))
+        rows[name] = done
+    part_walls = {name: walls.get(folder.relative_to(out).as_posix()) for name, folder, _ in parts}
+    sections = [_cost_section(rows, part_walls, time.perf_counter() - started)]
     _plots(rows, parts, out)
     sections.append("## Comparison\n\n![test MRR of each part](comparison.png)")
     summary = {"parts": {name: {k: m.get(k) for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "parameters",
@@ -118,12 +145,18 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str) -> dic
     return summary
 
 
-def _cost_section(rows: dict[str, dict], total: float) -> str:
-    lines = ["## Size and cost", "", "| part | parameters | seconds (training / fine-tuning) |", "|---|---|---|"]
+def _cost_section(rows: dict[str, dict], walls: dict[str, float | None], total: float) -> str:
+    """Parameters, training seconds and the wall time of each part when it ran (kept when reused)."""
+    lines = ["## Size and cost", "",
+             "| part | parameters | seconds (training / fine-tuning) | wall seconds (part, when it ran) |",
+             "|---|---|---|---|"]
     for name, m in rows.items():
         seconds = m.get("train_seconds", m.get("finetune_seconds"))
-        lines.append(f"| {name} | {m.get('parameters', '–')} | {seconds} |")
-    lines.append(f"\nWall time of this invocation: {total:.0f} s (parts read from an earlier run count as 0).")
+        wall = walls.get(name)
+        lines.append(f"| {name} | {m.get('parameters', '–')} | {seconds} | {'–' if wall is None else wall} |")
+    known = [w for w in walls.values() if w is not None]
+    lines.append(f"\nWall time of all parts: {sum(known):.0f} s; of this invocation: {total:.0f} s "
+                 "(a part finished by an earlier invocation is read, not run again).")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from distkg.benchmarks import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, write_result
 from distkg.data import load_dataset
 from distkg.evaluation import DotProductScorer, build_queries, default_query_chunk, evaluate
 

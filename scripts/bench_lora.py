@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from distkg.benchmarks import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, write_result
 from distkg.config import load_config
 from distkg.data import load_dataset
 from distkg.evaluation import FilterIndex, QuerySet, build_queries

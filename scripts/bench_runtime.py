@@ -6,7 +6,8 @@
               actors under DeepSpeed inference with threads/actors each, every actor encoding its
               shard of the entities. Also the warm rate (tables encoded) of both.
   topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
-              by the pool, full soft targets against the top --topk at T, --epochs-topk epochs each.
+              by the pool, full soft targets against the top --topk at T and the rest bucket,
+              --epochs-topk epochs each, --topk-seeds students per mode.
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from distkg.benchmarks import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, write_result
 from distkg.config import RuntimeConfig, load_config
 from distkg.data import load_dataset, resolve_data_root
 from distkg.training.trainer import training_queries
@@ -150,14 +151,15 @@ def prefetch(args, out: Path) -> dict:
 
 
 def topk_effect(args, out: Path) -> dict:
-    """BKD from the 400-d KG teacher served by the pool: full soft targets against the top k."""
+    """BKD from the 400-d KG teacher served by the pool: full soft targets against the top k
+    (with the rest bucket: kd's KL over the k entities and the teacher's missing mass)."""
     from distkg.distill.runner import distill
     from distkg.runtime.pool import TeacherPool
 
     results = {}
-    for mode in ("full", "topk"):
+    for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in ("full", "topk")]:
         cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/bkd.yaml"], [
-            f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}",
+            f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}", f"seed={seed}",
             f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
             "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
@@ -166,12 +168,13 @@ def topk_effect(args, out: Path) -> dict:
         try:
             pool.ready()
             t0 = time.perf_counter()
-            m = distill(cfg, out / f"bkd-{mode}", resume=False, dataset=ds, pools={"kg": pool})
+            m = distill(cfg, out / f"bkd-{mode}-seed{seed}", resume=False, dataset=ds, pools={"kg": pool})
         finally:
             pool.shutdown()
-        results[mode] = {"seconds": round(time.perf_counter() - t0, 1), **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
-                         "mr": round(m["mr"], 1)}
-        log.info("BKD with %s soft targets: %s", mode, results[mode])
+        key = mode if args.topk_seeds == 1 else f"{mode}_seed{seed}"
+        results[key] = {"seconds": round(time.perf_counter() - t0, 1), **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
+                        "mr": round(m["mr"], 1)}
+        log.info("BKD with %s soft targets, seed %d: %s", mode, seed, results[key])
     return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, **results}
 
 
@@ -234,6 +237,7 @@ def main() -> None:
     ap.add_argument("--scale-teacher-dim", type=int, default=400,
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
+    ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())

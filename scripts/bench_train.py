@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from distkg.benchmarks import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, write_result
 from distkg.data import load_dataset
 from distkg.models import MODELS
 from distkg.training.trainer import training_queries

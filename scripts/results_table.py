@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-# Published filtered MRR (../shared/PROTOCOL.md; the sources' own protocols) for 400-d-class models.
+# Published filtered MRR (docs/PROTOCOL.md; the sources' own protocols) for 400-d-class models.
 PUBLISHED = {
     ("tadistmult", "yago11k"): 0.155, ("tadistmult", "wikidata12k"): 0.230, ("tadistmult", "icews14"): 0.477,
     ("ttranse", "yago11k"): 0.108, ("ttranse", "wikidata12k"): 0.172, ("ttranse", "icews14"): 0.255,

@@ -1,4 +1,5 @@
-"""Shared fixtures. The real benchmark files live in ../shared/data (never copied into the repo)."""
+"""Shared fixtures. The real benchmark files are read where the CLI reads them (data_roots); they are
+never copied into the repository."""
 
 from __future__ import annotations
 
@@ -7,23 +8,42 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from a hub in tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if torch.cuda.is_available():  # the exact-resume and equal-run tests compare runs bit for bit
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def data_roots() -> list[Path]:
+    """Where the tests look for the benchmarks, in order: $DISTKG_TEST_SHARED_DATA; the data root the
+    CLI uses (--data-root aside: $DISTKG_DATA, else the cache `distkg data download` fills); a
+    shared/data folder beside the checkout."""
+    from distkg.data import resolve_data_root
+
+    explicit = [Path(os.environ["DISTKG_TEST_SHARED_DATA"])] if os.environ.get("DISTKG_TEST_SHARED_DATA") else []
+    return [*explicit, resolve_data_root(None), REPO.parent / "shared" / "data"]
+
+
 def shared_data_root() -> Path | None:
-    root = Path(os.environ.get("DISTKG_TEST_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return root if root.is_dir() else None
+    """The first of data_roots() holding at least one dataset folder."""
+    from distkg.data import READERS
+
+    for root in data_roots():
+        if root.is_dir() and any((root / name).is_dir() for name in READERS):
+            return root
+    return None
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = shared_data_root()
     if root is None:
-        pytest.skip("the benchmark data folder ../shared/data is not present")
+        pytest.skip("no benchmark data in " + ", ".join(map(str, data_roots())) + " (distkg data download NAME)")
     return root
 
 
@@ -31,6 +51,8 @@ def data_root() -> Path:
 def _cached(name: str, root: str):
     from distkg.data import load_dataset
 
+    if not (Path(root) / name).is_dir():
+        pytest.skip(f"{name} is not in the data root {root} (distkg data download {name})")
     return load_dataset(name, root)
 
 

@@ -1,5 +1,5 @@
 """distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, distill,
-reproduce, run.
+reproduce, run, predict, export, serve.
 
 Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
 """
@@ -28,15 +28,24 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False, out_r
 
 
 def _load(args: argparse.Namespace):
+    """The run config: every value and the model's arguments checked before any data is read."""
     from distkg.config import load_config
-    from distkg.models import MODELS
 
     overrides = list(args.set)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    cfg = load_config(args.config, overrides)
-    MODELS.check(cfg.model.name, cfg.model.args, "model.args")  # before any data is read
-    return cfg
+    return load_config(args.config, overrides)
+
+
+def _claim_out(cfg, args: argparse.Namespace) -> None:
+    """--out of another configuration stops the command before anything is read or written; with
+    --restart the run there is discarded instead (distkg.runfolder)."""
+    from distkg.runfolder import check_folder, clear
+
+    if args.restart:
+        clear(Path(args.out))
+    else:
+        check_folder(cfg, Path(args.out))
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -85,17 +94,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
-    train(_load(args), Path(args.out), resume=not args.restart)
+    cfg = _load(args)
+    _claim_out(cfg, args)
+    train(cfg, Path(args.out), resume=not args.restart)
     return 0
-
-
-def _on_ray(cfg, args: argparse.Namespace) -> bool:
-    """Whether the run goes to distkg.runtime (``runtime.backend: ray``), which always resumes OUT."""
-    if cfg.runtime.backend != "ray":
-        return False
-    if args.restart:
-        raise SystemExit("--restart is not supported with runtime.backend=ray; remove OUT instead")
-    return True
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -103,7 +105,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    if _on_ray(cfg, args):  # teacher scoring pool + Ray Train students (distkg.runtime)
+    _claim_out(cfg, args)
+    if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
         distill_on_ray(cfg, Path(args.out))
@@ -112,18 +115,30 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(f"--jobs: expected a number >= 1 or 'auto', got {value!r}")
+    return value
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from distkg.distill.reproduce import load_grid, reproduce
 
+    from distkg.distill.reproduce import default_jobs, run_jobs
+
     grid = load_grid(args.config, args.set, data_root=args.data_root)
-    reproduce(grid, Path(args.out), only_report=args.report_only)
-    return 0
+    jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
+    status = 0
+    if jobs > 1 and not args.report_only:
+        status = run_jobs(jobs, args.config, args.out, args.set, args.data_root)
+    reproduce(grid, Path(args.out), only_report=args.report_only or jobs > 1)
+    return status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from distkg.pipeline import run
 
-    run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]))
+    run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]), restart=args.restart)
     return 0
 
 
@@ -131,7 +146,8 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    if _on_ray(cfg, args):  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
+    _claim_out(cfg, args)
+    if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.students import finetune_on_ray
 
         finetune_on_ray(cfg, Path(args.out))
@@ -161,6 +177,39 @@ def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.set, *([f"data.root={args.data_root}"] if args.data_root else [])]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer named queries with a trained run (distkg.serving.predict)."""
+    from distkg.serving.predict import format_text, load_predictor, parse_query, read_queries
+
+    if bool(args.query) == bool(args.queries):
+        raise DistkgError("predict: give --query 's|r|?|t' (repeatable) or --queries FILE (TSV or JSONL)")
+    queries = [parse_query(q, "--query") for q in args.query] if args.query else read_queries(Path(args.queries))
+    results = load_predictor(args.run, _run_overrides(args)).predict(queries, args.top, args.filter)
+    print(json.dumps(results, indent=2) if args.json else format_text(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's model as a self-contained file plus its id maps (distkg.serving.export)."""
+    from distkg.serving.export import export_onnx
+
+    folder = export_onnx(args.run, args.out, _run_overrides(args))
+    print(f"{folder / 'model.onnx'} ({(folder / 'model.onnx').stat().st_size} bytes) and {folder / 'maps.json'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The predict queries over HTTP JSON on Ray Serve (distkg.serving.serve)."""
+    from distkg.serving.serve import serve_forever
+
+    serve_forever(args.run, args.host, args.port, _run_overrides(args), args.max_batch, args.batch_wait_ms / 1000)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distkg", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -183,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a KG model (checkpoints per epoch, resumes, metrics.json)")
     _add_config_args(tr)
-    tr.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    tr.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="re-score a trained run (--run DIR) or evaluate a configured model")
@@ -195,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
     ft = lsub.add_parser("finetune", help="fine-tune LoRA adapters + projection on the training facts")
     _add_config_args(ft)
-    ft.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    ft.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     ft.set_defaults(func=cmd_llm_finetune)
     le = lsub.add_parser("evaluate", help="score a saved teacher (--run DIR) or the zero-shot one (--config)")
     _add_config_args(le, out_required=False)
@@ -204,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     di = sub.add_parser("distill", help="train a student from a KG teacher run (and an LLM teacher run)")
     _add_config_args(di)
-    di.add_argument("--restart", action="store_true", help="ignore checkpoints in --out and start over")
+    di.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
     di.set_defaults(func=cmd_distill)
 
     rp = sub.add_parser("reproduce", help="the paper's grid: teachers, LLM teachers, students x methods x seeds")
@@ -213,11 +262,45 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a grid field")
     rp.add_argument("--data-root", help="folder with one sub-folder per dataset")
     rp.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
+    rp.add_argument("--jobs", default="auto", type=_jobs,
+                    help="worker processes of one thread each (auto: one per core on a machine of up to 8 cores, "
+                         "else 1 process with every thread)")
     rp.set_defaults(func=cmd_reproduce)
 
     run = sub.add_parser("run", help="the main job: the whole pipeline described by a config")
     _add_config_args(run, positional=True)
+    run.add_argument("--restart", action="store_true", help="discard every part in --out and start over")
     run.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser("predict", help="answer queries written with names (s|r|?|t) with a trained run")
+    pr.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    pr.add_argument("--query", action="append", default=[], help="'subject|relation|?|time' or '?|relation|object|time'")
+    pr.add_argument("--queries", help="a TSV (s, r, o, t) or JSONL file of queries, one a line")
+    pr.add_argument("--top", type=int, default=10, help="answers per query (default 10)")
+    pr.add_argument("--filter", choices=["none", "known"], default="none",
+                    help="known: leave out answers already true in train at the query's time")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    pr.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file plus its id maps")
+    ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
+    ex.add_argument("--out", help="folder for model.onnx and maps.json (default RUN/export)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    ex.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="answer queries over HTTP JSON (Ray Serve), batched across requests")
+    sv.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests scored together")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
+    sv.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -229,3 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     except DistkgError as e:
         print(f"distkg: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was started (a local Ray, its workers) has been stopped
+        print("distkg: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

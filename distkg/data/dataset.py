@@ -11,7 +11,7 @@ Facts are stored per split as an int64 array of shape [n, 6]:
                       point-in-time data (ICEWS), bucketed years for interval data (YAGO, Wikidata)
     column  KEY       the time *as written* (id into ``time_keys``); the time-aware filter compares
                       this, so two interval facts only share a query key if their dates were
-                      written identically (PROTOCOL.md)
+                      written identically (docs/PROTOCOL.md)
 """
 
 from __future__ import annotations

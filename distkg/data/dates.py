@@ -21,7 +21,7 @@ Fact rules, after the endpoint rules:
   ``start_from_end`` only the end is known: the start takes the end's year.
   ``no_known_year``  neither is known: both ends get the vocabulary's ``unknown`` time id.
 
-Buckets (HyTE-style, PROTOCOL.md): walk the training split's known years in sorted order and close
+Buckets (HyTE-style, docs/PROTOCOL.md): walk the training split's known years in sorted order and close
 a bucket once it holds at least ``min_bucket_size`` endpoints; a remainder smaller than that joins
 the last bucket. Bucket i covers the years from its first year up to the next bucket's first year
 minus one; years before the first bucket map to it and years after the last map to the last.

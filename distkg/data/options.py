@@ -13,7 +13,7 @@ class DataConfig:
     dataset: str = "yago11k"
     # Folder holding one sub-folder per dataset. None: --data-root, else $DISTKG_DATA, else the cache.
     root: str | None = None
-    # HyTE-style year buckets for interval data (PROTOCOL.md); recorded next to every result.
+    # HyTE-style year buckets for interval data (docs/PROTOCOL.md); recorded next to every result.
     min_bucket_size: int = 300
     # Interval data: years above this are source errors (YAGO11k has 2600, 2844) and become unknown.
     max_year: int = 2020

@@ -4,7 +4,7 @@ Every loss reads what it needs from one ``DistillBatch`` (student and teacher sc
 candidate entities, P_LLM, the true answers, and intermediate representations), so a method or
 a stage is only a mapping ``{loss name: {weight, params...}}`` in YAML, never a new code path.
 
-The paper (PAPER.md) leaves several choices open; ours, written down:
+The paper (docs/METHOD.md) leaves several choices open; ours, written down:
   kd              L1 / BKD soft part: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean (Hinton).
   ce              hard-label cross-entropy on the student's scores.
   llm_huber       L2: Huber(delta) between P_LLM and the student's softmax(s/T), summed over
@@ -22,12 +22,13 @@ The paper (PAPER.md) leaves several choices open; ours, written down:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from distkg.registry import Registry
+from distkg.training.objective import cross_entropy
 
 LOSSES: Registry = Registry("loss")
 INPUTS: dict[str, tuple[str, ...]] = {}  # loss name -> the DistillBatch fields it reads
@@ -52,12 +53,22 @@ class DistillBatch:
     answers: torch.Tensor  # [B] indices into the C candidates
     teacher_scores: torch.Tensor | None = None  # [B, C] 400-d KG teacher
     teacher_targets: TemperedTargets | None = None  # the same at one temperature, precomputed (kd reads it first)
+    teacher_topk: TopKTargets | None = None  # the teacher's top k and the mass outside them (a pool's top-k)
     llm_probs: torch.Tensor | None = None  # [B, C] P_LLM
     student_repr: torch.Tensor | None = None  # [B, d_s] query representations (FitNet)
     teacher_repr: torch.Tensor | None = None  # [B, d_t]
     student_emb: torch.Tensor | None = None  # [K, d_s] entity embeddings (RKD)
     teacher_emb: torch.Tensor | None = None  # [K, d_t]
     regressor: torch.nn.Module | None = None  # FitNet's learned d_s -> d_t map
+    _probs: dict = field(default_factory=dict, repr=False)
+
+    def student_probs(self, temperature: float = 1.0) -> torch.Tensor:
+        """softmax(student_scores / T), computed once per batch and temperature: the LLM terms of
+        Ours' stage 2 share it (and its one softmax backward) instead of each making their own."""
+        if temperature not in self._probs:
+            s = self.student_scores
+            self._probs[temperature] = torch.softmax(s if temperature == 1 else s / temperature, dim=1)
+        return self._probs[temperature]
 
 
 def _need(batch: DistillBatch, name: str) -> list:
@@ -75,6 +86,43 @@ class TemperedTargets:
     temperature: float
     probs: torch.Tensor  # [B, C]
     plogp: torch.Tensor  # [B]
+
+
+@dataclass
+class TopKTargets:
+    """A teacher row at temperature T kept as its top k entities' probabilities plus one "rest"
+    bucket, 1 - their sum: the mass a renormalised top k would drop (runtime.soft_targets: topk)."""
+
+    temperature: float
+    ids: torch.Tensor  # [B, k] entity ids
+    log_probs: torch.Tensor  # [B, k] log softmax(t / T) of those entities over the whole row
+
+
+class _TopKKL(torch.autograd.Function):
+    """T^2 * KL over k + 1 buckets, batch mean: the teacher's top-k probabilities and its rest mass
+    against the student's probabilities of the same k entities and its mass outside them (the form
+    of DistillKit's missing-mass KL). Gradient, with q = softmax(s / T): T (q - p) / B on the k
+    entities and T q (1 - r / q_rest) / B elsewhere, r the teacher's rest, q_rest the student's."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, temperature: float) -> torch.Tensor:
+        q = torch.softmax(s / temperature, dim=1)
+        q_k = q.gather(1, ids)
+        p_k = log_p.exp()
+        rest_p = (1 - p_k.sum(1)).clamp_min(0)
+        # summed outside the k, not 1 - sum(q_k): that cancels to 0 when the student is sure, and r / 0 explodes
+        rest_q = q.scatter(1, ids, 0).sum(1).clamp_min(torch.finfo(q.dtype).tiny)
+        kl = (torch.xlogy(p_k, p_k) - p_k * q_k.log()).sum() + (torch.xlogy(rest_p, rest_p) - torch.xlogy(rest_p, rest_q)).sum()
+        ctx.save_for_backward(q, ids, p_k, rest_p / rest_q)
+        ctx.temperature = temperature
+        return kl * (temperature**2 / len(s))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, ids, p_k, ratio = ctx.saved_tensors
+        g = q * (1 - ratio).unsqueeze(1)
+        g.scatter_(1, ids, q.gather(1, ids) - p_k)
+        return g.mul_(grad * (ctx.temperature / len(q))), None, None, None
 
 
 def temper(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +152,12 @@ class _SoftKL(torch.autograd.Function):
 
 @loss("kd", "student_scores", "teacher_scores")
 def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
+    top = batch.teacher_topk
+    if top is not None:
+        if top.temperature != temperature:
+            raise ValueError(f"kd at T={temperature} was given top-k targets made at T={top.temperature}")
+        return _TopKKL.apply(batch.student_scores, top.ids, top.log_probs.to(batch.student_scores.dtype),
+                             float(temperature))
     pre = batch.teacher_targets
     if pre is not None and pre.temperature == temperature:
         return _SoftKL.apply(batch.student_scores, pre.probs, pre.plogp, float(temperature))
@@ -114,19 +168,66 @@ def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
 @loss("ce", "student_scores", "answers")
 def ce(batch: DistillBatch) -> torch.Tensor:
     s, a = _need(batch, "ce")
-    return F.cross_entropy(s, a)
+    return cross_entropy(s, a)
+
+
+class _Huber(torch.autograd.Function):
+    """sum Huber_delta(p - y) / B with the gradient clamp(p - y, -delta, delta) / B written out:
+    with h = clamp(x), Huber(x) = h * (x - h / 2) elementwise, so the loss is two dot products."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, y: torch.Tensor, delta: float) -> torch.Tensor:
+        x = p - y
+        h = x.clamp(-delta, delta)
+        ctx.save_for_backward(h)
+        flat_h = h.reshape(-1)
+        return (torch.dot(flat_h, x.reshape(-1)) - 0.5 * torch.dot(flat_h, flat_h)) / len(p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (h,) = ctx.saved_tensors
+        return h * (grad / len(h)), None, None
+
+
+class _SquaredToTarget(torch.autograd.Function):
+    """sum (p - y)^2 / B for y = (1 - mix) * P_LLM + mix * onehot(answer), without building y:
+    the difference once (the answers' column corrected in place), the gradient 2 (p - y) / B."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, p_llm: torch.Tensor, a: torch.Tensor, mix: float) -> torch.Tensor:
+        d = torch.sub(p, p_llm, alpha=1 - mix)
+        d[torch.arange(len(a), device=a.device), a] -= mix
+        ctx.save_for_backward(d)
+        flat = d.reshape(-1)
+        return torch.dot(flat, flat) / len(p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (d,) = ctx.saved_tensors
+        return d * (2 * grad / len(d)), None, None, None
 
 
 @loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    s, p_llm = _need(batch, "llm_huber")
-    p_s = F.softmax(s / temperature, dim=1)
-    return F.huber_loss(p_s, p_llm, delta=delta, reduction="sum") / len(s)
+    _, p_llm = _need(batch, "llm_huber")
+    return _Huber.apply(batch.student_probs(float(temperature)), p_llm.detach(), float(delta))
 
 
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    s, p_llm, a = _need(batch, "llm_supervised")
+    _, p_llm, a = _need(batch, "llm_supervised")
+    return _SquaredToTarget.apply(batch.student_probs(), p_llm.detach().to(batch.student_scores.dtype), a, float(mix))
+
+
+def llm_huber_reference(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
+    """llm_huber through autograd's elementwise ops (what the fused form is tested against)."""
+    p_s = F.softmax(batch.student_scores / temperature, dim=1)
+    return F.huber_loss(p_s, batch.llm_probs, delta=delta, reduction="sum") / len(p_s)
+
+
+def llm_supervised_reference(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
+    """llm_supervised through autograd's elementwise ops (what the fused form is tested against)."""
+    s, p_llm, a = batch.student_scores, batch.llm_probs, batch.answers
     rows = torch.arange(len(a), device=a.device)
     target = ((1 - mix) * p_llm).index_put((rows, a), torch.full_like(a, mix, dtype=s.dtype), accumulate=True)
     return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)

@@ -11,8 +11,8 @@ Each part is skipped when its metrics.json exists and resumed from its checkpoin
 an interrupted grid continues where it stopped. Teacher outputs are cached in the teacher's run
 (distkg.distill.teachers), so every method and seed reuses them.
 
-Several processes may run one grid at once (one per core, or per node on a shared filesystem): a
-process claims a part (RUN/claim: host and pid) before running it and leaves parts claimed by
+Several processes may run one grid at once (one per core, or per node on a shared filesystem;
+distkg.claims): a process claims a part (RUN/claim: host and pid) before running it and leaves parts claimed by
 others; a student part is then left to its holder, a teacher part is waited for. A claim of a
 dead process on the same host is taken over.
 
@@ -27,38 +27,22 @@ import csv
 import json
 import logging
 import os
-import socket
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distkg.config import RunConfig, apply_overrides, build, load_config, read_yaml
+from distkg.claims import claim, held_elsewhere, holding, wait_for
+from distkg.config import RunConfig, build_overridden, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
+from distkg.errors import DistkgError
 from distkg.report import bar_panels, figure_row, read_metrics
 from distkg.training.curves import valid_curve
 
 log = logging.getLogger("distkg")
 
 METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-
-# PAPER.md: the paper's table (its own protocol; MRR and Hits in %). Compare orders, not values.
-PAPER = {
-    ("ttranse", "yago11k"): {"bkd": (7.65, 1410.12, 3.50, 7.83, 15.61), "fitnet": (7.59, 1201.69, 3.06, 7.18, 16.48),
-                             "rkd": (7.01, 1186.27, 3.56, 6.95, 13.47), "ours": (7.69, 1193.15, 3.61, 7.89, 16.57)},
-    ("ttranse", "wikidata12k"): {"bkd": (7.94, 2383.67, 4.75, 8.22, 14.04), "fitnet": (7.86, 2148.86, 3.93, 7.78, 14.67),
-                                 "rkd": (7.89, 2052.37, 4.72, 7.49, 12.85), "ours": (7.92, 1985.63, 4.86, 8.36, 14.94)},
-    ("tadistmult", "yago11k"): {"bkd": (61.90, 973.89, 58.51, 64.13, 67.59), "fitnet": (58.44, 986.92, 54.71, 60.29, 65.34),
-                                "rkd": (58.15, 1089.57, 54.48, 61.72, 65.17), "ours": (61.87, 965.35, 58.73, 64.15, 67.68)},
-    ("tadistmult", "wikidata12k"): {"bkd": (45.89, 3150.11, 42.46, 48.87, 51.18),
-                                    "fitnet": (43.92, 3158.20, 39.77, 47.38, 50.18),
-                                    "rkd": (42.72, 3287.49, 36.32, 43.92, 47.28),
-                                    "ours": (46.03, 3142.85, 42.50, 49.16, 51.14)},
-}
-
 
 @dataclass
 class GridConfig:
@@ -80,73 +64,31 @@ class GridConfig:
     llm_set: list[str] = field(default_factory=list)
     student_set: list[str] = field(default_factory=list)
     data_root: str | None = None
+    published: str | None = "configs/reproduce/paper-table.csv"  # numbers shown beside ours in table.md; None: none
+
+
+def published_mrr(path: str | None) -> dict[tuple[str, str, str], float]:
+    """(backbone, dataset, method) -> MRR in % from a CSV of published results ('#' lines are notes)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        return {(r["backbone"], r["dataset"], r["method"]): float(r["mrr"]) for r in rows}
+    except (OSError, KeyError, ValueError) as e:
+        raise DistkgError(f"{path}: cannot read the published table (published): {e}") from None
 
 
 def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
-    values = apply_overrides(read_yaml(path), overrides)
+    values = read_yaml(path)
     if data_root:
         values["data_root"] = data_root
-    return build(GridConfig, values, path)
+    return build_overridden(GridConfig, values, path, overrides)
 
 
 def _needs_llm(grid: GridConfig, method: str) -> bool:
     cfg = load_config(grid.method_config.format(method=method))
     return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(run: Path) -> str | None:
-    """Claim RUN for this process (RUN/claim holds "host pid"); None when claimed, else the holder.
-    A claim by a dead process on this host is taken over; one from another host is respected."""
-    run.mkdir(parents=True, exist_ok=True)
-    path, host = run / "claim", socket.gethostname()
-    me = f"{host} {os.getpid()}"
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = path.read_text().strip()
-            except FileNotFoundError:
-                continue  # released in between
-            parts = holder.split()
-            if holder == me or (len(parts) == 2 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1]))):
-                path.unlink(missing_ok=True)
-                continue
-            return holder or "a process that is writing its claim"
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return None
-
-
-def release(run: Path) -> None:
-    (run / "claim").unlink(missing_ok=True)
-
-
-@contextmanager
-def _holding(run: Path) -> Iterator[None]:
-    """Release the claim on RUN however its part ends: a part that raised (a NaN loss, a bad
-    config) is free to retry at once, not only after this process has exited."""
-    try:
-        yield
-    finally:
-        release(run)
-
-
-def _wait_for(run: Path, what: str) -> None:
-    """Wait for a part another process holds to finish (or to be left by a dead holder: then None)."""
-    while read_metrics(run) is None and (holder := claim(run)) is not None:
-        log.info("%s %s is being trained by %s; waiting", what, run, holder)
-        time.sleep(30)
 
 
 class Grid:
@@ -170,8 +112,8 @@ class Grid:
         from distkg.training.trainer import train
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
-        _wait_for(run, "teacher")
-        with _holding(run):
+        wait_for(run, "teacher")
+        with holding(run):
             if read_metrics(run) is None:  # claimed by this process
                 cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
                                   self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
@@ -183,13 +125,23 @@ class Grid:
         from distkg.llm.finetune import finetune
 
         run = Path(self._fill(self.grid.llm_run, dataset=dataset))
-        _wait_for(run, "LLM teacher")
-        with _holding(run):
+        wait_for(run, "LLM teacher")
+        with holding(run):
             if read_metrics(run) is None:
                 cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
                 log.info("== LLM teacher on %s -> %s", dataset, run)
                 finetune(cfg, run, dataset=self.dataset(cfg))
         return run
+
+    def waits_on_another(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> bool:
+        """The cell is unfinished and its teacher (or LLM teacher) is being trained by another
+        process: better to take a cell that can start now than to wait (``--jobs``)."""
+        if read_metrics(self.student_run(backbone, dataset, dim, method, seed)) is not None:
+            return False
+        parts = [Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))]
+        if _needs_llm(self.grid, method):
+            parts.append(Path(self._fill(self.grid.llm_run, dataset=dataset)))
+        return any(held_elsewhere(run) for run in parts)
 
     def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
         return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
@@ -202,7 +154,7 @@ class Grid:
         if read_metrics(run) is None and (holder := claim(run)) is not None:
             log.info("student %s is being trained by %s; left to it", run, holder)
             return None
-        with _holding(run):
+        with holding(run):
             if (metrics := read_metrics(run)) is None:
                 needs_llm = _needs_llm(self.grid, method)
                 sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
@@ -225,7 +177,11 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
     cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
              for m in grid.methods for s in grid.seeds]
     rows, started, elsewhere = [], time.perf_counter(), 0
-    for i, cell in enumerate(cells):
+    pending = list(enumerate(cells))
+    while pending:
+        # in grid order, except that cells whose teacher another process is training wait their turn
+        i, cell = next(((i, c) for i, c in pending if only_report or not g.waits_on_another(*c)), pending[0])
+        pending.remove((i, cell))
         if only_report and read_metrics(g.student_run(*cell)) is None:
             continue
         t = time.perf_counter()
@@ -236,12 +192,58 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
         spent = time.perf_counter() - started
         log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
                  rows[-1]["mrr"], time.perf_counter() - t, spent)
-        write_report(rows, grid, out)
-    write_report(rows, grid, out)
+        write_grid_report(rows, grid, out)
+    rows.sort(key=lambda r: cells.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
+    if only_report and not rows:
+        raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
+                          "each cell); run `distkg reproduce` without --report-only first")
+    write_grid_report(rows, grid, out)
     if elsewhere:
         log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
                  "for the whole report", elsewhere)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ --jobs
+SMALL_MACHINE_CORES = 8  # up to this many cores, a grid runs as one 1-thread process per core
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_jobs(cores: int | None = None) -> int:
+    """Processes for ``distkg reproduce --jobs auto``: one per core on a small machine, where a 25-d
+    student's step is too small to keep two threads busy (two 1-thread cells finish sooner than two
+    2-thread cells in turn); one process with every thread on a larger one."""
+    cores = usable_cores() if cores is None else cores
+    return cores if cores <= SMALL_MACHINE_CORES else 1
+
+
+def worker_command(config: str, out: str, sets: list[str], data_root: str | None) -> list[str]:
+    """The command of one ``--jobs`` worker: the same grid, one process, claims deciding its cells."""
+    import sys
+
+    cmd = [sys.executable, "-m", "distkg", "reproduce", "--config", config, "--out", out, "--jobs", "1"]
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd + (["--data-root", data_root] if data_root else [])
+
+
+def run_jobs(jobs: int, config: str, out: str, sets: list[str], data_root: str | None) -> int:
+    """Run a grid as ``jobs`` 1-thread worker processes (they split it by claims, teachers
+    included) and wait for them; the worst exit status. The caller writes the report after."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log.info("running the grid as %d one-thread processes (--jobs)", jobs)
+    workers = [subprocess.Popen(worker_command(config, out, sets, data_root), env=env) for _ in range(jobs)]
+    try:
+        return max(w.wait() for w in workers)
+    finally:
+        for w in workers:  # interrupted: stop the workers this process started (their claims free up)
+            if w.poll() is None:
+                w.terminate()
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -254,7 +256,7 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
+def write_grid_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
     if not rows:
         return
     with open(out / "results.csv", "w", newline="") as f:
@@ -280,6 +282,7 @@ def write_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
 
 def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
     """The paper's layout: a row per (backbone, dim, method), a column block per dataset."""
+    published = published_mrr(grid.published)
     lines = ["MRR and Hits in %, mean ± std over seeds (n); test split, time-aware filter, realistic ties. "
              "Paper: the paper's value under its own protocol (compare the order of methods, not values).", ""]
     head = ["backbone", "dim", "method", "n"]
@@ -299,8 +302,8 @@ def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
                         continue
                     cells += [_cell([r["mrr"] for r in rs], 100, 2), _cell([r["mr"] for r in rs], 1, 0)]
                     cells += [_cell([r[k] for r in rs], 100, 2) for k in ("hits@1", "hits@3", "hits@10")]
-                    paper = PAPER.get((b, d), {}).get(m)
-                    cells.append(f"{paper[0]:.2f}" if paper and dim == 25 else "–")
+                    paper = published.get((b, d, m))
+                    cells.append(f"{paper:.2f}" if paper is not None and dim == 25 else "–")
                 cells.insert(3, str(n))
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

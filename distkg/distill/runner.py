@@ -25,9 +25,10 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, combine
+from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
+from distkg.runfolder import check_folder
 from distkg.training.trainer import Stage, build_model, fit, training_queries
 
 log = logging.getLogger("distkg")
@@ -73,15 +74,17 @@ def kd_temperature(cfg: RunConfig) -> float | None:
 
 
 def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
-            pools: dict | None = None) -> dict:
-    """``pools``: {"llm": TeacherPool, "kg": TeacherPool} serving those teachers' scores (optional)."""
-    from distkg.runtime.pool import SoftTargets
-
+            remote: dict | None = None) -> dict:
+    """``remote``: {"llm": ..., "kg": ...} clients that serve those teachers' scores by training-query
+    index (distkg.runtime.pool.soft_targets builds them from Ray scoring pools; optional). They are
+    handed in, so distillation never imports the runtime that runs it."""
     dc = cfg.distill
     needs = check_method(cfg)
+    if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
+        check_folder(cfg, out)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
-    remote = {name: SoftTargets(pool, queries, cfg.runtime.prefetch) for name, pool in (pools or {}).items()}
+    remote = remote or {}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
     llm = (LLMTables(dc.llm_run, ds, queries, dc.llm_temperature) if "llm_probs" in needs and "llm" not in remote
@@ -107,38 +110,52 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
 
     def make_loss(spec: dict[str, dict], where: str):
-        needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
-
-        def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
-            qr = student.query_repr(q)
-            batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
-            if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
-                batch.teacher_targets = kg.targets(idx, q.device)
-            elif "teacher_scores" in needs:
-                batch.teacher_scores = (remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)).to(q.device)
-            if "llm_probs" in needs:
-                probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
-                         else llm.probs(q.cpu(), dc.llm_temperature, idx))
-                batch.llm_probs = probs.to(q.device)
-            if "regressor" in needs:
-                batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
-            if "student_emb" in needs:
-                ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
-                ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
-                batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
-            total, parts = combine(spec, batch, where)
-            return total + student.regularizer(q, a), parts
-
-        return loss
+        return step_loss(student, spec, where, dc, kg=kg, llm=llm, remote=remote, aux=aux)
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
+    log.info("epoch budget: the stages' epochs (%s); train.epochs (%d) is not used by distillation",
+             ", ".join(f"{s.name} {s.epochs}" for s in dc.stages), cfg.train.epochs)
     extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
     metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
     if remote:
         report_targets(remote, out, metrics["epochs_run"])
     return metrics
+
+
+def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | None = None,
+              llm: LLMTables | None = None, remote: dict | None = None, aux: torch.nn.ModuleDict | None = None):
+    """The loss of one step of a stage with losses ``spec``: the batch fields those losses read,
+    from the teachers given (``remote``: pools serving "kg" / "llm" scores), combined as weighted."""
+    needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
+    remote = remote or {}
+
+    def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
+        qr = student.query_repr(q)
+        batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
+        if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
+            batch.teacher_targets = kg.targets(idx, q.device)
+        elif "teacher_scores" in needs:
+            got = remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)
+            if isinstance(got, TopKTargets):
+                batch.teacher_topk = TopKTargets(got.temperature, got.ids.to(q.device), got.log_probs.to(q.device))
+            else:
+                batch.teacher_scores = got.to(q.device)
+        if "llm_probs" in needs:
+            probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
+                     else llm.probs(q.cpu(), dc.llm_temperature, idx))
+            batch.llm_probs = probs.to(q.device)
+        if "regressor" in needs:
+            batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
+        if "student_emb" in needs:
+            ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
+            ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
+            batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
+        total, parts = combine(spec, batch, where)
+        return total + student.regularizer(q, a), parts
+
+    return loss
 
 
 def report_targets(remote: dict, out: Path, epoch: int) -> None:

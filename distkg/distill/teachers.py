@@ -71,7 +71,13 @@ def _check_dataset(run: Path, what: str, trained_on: str, ds: TKGDataset) -> Non
 
 
 class KGTeacher:
-    """A trained KG teacher's outputs on the training queries (``idx`` = row of ``training_queries``)."""
+    """A trained KG teacher's outputs on the training queries (``idx`` = row of ``training_queries``).
+
+    Nothing [queries, entities]-sized is built until a loss asks for it: FitNet and RKD read only
+    the query and candidate tables. The score matrix is built on the first ``scores`` call, and
+    the tempered soft targets (``temper``) are read from RUN/outputs/soft-targets-T*.pt, written
+    once per (teacher weights, temperature) by whichever run needs them first.
+    """
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor) -> None:
         from distkg.config import load_config
@@ -85,20 +91,47 @@ class KGTeacher:
         self.model = build_model(cfg, ds)
         Checkpoints(run / "checkpoints").load_best(self.model)
         self.model.eval().requires_grad_(False)
-        best = (run / "checkpoints" / "best.pt").stat()
-        key = {"best_size": best.st_size, "best_mtime_ns": best.st_mtime_ns, "queries": len(queries)}
+        # every cache of this teacher is keyed by the weights' bytes themselves: a retrained or copied-over
+        # teacher differs there even where the file's size and mtime agree
+        key = {"best_sha1": _sha1(run / "checkpoints" / "best.pt"), "queries": len(queries)}
         path = run / "outputs" / "train_queries.pt"
         cached = torch.load(path, weights_only=True) if path.is_file() else None
         if cached is not None and cached["key"] == key:
             self.query, self.table = cached["query"], cached["table"]
         else:
             log.info("computing teacher outputs for %d training queries -> %s (once per teacher run)", len(queries), path)
-            with torch.no_grad():
-                self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
-                self.table = self.model.candidate_table()
+            self._compute_tables(queries)
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
-        self.all_scores = score_matrix(lambda q: self.model.match(q, self.table), self.query, ds.num_entities)
+        self._start(ds, run / "outputs", {**key, "entities": ds.num_entities})
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, ds: TKGDataset, queries: torch.Tensor) -> KGTeacher:
+        """A teacher from weights in memory, with no run folder and no cache on disk (benchmarks)."""
+        self = cls.__new__(cls)
+        self.model = model.eval().requires_grad_(False)
+        self._compute_tables(queries)
+        self._start(ds, None, {})
+        return self
+
+    def _compute_tables(self, queries: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.query = torch.cat([self.model.query_repr(c) for c in queries.split(4096)])
+            self.table = self.model.candidate_table()
+
+    def _start(self, ds: TKGDataset, targets_folder: Path | None, targets_key: dict) -> None:
+        self.num_entities = ds.num_entities
+        self.targets_folder, self.targets_key = targets_folder, targets_key
+        self._all_scores: torch.Tensor | None = None
+        self._built = False
         self.tempered: TemperedTargets | None = None
+
+    @property
+    def all_scores(self) -> torch.Tensor | None:
+        """The [queries, entities] score matrix when it fits in SCORE_CACHE_BYTES, built on first use."""
+        if not self._built:
+            self._built = True
+            self._all_scores = score_matrix(lambda q: self.model.match(q, self.table), self.query, self.num_entities)
+        return self._all_scores
 
     @torch.no_grad()
     def scores(self, idx: torch.Tensor) -> torch.Tensor:
@@ -108,13 +141,26 @@ class KGTeacher:
         return self.model.match(self.query[idx], self.table)
 
     def temper(self, temperature: float) -> bool:
-        """Turn the cached score matrix into softmax(scores / T) in place, so a run whose only reader
-        of teacher scores is kd at T gathers its soft targets instead of computing them each step.
-        The scores are then recomputed per batch if asked for; False when nothing is cached."""
-        if self.all_scores is None:
+        """Soft targets softmax(scores / T) of every training query, so a run whose only reader of
+        teacher scores is kd at T gathers them instead of computing them each step: read from the
+        teacher run's cache when its key matches, else computed (in place of the score matrix) and
+        written there. Scores are then recomputed per batch if asked for; False when the matrix
+        does not fit in SCORE_CACHE_BYTES."""
+        if len(self.query) * self.num_entities * 4 > SCORE_CACHE_BYTES:
             return False
-        probs, self.all_scores = self.all_scores, None
+        path = self.targets_folder / f"soft-targets-T{temperature:g}.pt" if self.targets_folder else None
+        key = {**self.targets_key, "temperature": float(temperature)}
+        cached = _load_keyed(path, key) if path is not None else None
+        if cached is not None:
+            self.tempered = TemperedTargets(temperature, cached["probs"], cached["plogp"])
+            self._all_scores, self._built = None, True
+            return True
+        probs = self.all_scores
+        self._all_scores, self._built = None, True  # the matrix becomes the targets (no room for two)
         self.tempered = TemperedTargets(temperature, probs, soften_(probs, temperature))
+        if path is not None:
+            log.info("writing the teacher's soft targets at T=%g -> %s (once per teacher and temperature)", temperature, path)
+            _save_keyed({"key": key, "probs": probs, "plogp": self.tempered.plogp}, path)
         return True
 
     def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> TemperedTargets:
@@ -124,6 +170,40 @@ class KGTeacher:
 
     def entities(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids]
+
+
+def _sha1(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_keyed(path: Path, key: dict) -> dict | None:
+    """A cache file's contents when its key is ``key``, memory-mapped (processes of a grid share the
+    pages); None when it is missing, unreadable or stale."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError) as err:
+        log.warning("ignoring unreadable cache %s (%s); it is rebuilt", path, err)
+        return None
+    return cached if cached.get("key") == key else None
+
+
+def _save_keyed(obj: dict, path: Path) -> None:
+    """torch.save under a name of this process, then rename: concurrent writers of the same cache
+    (the processes of a grid) never see or leave half a file."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 class LLMTables:
@@ -139,13 +219,38 @@ class LLMTables:
         _check_dataset(run, "distill.llm_run", t["dataset"], ds)
         if t["entity"].shape[0] != ds.num_entities:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
+        self._start(t, ds, queries, temperature, path)
+
+    @classmethod
+    def from_tables(cls, tables: dict, ds: TKGDataset, queries: torch.Tensor | None = None,
+                    temperature: float = 1.0) -> LLMTables:
+        """Tables in memory (entity, relation, time, form, logit_scale), no run folder, no cache on disk (benchmarks)."""
+        self = cls.__new__(cls)
+        self._start(tables, ds, queries, temperature, None)
+        return self
+
+    def _start(self, t: dict, ds: TKGDataset, queries: torch.Tensor | None, temperature: float,
+               path: Path | None) -> None:
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
         # P_LLM of every training query x entity at ``temperature``, when queries are given and it fits
         self.temperature = temperature
-        self.all_probs = score_matrix(self.scores, queries, ds.num_entities) if queries is not None else None
-        if self.all_probs is not None:
-            soften_(self.all_probs, temperature)
+        self.all_probs = self._all_probs(path, queries, ds.num_entities) if queries is not None else None
+
+    def _all_probs(self, tables: Path | None, queries: torch.Tensor, num_entities: int) -> torch.Tensor | None:
+        """P_LLM of every training query, read from RUN/teacher/probs-T*.pt when it was made from these
+        tables, these queries and this temperature, else computed and written there."""
+        path = tables.with_name(f"probs-T{self.temperature:g}.pt") if tables is not None else None
+        key = {"tables_sha1": _sha1(tables), "queries": len(queries), "entities": num_entities,
+               "temperature": float(self.temperature)} if tables is not None else {}
+        if path is not None and (cached := _load_keyed(path, key)) is not None:
+            return cached["probs"]
+        probs = score_matrix(self.scores, queries, num_entities)
+        if probs is not None:
+            soften_(probs, self.temperature)
+            if path is not None:
+                _save_keyed({"key": key, "probs": probs}, path)
+        return probs
 
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:

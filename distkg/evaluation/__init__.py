@@ -1,8 +1,9 @@
-"""Link prediction evaluation under one named protocol (PROTOCOL.md): time-aware filtered,
+"""Link prediction evaluation under one named protocol (docs/PROTOCOL.md): time-aware filtered,
 both directions, realistic ties; alternatives switchable. Model-agnostic through ``Scorer``."""
 
 from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode
 from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
+from distkg.evaluation.options import EvalOptions, eval_options
 from distkg.evaluation.queries import QuerySet, build_queries
 from distkg.evaluation.ranking import SCORE_BUDGET_BYTES, Ranks, default_query_chunk, evaluate, rank
 from distkg.evaluation.scorer import DotProductScorer, Scorer
@@ -12,6 +13,7 @@ __all__ = [
     "TIES",
     "SCORE_BUDGET_BYTES",
     "DotProductScorer",
+    "EvalOptions",
     "FilterIndex",
     "FilterMode",
     "QuerySet",
@@ -20,6 +22,7 @@ __all__ = [
     "Ties",
     "build_queries",
     "default_query_chunk",
+    "eval_options",
     "evaluate",
     "rank",
     "ranking_metrics",

@@ -1,6 +1,6 @@
 """Which candidates to drop when ranking: the other known true answers of the same query key.
 
-Modes (PROTOCOL.md): ``"time"`` (default) keys on (known entity, relation', KEY), KEY being the
+Modes (docs/PROTOCOL.md): ``"time"`` (default) keys on (known entity, relation', KEY), KEY being the
 time exactly as written, so interval facts only share a key if their dates were written the
 same; ``"static"`` keys on (entity, relation') and ignores time, the time-unaware filter several
 papers used; ``"none"`` is the raw setting.

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from distkg.data import TKGDataset
 from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode
 from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
+from distkg.evaluation.options import EvalOptions
 from distkg.evaluation.queries import QuerySet, build_queries
 from distkg.evaluation.scorer import Scorer
 
@@ -151,12 +152,14 @@ def rank(
     cand_chunk: int | None = None,
     progress: bool = True,
     desc: str = "ranking",
+    device: torch.device | str = "cpu",
 ) -> Ranks:
     """Per-query counts (hence ranks under every tie policy) for all queries of ``qs``.
 
     ``index=None`` ranks raw. ``query_chunk`` rows are scored at a time (default: what fits
-    SCORE_BUDGET_BYTES); ``cand_chunk`` candidates at a time (None: all at once). Queries are
-    handed to the scorer on the CPU; a GPU scorer moves them and the counting follows its device.
+    SCORE_BUDGET_BYTES); ``cand_chunk`` candidates at a time (None: all at once). Each chunk
+    of queries, answers and filter pairs is moved to ``device`` (the scorer's, distkg.device) here,
+    the one place evaluation moves tensors; the counting follows the scores' device.
     Raises ValueError on NaN scores, naming the query's index in ``qs``."""
     n_ent = int(scorer.num_entities)
     width = n_ent if cand_chunk is None else max(1, min(cand_chunk, n_ent))
@@ -171,13 +174,13 @@ def rank(
     try:
         for q0 in range(0, len(qs), qchunk):
             q1 = min(q0 + qchunk, len(qs))
-            queries = torch.from_numpy(qs.queries[q0:q1])
-            answers = torch.from_numpy(qs.answers[q0:q1])
+            queries = torch.from_numpy(qs.queries[q0:q1]).to(device)
+            answers = torch.from_numpy(qs.answers[q0:q1]).to(device)
             if index is None:
-                rows = cols = torch.empty(0, dtype=torch.int64)
+                rows = cols = torch.empty(0, dtype=torch.int64, device=device)
             else:
                 r, c = index.pairs(qs, q0, q1)
-                rows, cols = torch.from_numpy(r), torch.from_numpy(c)
+                rows, cols = torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)
             if not chunked:
                 scores = scorer.score_candidates(queries, 0, n_ent)
                 _check_block(scores, q1 - q0, 0, n_ent, q0)
@@ -202,10 +205,16 @@ def evaluate(
     cand_chunk: int | None = None,
     progress: bool = True,
     index: FilterIndex | None = None,
+    device: torch.device | str = "cpu",
+    options: EvalOptions | None = None,
 ) -> dict:
-    """Metrics of one split under the named protocol (both directions); see PROTOCOL.md.
+    """Metrics of one split under the named protocol (both directions); see docs/PROTOCOL.md.
 
-    ``index`` lets a trainer build the FilterIndex once and reuse it every validation."""
+    ``options`` (built once from the config, distkg.evaluation.options) replaces the six keyword
+    settings before it; ``index`` lets a trainer build the FilterIndex once and reuse it."""
+    if options is not None:
+        filter, ties, query_chunk, cand_chunk = options.filter, options.ties, options.query_chunk, options.cand_chunk
+        progress, device = options.progress, options.device
     if filter not in FILTER_MODES:
         raise ValueError(f"filter must be one of {FILTER_MODES}, got {filter!r}")
     if ties not in TIES:
@@ -221,7 +230,7 @@ def evaluate(
         index = FilterIndex.from_dataset(dataset, filter)
     elif index.mode != filter:
         raise ValueError(f"index was built for filter {index.mode!r}, asked for {filter!r}")
-    ranks = rank(scorer, qs, index, query_chunk, cand_chunk, progress, desc=f"{dataset.name}/{split}")
+    ranks = rank(scorer, qs, index, query_chunk, cand_chunk, progress, desc=f"{dataset.name}/{split}", device=device)
     chosen = ranks.get(ties)
     protocol: dict = {
         "dataset": dataset.name,

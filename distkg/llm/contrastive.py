@@ -71,7 +71,7 @@ def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, inde
                  step_calls: str = "one") -> tuple[torch.Tensor, int]:
     """(loss, texts encoded) for one batch; ``cache`` [E, H] gives every candidate (module docstring:
     no candidate row is fresh). ``step_calls`` as ``llm.step_calls``."""
-    device = teacher.head.weight.device
+    device = teacher.device
     q, a = torch.from_numpy(batch.queries), torch.from_numpy(batch.answers)
     texts, ids = step_texts(teacher, q)
     encode = teacher.encoder.encode_padded if step_calls == "one" else lambda x: teacher.encoder.encode(x, grad=True)
@@ -106,7 +106,7 @@ def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: Ru
     """Validation MRR (the subsample) with E(p) read from the refreshed cache: no extra LLM work."""
     from distkg.llm.finetune import _valid_view
 
-    device = teacher.head.weight.device
+    device = teacher.device
     teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items()})
     try:
         return evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", filter=cfg.eval.filter,

@@ -5,6 +5,12 @@ text is encoded once per weights version (a cache keyed by model name, a digest 
 weights and the text), texts are batched by token length so no position is padding, and the
 LM's vocabulary head is skipped (only the transformer body runs).
 
+On a GPU the LLM is latency-bound instead (a forward call costs about the same for 30 texts as
+for 3,000, and bitsandbytes dequantizes every 4-bit weight on every call), so there the texts are
+sorted by length and cut into ``batch_size`` batches, each padded (on the right, to a multiple of
+8) to its own longest text: one or a few calls instead of one per token length. Right padding
+under a causal mask leaves every real token's hidden state unchanged, and pooling skips padding.
+
 Pooling: the mean of the last layer's hidden states over the text's real tokens (not padding).
 A causal LM's last token alone sees the whole text too, but the mean is steadier for the short
 names we encode (2-10 tokens) and does not depend on where padding goes.
@@ -43,6 +49,13 @@ def length_batches(texts: list[str], lengths: list[int], batch_size: int) -> lis
             for b in range(0, len(group), batch_size)]
 
 
+def sorted_batches(texts: list[str], lengths: list[int], batch_size: int) -> list[list[str]]:
+    """Texts sorted by token length, cut into batches of at most batch_size (the GPU path: few calls,
+    each padded only to its own longest text)."""
+    ordered = [t for _, t in sorted(zip(lengths, texts), key=lambda pair: pair[0])]
+    return [ordered[b : b + batch_size] for b in range(0, len(ordered), batch_size)]
+
+
 def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
     """The model without its vocabulary head (works for plain and peft-wrapped causal LMs)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -55,6 +68,7 @@ class TextEncoder:
     max_tokens: int = 32
     batch_size: int = 64
     stats: EncoderStats = field(default_factory=EncoderStats)
+    exact_lengths: bool | None = None  # one length per call (CPU); None: so on every device but CUDA
     _cache: dict = field(default_factory=dict, repr=False)
     _version: str | None = field(default=None, repr=False)
 
@@ -76,13 +90,20 @@ class TextEncoder:
                 h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def _device(self) -> torch.device:
-        return next(self.lm.model.parameters()).device
+    def __post_init__(self) -> None:
+        if self.exact_lengths is None:
+            self.exact_lengths = self.lm.device.type != "cuda"
+
+    def _batches(self, texts: list[str], batch_size: int) -> list[list[str]]:
+        """Forward-call batches: one token length each (CPU), or length-sorted and padded (GPU)."""
+        cut = length_batches if self.exact_lengths else sorted_batches
+        return cut(texts, self._lengths(texts), max(batch_size, 1))
 
     def _run(self, texts: list[str]) -> torch.Tensor:
         """One padded batch through the transformer body; mean-pooled [n, hidden] (fp32)."""
-        batch = self.lm.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        batch = {k: v.to(self._device()) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        batch = self.lm.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
+                                  pad_to_multiple_of=None if self.exact_lengths else 8, padding_side="right")
+        batch = {k: v.to(self.lm.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         out = transformer_body(self.lm.model)(**batch)
         hidden = out.last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -103,14 +124,14 @@ class TextEncoder:
     def encode(self, texts: list[str], grad: bool = False) -> torch.Tensor:
         """Pooled hidden states of ``texts`` (in order).
 
-        With grad (fine-tuning): no cache, but still one forward per token length, because one
+        With grad (fine-tuning): no cache. On CPU still one forward per token length, because one
         padded batch of names (mostly 3-6 tokens, a few up to ``max_tokens``) is ~85% padding and
-        the backward pass pays for padding again.
+        the backward pass pays for padding again; on a GPU one length-sorted padded call.
         """
         if grad:
             distinct = sorted(set(texts))
             out: dict[str, torch.Tensor] = {}
-            for chunk in length_batches(distinct, self._lengths(distinct), max(len(distinct), 1)):
+            for chunk in self._batches(distinct, len(distinct)):
                 out.update(zip(chunk, self._run(chunk)))
             return torch.stack([out[t] for t in texts])
         version = self.weights_version()
@@ -118,10 +139,10 @@ class TextEncoder:
         self.stats.cache_hits += len(texts) - len(missing)
         if missing:
             with torch.inference_mode():
-                for chunk in length_batches(missing, self._lengths(missing), self.batch_size):
+                for chunk in self._batches(missing, self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec
-        return torch.stack([self._cache[(version, t)] for t in texts]).to(self._device())
+        return torch.stack([self._cache[(version, t)] for t in texts]).to(self.lm.device)
 
     def clear(self) -> None:
         self._cache.clear()

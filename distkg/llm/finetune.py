@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distkg.config import RunConfig, save_config
+from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
+from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
-from distkg.evaluation import FilterIndex, evaluate
+from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
-from distkg.training.checkpoint import atomic_save
+from distkg.runfolder import claim
+from distkg.training.checkpoint import CheckpointError, atomic_save, load_weights, read_checkpoint
 from distkg.training.trainer import TrainingDiverged, training_queries
 
 log = logging.getLogger("distkg")
@@ -57,14 +59,14 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
     """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
     torch.manual_seed(cfg.seed)
-    lm = load_lm(cfg.llm.model, cfg.llm.quantization, cfg.llm.device, cfg.llm.layers)
+    lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=cfg.llm.encode_batch)
-    return teacher.to(next(lm.model.parameters()).device)
+                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
+    return teacher.to(lm.device)
 
 
 def _head_params(teacher: LLMTeacher) -> list[torch.nn.Parameter]:
@@ -133,8 +135,7 @@ def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
 
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
     lc = cfg.llm
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    claim(cfg, out, restart=not resume, write=process_group()[0] == 0)  # one run folder, one config
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     teacher = build_teacher(cfg, ds)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
@@ -151,12 +152,16 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(teacher.lm_model, load_file(ckpt / "adapter_model.safetensors"))
-        head = torch.load(ckpt / "head.pt", weights_only=True)
-        teacher.head.load_state_dict(head["head"])
+        try:  # verified: a damaged file is named, not a raw reader traceback
+            set_peft_model_state_dict(teacher.lm_model, load_file(ckpt / "adapter_model.safetensors"))
+        except Exception as e:
+            raise CheckpointError(f"{ckpt / 'adapter_model.safetensors'} cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}); pass --restart to start over") from None
+        head = read_checkpoint(ckpt / "head.pt")
+        load_weights(teacher.head, head["head"], ckpt / "head.pt")
         with torch.no_grad():
             teacher.logit_scale.copy_(head["logit_scale"])
-        saved = torch.load(ckpt / "state.pt", weights_only=True)
+        saved = read_checkpoint(ckpt / "state.pt")
         if saved.get("optimizer") is not None:
             optimizer.load_state_dict(saved["optimizer"])
         else:  # written under ZeRO, whose optimiser state is partitioned across the workers
@@ -166,7 +171,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         log.info("resumed LLM fine-tuning from %s (step %d)", ckpt, state["step"])
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
-    device = teacher.head.weight.device
+    device = teacher.device
     if lc.head_epochs and not state.get("head_done"):
         state["head"] = train_head(teacher, cfg, queries, answers)
         state["head_done"] = True
@@ -220,6 +225,11 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     if rank != 0:  # the workers hold the same weights; rank 0 saves and evaluates them
         return {}
     save_teacher(teacher, cfg, out / "teacher", {"steps": state["step"], "workers": world})
+    # scored as saved: bitsandbytes' CPU path (AVX512-BF16) repacks 4-bit weights with bf16 scales on
+    # an inference forward and back again on saving, a lossy round trip, so the weights in memory
+    # after fine-tuning differ slightly from the saved ones that `distkg llm evaluate --run` and the
+    # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded)
+    teacher = load_teacher(out / "teacher", cfg, ds)
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
                                                          "head_warmup": state.get("head"), "objective": lc.objective,
                                                          "curve": state.get("curve"), "llm_texts": state.get("llm_texts"),
@@ -238,7 +248,7 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     """
     lc = cfg.llm
     t = time.perf_counter()
-    device = teacher.head.weight.device
+    device = teacher.device
     log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
              sum(len(v) for v in teacher.texts.values()))
     feats = {k: v.detach() for k, v in teacher.features().items()}
@@ -286,7 +296,7 @@ def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunC
 
     config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
-              "bf16": {"enabled": torch.cuda.is_available() and cfg.llm.quantization == "none"}}
+              "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
     engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)
     log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
              engine.world_size)
@@ -306,10 +316,10 @@ def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: P
     """Validation (subsampled) and test under the default protocol; OUT/metrics.json."""
     t = time.perf_counter()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
-    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", filter=cfg.eval.filter,
-                     ties=cfg.eval.ties, progress=cfg.eval.progress, index=index)
-    test = evaluate(teacher, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                    progress=cfg.eval.progress, index=index)
+    options = eval_options(cfg, teacher.device)
+    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", options=options,
+                     index=index)
+    test = evaluate(teacher, ds, split="test", options=options, index=index)
     stats = teacher.encoder.stats
     metrics = {**test, "split": "test", "dataset": ds.name, "model": f"llm:{cfg.llm.model}", "dim": cfg.llm.dim,
                "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid["mrr"],

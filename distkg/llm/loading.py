@@ -8,8 +8,8 @@ load reads that folder (under a second). Any other value of ``llm.model`` is a H
 name or a local folder, passed to ``from_pretrained``: with no hub access it must already be in
 the local hub cache, and the error says so.
 
-Quantization ``nf4``: bitsandbytes 4-bit NF4 with double quantization; compute dtype bf16 on
-GPU, fp32 on CPU (bf16 matmuls are ~6x slower than fp32 on these CPUs).
+Quantization ``nf4``: bitsandbytes 4-bit NF4 with double quantization. The device is the one
+resolved by distkg.device and the weights' and compute dtype follow it (bf16 on GPU, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from distkg.device import as_device, compute_dtype
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -37,6 +38,7 @@ class LoadedLM:
     model: torch.nn.Module
     tokenizer: object
     name: str  # what the config asked for; part of every cache key
+    device: torch.device = torch.device("cpu")  # where the model runs (distkg.device), so no caller sniffs weights
 
 
 def cache_root() -> Path:
@@ -74,7 +76,7 @@ def smollm2_folder() -> Path:
     return target
 
 
-def quantization_config(quantization: str, on_gpu: bool):
+def quantization_config(quantization: str, dtype: torch.dtype):
     """BitsAndBytesConfig for ``nf4``; a clear error where bitsandbytes cannot run."""
     if quantization == "none":
         return None
@@ -86,7 +88,7 @@ def quantization_config(quantization: str, on_gpu: bool):
                           "set llm.quantization=none") from None
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if on_gpu else torch.float32,
+        bnb_4bit_compute_dtype=dtype,
     )
 
 
@@ -117,16 +119,19 @@ def keep_layers(model: torch.nn.Module, n: int | None) -> None:
         model.config.layer_types = model.config.layer_types[:n]
 
 
-def load_lm(name: str, quantization: str = "nf4", device: str = "auto", layers: int | None = None) -> LoadedLM:
-    """Tokenizer and causal LM by config name (module docstring), truncated to ``layers`` layers."""
+def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "auto",
+            layers: int | None = None) -> LoadedLM:
+    """Tokenizer and causal LM by config name (module docstring), truncated to ``layers`` layers,
+    on ``device`` (resolved by distkg.device; a config value is resolved there)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    device = as_device(device)
     folder = smollm2_folder() if name == SMOLLM2 else name
-    qcfg = quantization_config(quantization, on_gpu)
-    kwargs: dict = {"dtype": torch.bfloat16 if on_gpu else torch.float32}
+    dtype = compute_dtype(device)
+    qcfg = quantization_config(quantization, dtype)
+    kwargs: dict = {"dtype": dtype}
     if qcfg is not None:
-        kwargs.update(quantization_config=qcfg, device_map={"": 0} if on_gpu else "cpu")
+        kwargs.update(quantization_config=qcfg, device_map={"": str(device)} if device.type == "cuda" else "cpu")
     try:
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -138,8 +143,8 @@ def load_lm(name: str, quantization: str = "nf4", device: str = "auto", layers: 
             "or a hub model already in the local cache"
         ) from None
     keep_layers(model, layers)
-    if qcfg is None and on_gpu:
-        model = model.to("cuda")
+    if qcfg is None:
+        model = model.to(device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return LoadedLM(model=model, tokenizer=tok, name=name)
+    return LoadedLM(model=model, tokenizer=tok, name=name, device=device)

@@ -68,6 +68,7 @@ class LLMTeacher(TKGModel):
         # shape [1], not a scalar: DeepSpeed's engine broadcasts parameters as bytes, which 0-d tensors refuse
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / math.sqrt(dim))))
         self.form = form
+        self.device = lm.device  # the LM's resolved device (distkg.device); the head lives there too
         self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
         self.texts = {
             "entity": list(dataset.entity_text),
@@ -80,18 +81,37 @@ class LLMTeacher(TKGModel):
         """E(p) for the texts of ``ids``: each distinct text is encoded once (per call, and per
         weights version through the encoder's cache when ``grad`` is False), or read from a table
         given to ``use_tables`` (a scoring pool shares its shards' entity tables that way)."""
-        if not grad and kind in self.given:
-            return self.given[kind][ids.cpu()].to(self.head.weight.device)
-        uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
-        texts = [self.texts[kind][i] for i in uniq.tolist()]
-        hidden = self.encoder.encode(texts, grad=grad).to(self.head.weight.device)
-        return torch.sigmoid(self.head(hidden))[inverse.to(self.head.weight.device)]
+        return self.embed_all([(kind, ids)], grad)[0]
+
+    def embed_all(self, wanted: list[tuple[str, torch.Tensor]], grad: bool = False) -> list[torch.Tensor]:
+        """``embed`` of several (kind, ids) at once, with ONE encoder call for all their texts: a
+        fine-tuning step's entities, relations, times and candidates go through the LM together
+        (on a GPU one padded forward instead of one per kind, or per kind and token length)."""
+        out: list[torch.Tensor | None] = [None] * len(wanted)
+        todo: list[tuple[int, list[str], torch.Tensor]] = []
+        for i, (kind, ids) in enumerate(wanted):
+            if not grad and kind in self.given:
+                out[i] = self.given[kind][ids.cpu()].to(self.device)
+                continue
+            uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
+            todo.append((i, [self.texts[kind][j] for j in uniq.tolist()], inverse))
+        if todo:
+            hidden = self.encoder.encode([t for _, texts, _ in todo for t in texts], grad=grad).to(self.device)
+            proj = torch.sigmoid(self.head(hidden))
+            start = 0
+            for i, texts, inverse in todo:
+                out[i] = proj[start: start + len(texts)][inverse.to(self.device)]
+                start += len(texts)
+        return out  # type: ignore[return-value]
+
+    def _query_from(self, queries: torch.Tensor, e: torch.Tensor, r: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+        return compose(self.form, e, r, 0.5 * (both[: len(queries)] + both[len(queries):]))
+
+    def _query_parts(self, queries: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        return [("entity", queries[:, 0]), ("relation", queries[:, 1]), ("time", torch.cat([queries[:, 2], queries[:, 3]]))]
 
     def _query(self, queries: torch.Tensor, grad: bool) -> torch.Tensor:
-        e = self.embed("entity", queries[:, 0], grad)
-        r = self.embed("relation", queries[:, 1], grad)
-        both = self.embed("time", torch.cat([queries[:, 2], queries[:, 3]]), grad)
-        return compose(self.form, e, r, 0.5 * (both[: len(queries)] + both[len(queries):]))
+        return self._query_from(queries, *self.embed_all(self._query_parts(queries), grad))
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         return self._query(queries, grad=False)
@@ -126,8 +146,8 @@ class LLMTeacher(TKGModel):
 
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
-        q = self._query(queries, grad=True)
-        return self.match(q, self.embed("entity", candidates, grad=True))
+        e, r, both, c = self.embed_all([*self._query_parts(queries), ("entity", candidates)], grad=True)
+        return self.match(self._query_from(queries, e, r, both), c)
 
     @torch.inference_mode()
     def tables(self) -> dict:

@@ -6,4 +6,18 @@ from distkg.models.registry import MODELS
 from distkg.models import frequency, tadistmult, tntcomplex, ttranse  # noqa: F401  (registers)
 from distkg.models.base import TKGModel
 
-__all__ = ["MODELS", "TKGModel"]
+__all__ = ["MODELS", "TKGModel", "check_dim"]
+
+
+def check_dim(name: str, dim: object, where: str) -> None:
+    """A trainable model's dimension, checked before any data is read: a positive integer and a
+    multiple of the model's ``dim_step`` (TNTComplEx: real + imaginary halves)."""
+    from distkg.errors import ConfigError
+
+    factory = MODELS.get(name)
+    if not (isinstance(factory, type) and issubclass(factory, TKGModel)):
+        return
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ConfigError(f"{where}: {dim!r} is not a valid dimension (a positive integer)")
+    if dim % factory.dim_step:
+        raise ConfigError(f"{where}: {name} needs a dim that is a multiple of {factory.dim_step}, got {dim}")

@@ -9,7 +9,7 @@ A query row is ``(entity, relation, t0, t1)``: the known entity, the relation (`
 queries, answered through reciprocal relations), and the time ids of the fact's start and end
 (equal for point-in-time data).
 
-Interval rule (PROTOCOL.md): a fact with two ends is represented at the mean of its start and end
+Interval rule (docs/PROTOCOL.md): a fact with two ends is represented at the mean of its start and end
 time representations. For the bilinear models (TA-DistMult, TNTComplEx) this is exactly the mean
 of the scores at the two ends; for TTransE it is the translation by the interval's midpoint.
 """
@@ -26,6 +26,8 @@ from distkg.data import TKGDataset
 
 class TKGModel(nn.Module, ABC):
     """Queries -> representation, a candidate table, and a score between them."""
+
+    dim_step: int = 1  # dims must be a multiple of this (distkg.models.check_dim)
 
     def __init__(self, dataset: TKGDataset, dim: int) -> None:
         super().__init__()

@@ -28,6 +28,8 @@ def cabs(a: torch.Tensor) -> torch.Tensor:
 
 @MODELS.register("tntcomplex")
 class TNTComplEx(DotProductModel):
+    dim_step = 2  # real + imaginary halves
+
     def __init__(self, dataset: TKGDataset, dim: int = 400, init_std: float = 1e-2, reg: float = 1e-2,
                  time_reg: float = 1e-2) -> None:
         if dim % 2:

@@ -60,8 +60,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls;
+        # address "local": a new Ray of this command's own, not a `ray start` cluster found on the machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
                  logging_level=logging.WARNING, log_to_driver=True)
         return True
     ray.init(address=address, logging_level=logging.WARNING)
@@ -135,7 +136,7 @@ class LoopbackCluster:
             time.sleep(1)
 
     def stop(self) -> None:
-        """``ray stop`` (what the Ray docs and STACK.md prescribe), then the temp dir."""
+        """``ray stop`` (what the Ray docs prescribe), then the temp dir."""
         subprocess.run([_ray_cli(), "stop", "--force"], env=self.env(), capture_output=True, timeout=120)
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

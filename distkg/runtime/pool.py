@@ -25,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-from distkg.config import RuntimeConfig
+from distkg.config import RunConfig, RuntimeConfig
+from distkg.data import TKGDataset
+from distkg.device import compute_dtype, inference_settings, on_resources, placement
+from distkg.distill.losses import TopKTargets
+from distkg.distill.runner import kd_temperature
+from distkg.errors import DistkgError
+from distkg.llm.encoder import TextEncoder
+from distkg.training.trainer import training_queries
 
 log = logging.getLogger("distkg")
 
@@ -46,31 +53,65 @@ def merge_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int, num_entit
     return dense.scatter_(1, ids.gather(1, where), best)
 
 
-def inference_settings(rc: RuntimeConfig, on_cuda: bool, quantized: bool) -> tuple[torch.dtype, bool]:
-    """DeepSpeed inference dtype and kernel injection for this device (capability, not imports)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(rc.dtype)
-    if dtype is None:  # auto
-        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
-    inject = rc.kernel_inject == "on" or (rc.kernel_inject == "auto" and on_cuda and not quantized)
-    if inject and not on_cuda:
-        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
-    return dtype, inject
+# Largest relative L2 error of a pooled text vector, wrapped vs plain model, that the output check
+# accepts: bf16/fp16 carry 8/11 mantissa bits (relative rounding 4e-3 / 5e-4 per value, a few
+# times that after 30 layers); fp32 wraps must agree to float rounding.
+OUTPUT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
-def wrap_deepspeed(lm_model: torch.nn.Module, rc: RuntimeConfig, quantized: bool) -> dict:
-    """Wrap the LM with ``deepspeed.init_inference`` in place; returns what was chosen (for reports).
+def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int,
+                    temperature: float) -> TopKTargets:
+    """The global top k with their probabilities at ``temperature`` over the whole row, from each
+    shard's (values, entity ids, logsumexp of its row / T): what the missing-mass KL reads (the
+    rest bucket is 1 minus their sum)."""
+    values = torch.cat([v for v, _, _ in parts], dim=1)
+    ids = torch.cat([i for _, i, _ in parts], dim=1)
+    lse = torch.logsumexp(torch.stack([s for _, _, s in parts], dim=1), dim=1, keepdim=True)
+    best, where = values.topk(min(k, values.shape[1]), dim=1)
+    return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
+
+
+def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
+    """Largest per-row relative L2 difference between two [n, d] outputs."""
+    plain, wrapped = plain.float().cpu(), wrapped.float().cpu()
+    return float(((wrapped - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max())
+
+
+def wrap_deepspeed(encoder: TextEncoder, rc: RuntimeConfig, quantized: bool, device: torch.device,
+                   probe: list[str]) -> dict:
+    """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
+    returns what was chosen (for reports).
 
     The engine changes the module in place (kernel injection replaces layers, tensor parallelism
-    shards them), so the text encoder keeps calling the same module object.
+    shards them); the encoder is pointed at the engine's module. Output check: ``probe`` (texts of
+    mixed lengths, so the batch is padded: the case of DeepSpeed issue 3960) is encoded by the
+    plain and by the wrapped model; a relative error above OUTPUT_TOLERANCE of the coarser of the
+    wrap's and the model's dtype stops the actor with an error instead of serving wrong soft targets.
     """
     import deepspeed
 
-    on_cuda = torch.cuda.is_available()
-    dtype, inject = inference_settings(rc, on_cuda, quantized)
-    engine = deepspeed.init_inference(lm_model, dtype=dtype, replace_with_kernel_inject=inject,
+    with torch.inference_mode():
+        plain = encoder._run(probe)
+    model_type = getattr(getattr(encoder.lm.model, "config", None), "model_type", None)
+    dtype, inject = inference_settings(rc, device.type == "cuda", quantized, model_type)
+    engine = deepspeed.init_inference(encoder.lm.model, dtype=dtype, replace_with_kernel_inject=inject,
                                       tensor_parallel={"tp_size": rc.tp_size})
+    encoder.lm.model = engine.module
+    with torch.inference_mode():
+        error = output_error(plain, encoder._run(probe))
+    # the coarser of the two precisions sets the tolerance: an NF4 model loaded in bf16 on CUDA and
+    # wrapped in fp32 differs from its plain self by bf16 rounding
+    tolerance = max(OUTPUT_TOLERANCE[dtype], OUTPUT_TOLERANCE[compute_dtype(device)])
+    check = {"texts": len(probe), "max_relative_error": round(error, 6), "tolerance": tolerance}
+    if not error <= tolerance:
+        raise DistkgError(f"DeepSpeed inference (dtype {dtype}, kernel_inject {inject}) changed the LM's outputs: "
+                          f"relative error {error:.3g} > {tolerance} on {len(probe)} padded texts; "
+                          "set runtime.kernel_inject=off (and runtime.dtype=auto)")
     return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."), "kernel_inject": inject,
-            "tp_size": rc.tp_size, "device": "cuda" if on_cuda else "cpu", "module": engine.module}
+            "tp_size": rc.tp_size, "device": str(device), "output_check": check, "module": engine.module}
+
+
+PROBE_TEXTS = 64  # entity texts of its shard each LLM actor checks the DeepSpeed wrap on
 
 
 class ScoringShard:
@@ -83,7 +124,7 @@ class ScoringShard:
         torch.set_num_threads(max(1, int(rc.teacher_resources.get("CPU", 1))))
         self.kind, self.lo, self.hi = kind, lo, hi
         run_path = Path(run)
-        cfg = load_config(run_path / "config.yaml")
+        cfg = on_resources(load_config(run_path / "config.yaml"), rc.teacher_resources)
         if data_root is not None:
             cfg.data.root = data_root
         ds = load_dataset(cfg.data)
@@ -92,15 +133,17 @@ class ScoringShard:
             from distkg.llm.finetune import load_teacher
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
-            ds_info = wrap_deepspeed(self.model.lm_model, rc, quantized=cfg.llm.quantization != "none")
+            probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
+            ds_info = wrap_deepspeed(self.model.encoder, rc, cfg.llm.quantization != "none", self.model.device, probe)
             self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
             self.info.update(ds_info)
             self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
         else:
             from distkg.training.trainer import load_trained
 
-            _, _, self.model = load_trained(run_path, cfg)
+            _, _, self.model = load_trained(run_path, cfg)  # on this actor's device (distkg.device)
             self.version = _digest(*self.model.parameters())
+        self.device = self.model.device if kind == "llm" else placement(cfg).device
         self.model.requires_grad_(False)
         self.use_cache = rc.cache
         self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
@@ -109,8 +152,9 @@ class ScoringShard:
             self.table = self.model.candidate_table(lo, hi)  # an LLM teacher encodes its shard's texts here
 
     def shard_table(self) -> torch.Tensor:
-        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them)."""
-        return self.table
+        """E(p) of this shard's entities (LLM teachers; TeacherPool.ready gathers them), on the CPU:
+        whoever gathers them may have no GPU."""
+        return self.table.cpu()
 
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
@@ -118,21 +162,26 @@ class ScoringShard:
         encodes such entities itself (the same E(p), more LLM work) until given it again."""
         self.model.use_tables(entity=table)
 
-    def score(self, queries: torch.Tensor, topk: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query."""
+    def score(self, queries: torch.Tensor, topk: int | None = None,
+              temperature: float | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query,
+        and with a ``temperature`` each row's logsumexp(scores / T) over the shard too (the
+        client's rest bucket: the mass outside the global top k)."""
         t0 = time.perf_counter()
-        keys = [(topk, *row) for row in queries.tolist()]
+        keys = [(topk, temperature, *row) for row in queries.tolist()]
         todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
         fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
             with torch.inference_mode():
-                rows = self.model.match(self.model.query_repr(queries[todo]), self.table).float()
+                # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
+                rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
             self.stats["scored"] += len(todo)
             if topk is not None:
                 values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
-                fresh = dict(zip(todo, zip(values, ids + self.lo)))
+                extra = [torch.logsumexp(rows / temperature, dim=1)] if temperature is not None else []
+                fresh = dict(zip(todo, zip(values, ids + self.lo, *extra)))
             else:
                 fresh = dict(zip(todo, rows))
             if self.use_cache:
@@ -140,7 +189,7 @@ class ScoringShard:
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
         if topk is not None:
-            return torch.stack([v for v, _ in out]), torch.stack([i for _, i in out])
+            return tuple(torch.stack(column) for column in zip(*out))
         return torch.stack(out)
 
     def node(self) -> dict:
@@ -165,6 +214,14 @@ def _digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def actor_options(resources: dict[str, float]) -> dict:
+    """Ray actor options for declared resources: CPU and GPU (fractions share a card: {GPU: 0.5} puts
+    two actors on one GPU) plus any custom resources, e.g. {GPU: 1, teacher: 1}."""
+    rest = dict(resources)
+    cpus, gpus = rest.pop("CPU", 0), rest.pop("GPU", 0)
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": rest or None}
+
+
 class TeacherPool:
     """N ScoringShard actors over one teacher run; ``score`` merges their answers."""
 
@@ -174,10 +231,8 @@ class TeacherPool:
 
         self.kind, self.num_entities, self.rc = kind, num_entities, rc
         self.bounds = shard_bounds(num_entities, rc.teacher_actors)
-        resources = dict(rc.teacher_resources)
-        cpus, gpus = resources.pop("CPU", 0), resources.pop("GPU", 0)
         actor_cls = ray.remote(ScoringShard).options(
-            num_cpus=cpus, num_gpus=gpus, resources=resources or None,
+            **actor_options(rc.teacher_resources),
             max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
         self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
                        for lo, hi in self.bounds]
@@ -197,19 +252,24 @@ class TeacherPool:
             self._shared = True
         return infos
 
-    def submit(self, queries: torch.Tensor) -> list:
-        return [a.score.remote(queries, self.topk) for a in self.actors]
+    def submit(self, queries: torch.Tensor, temperature: float | None = None) -> list:
+        return [a.score.remote(queries, self.topk, temperature if self.topk else None) for a in self.actors]
 
-    def collect(self, refs: list) -> torch.Tensor:
+    def collect(self, refs: list, temperature: float | None = None) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
-        ``runtime.timeout_s``."""
+        ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
+        top k's probabilities and the rest bucket instead (merge_topk_rest)."""
         import ray
 
         parts = ray.get(refs, timeout=self.rc.timeout_s)
-        return torch.cat(parts, dim=1) if self.topk is None else merge_topk(parts, self.topk, self.num_entities)
+        if self.topk is None:
+            return torch.cat(parts, dim=1)
+        if temperature is not None:
+            return merge_topk_rest(parts, self.topk, temperature)
+        return merge_topk(parts, self.topk, self.num_entities)
 
-    def score(self, queries: torch.Tensor) -> torch.Tensor:
-        return self.collect(self.submit(queries))
+    def score(self, queries: torch.Tensor, temperature: float | None = None) -> torch.Tensor | TopKTargets:
+        return self.collect(self.submit(queries, temperature), temperature)
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -241,6 +301,7 @@ class SoftTargets:
     pool: TeacherPool
     queries: torch.Tensor  # all training queries, [Q, 4]
     prefetch: int = 2
+    temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
@@ -254,7 +315,7 @@ class SoftTargets:
     def _fill(self) -> None:
         while self._plan and len(self._inflight) < self.prefetch:
             idx = self._plan.popleft()
-            self._inflight.append((idx, self.pool.submit(self.queries[idx])))
+            self._inflight.append((idx, self.pool.submit(self.queries[idx], self.temperature)))
 
     def report(self) -> dict:
         """Since this client's last report: the pool's cache hit rate (all its clients together) and
@@ -267,15 +328,24 @@ class SoftTargets:
                 "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("queries", 0), 1),
                 "pool_busy_s": stats.get("seconds", 0.0)}
 
-    def get(self, idx: torch.Tensor) -> torch.Tensor:
+    def get(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
         if self._inflight and torch.equal(self._inflight[0][0], idx):
             _, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
             self._plan.clear()
             self._inflight.clear()
-            refs = self.pool.submit(self.queries[idx])
+            refs = self.pool.submit(self.queries[idx], self.temperature)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs)
+        scores = self.pool.collect(refs, self.temperature)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores
+
+
+def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
+    """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
+    ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
+    mass at kd's temperature (losses.TopKTargets)."""
+    queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
+    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
+            for name, pool in pools.items()}

@@ -19,16 +19,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.config import RunConfig, build, to_dict
-from distkg.data import resolve_data_root
+from distkg.data import load_dataset, resolve_data_root
+from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.report import read_metrics
 from distkg.runtime.cluster import connect
-from distkg.runtime.pool import TeacherPool
+from distkg.runtime.pool import TeacherPool, soft_targets
+from distkg.runtime.resources import check_fits, local_cpus
 
 log = logging.getLogger("distkg")
 
@@ -42,14 +45,18 @@ def absolute(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, distill=distill, data=data)
 
 
+def pool_names(rc, needs: set[str]) -> list[str]:
+    """The scoring pools a method reading ``needs`` uses: the LLM teacher's, and the KG teacher's
+    with ``runtime.kg_teacher: pool``."""
+    return [name for name, used in (("llm", "llm_probs" in needs),
+                                    ("kg", "teacher_scores" in needs and rc.kg_teacher == "pool")) if used]
+
+
 def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
     """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
     rc, dc = cfg.runtime, cfg.distill
-    pools: dict[str, TeacherPool] = {}
-    if "llm_probs" in needs:
-        pools["llm"] = TeacherPool("llm", dc.llm_run, num_entities, rc, cfg.data.root)
-    if "teacher_scores" in needs and rc.kg_teacher == "pool":
-        pools["kg"] = TeacherPool("kg", dc.teacher_run, num_entities, rc, cfg.data.root)
+    runs = {"llm": dc.llm_run, "kg": dc.teacher_run}
+    pools = {name: TeacherPool(name, runs[name], num_entities, rc, cfg.data.root) for name in pool_names(rc, needs)}
     for name, pool in pools.items():
         for info in pool.ready(timeout=rc.timeout_s):
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
@@ -77,7 +84,8 @@ def _worker(config: dict) -> None:
         {"rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
-    distill(cfg, Path(config["out"]), resume=True, pools=config["pools"])
+    ds = load_dataset(cfg.data)
+    distill(cfg, Path(config["out"]), resume=True, dataset=ds, remote=soft_targets(config["pools"], cfg, ds))
 
 
 def _worker_setup(config: dict) -> RunConfig:
@@ -86,7 +94,8 @@ def _worker_setup(config: dict) -> RunConfig:
 
     torch.set_num_threads(max(1, int(config["threads"])))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    return build(RunConfig, config["cfg"])
+    cfg = build(RunConfig, config["cfg"])
+    return on_resources(cfg, cfg.runtime.worker_resources)  # a worker computes where Ray placed it
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
@@ -111,16 +120,19 @@ def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
     """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
     (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
     cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
-    with ray_session(rc):
+    with ray_session(rc, []):
         run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
     return _written_metrics(out)
 
 
 @contextmanager
-def ray_session(rc):
-    """Connected to Ray for the block; a local Ray started here is shut down after it."""
-    started = connect(rc.address, rc.num_cpus)
+def ray_session(rc, pools: list[str]):
+    """Connected to Ray for the block, which runs only when the cluster can hold the run's ``pools``
+    and workers (distkg.runtime.resources); a local Ray started here is shut down after it, also
+    when the block is interrupted (Ctrl-C)."""
+    started = connect(rc.address, local_cpus(rc, pools))
     try:
+        check_fits(rc, pools)
         yield
     finally:
         if started:
@@ -136,23 +148,62 @@ def _written_metrics(out: Path) -> dict:
     return metrics
 
 
+def worker_scaling(rc) -> dict:
+    """How Ray Train runs the workers of ``runtime``: the resources each declares (a GPU fraction
+    included: {GPU: 0.5} puts two workers on one card), whether they get GPUs, and the process
+    group's backend: NCCL when the workers have GPUs, gloo otherwise."""
+    resources = {k: v for k, v in rc.worker_resources.items() if k != "GPU" or v > 0}
+    use_gpu = "GPU" in resources
+    return {"num_workers": rc.workers, "use_gpu": use_gpu, "resources_per_worker": resources,
+            "backend": "nccl" if use_gpu else "gloo"}
+
+
 def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
-    """``fn(config)`` on ``runtime.workers`` Ray Train workers (their process group set up, gloo on
-    CPU, NCCL on GPU), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
+    """``fn(config)`` on ``runtime.workers`` Ray Train workers (worker_scaling: their resources and
+    process group), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = dict(rc.worker_resources)
-    use_gpu = resources.pop("GPU", 0) > 0
+    scaling = worker_scaling(rc)
+    backend = scaling.pop("backend")
     trainer = TorchTrainer(
-        fn, train_loop_config={**config, "threads": resources.get("CPU", 1)},
-        scaling_config=ScalingConfig(num_workers=rc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        fn, train_loop_config={**config, "threads": scaling["resources_per_worker"].get("CPU", 1)},
+        scaling_config=ScalingConfig(**scaling), torch_config=TorchConfig(backend=backend),
         run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
-                                failure_config=FailureConfig(max_failures=rc.max_failures)))
-    result = trainer.fit()
+                                # controller failures (a worker group that cannot start) are bounded
+                                # too: Ray's default retries them without end
+                                failure_config=FailureConfig(max_failures=rc.max_failures,
+                                                             controller_failure_limit=rc.max_failures)))
+    result = interruptible(trainer.fit)
     if result.error is not None:
         raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
+
+
+def interruptible(fit):
+    """``fit()`` in a thread, so that Ctrl-C reaches this (main) thread and stops the run: Ray Train's
+    own handler, installed when fit runs in the main thread, only asks its controller to abort, which
+    a worker group still waiting for resources never does. The caller's ``ray_session`` then shuts
+    the local Ray down (the workers and actors with it)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fit()
+        except BaseException as e:  # handed to the main thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping the Ray Train workers, the scoring actors and a local Ray")
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
@@ -166,7 +217,7 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     needs = check_method(cfg)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
-    with ray_session(rc):
+    with ray_session(rc, pool_names(rc, needs)):
         try:
             pools = start_pools(cfg, needs, num_entities)
             run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},

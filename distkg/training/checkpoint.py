@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints (weights, optimiser, loop state, RNG) and the best weights, written atomically.
+"""Per-epoch checkpoints (weights, optimiser, loop state, RNG) and the best weights, written atomically
+and verified when read: a damaged newest checkpoint is reported and the newest intact one used.
 
 Why atomic: a run killed while writing must still resume from a complete file. The newest
 ``keep`` epoch checkpoints are kept (a 400-d teacher with Adam state is ~60 MB each), plus
@@ -7,21 +8,52 @@ best.pt, which holds only the weights of the best validation epoch.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from distkg.errors import DistkgError
+
+log = logging.getLogger("distkg")
 _EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, then rename: readers never see a half-written file."""
+    """torch.save to a temporary name, flushed to disk, then rename: readers never see a half-written
+    file, and a crash of the machine right after the rename does not leave an empty one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class CheckpointError(DistkgError):
+    """A checkpoint file that cannot be read (truncated, corrupt) or does not fit the model."""
+
+
+def read_checkpoint(path: Path) -> Any:
+    """torch.load, with a file that cannot be read reported as a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "it is truncated or corrupt") from None
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
+    """load_state_dict, with weights of another shape reported as a CheckpointError naming the file."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit this model ({str(e).splitlines()[-1].strip()[:300]}); it was "
+                              "written by a run of another configuration") from None
 
 
 class Checkpoints:
@@ -56,13 +88,33 @@ class Checkpoints:
 
     def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              aux: torch.nn.Module | None = None) -> dict:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        ckpt = read_checkpoint(path)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "state", "torch_rng"} <= ckpt.keys():
+            raise CheckpointError(f"{path} is not an epoch checkpoint of distkg (keys model, optimizer, state, torch_rng)")
+        load_weights(model, ckpt["model"], path)
         if aux is not None:
-            aux.load_state_dict(ckpt.get("aux", {}))
+            load_weights(aux, ckpt.get("aux", {}), path)
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]
+
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               aux: torch.nn.Module | None = None) -> tuple[Path, dict] | None:
+        """Load the newest intact epoch checkpoint: one that cannot be read is reported and the one
+        before it tried; None when there is none; a CheckpointError when none can be read or the
+        checkpoints do not fit the model."""
+        paths = self.epochs()
+        for path in reversed(paths):
+            try:
+                return path, self.load(path, model, optimizer, aux)
+            except CheckpointError as e:
+                if "does not fit" in str(e):
+                    raise
+                log.warning("%s; trying the checkpoint before it", e)
+        if paths:
+            raise CheckpointError(f"no intact checkpoint in {self.folder} ({', '.join(p.name for p in paths)} cannot be "
+                                  "read); pass --restart to start over")
+        return None
 
     def save_best(self, model: torch.nn.Module) -> None:
         if not self.write:
@@ -70,10 +122,18 @@ class Checkpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_save(model.state_dict(), self.folder / "best.pt")
 
-    def load_best(self, model: torch.nn.Module) -> None:
+    def load_best(self, model: torch.nn.Module, best_epoch: int | None = None) -> None:
+        """The best weights; when best.pt cannot be read and the checkpoint of ``best_epoch`` (which
+        holds the same weights) is intact, from that checkpoint, rewriting best.pt."""
         path = self.folder / "best.pt"
         if not path.is_file():
-            from distkg.errors import DistkgError
-
             raise DistkgError(f"{path} not found: the run has no evaluated epoch yet")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            load_weights(model, read_checkpoint(path), path)
+        except CheckpointError as e:
+            epoch = self.folder / f"epoch_{best_epoch or 0:04d}.pt"
+            if "does not fit" in str(e) or not best_epoch or not epoch.is_file():
+                raise
+            log.warning("%s; using the weights of the best epoch's checkpoint %s", e, epoch)
+            load_weights(model, read_checkpoint(epoch)["model"], epoch)
+            self.save_best(model)

@@ -5,11 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def valid_curve(run: Path) -> tuple[list[int], list[float]]:
     """(epochs, validation MRR) of a training run, from its log.jsonl; empty when there is none."""
@@ -20,6 +15,11 @@ def valid_curve(run: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> Path:
+    import matplotlib  # here, not at import: 1-1.5 s of every command's start-up otherwise
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     epochs = [r["epoch"] for r in history]
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")

@@ -8,8 +8,9 @@ validation split, keep the best, write a checkpoint, move to the next stage when
 stops rising or the stage's epochs are spent.
 Then score the test split with the best weights and write OUT/metrics.json.
 
-Accelerate places the model, runs mixed precision (bf16 on GPU, fp32 on CPU) and accumulates
-gradients. Under several processes (Ray Train workers, torchrun) every global batch is split
+The device and mixed precision come from distkg.device (bf16 on GPU, fp32 on CPU); Accelerate
+places the model there, runs the autocast and accumulates gradients, and the batch fetch is the
+one place training moves tensors (evaluation moves its own chunks, distkg.evaluation.ranking). Under several processes (Ray Train workers, torchrun) every global batch is split
 across them by rank and their gradients are averaged over the process group before each step,
 so the updates are those of one process with the whole batch (exactly so when the shares are
 equal); all ranks evaluate (identical weights, so identical decisions) and only rank 0 writes
@@ -33,13 +34,16 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distkg.config import RunConfig, save_config
+from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
+from distkg.device import Placement, placement
 from distkg.errors import DistkgError
-from distkg.evaluation import FilterIndex, build_queries, evaluate
+from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.training.checkpoint import Checkpoints
+from distkg.runfolder import claim, config_digest, mark_diverged
+from distkg.training.checkpoint import CheckpointError, Checkpoints
 from distkg.training.curves import plot_curves
+from distkg.training.objective import cross_entropy
 
 log = logging.getLogger("distkg")
 
@@ -48,30 +52,53 @@ class TrainingDiverged(DistkgError):
     """The loss or the weights became NaN/inf."""
 
 
+def _diverged(out: Path, main: bool, message: str) -> TrainingDiverged:
+    """The error to raise, recorded in OUT so that a resume may lower the rates (distkg.runfolder)."""
+    if main:
+        mark_diverged(out, message)
+    return TrainingDiverged(message)
+
+
 def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Both directions of each fact, as evaluation builds them: (s, r, t0, t1) -> o, (o, r + R, t0, t1) -> s."""
     qs = build_queries(facts, num_relations)
     return torch.from_numpy(qs.queries), torch.from_numpy(qs.answers)
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
-    use_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "no" if use_cpu else "bf16"  # bf16 is ~6x slower than fp32 on these CPUs (STACK.md)
-    return Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
+def make_accelerator(cfg: RunConfig, where: Placement | None = None) -> Accelerator:
+    """Accelerate on the resolved device and precision (distkg.device); an error if it disagrees."""
+    where = where if where is not None else placement(cfg)
+    accelerator = Accelerator(cpu=not where.on_cuda, mixed_precision=where.mixed_precision,
+                              gradient_accumulation_steps=cfg.train.grad_accum)
+    if not same_device(accelerator.device, where.device):
+        raise DistkgError(f"Accelerate chose {accelerator.device} but train.device resolved to {where.device} "
+                          "(ACCELERATE_TORCH_DEVICE / LOCAL_RANK disagree with this process's GPU)")
+    return accelerator
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two device names are one device ("cuda" means the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    index = torch.cuda.current_device
+    return (a.index if a.index is not None else index()) == (b.index if b.index is not None else index())
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    from distkg.training.optim import Adagrad, Adam  # torch's, without importing torch._dynamo (3 s)
+
     if cfg.train.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.train.lr)
-    return torch.optim.Adam(params, lr=cfg.train.lr)
+        return Adagrad(params, lr=cfg.train.lr)
+    return Adam(params, lr=cfg.train.lr)
 
 
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The configured training loss for one batch, plus the model's regulariser."""
     if cfg.train.loss == "1vsall":
-        loss = F.cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+        loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
         neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
@@ -129,13 +156,15 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     ``train.patience`` evaluations; the next stage starts from the best weights so far with a
     fresh patience counter. The test split is scored with the best weights of the whole run.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     tc = cfg.train
     log.info("%s", ds.describe())
-    accelerator = make_accelerator(cfg)
+    where = placement(cfg)
+    accelerator = make_accelerator(cfg, where)
+    claim(cfg, out, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
+    device = where.device
+    options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
-    aux.to(accelerator.device)
+    aux.to(device)
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: TKGModel = accelerator.unwrap_model(model)
@@ -144,11 +173,17 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main)
     state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
              "seconds": 0.0, "history": []}
-    if resume and (latest := ckpts.latest()) is not None:
-        state = ckpts.load(latest, raw_model, optimizer, aux)
+    digest = config_digest(cfg)
+    if resume and (found := ckpts.resume(raw_model, optimizer, aux)) is not None:
+        latest, state = found
+        if state.get("config_digest", digest) != digest:  # checkpoints from before the digest carry none
+            raise CheckpointError(f"{latest} was written by a run of another configuration than {out / 'config.yaml'} "
+                                  "(a checkpoint copied in, or config.yaml edited); pass --restart to start over")
         state.setdefault("stage", 0)  # checkpoints written before stages existed
         state.setdefault("stage_epoch", state["epoch"])
         log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
+    if main:  # the log holds exactly the epochs of the state resumed from: none repeated, none from a later crash
+        write_log(out / "log.jsonl", state["history"])
 
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
@@ -164,7 +199,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
             if state["stage"] < len(stages) and state["best_epoch"] > 0:
                 accelerator.wait_for_everyone()
-                ckpts.load_best(raw_model)  # the next stage starts from the best weights so far
+                ckpts.load_best(raw_model, state["best_epoch"])  # the next stage starts from the best weights so far
                 log.info("stage %r done; stage %r starts from the best epoch (%d)", stage.name,
                          stages[state["stage"]].name, state["best_epoch"])
             continue
@@ -181,12 +216,12 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         bar = tqdm(batches, total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
                    disable=not (tc.progress and main), leave=False, mininterval=2)
         for step, idx in enumerate(bar):
-            q, a = queries[idx].to(accelerator.device), answers[idx].to(accelerator.device)
+            q, a = queries[idx].to(device), answers[idx].to(device)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss, named = stage.loss(idx, q, a, gen)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged_message("loss", loss.item(), epoch, step, ckpts))
+                    raise _diverged(out, main, _diverged_message("loss", loss.item(), epoch, step, ckpts))
                 accelerator.backward(loss)
                 if world > 1 and accelerator.sync_gradients:
                     average_gradients(trained, world)
@@ -199,15 +234,14 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             _after_step(epoch, step)
         bar.close()
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise TrainingDiverged(_diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
+            raise _diverged(out, main, _diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
         seconds = time.perf_counter() - t_epoch
         row = {"epoch": epoch + 1, "stage": stage.name, "loss": total / n_batches, "seconds": round(seconds, 2),
                "facts_per_second": round(len(queries) / 2 / seconds, 1),
                **{f"loss_{k}": v / n_batches for k, v in parts.items()}}
         if (state["stage_epoch"] + 1) % tc.eval_every == 0 or state["stage_epoch"] + 1 == stage.epochs:
             raw_model.eval()
-            valid = evaluate(raw_model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                             query_chunk=cfg.eval.query_chunk, progress=False, index=valid_index)
+            valid = evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)
             row["valid_mrr"] = valid["mrr"]
             if valid["mrr"] > state["best_mrr"]:
                 state.update(best_mrr=valid["mrr"], best_epoch=epoch + 1, evals_without_gain=0)
@@ -216,6 +250,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 state["evals_without_gain"] += 1
         state["epoch"] = epoch + 1
         state["stage_epoch"] += 1
+        state["config_digest"] = digest
         state["seconds"] = time.perf_counter() - started
         state["history"].append(row)
         ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
@@ -228,10 +263,9 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                  total_epochs, row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
                  row["facts_per_second"], eta)
 
-    ckpts.load_best(raw_model)
+    ckpts.load_best(raw_model, state["best_epoch"])
     raw_model.eval()
-    test = evaluate(raw_model, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties,
-                    query_chunk=cfg.eval.query_chunk, progress=cfg.eval.progress)
+    test = evaluate(raw_model, ds, split="test", options=options)
     metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
                "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
                "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
@@ -242,6 +276,13 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
              test["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """OUT/log.jsonl, one line per epoch run, written whole (temporary name, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -271,12 +312,15 @@ def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Che
             "(lower train.lr or raise the regularisation, then run again to resume from it)")
 
 
-def load_trained(run_dir: Path, cfg: RunConfig | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
-    """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights."""
+def load_trained(run_dir: Path, cfg: RunConfig | None = None,
+                 device: torch.device | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
+    """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
+    ``device`` (default: the config's resolved training device, distkg.device)."""
     from distkg.config import load_config
+    from distkg.report import read_metrics
 
     cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
-    Checkpoints(run_dir / "checkpoints").load_best(model)
-    return cfg, ds, model.eval()
+    Checkpoints(run_dir / "checkpoints").load_best(model, (read_metrics(run_dir) or {}).get("best_epoch"))
+    return cfg, ds, model.to(device if device is not None else placement(cfg).device).eval()

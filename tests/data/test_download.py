@@ -1,6 +1,6 @@
 """distkg.data.download against a local HTTP server (127.0.0.1 only; no internet needed).
 
-The server serves per-test copies of the reference data (../shared/data, or $DISTKG_TEST_SHARED_DATA)
+The server serves per-test copies of the reference data (found as tests/conftest.py data_roots says)
 as a mirror; the zip-archive path is tested with a tiny registry entry and a zip built here.
 """
 
@@ -25,10 +25,9 @@ from distkg.data import load_dataset, registry
 from distkg.data.download import MIRROR_ENV, download_dataset, extract_members, verify_dataset
 from distkg.data.registry import DatasetSpec, FileEntry
 from distkg.errors import DataError
+from tests.conftest import shared_data_root
 
-SHARED = Path(
-    os.environ.get("DISTKG_TEST_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data"
-)
+SHARED = shared_data_root() or Path(os.environ.get("DISTKG_TEST_SHARED_DATA", "shared/data"))  # where the CLI finds data
 YAGO_FILES = [f.path for f in registry.DATASETS["yago11k"].files]
 
 

@@ -120,3 +120,29 @@ def test_a_part_that_raises_leaves_no_claim(grid, tmp_path, monkeypatch):
         rp.reproduce(grid, out)
     assert (out / "teachers" / "tadistmult-yago11k" / "metrics.json").is_file()
     assert not list(out.glob("**/claim"))
+
+
+def test_cells_whose_teacher_another_process_trains_wait_their_turn(grid, tmp_path, monkeypatch):
+    import os
+    import socket
+
+    out = tmp_path / "out"
+    grid.backbones, grid.methods, grid.seeds = ["tadistmult", "ttranse"], ["plain"], [0]  # two teacher blocks
+    busy = out / "teachers" / "tadistmult-yago11k"
+    busy.mkdir(parents=True)
+    (busy / "claim").write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process trains it
+    assert rp.held_elsewhere(busy) and rp.Grid(grid, out).waits_on_another("tadistmult", "yago11k", 25, "plain", 0)
+    order = []
+    original = runner.distill
+    monkeypatch.setattr(runner, "distill", lambda cfg, run, **kw: order.append(run.parent.name) or original(cfg, run, **kw))
+    monkeypatch.setattr(rp.time, "sleep", lambda s: (busy / "claim").unlink())  # the other process gives it up
+    rows = rp.reproduce(grid, out)
+    assert order == ["ttranse-yago11k-25d", "tadistmult-yago11k-25d"]  # the free block first, not a wait
+    assert [r["backbone"] for r in rows] == ["tadistmult", "ttranse"]  # the report keeps the grid's order
+
+
+def test_jobs_default_to_one_thread_process_per_core_on_a_small_machine():
+    assert rp.default_jobs(2) == 2 and rp.default_jobs(8) == 8 and rp.default_jobs(64) == 1
+    cmd = rp.worker_command("g.yaml", "out", ["seeds=[0]"], "/data")
+    assert cmd[1:] == ["-m", "distkg", "reproduce", "--config", "g.yaml", "--out", "out", "--jobs", "1",
+                       "--set", "seeds=[0]", "--data-root", "/data"]

@@ -125,14 +125,14 @@ def test_llm_tables_give_the_llm_teachers_distribution(teachers):
     cfg = load_config(teachers / "llm" / "config.yaml")
     teacher = load_teacher(teachers / "llm" / "teacher", cfg, DS)
     q = torch.from_numpy(DS.splits["test"][:, [0, 1, 3, 4]].copy())
-    torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(LLMTables(teachers / "llm", DS).probs(q), teacher.distribution(q).cpu(), atol=1e-5, rtol=1e-4)
     train_q, _ = training_queries(DS.splits["train"], DS.num_relations)
     cached = LLMTables(teachers / "llm", DS, train_q, temperature=2.0)  # P_LLM of every training query, kept
     idx = torch.tensor([5, 0, 17])
     assert cached.all_probs is not None
     for temperature in (2.0, 0.5):  # the kept matrix, and a temperature it was not made at (computed)
         torch.testing.assert_close(cached.probs(train_q[idx], temperature, idx),
-                                   teacher.distribution(train_q[idx], temperature), atol=1e-5, rtol=1e-4)
+                                   teacher.distribution(train_q[idx], temperature).cpu(), atol=1e-5, rtol=1e-4)
 
 
 def test_tempered_teacher_targets_give_the_same_kd_as_scores(teachers):
@@ -177,3 +177,65 @@ def test_bad_method_configs_fail_by_name(teachers, tmp_path):
     other = tiny_dataset("point", n_ent=40, n_facts=400)
     with pytest.raises(ConfigError, match=r"trained on 'tiny-interval'.*'tiny-point'"):
         runner.distill(short("bkd", teachers), tmp_path / "out2", dataset=other)
+
+
+def test_soft_targets_are_read_from_one_cache_per_teacher_and_temperature(teachers, monkeypatch):
+    q, _ = training_queries(DS.splits["train"], DS.num_relations)
+    idx = torch.arange(0, len(q), 3)
+    for f in (teachers / "kg" / "outputs").glob("soft-targets-*"):
+        f.unlink()
+    first = KGTeacher(teachers / "kg", DS, q)
+    assert first.temper(4.0) and (teachers / "kg" / "outputs" / "soft-targets-T4.pt").is_file()
+    expected = first.targets(idx)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("soft targets were rebuilt instead of read from the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(teachers_module, "soften_", no_rebuild)
+        again = KGTeacher(teachers / "kg", DS, q)
+        assert again.temper(4.0)
+        torch.testing.assert_close(again.targets(idx).probs, expected.probs)
+        torch.testing.assert_close(again.targets(idx).plogp, expected.plogp)
+        with pytest.raises(AssertionError, match="rebuilt"):
+            KGTeacher(teachers / "kg", DS, q).temper(2.0)  # another temperature: another cache
+
+
+def test_a_retrained_teacher_is_never_served_stale_soft_targets(teachers, tmp_path):
+    import os
+    import shutil
+
+    from distkg.training.checkpoint import atomic_save
+
+    q, _ = training_queries(DS.splits["train"], DS.num_relations)
+    run = tmp_path / "kg"
+    shutil.copytree(teachers / "kg", run)
+    KGTeacher(run, DS, q).temper(4.0)
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    weights = state.get("model", state)
+    name = next(k for k, v in weights.items() if torch.is_floating_point(v))
+    weights[name] = weights[name] + 0.5  # "retrained": other weights, same size, old mtime kept
+    stat = best.stat()
+    atomic_save(state, best)  # as the trainer writes it: the same size
+    assert best.stat().st_size == stat.st_size
+    os.utime(best, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    retrained = KGTeacher(run, DS, q)
+    retrained.temper(4.0)
+    idx = torch.arange(len(q))
+    with torch.no_grad():
+        fresh = torch.softmax(retrained.model(q) / 4.0, dim=1)
+    torch.testing.assert_close(retrained.targets(idx).probs, fresh)
+
+
+def test_teachers_read_only_for_representations_never_build_the_score_matrix(teachers, monkeypatch, tmp_path):
+    q, _ = training_queries(DS.splits["train"], DS.num_relations)
+
+    def no_matrix(*args, **kwargs):
+        raise AssertionError("the [queries, entities] score matrix was built for a method that never reads it")
+
+    monkeypatch.setattr(teachers_module, "score_matrix", no_matrix)
+    kg = KGTeacher(teachers / "kg", DS, q)
+    assert kg.query.shape[0] == len(q) and kg.entities(torch.tensor([0, 1])).shape[0] == 2
+    for name in ("fitnet", "rkd"):
+        runner.distill(short(name, teachers), tmp_path / name, dataset=DS)

@@ -153,3 +153,36 @@ class TestTNTComplEx(ModelCase):
 
         with pytest.raises(ConfigError, match=r"model\.args: model 'tntcomplex': .*even dim"):
             self.make(tiny_dataset("point"), dim=5)
+
+
+def test_ttranse_fused_distance_matches_autograd_forms():
+    from distkg.models.ttranse import _NegL2, neg_l2, neg_l2_reference
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_NegL2.apply, (q, c))
+    w = torch.randn(6, 9, dtype=torch.float64, generator=g)
+    for f in (neg_l2, neg_l2_reference):
+        (f(q, c) * w).sum().backward()
+    ref_q, ref_c = q.grad.clone(), c.grad.clone()
+    q.grad = c.grad = None
+    (neg_l2_reference(q, c) * w).sum().backward()
+    torch.testing.assert_close(2 * q.grad, ref_q)  # fused + reference == 2 x reference
+    torch.testing.assert_close(2 * c.grad, ref_c)
+    torch.testing.assert_close(neg_l2(q, c), neg_l2_reference(q, c))
+    torch.testing.assert_close(neg_l2(q, c), -torch.cdist(q, c))
+
+
+def test_ttranse_fused_distance_has_no_gradient_where_the_clamp_holds():
+    from distkg.models.ttranse import neg_l2, neg_l2_reference
+
+    q = torch.tensor([[1.0, 2.0], [0.5, -1.0]], requires_grad=True)
+    c = torch.tensor([[1.0, 2.0], [3.0, 0.0]], requires_grad=True)  # q[0] == c[0]: distance 0, clamped
+    grads = []
+    for f in (neg_l2, neg_l2_reference):
+        q.grad = c.grad = None
+        f(q, c).sum().backward()
+        grads.append((q.grad.clone(), c.grad.clone()))
+    assert torch.isfinite(grads[0][0]).all()
+    torch.testing.assert_close(grads[0], grads[1])

@@ -36,6 +36,22 @@ def test_merged_shard_topk_is_the_global_topk():
     assert torch.allclose(probs.sum(1), torch.ones(6)) and torch.allclose(probs.gather(1, i), torch.softmax(v, 1))
 
 
+def test_merged_shard_topk_keeps_the_rest_mass():
+    from distkg.runtime.pool import merge_topk_rest
+
+    scores = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    parts = []
+    for lo, hi in shard_bounds(50, 3):
+        v, i = scores[:, lo:hi].topk(4, dim=1)
+        parts.append((v, i + lo, torch.logsumexp(scores[:, lo:hi] / 2.0, dim=1)))
+    top = merge_topk_rest(parts, 4, 2.0)
+    v, i = scores.topk(4, dim=1)
+    assert torch.equal(top.ids, i) and top.temperature == 2.0
+    full = torch.log_softmax(scores / 2.0, dim=1)  # probabilities over the whole row, not the renormalised top 4
+    torch.testing.assert_close(top.log_probs, full.gather(1, i))
+    assert (top.log_probs.exp().sum(1) < 1).all()
+
+
 def test_inference_settings_follow_the_device():
     rc = RuntimeConfig()
     assert inference_settings(rc, on_cuda=False, quantized=True) == (torch.float32, False)
@@ -76,6 +92,9 @@ def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
         top = kg.score(q)
         v, i = ref.topk(5, dim=1)
         assert torch.allclose(top.gather(1, i), v, atol=1e-6) and int(torch.isfinite(top).sum()) == 64 * 5
+        rest = kg.score(q, temperature=2.0)  # kd's view: the top 5 with their mass over the whole row
+        assert torch.equal(rest.ids, i)
+        torch.testing.assert_close(rest.log_probs, torch.log_softmax(ref / 2.0, dim=1).gather(1, i), atol=1e-5, rtol=1e-5)
         # each distinct query is scored once per teacher version; a repeat is a cache hit in every shard
         before = llm.stats()
         llm.score(q)
@@ -112,7 +131,7 @@ def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_ru
 
     from distkg.data import load_dataset
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training import trainer
 
     cfg = tiny_runs.student("ours", "distill.stages.0.epochs=1", "distill.stages.1.epochs=2",
@@ -130,7 +149,7 @@ def test_a_killed_teacher_actor_is_replaced_and_the_run_matches(cluster, tiny_ru
                 killed.append(step)
 
         monkeypatch.setattr(trainer, "_after_step", kill)
-        got = distill(cfg, tmp_path / "pool", pools={"llm": pool})
+        got = distill(cfg, tmp_path / "pool", dataset=ds, remote=soft_targets({"llm": pool}, cfg, ds))
         after = pool.ready(timeout=120)
     finally:
         pool.shutdown()

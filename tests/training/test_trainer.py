@@ -10,6 +10,7 @@ import torch
 
 from distkg.cli.main import main
 from distkg.config import load_config
+from distkg.errors import ConfigError
 from distkg.training import trainer
 from distkg.training.checkpoint import Checkpoints
 from tests.helpers import tiny_dataset
@@ -49,15 +50,23 @@ def test_resume_after_crash_gives_the_same_result(tmp_path, monkeypatch):
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
-def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     run(config(epochs=1), tmp_path)
     good = Checkpoints(tmp_path / "checkpoints").latest()
-    with pytest.raises(trainer.TrainingDiverged, match=r"became (nan|inf).*epoch 2.*epoch_0001\.pt"):
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.1 -> 1e\+38"):  # a run's rate is not changed under it
         run(config(epochs=3, lr=1e38), tmp_path)
+    # continued with a larger epoch budget (a safe change), the loss becomes nan in epoch 2, as a
+    # far too large rate makes it (the multiplication stands in for that rate)
+    real_loss = trainer.batch_loss
+    monkeypatch.setattr(trainer, "batch_loss", lambda cfg, model, q, a, gen: real_loss(cfg, model, q, a, gen) * float("nan"))
+    with pytest.raises(trainer.TrainingDiverged, match=r"became (nan|inf).*epoch 2.*epoch_0001\.pt"):
+        run(config(epochs=3), tmp_path)
     ck = Checkpoints(tmp_path / "checkpoints")
     assert ck.latest() == good
     state = torch.load(good, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    monkeypatch.setattr(trainer, "batch_loss", real_loss)
+    assert run(config(epochs=3, lr=0.05), tmp_path)["epochs_run"] == 3  # after divergence a lower rate may resume
 
 
 def test_checkpoints_kept_and_curves_written(tmp_path):

@@ -1,4 +1,7 @@
-"""Shared plumbing of scripts/bench_*.py: where the data is, what machine ran it, writing the JSON."""
+"""Shared plumbing of scripts/bench_*.py: where the data is, what machine ran it, writing the JSON.
+
+Lives beside the benchmarks, not in the package: only they use it. ``python scripts/bench_X.py``
+puts this folder on sys.path, so the benchmarks import it as ``benchlib``."""
 
 from __future__ import annotations
 
@@ -9,17 +12,14 @@ from pathlib import Path
 
 import torch
 
+from distkg.data import resolve_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_data_root(explicit: str | None) -> str | None:
-    """--data-root, else $DISTKG_DATA, else ../shared/data next to the repo if it exists."""
-    if explicit:
-        return explicit
-    if os.environ.get("DISTKG_DATA"):
-        return os.environ["DISTKG_DATA"]
-    shared = REPO.parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
+def bench_data_root(explicit: str | None) -> str:
+    """The data root the CLI uses: --data-root, else $DISTKG_DATA, else the per-user cache."""
+    return str(resolve_data_root(explicit))
 
 
 def machine() -> dict:

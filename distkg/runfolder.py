@@ -1,0 +1,180 @@
+"""One run folder, one configuration: a run refuses a folder that holds a run of another config.
+
+Why: resuming or reusing a folder written under different settings silently mixes two runs (a
+different ``train.lr`` resumed from the old checkpoints, one method's checkpoint continued by
+another, a 200-d run reported with a 400-d model's parameters), or crashes half-way after the
+old config was overwritten. So before anything is written, the folder's saved ``config.yaml`` is
+compared key by key with the new config; any difference outside ``SAFE_KEYS`` stops the command
+(rc 2) naming the keys, and ``--restart`` (or a new folder) is the way out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distkg.config import RunConfig, build, read_yaml, save_config, to_dict
+from distkg.errors import ConfigError
+
+log = logging.getLogger("distkg")
+
+# Keys that may differ from the saved config when a run continues, and how: "larger" accepts an
+# equal or larger number (a longer epoch budget continues the run; a smaller one would label
+# epochs already run with a budget that excludes them), "any" accepts any value (display, memory
+# chunking and where things are found: they do not change what is computed).
+SAFE_KEYS: dict[str, str] = {
+    "train.epochs": "larger",
+    "distill.stages.*.epochs": "larger",
+    "pipeline.students.*.stages.*.epochs": "larger",
+    "llm.steps": "larger",
+    "llm.max_minutes": "larger",
+    "train.progress": "any",
+    "eval.progress": "any",
+    "llm.progress": "any",
+    "eval.query_chunk": "any",
+    "eval.cand_chunk": "any",
+    "data.root": "any",
+    "runtime.address": "any",
+    "runtime.num_cpus": "any",
+    "runtime.prefetch": "any",
+    "runtime.timeout_s": "any",
+}
+# After a run diverged (OUT/diverged.json, written by the trainer's NaN guard), its message asks for a
+# lower learning rate or more regularisation and a resume from the last good checkpoint: these keys.
+AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stages.*.lr", "model.args.reg",
+                    "model.args.time_reg")
+DIVERGED = "diverged.json"
+PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
+
+# What distkg writes into a run folder; ``--restart`` removes exactly these.
+RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
+               "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore")
+
+
+class RunFolderError(ConfigError):
+    """The folder holds a run of a different configuration."""
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and lists as {dotted.key: leaf}; list items by index (stages.0.epochs)."""
+    if isinstance(values, dict) and values:
+        items = values.items()
+    elif isinstance(values, list) and values and any(isinstance(v, (dict, list)) for v in values):
+        items = enumerate(values)
+    else:
+        return {prefix: values}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _safe(key: str, old: Any, new: Any, diverged: bool = False) -> bool:
+    if diverged and any(fnmatch.fnmatchcase(key, pattern) for pattern in AFTER_DIVERGENCE):
+        return True
+    for pattern, rule in SAFE_KEYS.items():
+        if fnmatch.fnmatchcase(key, pattern):
+            if rule == "any":
+                return True
+            return isinstance(old, (int, float)) and isinstance(new, (int, float)) and new >= old
+    return False
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if key in PATH_KEYS and old and new:
+        return Path(old).resolve() == Path(new).resolve()
+    return old == new
+
+
+def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> list[str]:
+    """``key: old -> new`` for every key that differs and is not safe to change (SAFE_KEYS, and
+    AFTER_DIVERGENCE when the saved run diverged)."""
+    old_flat, new_flat = flatten(to_dict(saved)), flatten(to_dict(new))
+    missing = object()
+    out = []
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        old, new_value = old_flat.get(key, missing), new_flat.get(key, missing)
+        if _same(key, old, new_value) or _safe(key, old, new_value, diverged):
+            continue
+        show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+        out.append(f"{key}: {show(old)} -> {show(new_value)}")
+    return out
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """A digest of every key that may not change under a run (all but SAFE_KEYS and AFTER_DIVERGENCE),
+    stored in each checkpoint so that a resume verifies the checkpoint belongs to this config."""
+    import hashlib
+
+    flat = flatten(to_dict(cfg))
+    kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flat.items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE))}
+    return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
+
+
+def saved_config(out: Path) -> RunConfig | None:
+    """The config a run folder was written with, or None for a new folder."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return build(RunConfig, read_yaml(path), str(path))
+    except ConfigError as e:
+        raise RunFolderError(f"{out} holds a run whose config.yaml cannot be read ({e}); pass --restart to start "
+                             "over in it, or choose another --out") from None
+
+
+def check_folder(cfg: RunConfig, out: Path) -> None:
+    """Stop (RunFolderError, rc 2) when OUT holds a run of a configuration that differs from ``cfg``."""
+    saved = saved_config(out)
+    if saved is None:
+        return
+    diverged = (out / DIVERGED).is_file()
+    diffs = differences(saved, cfg, diverged)
+    if diffs:
+        raise RunFolderError(
+            f"{out} holds a run of a different configuration ({'; '.join(diffs)}); nothing was written. Pass "
+            f"--restart to discard that run and start over in {out}, or choose another --out. Keys that may "
+            f"change when a run continues: {', '.join(SAFE_KEYS)}")
+
+
+def clear(out: Path) -> None:
+    """Remove what distkg wrote into OUT (RUN_ENTRIES), keeping anything else the user put there."""
+    removed = []
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("--restart: removed %s from %s", ", ".join(removed), out)
+
+
+def claim(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
+    """Make OUT the folder of ``cfg``: check it (or clear it with ``restart``), then save config.yaml.
+
+    ``write`` False: only check (ranks other than 0 of a multi-process run).
+    """
+    if restart and write:
+        clear(out)
+    elif not restart:
+        check_folder(cfg, out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / DIVERGED).unlink(missing_ok=True)  # the changed rates are now this run's config
+
+
+def mark_diverged(out: Path, message: str) -> None:
+    """Record that the run in OUT diverged, so a resume may change the keys of AFTER_DIVERGENCE."""
+    import json
+
+    (out / DIVERGED).write_text(json.dumps({"message": message}, indent=2))
+

@@ -1,0 +1,38 @@
+"""The 1-vs-all cross-entropy every KG model trains with (the trainer) and distillation's ``ce``
+term reads (distkg.distill.losses), with its gradient written out: it is half of a plain step's
+passes over the [batch x entities] scores, so it lives below both callers, in the training layer."""
+
+from __future__ import annotations
+
+import torch
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """F.cross_entropy (batch mean, optional label smoothing) with its gradient written out:
+    log_softmax once forward, kept, and turned in place into softmax - target backward. Autograd's
+    nll_loss + log_softmax backward makes a zero [B, C] matrix, scatters into it and reads it twice."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, a: torch.Tensor, smoothing: float) -> torch.Tensor:
+        log_p = torch.log_softmax(s, dim=1)
+        rows = torch.arange(len(a), device=a.device)
+        nll = -log_p[rows, a].sum()
+        if smoothing:
+            nll = (1 - smoothing) * nll - smoothing * log_p.sum() / s.shape[1]
+        ctx.save_for_backward(log_p, a)
+        ctx.smoothing = smoothing
+        return nll / len(s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        log_p, a = ctx.saved_tensors
+        g = log_p.exp()  # a new buffer (same passes as in place), so a retained graph can run backward again
+        if ctx.smoothing:
+            g.sub_(ctx.smoothing / g.shape[1])
+        g[torch.arange(len(a), device=a.device), a] -= 1 - ctx.smoothing
+        return g.mul_(grad / len(g)), None, None
+
+
+def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """F.cross_entropy(s, a, label_smoothing=...) with the gradient written out (_CrossEntropy)."""
+    return _CrossEntropy.apply(s, a, float(label_smoothing))

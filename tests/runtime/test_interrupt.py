@@ -1,0 +1,44 @@
+"""Ctrl-C stops a Ray run: the command exits (rc 130) within seconds, and the local Ray it started
+goes with it (before, Ray Train's own SIGINT handler only asked its controller to abort, which a
+worker group waiting for resources never did, and the command hung)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from distkg.config import save_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=50", "distill.stages.1.epochs=50", "runtime.backend=ray",
+                            "runtime.teacher_actors=1", "runtime.num_cpus=2")
+    save_config(cfg, tmp_path / "job.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(tmp_path / "job.yaml"),
+                             "--out", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "out" / "runtime").glob("worker-*.json")):  # a Ray Train worker runs
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.5)
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        assert ray_processes
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+        assert rc == 130, err[-3000:]
+        assert "distkg: interrupted" in err
+        gone, alive = psutil.wait_procs(ray_processes, timeout=30)
+        assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,165 @@
+"""One run folder, one configuration (distkg.runfolder), and checkpoints verified on load, on a small
+synthetic graph: a run of another config into an existing folder stops with rc 2 before anything is
+written; safe keys continue; --restart starts over; a damaged checkpoint falls back to an intact one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distkg import pipeline
+from distkg.cli.main import main
+from distkg.config import load_config
+from distkg.distill import runner
+from distkg.errors import ConfigError, DistkgError
+from distkg.training import trainer
+from distkg.training.checkpoint import CheckpointError, Checkpoints
+from tests.helpers import tiny_dataset
+
+DS = tiny_dataset("interval", n_ent=40, n_facts=400)
+BASE = ["model.name=tadistmult", "model.args.dim=6", "train.batch_size=64", "train.epochs=2", "train.patience=10",
+        "train.progress=false", "eval.progress=false"]
+
+
+def cfg(*sets: str, files=None):
+    return load_config(files, BASE + list(sets))
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes: 'nothing was written' is checked against this."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli_set(*sets: str) -> list[str]:
+    return [a for s in BASE + list(sets) for a in ("--set", s)]
+
+
+def test_train_into_a_folder_of_another_config_stops_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = trainer.train(cfg(), out, dataset=DS)
+    before = snapshot(out)
+    for change in ("model.args.dim=4", "train.lr=0.05", "train.epochs=1", "seed=1"):
+        with pytest.raises(ConfigError, match=r"holds a run of a different configuration \(" + change.split("=")[0]):
+            trainer.train(cfg(change), out, dataset=DS)
+        # the CLI stops before reading any data (no data root exists here) with rc 2 and the key
+        assert main(["train", "--out", str(out), *cli_set(change)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("distkg: error: ") and change.split("=")[0] in err and "--restart" in err
+        assert "Traceback" not in err and err.count("\n") == 1
+    assert snapshot(out) == before
+    # safe keys: a larger epoch budget and the progress flags continue the run
+    more = trainer.train(cfg("train.epochs=3", "train.progress=true"), out, dataset=DS)
+    assert more["epochs_run"] == 3 and first["epochs_run"] == 2
+    # --restart discards the run and starts over in the folder
+    restarted = trainer.train(cfg("model.args.dim=4"), out, resume=False, dataset=DS)
+    assert restarted["dim"] == 4 and restarted["epochs_run"] == 2
+    assert [json.loads(r)["epoch"] for r in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_distilling_one_method_into_another_methods_folder_stops(tmp_path, capsys, monkeypatch):
+    teacher = tmp_path / "teacher"
+    trainer.train(cfg("model.args.dim=16"), teacher, dataset=DS)
+    out = tmp_path / "bkd"
+    bkd = cfg(f"distill.teacher_run={teacher}", "model.args.dim=4", files=["configs/distill/bkd.yaml"])
+    bkd.distill.stages[0].epochs = 1
+    runner.distill(bkd, out, dataset=DS)
+    before = snapshot(out)
+    ours = cfg(f"distill.teacher_run={teacher}", f"distill.llm_run={tmp_path / 'no-llm'}", "model.args.dim=4",
+               files=["configs/distill/ours.yaml"])
+    with pytest.raises(ConfigError, match=r"distill\.method: 'bkd' -> 'ours'"):
+        runner.distill(ours, out, dataset=DS)
+    assert main(["distill", "--config", "configs/distill/ours.yaml", "--out", str(out),
+                 *cli_set(f"distill.teacher_run={teacher}", f"distill.llm_run={tmp_path / 'no-llm'}",
+                          "model.args.dim=4")]) == 2
+    assert "distill.method: 'bkd' -> 'ours'" in capsys.readouterr().err
+    assert snapshot(out) == before
+    # the same method with a larger stage budget continues; a relative spelling of the teacher's path is the same path
+    monkeypatch.chdir(tmp_path)
+    bkd.distill.stages[0].epochs = 2
+    bkd.distill.teacher_run = "teacher"
+    assert runner.distill(bkd, out, dataset=DS)["epochs_run"] == 2
+
+
+def test_distkg_run_checks_the_folder_and_every_part(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
+    sets = ["model.args.dim=8", "train.epochs=1", "train.progress=false", "eval.progress=false", "pipeline.llm=false",
+            "pipeline.students={plain: {stages: [{name: train, epochs: 1}]}}", "pipeline.student_dim=4"]
+    out = tmp_path / "run"
+    summary = pipeline.run(load_config("configs/quickstart.yaml", sets), out)
+    report = (out / "report.md").read_text()
+    walls = json.loads((out / "walls.json").read_text())
+    assert set(walls) == {"teacher", "students/plain"} and all(w > 0 for w in walls.values())
+    before = snapshot(out)
+    for change in ("model.args.dim=6", "pipeline.student_dim=2", "train.lr=0.2"):
+        with pytest.raises(ConfigError, match=change.split("=")[0].replace(".", r"\.")):
+            pipeline.run(load_config("configs/quickstart.yaml", sets + [change]), out)
+    assert snapshot(out) == before
+    # a part whose folder holds another config (changed by hand) is not reused either
+    part = out / "students" / "plain" / "config.yaml"
+    part.write_text(part.read_text().replace("seed: 0", "seed: 5"))
+    with pytest.raises(ConfigError, match=r"students/plain holds a run of a different configuration \(seed: 5 -> 0\)"):
+        pipeline.run(load_config("configs/quickstart.yaml", sets), out)
+    part.write_text(part.read_text().replace("seed: 5", "seed: 0"))
+    # a re-run reuses every part and keeps their wall times in the report
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("a finished part was trained again"))
+    again = pipeline.run(load_config("configs/quickstart.yaml", sets), out)
+    assert again["parts"] == summary["parts"]
+    rerun = (out / "report.md").read_text()
+    for folder, wall in walls.items():
+        assert f"| {wall} |" in rerun
+    assert rerun.split("Wall time of all parts")[1].split(";")[0] == report.split("Wall time of all parts")[1].split(";")[0]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_the_log_keeps_one_line_per_epoch(tmp_path, caplog):
+    straight = trainer.train(cfg("train.epochs=3"), tmp_path / "a", dataset=DS)
+    out = tmp_path / "b"
+    trainer.train(cfg("train.epochs=2", "train.keep_checkpoints=2"), out, dataset=DS)
+    newest = out / "checkpoints" / "epoch_0002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a full disk
+    resumed = trainer.train(cfg("train.epochs=3", "train.keep_checkpoints=2"), out, dataset=DS)
+    assert "epoch_0002.pt cannot be read" in caplog.text and "trying the checkpoint before it" in caplog.text
+    assert [json.loads(r)["epoch"] for r in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    for key in ("mrr", "best_epoch", "epochs_run"):
+        assert resumed[key] == straight[key], key
+    # none intact: a clear error, no traceback from torch
+    for p in Checkpoints(out / "checkpoints").epochs():
+        p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*--restart"):
+        trainer.train(cfg("train.epochs=4", "train.keep_checkpoints=2"), out, dataset=DS)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """config.yaml says one thing, the checkpoint another (copied in from another run): refused."""
+    trainer.train(cfg("seed=1"), tmp_path / "other", dataset=DS)
+    out = tmp_path / "run"
+    trainer.train(cfg(), out, dataset=DS)
+    for p in Checkpoints(out / "checkpoints").epochs():
+        p.unlink()
+    copied = Checkpoints(tmp_path / "other" / "checkpoints").latest()
+    (out / "checkpoints" / copied.name).write_bytes(copied.read_bytes())
+    with pytest.raises(CheckpointError, match=r"epoch_0002\.pt was written by a run of another configuration"):
+        trainer.train(cfg("train.epochs=3"), out, dataset=DS)
+
+
+def test_a_damaged_best_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "load_dataset", lambda data: DS)
+    out = tmp_path / "run"
+    trained = trainer.train(cfg("train.epochs=2", "train.keep_checkpoints=5"), out, dataset=DS)
+    best = out / "checkpoints" / "best.pt"
+    good = best.read_bytes()
+    best.write_bytes(good[:100])
+    _, _, model = trainer.load_trained(out)  # the best epoch's checkpoint holds the same weights
+    assert best.read_bytes() != good[:100]
+    expected = torch.load(out / "checkpoints" / f"epoch_{trained['best_epoch']:04d}.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in expected.items())
+    for p in Checkpoints(out / "checkpoints").epochs():
+        p.unlink()
+    best.write_bytes(good[:100])
+    with pytest.raises(CheckpointError, match=r"best\.pt cannot be read .*truncated or corrupt"):
+        trainer.load_trained(out)
+    best.write_bytes(good)
+    with pytest.raises(CheckpointError, match=r"best\.pt does not fit this model"):  # evaluate --run --set model.args.dim=4
+        trainer.load_trained(out, cfg("train.epochs=2", "model.args.dim=4"))
+    assert issubclass(CheckpointError, DistkgError)  # the CLI prints it as one line, rc 2
