@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 @dataclass
 class EvalConfig:
-    """The evaluation protocol (PROTOCOL.md); the defaults are distkg's default protocol."""
+    """The evaluation protocol (docs/PROTOCOL.md); the defaults are distkg's default protocol."""
 
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
     filter: Literal["time", "static", "none"] = "time"

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import json
 import logging
@@ -214,6 +215,24 @@ def scale(args) -> dict:
     return result
 
 
+
+def missing_runs(args: argparse.Namespace, parts: list[str]) -> None:
+    """Stop before starting Ray when a run a part reads is missing, naming the command that makes it
+    (the benchmark reads finished runs; it does not train 400-d teachers or LLM teachers itself)."""
+    need = {}
+    if {"throughput", "prefetch"} & set(parts):
+        need[args.llm_run] = (f"distkg llm finetune --config configs/llm/smollm2-{args.dataset}.yaml "
+                              f"--out {args.llm_run}   (or name another with --llm-run)")
+    if {"prefetch", "topk"} & set(parts):
+        need[args.teacher_run] = (f"distkg train --config configs/train/tadistmult-{args.dataset}-400.yaml "
+                                  f"--out {args.teacher_run}   (or name another with --teacher-run)")
+    gaps = [f"  {run}: not a finished run; make it with\n    {cmd}" for run, cmd in need.items()
+            if not (Path(run) / "metrics.json").is_file()]
+    if gaps:
+        print("bench_runtime: the parts " + ",".join(parts) + " read runs that are not here:\n" + "\n".join(gaps),
+              file=sys.stderr)
+        raise SystemExit(2)
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -241,13 +260,14 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())
+    parts = args.parts.split(",") if args.parts else []
+    missing_runs(args, parts)
     from distkg.runtime.cluster import connect
 
     connect(None, num_cpus=args.threads)
     out = Path(args.out)
     work = Path(args.work)  # runs of the prefetch part
     result: dict = {"machine": machine(), "dataset": args.dataset, "llm_run": args.llm_run}
-    parts = args.parts.split(",") if args.parts else []
     if "throughput" in parts:
         ds = load_dataset(dataclasses.replace(load_config(f"configs/train/tadistmult-{args.dataset}-25.yaml").data,
                                               root=args.data_root))

@@ -1,2 +1,2 @@
 """The LLM teacher: a (4-bit, LoRA-finetuned) causal LM that encodes entity, relation and time
-text and yields predictive distributions over entities (PAPER.md)."""
+text and yields predictive distributions over entities (docs/METHOD.md)."""

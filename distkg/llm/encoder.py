@@ -1,8 +1,8 @@
 """Texts -> pooled LLM hidden states, doing as little LLM work as possible.
 
-On CPU the LLM runs at the matmul limit (STACK.md), so speed comes from doing less: each distinct
-text is encoded once per weights version (a cache keyed by model name, a digest of the trainable
-weights and the text), texts are batched by token length so no position is padding, and the
+On CPU the LLM runs at the matmul limit (docs/RESULTS.md, "LLM speed"), so speed comes from doing
+less: each distinct text is encoded once per weights version (a cache keyed by model name, a digest
+of the trainable weights and the text), texts are batched by token length so no position is padding, and the
 LM's vocabulary head is skipped (only the transformer body runs).
 
 On a GPU the LLM is latency-bound instead (a forward call costs about the same for 30 texts as

@@ -1,4 +1,4 @@
-"""The LLM teacher (PAPER.md): an LLM encodes entity, relation and time texts, a learned projection
+"""The LLM teacher (docs/METHOD.md): an LLM encodes entity, relation and time texts, a learned projection
 maps them into the KG space, E(p) = sigmoid(W LLM(p) + b), and a backbone's scoring form over those
 embeddings gives scores over all entities; softmax of them is P_LLM.
 
