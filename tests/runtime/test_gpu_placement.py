@@ -29,7 +29,7 @@ from distkg.config import load_config
 from distkg.runtime.pool import actor_options
 
 cfg = load_config(sys.argv[1])
-ray.init(num_cpus=32, num_gpus=int(sys.argv[2]), include_dashboard=False, _node_ip_address=LOOPBACK,
+ray.init(address="local", num_cpus=32, num_gpus=int(sys.argv[2]), include_dashboard=False, _node_ip_address=LOOPBACK,
          logging_level="ERROR")
 
 @ray.remote
@@ -53,7 +53,9 @@ ray.shutdown()
 
 def place(config, gpus: int) -> dict:
     """Start a local Ray declaring ``gpus`` GPUs (and 32 CPUs), place probe actors as ``config`` would, report where."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    # a Ray of its own even while the suite's loopback cluster runs (its RAY_ADDRESS is not inherited)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(REPO),
+           "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run([sys.executable, "-c", PROBE, str(config), str(gpus)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
