@@ -22,7 +22,9 @@ def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
     cfg = tiny_runs.student("ours", "distill.stages.0.epochs=50", "distill.stages.1.epochs=50", "runtime.backend=ray",
                             "runtime.teacher_actors=1", "runtime.num_cpus=2")
     save_config(cfg, tmp_path / "job.yaml")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # the command starts a Ray of its own, also while the suite's loopback cluster runs (not inherited)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(tmp_path / "job.yaml"),
                              "--out", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     try:
