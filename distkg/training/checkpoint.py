@@ -24,9 +24,11 @@ _EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to a temporary name, flushed to disk, then rename: readers never see a half-written
-    file, and a crash of the machine right after the rename does not leave an empty one."""
+    file, and a crash of the machine right after the rename does not leave an empty one. The
+    temporary name is the process's own, so two processes saving one file (a grid's workers) never
+    write into the same temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
