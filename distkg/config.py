@@ -87,8 +87,8 @@ class LLMConfig:
     objective: Literal["sampled", "infonce"] = "sampled"
     refresh_every: int = 50  # infonce: steps between full re-encodings of the entity cache (+ a validation point)
     # infonce: the step's texts in one padded forward call, or one call per token length (no padding; on a
-    # CPU the padding costs more than the calls, docs/RESULTS.md)
-    step_calls: Literal["one", "lengths"] = "one"
+    # CPU the padding costs more than the calls, docs/RESULTS.md); auto: one on CUDA, lengths elsewhere
+    step_calls: Literal["auto", "one", "lengths"] = "auto"
     step_head_lr: float | None = None  # infonce: the head's lr in the LoRA steps (None: head_lr); a warm head needs less
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed

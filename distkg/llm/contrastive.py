@@ -21,7 +21,8 @@ predictors instead train the encoder against many negatives with a learned tempe
   TRAINING facts (the time-aware filter, distkg.evaluation.filters, over train only: validation and
   test facts are never seen in training) are left out of the softmax.
 - One padded forward call per step on the step's distinct query-side texts
-  (``llm.step_calls: one``), or one call per token length (``lengths``: no padding, the CPU choice).
+  (``llm.step_calls: one``), or one call per token length (``lengths``: no padding, the CPU choice);
+  ``auto`` (the default) takes one on CUDA and lengths elsewhere, from the teacher's resolved device.
 
 Each full refresh also scores the validation subsample from the cache (no extra LLM work), which
 gives the curve of validation MRR against fine-tuning minutes (metrics.json ``curve``); the
@@ -125,6 +126,7 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
         raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
                           "set runtime.workers=1 or llm.objective=sampled")
     lc = cfg.llm
+    step_calls = lc.step_calls if lc.step_calls != "auto" else ("one" if teacher.device.type == "cuda" else "lengths")
     train_qs = build_queries(ds.splits["train"], ds.num_relations)
     train_index = FilterIndex(ds.splits["train"], ds.num_relations, "time")
     eval_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
@@ -163,7 +165,7 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
         idx = torch.randint(0, len(train_qs), (lc.batch_size,), generator=gen).numpy()
         batch = QuerySet(train_qs.queries[idx], train_qs.answers[idx], train_qs.keys[idx], num_tail=0)
-        loss, n_texts = infonce_loss(teacher, cache, batch, train_index, lc.step_calls)
+        loss, n_texts = infonce_loss(teacher, cache, batch, train_index, step_calls)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
                                    f"the last good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}")
