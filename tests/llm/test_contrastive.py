@@ -109,3 +109,22 @@ def test_step_head_lr_sets_the_heads_rate_in_the_infonce_steps(tiny_llama, ds, t
     trained, fresh = load_teacher(tmp_path / "teacher", cfg, ds), build_teacher(cfg, ds)
     torch.testing.assert_close(trained.head.weight, fresh.head.weight)
     assert any(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
+
+
+def test_auto_step_calls_follow_the_resolved_device(tiny_llama, ds, tmp_path, monkeypatch):
+    """llm.step_calls: auto (the default) takes one padded call on CUDA and per-length calls elsewhere."""
+    from distkg.device import placement
+    from distkg.llm import contrastive
+
+    seen: list[str] = []
+    real = contrastive.infonce_loss
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(contrastive, "infonce_loss", spy)
+    cfg = infonce_cfg(tiny_llama, steps=1)
+    assert cfg.llm.step_calls == "auto"
+    finetune(cfg, tmp_path / "run", dataset=ds)
+    assert seen == ["one" if placement(cfg).llm_device.type == "cuda" else "lengths"]
