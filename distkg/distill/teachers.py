@@ -160,7 +160,7 @@ class KGTeacher:
         self.tempered = TemperedTargets(temperature, probs, soften_(probs, temperature))
         if path is not None:
             log.info("writing the teacher's soft targets at T=%g -> %s (once per teacher and temperature)", temperature, path)
-            _save_keyed({"key": key, "probs": probs, "plogp": self.tempered.plogp}, path)
+            atomic_save({"key": key, "probs": probs, "plogp": self.tempered.plogp}, path)
         return True
 
     def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> TemperedTargets:
@@ -193,17 +193,6 @@ def _load_keyed(path: Path, key: dict) -> dict | None:
         log.warning("ignoring unreadable cache %s (%s); it is rebuilt", path, err)
         return None
     return cached if cached.get("key") == key else None
-
-
-def _save_keyed(obj: dict, path: Path) -> None:
-    """torch.save under a name of this process, then rename: concurrent writers of the same cache
-    (the processes of a grid) never see or leave half a file."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class LLMTables:
@@ -249,7 +238,7 @@ class LLMTables:
         if probs is not None:
             soften_(probs, self.temperature)
             if path is not None:
-                _save_keyed({"key": key, "probs": probs}, path)
+                atomic_save({"key": key, "probs": probs}, path)
         return probs
 
     @torch.no_grad()

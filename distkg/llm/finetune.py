@@ -306,10 +306,8 @@ def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunC
 def _checkpoint(teacher: LLMTeacher, cfg: RunConfig, optimizer: torch.optim.Optimizer | None, state: dict,
                 ckpt: Path) -> None:
     save_teacher(teacher, cfg, ckpt)
-    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "state": state,
-                "torch_rng": torch.get_rng_state()},
-               ckpt / "state.pt.tmp")
-    (ckpt / "state.pt.tmp").rename(ckpt / "state.pt")
+    atomic_save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "state": state,
+                 "torch_rng": torch.get_rng_state()}, ckpt / "state.pt")
 
 
 def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict) -> dict:
