@@ -24,8 +24,10 @@ import re
 from collections import defaultdict
 from typing import NoReturn
 
+import numpy as np
+
 from distkg.data import TKGDataset
-from distkg.data.dates import parse_endpoint
+from distkg.data.dates import bucket_of, parse_endpoint
 from distkg.errors import QueryError
 
 _YEAR = re.compile(r"^-?\d+$")
@@ -118,12 +120,11 @@ class TimeMapper:
         return end.year  # None: written unknown
 
     def _bucket(self, year: int, text: str) -> int:
+        """The data's own bucket rule (dates.bucket_of), except that a year beyond the buckets is an error."""
         buckets = self.ds.buckets
-        for i, (lo, hi) in enumerate(buckets):
-            nxt = buckets[i + 1][0] if i + 1 < len(buckets) else hi + 1
-            if lo <= year < nxt:
-                return i
-        self._outside(year, text)
+        if not buckets[0][0] <= year <= buckets[-1][1]:
+            self._outside(year, text)
+        return int(bucket_of(np.array([year]), buckets)[0])
 
     def _outside(self, year: int, text: str) -> NoReturn:
         buckets = self.ds.buckets
