@@ -99,7 +99,8 @@ class LLMConfig:
     head_lr: float = 1e-2  # projection head and logit scale
     head_epochs: int = 0  # before LoRA: epochs of head-only 1-vs-all training on the frozen LM's features
     head_batch_size: int = 1000
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # LoRA steps per round of the training loop (checkpoint + validation); a head epoch is a round too
+    patience: int = 5  # validations (rounds) without a better validation MRR before a phase stops (head warm-up, LoRA)
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
     progress: bool = True
 
@@ -205,7 +206,7 @@ RANGES: dict[type, dict[str, tuple]] = {
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
                 "encode_batch": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "batch_size": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
-                "head_epochs": _AT_LEAST_0, "head_batch_size": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1,
+                "head_epochs": _AT_LEAST_0, "head_batch_size": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},
     StageConfig: {"epochs": _AT_LEAST_1, "lr": _POSITIVE},
     DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},

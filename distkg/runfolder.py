@@ -45,7 +45,7 @@ SAFE_KEYS: dict[str, str] = {
 # After a run diverged (OUT/diverged.json, written by the trainer's NaN guard), its message asks for a
 # lower learning rate or more regularisation and a resume from the last good checkpoint: these keys.
 AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stages.*.lr", "model.args.reg",
-                    "model.args.time_reg")
+                    "model.args.time_reg", "llm.lr", "llm.head_lr", "llm.step_head_lr")
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
 

@@ -1,6 +1,6 @@
 """InfoNCE fine-tuning of the LLM teacher (``llm.objective: infonce``), see docs/METHOD.md.
 
-Why: the sampled softmax (finetune.py) scores each query against a few dozen drawn entities, and
+Why: the sampled softmax (distkg.llm.rounds) scores each query against a few dozen drawn entities, and
 the LoRA step runs its texts through one forward call per token length. Strong text-encoder link
 predictors instead train the encoder against many negatives with a learned temperature. Here:
 
@@ -24,29 +24,24 @@ predictors instead train the encoder against many negatives with a learned tempe
   (``llm.step_calls: one``), or one call per token length (``lengths``: no padding, the CPU choice);
   ``auto`` (the default) takes one on CUDA and lengths elsewhere, from the teacher's resolved device.
 
-Each full refresh also scores the validation subsample from the cache (no extra LLM work), which
-gives the curve of validation MRR against fine-tuning minutes (metrics.json ``curve``); the
-minutes exclude that evaluation. Batches come from a generator seeded by (seed, step), and the
-checkpoint holds the cache, so a resumed run continues exactly.
+The steps run as rounds of distkg.training.loop (distkg.llm.rounds): the cache is refreshed at
+the end of each round too, and the round's validation scores the validation subsample from it
+(no extra LLM work), which gives the curve of validation MRR against fine-tuning minutes
+(metrics.json ``curve``); the minutes exclude that evaluation. Batches come from a generator
+seeded by (seed, step), and the checkpoint holds the cache, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset
-from distkg.errors import ConfigError
-from distkg.evaluation import FilterIndex, QuerySet, build_queries, evaluate
+from distkg.evaluation import FilterIndex, QuerySet, evaluate
 from distkg.llm.teacher import LLMTeacher, compose
-from distkg.training.trainer import TrainingDiverged
 
 log = logging.getLogger("distkg")
 
@@ -114,78 +109,3 @@ def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: Ru
                         ties=cfg.eval.ties, progress=False, index=index)["mrr"]
     finally:
         teacher.use_tables()
-
-
-def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: torch.optim.Optimizer, state: dict,
-                ckpt: Path) -> None:
-    """Train adapters + head with InfoNCE until ``llm.steps`` or ``llm.max_minutes``; updates ``state``
-    (step, seconds, losses, curve, llm_texts, cache) and checkpoints it with finetune's format."""
-    from distkg.llm.finetune import _checkpoint, process_group
-
-    if process_group()[1] > 1:
-        raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
-                          "set runtime.workers=1 or llm.objective=sampled")
-    lc = cfg.llm
-    step_calls = lc.step_calls if lc.step_calls != "auto" else ("one" if teacher.device.type == "cuda" else "lengths")
-    train_qs = build_queries(ds.splits["train"], ds.num_relations)
-    train_index = FilterIndex(ds.splits["train"], ds.num_relations, "time")
-    eval_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
-    if lc.step_head_lr is not None:  # the head group of finetune's optimiser: after the warm-up it needs small steps
-        optimizer.param_groups[1]["lr"] = lc.step_head_lr
-    state.setdefault("curve", [])
-    state.setdefault("llm_texts", 0)
-    started = time.perf_counter() - state["seconds"]
-
-    def refresh() -> torch.Tensor:
-        nonlocal started
-        teacher.eval()  # no adapter dropout in the cache
-        feats = full_cache(teacher, clear=state["step"] > 0)
-        teacher.train()
-        t = time.perf_counter()
-        mrr = cache_valid_mrr(teacher, feats, cfg, ds, eval_index)
-        started += time.perf_counter() - t  # the curve's evaluation is measurement, not fine-tuning
-        minutes = (time.perf_counter() - started) / 60
-        state["curve"].append({"step": state["step"], "minutes": round(minutes, 2), "valid_mrr": round(mrr, 4),
-                               "texts": state["llm_texts"],  # CPU minutes of this process: on a shared machine
-                               "process_cpu_minutes": round(time.process_time() / 60, 2)})  # they buy the work
-        log.info("InfoNCE step %d (%.1f min, %d texts through the LLM): validation MRR %.4f", state["step"], minutes,
-                 state["llm_texts"], mrr)
-        return feats["entity"]
-
-    cache = state.pop("cache", None)
-    if cache is None:
-        cache = refresh()
-    bar = tqdm(total=lc.steps, initial=state["step"], desc="LLM InfoNCE", disable=not lc.progress, mininterval=2)
-    teacher.train()
-    while state["step"] < lc.steps:
-        if (lc.max_minutes is not None and state["step"] >= lc.min_steps
-                and time.perf_counter() - started > 60 * lc.max_minutes):
-            log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
-            break
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
-        idx = torch.randint(0, len(train_qs), (lc.batch_size,), generator=gen).numpy()
-        batch = QuerySet(train_qs.queries[idx], train_qs.answers[idx], train_qs.keys[idx], num_tail=0)
-        loss, n_texts = infonce_loss(teacher, cache, batch, train_index, step_calls)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
-                                   f"the last good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        teacher.encoder.mark_updated()
-        state["step"] += 1
-        state["llm_texts"] += n_texts
-        state["losses"].append(round(loss.item(), 5))
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(state['losses'][-20:]):.3f}")
-        if state["step"] % lc.refresh_every == 0:  # also at the last step, so a checkpoint there holds what follows it
-            cache = refresh()
-        state["seconds"] = time.perf_counter() - started
-        if state["step"] % lc.checkpoint_every == 0 or state["step"] == lc.steps:
-            _checkpoint(teacher, cfg, optimizer, {**state, "cache": cache}, ckpt)
-            log.info("InfoNCE step %d loss %.3f (%.1f min, %d texts through the LLM)", state["step"],
-                     np.mean(state["losses"][-lc.checkpoint_every:]), state["seconds"] / 60, state["llm_texts"])
-    bar.close()
-    state["seconds"] = time.perf_counter() - started
-    if state["curve"][-1]["step"] != state["step"]:  # the last point; evaluation then reads the encoder's cache
-        refresh()

@@ -19,7 +19,6 @@ import torch
 from distkg.errors import DistkgError
 
 log = logging.getLogger("distkg")
-_EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -59,16 +58,20 @@ def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
 
 
 class Checkpoints:
-    def __init__(self, folder: Path, keep: int = 2, write: bool = True) -> None:
-        """``write`` False: a reader only (ranks other than 0 of a multi-process run)."""
+    def __init__(self, folder: Path, keep: int = 2, write: bool = True, prefix: str = "epoch") -> None:
+        """``write`` False: a reader only (ranks other than 0 of a multi-process run). ``prefix``
+        names the unit a checkpoint follows: ``epoch_0003.pt`` (KG training), ``round_0003.pt``
+        (LLM fine-tuning: a head epoch or ``llm.checkpoint_every`` steps, distkg.training.loop)."""
         self.folder = folder
         self.keep = max(keep, 1)
         self.write = write
+        self.prefix = prefix
+        self._name = re.compile(rf"^{prefix}_(\d+)\.pt$")
 
     def epochs(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _EPOCH.match(p.name))]
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := self._name.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def latest(self) -> Path | None:
@@ -78,7 +81,7 @@ class Checkpoints:
     def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
              aux: torch.nn.Module | None = None) -> Path:
         """``aux``: extra trainable modules (a FitNet regressor); best.pt holds only ``model``."""
-        path = self.folder / f"epoch_{epoch:04d}.pt"
+        path = self.folder / f"{self.prefix}_{epoch:04d}.pt"
         if not self.write:
             return path
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +95,8 @@ class Checkpoints:
              aux: torch.nn.Module | None = None) -> dict:
         ckpt = read_checkpoint(path)
         if not isinstance(ckpt, dict) or not {"model", "optimizer", "state", "torch_rng"} <= ckpt.keys():
-            raise CheckpointError(f"{path} is not an epoch checkpoint of distkg (keys model, optimizer, state, torch_rng)")
+            raise CheckpointError(f"{path} is not a checkpoint of distkg's training loop (keys model, optimizer, state, "
+                                  "torch_rng)")
         load_weights(model, ckpt["model"], path)
         if aux is not None:
             load_weights(aux, ckpt.get("aux", {}), path)
@@ -133,7 +137,7 @@ class Checkpoints:
         try:
             load_weights(model, read_checkpoint(path), path)
         except CheckpointError as e:
-            epoch = self.folder / f"epoch_{best_epoch or 0:04d}.pt"
+            epoch = self.folder / f"{self.prefix}_{best_epoch or 0:04d}.pt"
             if "does not fit" in str(e) or not best_epoch or not epoch.is_file():
                 raise
             log.warning("%s; using the weights of the best epoch's checkpoint %s", e, epoch)

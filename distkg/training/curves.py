@@ -14,7 +14,8 @@ def valid_curve(run: Path) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(history: list[dict], path: Path, title: str) -> Path:
+def plot_curves(history: list[dict], path: Path, title: str, xlabel: str = "epoch") -> Path:
+    """Loss and validation MRR per round of distkg.training.loop (``epoch``: a KG epoch, or an LLM round)."""
     import matplotlib  # here, not at import: 1-1.5 s of every command's start-up otherwise
 
     matplotlib.use("Agg")
@@ -23,7 +24,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> Path:
     epochs = [r["epoch"] for r in history]
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
+    ax1.set_xlabel(xlabel)
     ax1.set_ylabel("train loss", color="tab:blue")
     evaluated = [r for r in history if "valid_mrr" in r]
     if evaluated:

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +41,13 @@ from distkg.device import Placement, placement
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import claim, config_digest, mark_diverged
-from distkg.training.checkpoint import CheckpointError, Checkpoints
+from distkg.runfolder import claim, config_digest
+from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
+from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
 from distkg.training.objective import cross_entropy
 
 log = logging.getLogger("distkg")
-
-
-class TrainingDiverged(DistkgError):
-    """The loss or the weights became NaN/inf."""
-
-
-def _diverged(out: Path, main: bool, message: str) -> TrainingDiverged:
-    """The error to raise, recorded in OUT so that a resume may lower the rates (distkg.runfolder)."""
-    if main:
-        mark_diverged(out, message)
-    return TrainingDiverged(message)
 
 
 def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +143,10 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         aux: torch.nn.Module | None = None, resume: bool = True, extra: dict | None = None) -> dict:
     """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor).
 
-    Each stage trains until its epoch budget or until validation MRR has not risen for
-    ``train.patience`` evaluations; the next stage starts from the best weights so far with a
-    fresh patience counter. The test split is scored with the best weights of the whole run.
+    Each stage is a phase of distkg.training.loop (one round = one epoch): it trains until its epoch
+    budget or until validation MRR has not risen for ``train.patience`` evaluations; the next stage
+    starts from the best weights so far with a fresh patience counter. The test split is scored with
+    the best weights of the whole run.
     """
     tc = cfg.train
     log.info("%s", ds.describe())
@@ -170,39 +162,24 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     raw_model: TKGModel = accelerator.unwrap_model(model)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     trained = [p for p in [*raw_model.parameters(), *aux.parameters()] if p.requires_grad]
-    ckpts = Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main)
-    state = {"epoch": 0, "stage": 0, "stage_epoch": 0, "best_mrr": -1.0, "best_epoch": 0, "evals_without_gain": 0,
-             "seconds": 0.0, "history": []}
-    digest = config_digest(cfg)
-    if resume and (found := ckpts.resume(raw_model, optimizer, aux)) is not None:
-        latest, state = found
-        if state.get("config_digest", digest) != digest:  # checkpoints from before the digest carry none
-            raise CheckpointError(f"{latest} was written by a run of another configuration than {out / 'config.yaml'} "
-                                  "(a checkpoint copied in, or config.yaml edited); pass --restart to start over")
-        state.setdefault("stage", 0)  # checkpoints written before stages existed
-        state.setdefault("stage_epoch", state["epoch"])
-        log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
-    if main:  # the log holds exactly the epochs of the state resumed from: none repeated, none from a later crash
-        write_log(out / "log.jsonl", state["history"])
-
-    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
+
+    def validate() -> float:
+        raw_model.eval()
+        return evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)["mrr"]
+
+    loop = Loop(out, Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main), raw_model, optimizer,
+                validate, tc.patience, config_digest(cfg), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
+    state = loop.resume(resume)
+    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     n_batches = math.ceil(len(queries) / tc.batch_size)
     n_params = sum(p.numel() for p in raw_model.parameters())
     total_epochs = sum(s.epochs for s in stages)
     log.info("%s dim=%d, %d parameters, %d training queries, %d batches/epoch, stages: %s", cfg.model.name,
              raw_model.dim, n_params, len(queries), n_batches, ", ".join(f"{s.name} ({s.epochs} ep)" for s in stages))
-    started = time.perf_counter() - state["seconds"]
-    while state["stage"] < len(stages):
-        stage = stages[state["stage"]]
-        if state["stage_epoch"] >= stage.epochs or state["evals_without_gain"] >= tc.patience:
-            state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
-            if state["stage"] < len(stages) and state["best_epoch"] > 0:
-                accelerator.wait_for_everyone()
-                ckpts.load_best(raw_model, state["best_epoch"])  # the next stage starts from the best weights so far
-                log.info("stage %r done; stage %r starts from the best epoch (%d)", stage.name,
-                         stages[state["stage"]].name, state["best_epoch"])
-            continue
+
+    def run_epoch(stage: Stage, state: dict) -> dict:
+        """One epoch of ``stage``: batches from a generator seeded by (seed, epoch), split across ranks."""
         for group in optimizer.param_groups:  # the config's learning rate wins over a checkpoint's
             group["lr"] = stage.lr if stage.lr is not None else tc.lr
         epoch = state["epoch"]
@@ -221,7 +198,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                 with accelerator.autocast():
                     loss, named = stage.loss(idx, q, a, gen)
                 if not torch.isfinite(loss):
-                    raise _diverged(out, main, _diverged_message("loss", loss.item(), epoch, step, ckpts))
+                    raise loop.diverged("loss", loss.item(), f"epoch {epoch + 1}, step {step + 1}")
                 accelerator.backward(loss)
                 if world > 1 and accelerator.sync_gradients:
                     average_gradients(trained, world)
@@ -233,37 +210,12 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
             bar.set_postfix(loss=f"{total / (step + 1):.4f}", refresh=False)  # a refresh here would print every step, with a stale count
             _after_step(epoch, step)
         bar.close()
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise _diverged(out, main, _diverged_message("weights", float("nan"), epoch, n_batches - 1, ckpts))
         seconds = time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "stage": stage.name, "loss": total / n_batches, "seconds": round(seconds, 2),
-               "facts_per_second": round(len(queries) / 2 / seconds, 1),
-               **{f"loss_{k}": v / n_batches for k, v in parts.items()}}
-        if (state["stage_epoch"] + 1) % tc.eval_every == 0 or state["stage_epoch"] + 1 == stage.epochs:
-            raw_model.eval()
-            valid = evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)
-            row["valid_mrr"] = valid["mrr"]
-            if valid["mrr"] > state["best_mrr"]:
-                state.update(best_mrr=valid["mrr"], best_epoch=epoch + 1, evals_without_gain=0)
-                ckpts.save_best(raw_model)
-            else:
-                state["evals_without_gain"] += 1
-        state["epoch"] = epoch + 1
-        state["stage_epoch"] += 1
-        state["config_digest"] = digest
-        state["seconds"] = time.perf_counter() - started
-        state["history"].append(row)
-        ckpts.save(epoch + 1, raw_model, optimizer, state, aux)
-        if main:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-        accelerator.wait_for_everyone()
-        eta = state["seconds"] / state["epoch"] * (total_epochs - state["epoch"])
-        log.info("%s epoch %d/%d loss %.4f valid MRR %s  %.1fs (%.0f facts/s), ETA <= %.0fs", stage.name, epoch + 1,
-                 total_epochs, row["loss"], f"{row['valid_mrr']:.4f}" if "valid_mrr" in row else "-", seconds,
-                 row["facts_per_second"], eta)
+        return {"loss": total / n_batches, "seconds": round(seconds, 2),
+                "facts_per_second": round(len(queries) / 2 / seconds, 1),
+                **{f"loss_{k}": v / n_batches for k, v in parts.items()}}
 
-    ckpts.load_best(raw_model, state["best_epoch"])
+    state = loop.run([Phase(s.name, s.epochs, partial(run_epoch, s)) for s in stages], state)
     raw_model.eval()
     test = evaluate(raw_model, ds, split="test", options=options)
     metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
@@ -276,13 +228,6 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
              test["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
-
-
-def write_log(path: Path, rows: list[dict]) -> None:
-    """OUT/log.jsonl, one line per epoch run, written whole (temporary name, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -303,13 +248,6 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         n = g.numel()
         p.grad = flat[offset: offset + n].view_as(p).clone()
         offset += n
-
-
-def _diverged_message(what: str, value: float, epoch: int, step: int, ckpts: Checkpoints) -> str:
-    last = ckpts.latest()
-    keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    return (f"training stopped: the {what} became {value} at epoch {epoch + 1}, step {step + 1}; {keep} "
-            "(lower train.lr or raise the regularisation, then run again to resume from it)")
 
 
 def load_trained(run_dir: Path, cfg: RunConfig | None = None,

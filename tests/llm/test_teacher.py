@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 
 import pytest
@@ -60,16 +62,35 @@ def test_finetune_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tm
     torch.testing.assert_close(p.sum(1), torch.ones(len(q)))
 
 
-def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path):
+def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path, caplog):
     straight = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
     finetune(cfg_for(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
     resumed = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
     assert resumed["steps"] == 4
     assert resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
-    state = tmp_path / "b" / "checkpoints" / "latest" / "state.pt"
-    state.write_bytes(state.read_bytes()[:50])  # truncated
-    with pytest.raises(CheckpointError, match=r"state\.pt cannot be read .*truncated or corrupt"):
+    # one checkpoint format with the KG trainer (distkg.training.loop): a damaged newest checkpoint is
+    # named and the one before it resumed, exactly; none intact is an error naming the folder
+    newest = tmp_path / "b" / "checkpoints" / "round_0002.pt"
+    newest.write_bytes(newest.read_bytes()[:50])  # truncated
+    with caplog.at_level(logging.WARNING, logger="distkg"):
+        again = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
+    assert re.search(r"round_0002\.pt cannot be read .*truncated or corrupt", caplog.text)
+    assert again["mrr"] == straight["mrr"] and again["steps"] == 4
+    for path in (tmp_path / "b" / "checkpoints").glob("round_*.pt"):
+        path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*checkpoints \(round_0001\.pt, round_0002\.pt"):
         finetune(cfg_for(tiny_llama, steps=6), tmp_path / "b", dataset=ds)
+
+
+def test_a_run_folder_of_the_old_llm_checkpoint_format_is_refused_by_name(tiny_llama, ds, tmp_path):
+    """Before the one training loop, LLM fine-tuning kept checkpoints/latest/{state.pt, adapter, head.pt}:
+    such a folder is not resumed (nor silently restarted) but refused, naming the file and --restart."""
+    old = tmp_path / "checkpoints" / "latest" / "state.pt"
+    old.parent.mkdir(parents=True)
+    torch.save({"state": {"step": 2}}, old)
+    with pytest.raises(CheckpointError, match=r"checkpoints/latest/state\.pt was written by the LLM fine-tuning loop .*--restart"):
+        finetune(cfg_for(tiny_llama, steps=2), tmp_path, dataset=ds)
+    assert finetune(cfg_for(tiny_llama, steps=2), tmp_path, resume=False, dataset=ds)["steps"] == 2
 
 
 def test_time_budget_stops_fine_tuning_but_not_before_min_steps(tiny_llama, ds, tmp_path):

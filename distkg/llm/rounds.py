@@ -1,0 +1,291 @@
+"""The LLM teacher's fine-tuning as phases of distkg.training.loop (docs/METHOD.md).
+
+Why here and not a loop of its own: the loop gives the LLM teacher what it gives the KG trainer
+(exact resume, NaN guard, progress with rate and ETA, curve, early stopping on validation MRR);
+this module only says what one round of each phase does:
+
+- ``head``: one epoch of the head warm-up (the projection and scale, trained 1-vs-all on the
+  frozen LM's features of every text, encoded once per process), ``llm.head_epochs`` rounds.
+- ``lora``: ``llm.checkpoint_every`` steps of adapters + head, with the sampled softmax (the batch's
+  answers plus ``llm.negatives`` drawn entities) or InfoNCE against every entity through the
+  refreshed cache (distkg.llm.contrastive). The cache is refreshed every ``llm.refresh_every`` steps
+  and at the end of a round, whose validation reads it (no extra LLM work).
+
+``llm.max_minutes`` covers both phases (the warm-up's encoding included, validation excluded): a
+spent budget ends the warm-up and then the LoRA steps once ``llm.min_steps`` are done. Batches come
+from generators seeded by (seed, step) or (seed, epoch), so a resumed run continues exactly.
+
+What a checkpoint holds of the teacher (``TrainableWeights``): only the trained parameters (LoRA
+adapters, head, logit scale); the frozen base LM is rebuilt from ``llm.model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from distkg.config import RunConfig
+from distkg.device import placement
+from distkg.data import TKGDataset
+from distkg.errors import ConfigError
+from distkg.evaluation import FilterIndex, QuerySet, build_queries
+from distkg.llm import contrastive
+from distkg.llm.teacher import LLMTeacher
+from distkg.training.loop import Loop, Optimizers, Phase
+from distkg.training.trainer import training_queries
+
+log = logging.getLogger("distkg")
+
+
+def head_params(teacher: LLMTeacher) -> list[torch.nn.Parameter]:
+    """The projection head and the logit scale: what the warm-up trains."""
+    return [*teacher.head.parameters(), teacher.logit_scale]
+
+
+class TrainableWeights:
+    """The teacher's trained parameters by name (LoRA adapters, head, logit scale), as a state dict:
+    what the loop's checkpoints and best.pt hold (the 4-bit base LM is not saved)."""
+
+    def __init__(self, teacher: LLMTeacher) -> None:
+        self.teacher = teacher
+        self.params = {n: p for n, p in teacher.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy the saved values in; a RuntimeError (named by the checkpoint reader) when they do not fit."""
+        if set(state) != set(self.params):
+            missing, extra = sorted(set(self.params) - set(state)), sorted(set(state) - set(self.params))
+            raise RuntimeError(f"trainable parameters differ: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                if p.shape != state[n].shape:
+                    raise RuntimeError(f"size mismatch for {n}: {tuple(state[n].shape)} saved, {tuple(p.shape)} here")
+                p.copy_(state[n])
+        self.teacher.encoder.mark_updated()
+
+
+def lora_rounds(step: int, steps: int, every: int) -> int:
+    """Rounds from ``step`` to ``steps``: one ends at each multiple of ``every`` and at ``steps``."""
+    return 0 if step >= steps else math.ceil(steps / every) - step // every
+
+
+class TeacherRounds:
+    """The two phases of fine-tuning one teacher; their progress lives in the loop state's ``llm`` entry
+    (step, texts through the LLM, losses, curve, the InfoNCE cache), so checkpoints carry it."""
+
+    def __init__(self, teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizers: Optimizers, loop: Loop,
+                 rank: int = 0, world: int = 1) -> None:
+        self.teacher, self.cfg, self.ds, self.optimizers, self.loop = teacher, cfg, ds, optimizers, loop
+        self.rank, self.world = rank, world
+        self.queries, self.answers = training_queries(ds.splits["train"], ds.num_relations)
+        self.eval_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
+        self.feats: dict[str, torch.Tensor] | None = None  # hidden states of every text ...
+        self.feats_step = -1  # ... under the adapters of this step
+        self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
+        lc = cfg.llm
+        self.step_calls = lc.step_calls if lc.step_calls != "auto" else ("one" if teacher.device.type == "cuda" else "lengths")
+        if lc.objective == "infonce":
+            if world > 1:
+                raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
+                                  "set runtime.workers=1 or llm.objective=sampled")
+            self.train_qs = build_queries(ds.splits["train"], ds.num_relations)
+            self.train_index = FilterIndex(ds.splits["train"], ds.num_relations, "time")
+
+    # --------------------------------------------------------------------------------- phases
+    def phases(self, state: dict) -> list[Phase]:
+        lc = self.cfg.llm
+        llm = state.setdefault("llm", {"step": 0, "llm_texts": 0, "losses": [], "curve": []})
+        phases = [Phase("head", lc.head_epochs, self.head_epoch, "queries_per_second", over=self.budget_spent)
+                  ] if lc.head_epochs else []
+        in_lora = state["stage"] == len(phases)
+        rounds = (state["stage_epoch"] if in_lora else 0) + lora_rounds(llm["step"], lc.steps, lc.checkpoint_every)
+        run = self.infonce_round if lc.objective == "infonce" else self.sampled_round
+        return phases + [Phase("lora", rounds, run, "texts_per_second", over=self.lora_over)]
+
+    def budget_spent(self, state: dict) -> bool:
+        """``llm.max_minutes`` spent, as rank 0 sees it (every rank stops at the same step)."""
+        lc = self.cfg.llm
+        return lc.max_minutes is not None and _agreed(self.loop.clock.seconds() > 60 * lc.max_minutes, self.world)
+
+    def lora_over(self, state: dict) -> bool:
+        step = state["llm"]["step"]
+        return step >= self.cfg.llm.steps or (step >= self.cfg.llm.min_steps and self.budget_spent(state))
+
+    # ----------------------------------------------------------------------------- validation
+    def features(self, step: int) -> dict[str, torch.Tensor]:
+        """Hidden states of every text under the current adapters: reused while they have not moved."""
+        if self.feats is None or self.feats_step != step:
+            was_training = self.teacher.training
+            self.teacher.eval()  # no adapter dropout in the cache
+            self.feats = contrastive.full_cache(self.teacher, clear=step > 0)
+            self.teacher.train(was_training)
+            self.feats_step = step
+        return self.feats
+
+    def validate(self, state: dict) -> float:
+        """Validation MRR (the subsample) from the features of the current weights; a curve point."""
+        llm = state["llm"]
+        feats = self.features(llm["step"])
+        mrr = contrastive.cache_valid_mrr(self.teacher, feats, self.cfg, self.ds, self.eval_index)
+        self.curve_point(state, mrr)
+        return mrr
+
+    def curve_point(self, state: dict, mrr: float) -> None:
+        llm = state["llm"]
+        minutes = self.loop.clock.seconds() / 60
+        phase = "head" if self.cfg.llm.head_epochs and state["stage"] == 0 else "lora"
+        llm["curve"].append({"phase": phase, "step": llm["step"], "minutes": round(minutes, 2), "valid_mrr": round(mrr, 4),
+                             "texts": llm["llm_texts"],  # CPU minutes of this process: on a shared machine
+                             "process_cpu_minutes": round(time.process_time() / 60, 2)})  # they buy the work
+        log.info("LLM teacher at step %d (%.1f min, %d texts through the LLM): validation MRR %.4f", llm["step"],
+                 minutes, llm["llm_texts"], mrr)
+
+    # ------------------------------------------------------------------------------- the rounds
+    def head_epoch(self, state: dict) -> dict:
+        """One epoch of the head warm-up against all entities on the frozen LM's features.
+
+        Why: a LoRA step on a CPU costs seconds, so within a CPU budget LoRA sees few queries; the
+        features of every text are computed once, and the head then trains on all training
+        queries in seconds per epoch, so the LoRA steps that follow start from a head that ranks.
+        """
+        lc, t = self.cfg.llm, time.perf_counter()
+        if self.feats is None:
+            log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
+                     sum(len(v) for v in self.teacher.texts.values()))
+        feats = {k: v.to(self.teacher.device) for k, v in self.features(state["llm"]["step"]).items()}
+        opt = self.optimizers["head"]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * (state["stage_epoch"] + 1))
+        total, n = 0.0, 0
+        for idx in torch.randperm(len(self.queries), generator=gen).split(lc.head_batch_size):
+            loss = F.cross_entropy(self.teacher.score_from_features(feats, self.queries[idx].to(self.teacher.device)),
+                                   self.answers[idx].to(self.teacher.device))
+            if not torch.isfinite(loss):
+                raise self.loop.diverged("loss", loss.item(), f"head epoch {state['stage_epoch'] + 1}, batch {n + 1}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item(), n + 1
+        self.teacher.encoder.mark_updated()
+        seconds = time.perf_counter() - t
+        head = state["llm"].setdefault("head", {"epochs": 0, "losses": [], "seconds": 0.0})
+        head.update(epochs=head["epochs"] + 1, losses=[*head["losses"], round(total / n, 4)],
+                    seconds=round(head["seconds"] + seconds, 1))
+        return {"loss": total / n, "seconds": round(seconds, 2), "queries_per_second": round(len(self.queries) / seconds, 1)}
+
+    def _steps(self, state: dict, desc: str, step_fn) -> dict:
+        """Steps of ``step_fn(step) -> (loss, texts)`` until a multiple of ``llm.checkpoint_every``,
+        ``llm.steps`` or the budget; the round's log row."""
+        lc, llm, t = self.cfg.llm, state["llm"], time.perf_counter()
+        texts0, losses = self.teacher.encoder.stats.texts_encoded, []
+        left = min(lc.checkpoint_every - llm["step"] % lc.checkpoint_every, lc.steps - llm["step"])
+        bar = tqdm(total=left, desc=desc, disable=not (lc.progress and self.rank == 0), leave=False, mininterval=2)
+        self.teacher.train()
+        while True:
+            loss, n_texts = step_fn(llm["step"])
+            if not torch.isfinite(loss):
+                raise self.loop.diverged("loss", loss.item(), f"step {llm['step'] + 1}")
+            llm["step"] += 1
+            llm["llm_texts"] += n_texts
+            losses.append(round(loss.item(), 5))
+            llm["losses"].append(losses[-1])
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
+            if llm["step"] % lc.checkpoint_every == 0 or self.lora_over(state):
+                break
+        bar.close()
+        seconds = time.perf_counter() - t
+        texts = self.teacher.encoder.stats.texts_encoded - texts0
+        return {"loss": float(np.mean(losses)), "seconds": round(seconds, 2), "steps": len(losses), "step": llm["step"],
+                "texts": texts, "texts_per_second": round(texts / seconds, 1)}
+
+    def sampled_round(self, state: dict) -> dict:
+        """Sampled softmax: each query against the batch's answers plus ``llm.negatives`` drawn entities."""
+        lc, device, opt = self.cfg.llm, self.teacher.device, self.optimizers["lora"]
+        if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
+            self.engine = zero_engine(self.teacher, opt, self.cfg)
+
+        def step(i: int) -> tuple[torch.Tensor, int]:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
+            idx = torch.randint(0, len(self.queries), (lc.batch_size,), generator=gen)
+            negatives = torch.randint(0, self.ds.num_entities, (lc.negatives,), generator=gen)
+            candidates, inverse = torch.unique(torch.cat([self.answers[idx], negatives]), return_inverse=True)
+            target = inverse[: lc.batch_size].to(device)
+            texts = self.teacher.encoder.stats.texts_encoded
+            loss = F.cross_entropy(self.teacher.score_sampled(self.queries[idx].to(device), candidates.to(device)), target)
+            if torch.isfinite(loss):
+                if self.engine is not None:
+                    self.engine.backward(loss)
+                    self.engine.step()
+                else:
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                self.teacher.encoder.mark_updated()
+            return loss, self.teacher.encoder.stats.texts_encoded - texts
+
+        return self._steps(state, "LLM sampled softmax", step)
+
+    def infonce_round(self, state: dict) -> dict:
+        """InfoNCE against every entity through the cache (distkg.llm.contrastive); the round ends on a
+        refreshed cache, kept in the state (so a resume continues exactly) and read by validation."""
+        lc, llm, opt = self.cfg.llm, state["llm"], self.optimizers["lora"]
+        if lc.step_head_lr is not None:  # the head group: after the warm-up it needs small steps
+            opt.param_groups[1]["lr"] = lc.step_head_lr
+        if llm.get("cache") is None:
+            llm["cache"] = self.features(llm["step"])["entity"]
+            if not llm["curve"]:  # the curve's starting point (no warm-up gave one)
+                with self.loop.clock.excluded():
+                    self.curve_point(state, contrastive.cache_valid_mrr(self.teacher, self.feats, self.cfg,
+                                                                        self.ds, self.eval_index))
+
+        def step(i: int) -> tuple[torch.Tensor, int]:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i)
+            idx = torch.randint(0, len(self.train_qs), (lc.batch_size,), generator=gen).numpy()
+            qs = self.train_qs
+            batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
+            loss, n_texts = contrastive.infonce_loss(self.teacher, llm["cache"], batch, self.train_index, self.step_calls)
+            if torch.isfinite(loss):
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                self.teacher.encoder.mark_updated()
+                if (i + 1) % lc.refresh_every == 0:
+                    llm["cache"] = self.features(i + 1)["entity"]
+            return loss, n_texts
+
+        row = self._steps(state, "LLM InfoNCE", step)
+        llm["cache"] = self.features(llm["step"])["entity"]  # fresh at the round's end (cached when just refreshed)
+        return row
+
+
+def _agreed(flag: bool, world: int) -> bool:
+    """Rank 0's decision on every rank (the workers must stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
+    """DeepSpeed ZeRO (``runtime.zero_stage``) over the trainable LoRA and head parameters, in the
+    process group Ray Train set up: each worker steps on its own batch of ``llm.batch_size``."""
+    import deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
+              "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
+    engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)
+    log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
+             engine.world_size)
+    return engine
