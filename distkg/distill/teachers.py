@@ -24,7 +24,8 @@ import torch
 from distkg.data import TKGDataset
 from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
-from distkg.llm.teacher import form_match, table_query
+from distkg.llm.teacher import scaled_match
+from distkg.models import scoring_form
 from distkg.report import read_metrics
 from distkg.training.checkpoint import atomic_save
 
@@ -222,6 +223,7 @@ class LLMTables:
                path: Path | None) -> None:
         self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
+        self.scoring = scoring_form(self.form)  # the backbone's own scoring, as the teacher scored in fine-tuning
         # P_LLM of every training query x entity at ``temperature``, when queries are given and it fits
         self.temperature = temperature
         self.all_probs = self._all_probs(path, queries, ds.num_entities) if queries is not None else None
@@ -244,8 +246,8 @@ class LLMTables:
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
         """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included."""
-        query = table_query(self.form, self.entity, self.relation, self.time, q)
-        return form_match(self.form, self.log_scale, query, self.entity)
+        query = self.scoring.table_query(self.entity, self.relation, self.time, q)
+        return scaled_match(self.scoring, self.log_scale, query, self.entity)
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None) -> torch.Tensor:
         """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction."""

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from distkg.config import RunConfig
 from distkg.data import TKGDataset
 from distkg.evaluation import FilterIndex, QuerySet, evaluate
-from distkg.llm.teacher import LLMTeacher, compose
+from distkg.llm.teacher import LLMTeacher
 
 log = logging.getLogger("distkg")
 
@@ -80,7 +80,7 @@ def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, inde
         return torch.searchsorted(ids[kind], col.contiguous()).to(device)
 
     t = 0.5 * (tim[pos("time", q[:, 2])] + tim[pos("time", q[:, 3])])
-    query = compose(teacher.form, ent[pos("entity", q[:, 0])], rel[pos("relation", q[:, 1])], t)
+    query = teacher.scoring.query(ent[pos("entity", q[:, 0])], rel[pos("relation", q[:, 1])], t)
     table = torch.sigmoid(teacher.head(cache.to(device)))
     logits = masked_logits(teacher.match(query, table), batch, index)
     return F.cross_entropy(logits, a.to(device)), len(texts)

@@ -8,9 +8,11 @@ are the ISO date for daily data and "from <first> to <last>" of the year bucket 
 data ("unknown time" for the unknown id); an interval fact uses the mean of its two ends' time
 embeddings (the interval rule of distkg.models.base).
 
-Scoring forms (``llm.form``), scaled by a learned temperature because sigmoid embeddings live
-in (0, 1) and their raw scores are too flat for a useful softmax:
-  tadistmult  <E(e) * E(r') * E(t), E(c)>     (relation and time combined multiplicatively)
+Scoring (``llm.form`` names the backbone): the backbone model's own scoring form over supplied
+vectors (distkg.models, ``ScoringForm``: the KG model scores its tables with it too), scaled by a
+learned temperature because sigmoid embeddings live in (0, 1) and their raw scores are too flat
+for a useful softmax:
+  tadistmult  <E(e) * E(r') * E(t), E(c)>     (relation and time joined as TA-DistMult joins e and r_t)
   ttranse     -||E(e) + E(r') + E(t) - E(c)||
 """
 
@@ -22,28 +24,16 @@ import torch
 from torch import nn
 
 from distkg.data import TKGDataset
+from distkg.errors import ConfigError
 from distkg.llm.encoder import TextEncoder
 from distkg.llm.loading import LoadedLM
+from distkg.models import ScoringForm, scoring_form
 from distkg.models.base import TKGModel
-from distkg.models.ttranse import neg_l2
 
 
-def compose(form: str, e: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The query representation from entity, relation and time embeddings in a scoring form."""
-    return e * r * t if form == "tadistmult" else e + r + t
-
-
-def form_match(form: str, log_scale: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """[B, D] x [C, D] -> [B, C] scores in a scoring form, times the learned scale."""
-    raw = q @ candidates.T if form == "tadistmult" else neg_l2(q, candidates)
-    return raw * log_scale.exp()
-
-
-def table_query(form: str, entity: torch.Tensor, relation: torch.Tensor, time: torch.Tensor,
-                queries: torch.Tensor) -> torch.Tensor:
-    """Query representations looked up in embedding tables, the interval rule included."""
-    t = 0.5 * (time[queries[:, 2]] + time[queries[:, 3]])
-    return compose(form, entity[queries[:, 0]], relation[queries[:, 1]], t)
+def scaled_match(form: ScoringForm, log_scale: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[B, D] x [C, D] -> [B, C] scores in the backbone's form, times the learned scale."""
+    return form.match(q, candidates) * log_scale.exp()
 
 
 def time_texts(dataset: TKGDataset) -> list[str]:
@@ -57,8 +47,10 @@ class LLMTeacher(TKGModel):
     def __init__(self, lm: LoadedLM, dataset: TKGDataset, dim: int = 400, form: str = "tadistmult",
                  max_tokens: int = 32, encode_batch: int = 64) -> None:
         super().__init__(dataset, dim)
-        if form not in ("tadistmult", "ttranse"):
-            raise ValueError(f"llm.form must be 'tadistmult' or 'ttranse', got {form!r}")
+        try:
+            self.scoring = scoring_form(form)  # the backbone's own scoring over supplied vectors
+        except (ValueError, ConfigError) as e:
+            raise ValueError(f"llm.form: {e}") from None
         self.lm_model = lm.model  # registered, so .parameters() includes the LoRA adapters
         self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch)
         hidden = lm.model.config.hidden_size
@@ -105,7 +97,7 @@ class LLMTeacher(TKGModel):
         return out  # type: ignore[return-value]
 
     def _query_from(self, queries: torch.Tensor, e: torch.Tensor, r: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
-        return compose(self.form, e, r, 0.5 * (both[: len(queries)] + both[len(queries):]))
+        return self.scoring.query(e, r, 0.5 * (both[: len(queries)] + both[len(queries):]))
 
     def _query_parts(self, queries: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         return [("entity", queries[:, 0]), ("relation", queries[:, 1]), ("time", torch.cat([queries[:, 2], queries[:, 3]]))]
@@ -121,11 +113,10 @@ class LLMTeacher(TKGModel):
         return self.embed("entity", torch.arange(start, stop), grad=False)
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return form_match(self.form, self.logit_scale, q, candidates)
+        return scaled_match(self.scoring, self.logit_scale, q, candidates)
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        raw = (q * c).sum(1) if self.form == "tadistmult" else -(q - c).pow(2).sum(1).clamp_min(1e-9).sqrt()
-        return raw * self.logit_scale.exp()
+        return self.scoring.match_pairs(q, c) * self.logit_scale.exp()
 
     def use_tables(self, **tables: torch.Tensor) -> None:
         """Read E(p) of these kinds (e.g. ``entity=``) from the given tables instead of the LLM. They
@@ -141,7 +132,7 @@ class LLMTeacher(TKGModel):
         """[B, E] scores from precomputed hidden states: only the head (and scale) gets gradients,
         so the head can see every entity at every step (a full softmax), thousands of queries/s."""
         proj = {k: torch.sigmoid(self.head(v)) for k, v in feats.items()}
-        q = table_query(self.form, proj["entity"], proj["relation"], proj["time"], queries)
+        q = self.scoring.table_query(proj["entity"], proj["relation"], proj["time"], queries)
         return self.match(q, proj["entity"])
 
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

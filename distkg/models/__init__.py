@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from distkg.models.registry import MODELS
 from distkg.models import frequency, tadistmult, tntcomplex, ttranse  # noqa: F401  (registers)
-from distkg.models.base import TKGModel
+from distkg.models.base import ScoringForm, TKGModel
 
-__all__ = ["MODELS", "TKGModel", "check_dim"]
+__all__ = ["MODELS", "ScoringForm", "TKGModel", "check_dim", "scoring_form"]
+
+
+def scoring_form(name: str) -> ScoringForm:
+    """The scoring form of backbone ``name`` (``model.name``), for scoring supplied vectors (the LLM
+    teacher's E(p)); a ValueError naming the backbones that have one otherwise."""
+    form = getattr(MODELS.get(name), "form", None)
+    if form is None:
+        have = [n for n in MODELS.names() if getattr(MODELS.get(n), "form", None) is not None]
+        raise ValueError(f"{name!r} has no scoring form over supplied embeddings; backbones that have one: {', '.join(have)}")
+    return form
 
 
 def check_dim(name: str, dim: object, where: str) -> None:

@@ -17,6 +17,7 @@ of the scores at the two ends; for TTransE it is the translation by the interval
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,10 +25,60 @@ from torch import nn
 from distkg.data import TKGDataset
 
 
+class ScoringForm(ABC):
+    """A backbone's scoring over supplied vectors: how the query's entity, relation and time vectors
+    join into the query representation, and how it is matched with candidate vectors.
+
+    Why apart from the model: the KG model scores its own embedding tables with it, and the LLM
+    teacher (distkg.llm.teacher) scores the LLM's projected embeddings E(p) with the same form, so
+    P_LLM is the backbone's own scoring (docs/METHOD.md), written once.
+    """
+
+    @abstractmethod
+    def join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The operator that joins an entity vector with a relation (or relation-time) vector."""
+
+    @abstractmethod
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[B, D] x [C, D] -> [B, C] scores."""
+
+    @abstractmethod
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Row-wise match, [B, D] x [B, D] -> [B]."""
+
+    def query(self, e: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The query from separate entity, relation and time vectors: (e . r) . t with . the join."""
+        return self.join(self.join(e, r), t)
+
+    def table_query(self, entity: torch.Tensor, relation: torch.Tensor, time: torch.Tensor,
+                    queries: torch.Tensor) -> torch.Tensor:
+        """Query representations of [B, 4] ``queries`` looked up in embedding tables, with the
+        interval rule (the mean of the start and end time vectors)."""
+        t = 0.5 * (time[queries[:, 2]] + time[queries[:, 3]])
+        return self.query(entity[queries[:, 0]], relation[queries[:, 1]], t)
+
+
+class DistMultForm(ScoringForm):
+    """Trilinear (TA-DistMult): the query joins multiplicatively, candidates match by dot product."""
+
+    def join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return q @ candidates.T
+
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return (q * c).sum(1)
+
+
+DISTMULT = DistMultForm()
+
+
 class TKGModel(nn.Module, ABC):
     """Queries -> representation, a candidate table, and a score between them."""
 
     dim_step: int = 1  # dims must be a multiple of this (distkg.models.check_dim)
+    form: ClassVar[ScoringForm | None] = None  # the scoring over supplied vectors, where the model has one
 
     def __init__(self, dataset: TKGDataset, dim: int) -> None:
         super().__init__()
@@ -87,10 +138,10 @@ class DotProductModel(TKGModel):
         return self.ent.weight[start:stop]
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return q @ candidates.T
+        return DISTMULT.match(q, candidates)
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (q * c).sum(1)
+        return DISTMULT.match_pairs(q, c)
 
 
 def embedding(n: int, dim: int, std: float) -> nn.Embedding:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distkg.data import TKGDataset
-from distkg.models.base import DotProductModel, embedding
+from distkg.models.base import DISTMULT, DotProductModel, embedding
 from distkg.models.registry import MODELS
 
 YEAR, MONTH, DAY = 0, 10, 22  # offsets of the digit/month/day token groups after the relations
@@ -50,6 +50,8 @@ def time_tokens(dataset: TKGDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 @MODELS.register("tadistmult")
 class TADistMult(DotProductModel):
+    form = DISTMULT  # <e_s * r_t, e_o>; the LLM teacher's r_t is E(r') * E(t) (distkg.llm.teacher)
+
     def __init__(self, dataset: TKGDataset, dim: int = 400, init_std: float = 1e-2, reg: float = 0.0,
                  dropout: float = 0.0) -> None:
         super().__init__(dataset, dim)
@@ -84,7 +86,7 @@ class TADistMult(DotProductModel):
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         rt = self.relation_time(queries[:, 1], queries[:, 2], queries[:, 3])
         self._last_rt = (queries, rt)  # the regulariser of the same batch reuses it (no second LSTM pass)
-        return self.drop(self.ent(queries[:, 0]) * rt)
+        return self.drop(self.form.join(self.ent(queries[:, 0]), rt))
 
     def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """N3 (Lacroix et al. 2018) on the three factors of each scored triple."""

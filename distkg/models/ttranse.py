@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from distkg.data import TKGDataset
-from distkg.models.base import TKGModel, embedding
+from distkg.models.base import ScoringForm, TKGModel, embedding
 from distkg.models.registry import MODELS
 
 
@@ -61,8 +61,23 @@ def neg_l2_reference(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return -sq.clamp_min(EPS).sqrt()
 
 
+class TransEForm(ScoringForm):
+    """Translational (TTransE): the query joins by addition, candidates match by negative L2 distance."""
+
+    def join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return neg_l2(q, candidates)
+
+    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return -(q - c).pow(2).sum(1).clamp_min(EPS).sqrt()
+
+
 @MODELS.register("ttranse")
 class TTransE(TKGModel):
+    form = TransEForm()
+
     def __init__(self, dataset: TKGDataset, dim: int = 400, init_std: float = 0.05, reg: float = 0.0) -> None:
         super().__init__(dataset, dim)
         self.ent = embedding(self.num_entities, dim, init_std)
@@ -72,16 +87,16 @@ class TTransE(TKGModel):
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         tau = 0.5 * (self.time(queries[:, 2]) + self.time(queries[:, 3]))
-        return self.ent(queries[:, 0]) + self.rel(queries[:, 1]) + tau
+        return self.form.query(self.ent(queries[:, 0]), self.rel(queries[:, 1]), tau)
 
     def candidate_table(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self.ent.weight[start:stop]
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return neg_l2(q, candidates)
+        return self.form.match(q, candidates)
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return -(q - c).pow(2).sum(1).clamp_min(EPS).sqrt()
+        return self.form.match_pairs(q, c)
 
     def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """L2 on the embeddings used by the batch (translational models drift in norm without it)."""
