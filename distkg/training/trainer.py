@@ -2,10 +2,11 @@
 with reciprocal relations; a distillation method (distkg.distill) is a list of stages with other losses.
 
 Read ``fit`` top to bottom: build the optimiser; resume from the newest checkpoint in OUT if
-there is one; for each epoch shuffle with a generator seeded by (seed, epoch) -- so a resumed run
-sees exactly the batches an uninterrupted one would -- step through the batches, evaluate on the
-validation split, keep the best, write a checkpoint, move to the next stage when validation MRR
-stops rising or the stage's epochs are spent.
+there is one; run the stages as phases of distkg.training.loop (the loop the LLM teacher's
+fine-tuning runs too), one round per epoch: shuffle with a generator seeded by (seed, epoch) -- so
+a resumed run sees exactly the batches an uninterrupted one would -- and step through the batches
+(``run_epoch``); the loop evaluates on the validation split, keeps the best, writes a checkpoint
+and moves to the next stage when validation MRR stops rising or the stage's epochs are spent.
 Then score the test split with the best weights and write OUT/metrics.json.
 
 The device and mixed precision come from distkg.device (bf16 on GPU, fp32 on CPU); Accelerate
