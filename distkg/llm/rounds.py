@@ -162,6 +162,8 @@ class TeacherRounds:
                      sum(len(v) for v in self.teacher.texts.values()))
         feats = {k: v.to(self.teacher.device) for k, v in self.features(state["llm"]["step"]).items()}
         opt = self.optimizers["head"]
+        for group in opt.param_groups:  # the config's rate wins over a checkpoint's (a resume after divergence)
+            group["lr"] = lc.head_lr
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * (state["stage_epoch"] + 1))
         total, n = 0.0, 0
         for idx in torch.randperm(len(self.queries), generator=gen).split(lc.head_batch_size):
@@ -179,6 +181,14 @@ class TeacherRounds:
         head.update(epochs=head["epochs"] + 1, losses=[*head["losses"], round(total / n, 4)],
                     seconds=round(head["seconds"] + seconds, 1))
         return {"loss": total / n, "seconds": round(seconds, 2), "queries_per_second": round(len(self.queries) / seconds, 1)}
+
+    def set_rates(self, head_lr: float | None = None) -> None:
+        """The config's rates on the LoRA optimiser (they win over a checkpoint's: a resume after a
+        divergence lowers them): adapters ``llm.lr``, head ``head_lr`` (``llm.step_head_lr``:
+        after the warm-up the head needs small steps) or ``llm.head_lr``."""
+        groups = self.optimizers["lora"].param_groups
+        groups[0]["lr"] = self.cfg.llm.lr
+        groups[1]["lr"] = head_lr if head_lr is not None else self.cfg.llm.head_lr
 
     def _steps(self, state: dict, desc: str, step_fn) -> dict:
         """Steps of ``step_fn(step) -> (loss, texts)`` until a multiple of ``llm.checkpoint_every``,
@@ -209,6 +219,8 @@ class TeacherRounds:
     def sampled_round(self, state: dict) -> dict:
         """Sampled softmax: each query against the batch's answers plus ``llm.negatives`` drawn entities."""
         lc, device, opt = self.cfg.llm, self.teacher.device, self.optimizers["lora"]
+        if self.engine is None:
+            self.set_rates()
         if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
             self.engine = zero_engine(self.teacher, opt, self.cfg)
 
@@ -237,8 +249,7 @@ class TeacherRounds:
         """InfoNCE against every entity through the cache (distkg.llm.contrastive); the round ends on a
         refreshed cache, kept in the state (so a resume continues exactly) and read by validation."""
         lc, llm, opt = self.cfg.llm, state["llm"], self.optimizers["lora"]
-        if lc.step_head_lr is not None:  # the head group: after the warm-up it needs small steps
-            opt.param_groups[1]["lr"] = lc.step_head_lr
+        self.set_rates(lc.step_head_lr)
         if llm.get("cache") is None:
             llm["cache"] = self.features(llm["step"])["entity"]
             if not llm["curve"]:  # the curve's starting point (no warm-up gave one)

@@ -79,6 +79,8 @@ def test_nan_stops_keeps_the_last_good_checkpoint_and_a_lower_rate_resumes(tiny_
     assert (tmp_path / "diverged.json").is_file()
     monkeypatch.setattr(contrastive, "infonce_loss", real)
     assert finetune(infonce(tiny_llama, steps=4, head_epochs=0, lr=1e-4), tmp_path, dataset=ds)["steps"] == 4
+    latest = torch.load(Checkpoints(tmp_path / "checkpoints", prefix="round").latest(), weights_only=True)
+    assert latest["optimizer"]["lora"]["param_groups"][0]["lr"] == 1e-4  # the lowered rate, not the checkpoint's
 
 
 def test_the_time_budget_covers_the_head_warm_up(tiny_llama, ds, tmp_path):
