@@ -160,8 +160,12 @@ class Loop:
         total = sum(p.rounds for p in phases)
         while state["stage"] < len(phases):
             phase = phases[state["stage"]]
-            if (state["stage_epoch"] >= phase.rounds or state["evals_without_gain"] >= self.patience
-                    or (phase.over is not None and phase.over(state))):
+            stalled = state["evals_without_gain"] >= self.patience
+            cut = not stalled and state["stage_epoch"] < phase.rounds and phase.over is not None and phase.over(state)
+            if stalled or cut:
+                log.info("%s stopped after %d %ss: %s", phase.name, state["stage_epoch"], self.unit,
+                         f"no better validation MRR in {self.patience} validations" if stalled else "its budget is spent")
+            if stalled or cut or state["stage_epoch"] >= phase.rounds:
                 state.update(stage=state["stage"] + 1, stage_epoch=0, evals_without_gain=0)
                 if state["stage"] < len(phases) and state["best_epoch"] > 0:
                     self.barrier()
