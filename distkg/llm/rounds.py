@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -160,6 +161,9 @@ class TeacherRounds:
         if self.feats is None:
             log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
                      sum(len(v) for v in self.teacher.texts.values()))
+            self.features(state["llm"]["step"])
+            log.info("encoded in %.0fs; head epoch %d of %d against all entities", time.perf_counter() - t,
+                     state["stage_epoch"] + 1, lc.head_epochs)
         feats = {k: v.to(self.teacher.device) for k, v in self.features(state["llm"]["step"]).items()}
         opt = self.optimizers["head"]
         for group in opt.param_groups:  # the config's rate wins over a checkpoint's (a resume after divergence)
@@ -190,7 +194,7 @@ class TeacherRounds:
         groups[0]["lr"] = self.cfg.llm.lr
         groups[1]["lr"] = head_lr if head_lr is not None else self.cfg.llm.head_lr
 
-    def _steps(self, state: dict, desc: str, step_fn) -> dict:
+    def _steps(self, state: dict, desc: str, step_fn: Callable[[int], tuple[torch.Tensor, int]]) -> dict:
         """Steps of ``step_fn(step) -> (loss, texts)`` until a multiple of ``llm.checkpoint_every``,
         ``llm.steps`` or the budget; the round's log row."""
         lc, llm, t = self.cfg.llm, state["llm"], time.perf_counter()
