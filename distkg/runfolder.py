@@ -11,6 +11,7 @@ compared key by key with the new config; any difference outside ``SAFE_KEYS`` st
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -52,6 +53,12 @@ PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved p
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
 RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
                "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore")
+
+
+def read_metrics(run: Path) -> dict | None:
+    """A run's metrics.json, or None while the run has not finished (how resumable jobs skip done parts)."""
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class RunFolderError(ConfigError):
@@ -157,7 +164,7 @@ def clear(out: Path) -> None:
         log.info("--restart: removed %s from %s", ", ".join(removed), out)
 
 
-def claim(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
+def prepare_folder(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
     """Make OUT the folder of ``cfg``: check it (or clear it with ``restart``), then save config.yaml.
 
     ``write`` False: only check (ranks other than 0 of a multi-process run).
@@ -174,7 +181,5 @@ def claim(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) 
 
 def mark_diverged(out: Path, message: str) -> None:
     """Record that the run in OUT diverged, so a resume may change the keys of AFTER_DIVERGENCE."""
-    import json
-
     (out / DIVERGED).write_text(json.dumps({"message": message}, indent=2))
 

@@ -71,7 +71,7 @@ def test_set_indexes_into_lists():
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    from distkg.distill.reproduce import load_grid
+    from distkg.experiments.grid import load_grid
     from distkg.distill.runner import check_method
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -86,7 +86,7 @@ def test_shipped_configs_parse():
         else:
             cfg = load_config(path)
             if cfg.pipeline.students:
-                from distkg.pipeline import student_config
+                from distkg.experiments.pipeline import student_config
 
                 for method in cfg.pipeline.students:
                     check_method(student_config(cfg, method, Path("teacher"), Path("llm")))

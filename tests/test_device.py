@@ -96,7 +96,7 @@ def test_training_and_its_evaluations_use_the_resolved_device_and_options(on_sen
 
 def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):
     from distkg.models import MODELS
-    from distkg.pipeline import evaluate_model
+    from distkg.experiments.pipeline import evaluate_model
 
     ds = tiny_dataset("point")
 

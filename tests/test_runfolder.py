@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from distkg import pipeline
+from distkg.experiments import pipeline
 from distkg.cli.main import main
 from distkg.config import load_config
 from distkg.distill import runner

@@ -25,7 +25,7 @@ from distkg.data import TKGDataset
 from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import form_match, table_query
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")

@@ -36,7 +36,7 @@ from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.teacher import LLMTeacher
-from distkg.runfolder import claim
+from distkg.runfolder import prepare_folder
 from distkg.training.checkpoint import CheckpointError, atomic_save, load_weights, read_checkpoint
 from distkg.training.trainer import TrainingDiverged, training_queries
 
@@ -135,7 +135,7 @@ def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
 
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
     lc = cfg.llm
-    claim(cfg, out, restart=not resume, write=process_group()[0] == 0)  # one run folder, one config
+    prepare_folder(cfg, out, restart=not resume, write=process_group()[0] == 0)  # one run folder, one config
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     teacher = build_teacher(cfg, ds)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ from distkg.data import load_dataset, resolve_data_root
 from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 from distkg.runtime.cluster import connect
 from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.resources import check_fits, local_cpus

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 
 log = logging.getLogger("distkg")
 

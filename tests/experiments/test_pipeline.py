@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from distkg import pipeline
+from distkg.experiments import pipeline
 from distkg.config import load_config
 from tests.helpers import tiny_dataset
 from tests.llm.conftest import make_tiny_llama
