@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -398,27 +399,32 @@ def build_overridden(cls: type[T], values: dict, source: str, overrides: list[st
     raise ConfigError(f"{source} with {' '.join('--set ' + o for o in overrides)}: {error}")
 
 
+# Checks of a whole run config that need a layer above this one: the model registry checks the
+# model's name, arguments and dims (distkg.models registers it when imported). The config layer
+# does not import the models (the layering: tests/test_layering.py); a run config built while no
+# check is registered is refused rather than left unchecked.
+RUN_CHECKS: list[Callable[[RunConfig], None]] = []
+
+
+def add_run_check(check: Callable[[RunConfig], None]) -> None:
+    """Run ``check`` on every RunConfig built from now on (it raises ConfigError naming the key)."""
+    if check not in RUN_CHECKS:
+        RUN_CHECKS.append(check)
+
+
 def _checked(cls: type[T], values: dict, where: str) -> T:
-    """``build``, plus for a run config the model's name, arguments and dims (check_models)."""
+    """``build``, plus for a run config the checks the layers above registered (RUN_CHECKS)."""
     cfg = build(cls, values, where)
     if isinstance(cfg, RunConfig):
+        if not RUN_CHECKS:
+            raise RuntimeError("a run config was built before distkg.models was imported, so its model "
+                               "could not be checked: import distkg.models first")
         try:
-            check_models(cfg)
+            for check in RUN_CHECKS:
+                check(cfg)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return cfg
-
-
-def check_models(cfg: RunConfig) -> None:
-    """The model and its arguments (against its signature), its dim and the pipeline's student dim,
-    before any data is read: a bad student dim must not wait for the teachers' training."""
-    from distkg.models import MODELS, check_dim
-
-    MODELS.check(cfg.model.name, cfg.model.args, "model.args")
-    if "dim" in cfg.model.args:
-        check_dim(cfg.model.name, cfg.model.args["dim"], "model.args.dim")
-    if cfg.pipeline.students:
-        check_dim(cfg.model.name, cfg.pipeline.student_dim, "pipeline.student_dim")
 
 
 def to_dict(cfg: Any) -> dict:

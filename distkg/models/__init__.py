@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from distkg.config import RunConfig, add_run_check
+from distkg.errors import ConfigError
 from distkg.models.registry import MODELS
 from distkg.models import frequency, tadistmult, tntcomplex, ttranse  # noqa: F401  (registers)
 from distkg.models.base import TKGModel
 
-__all__ = ["MODELS", "TKGModel", "check_dim"]
+__all__ = ["MODELS", "TKGModel", "check_dim", "check_models"]
 
 
 def check_dim(name: str, dim: object, where: str) -> None:
     """A trainable model's dimension, checked before any data is read: a positive integer and a
     multiple of the model's ``dim_step`` (TNTComplEx: real + imaginary halves)."""
-    from distkg.errors import ConfigError
-
     factory = MODELS.get(name)
     if not (isinstance(factory, type) and issubclass(factory, TKGModel)):
         return
@@ -21,3 +21,17 @@ def check_dim(name: str, dim: object, where: str) -> None:
         raise ConfigError(f"{where}: {dim!r} is not a valid dimension (a positive integer)")
     if dim % factory.dim_step:
         raise ConfigError(f"{where}: {name} needs a dim that is a multiple of {factory.dim_step}, got {dim}")
+
+
+def check_models(cfg: RunConfig) -> None:
+    """The model and its arguments (against its signature), its dim and the pipeline's student dim,
+    before any data is read: a bad student dim must not wait for the teachers' training. Registered
+    with the config layer (distkg.config.RUN_CHECKS), which does not import the models."""
+    MODELS.check(cfg.model.name, cfg.model.args, "model.args")
+    if "dim" in cfg.model.args:
+        check_dim(cfg.model.name, cfg.model.args["dim"], "model.args.dim")
+    if cfg.pipeline.students:
+        check_dim(cfg.model.name, cfg.pipeline.student_dim, "pipeline.student_dim")
+
+
+add_run_check(check_models)
