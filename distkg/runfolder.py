@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from distkg.config import RunConfig, build, read_yaml, save_config, to_dict
+from distkg.config import RunConfig, build, read_yaml, renamed_keys, save_config, to_dict
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -113,10 +113,13 @@ def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> lis
 
 def config_digest(cfg: RunConfig) -> str:
     """A digest of every key that may not change under a run (all but SAFE_KEYS and AFTER_DIVERGENCE),
-    stored in each checkpoint so that a resume verifies the checkpoint belongs to this config."""
+    stored in each checkpoint so that a resume verifies the checkpoint belongs to this config. Renamed
+    keys enter under their old names (distkg.config.RENAMED), so checkpoints written before a rename
+    still verify."""
     import hashlib
 
-    flat = flatten(to_dict(cfg))
+    old_names = renamed_keys()
+    flat = {old_names.get(k, k): v for k, v in flatten(to_dict(cfg)).items()}
     kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flat.items()
             if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE))}
     return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]

@@ -163,7 +163,7 @@ def run_infonce(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, optimizer: 
             log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
-        idx = torch.randint(0, len(train_qs), (lc.batch_size,), generator=gen).numpy()
+        idx = torch.randint(0, len(train_qs), (lc.queries_per_step,), generator=gen).numpy()
         batch = QuerySet(train_qs.queries[idx], train_qs.answers[idx], train_qs.keys[idx], num_tail=0)
         loss, n_texts = infonce_loss(teacher, cache, batch, train_index, step_calls)
         if not torch.isfinite(loss):

@@ -65,7 +65,7 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
+                         encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device))
     return teacher.to(lm.device)
 
 
@@ -191,10 +191,10 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
             log.info("time budget of %.1f min reached at step %d", lc.max_minutes, state["step"])
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)  # a batch per rank
-        idx = torch.randint(0, len(queries), (lc.batch_size,), generator=gen)
+        idx = torch.randint(0, len(queries), (lc.queries_per_step,), generator=gen)
         negatives = torch.randint(0, ds.num_entities, (lc.negatives,), generator=gen)
         candidates, inverse = torch.unique(torch.cat([answers[idx], negatives]), return_inverse=True)
-        target = inverse[: lc.batch_size].to(device)
+        target = inverse[: lc.queries_per_step].to(device)
         loss = F.cross_entropy(teacher.score_sampled(queries[idx].to(device), candidates.to(device)), target)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"LLM fine-tuning stopped: loss {loss.item()} at step {state['step'] + 1}; "
@@ -259,7 +259,7 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     for epoch in range(lc.head_epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
         total, n = 0.0, 0
-        for idx in torch.randperm(len(queries), generator=gen).split(lc.head_batch_size):
+        for idx in torch.randperm(len(queries), generator=gen).split(lc.head_queries_per_step):
             loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
             opt.zero_grad()
             loss.backward()
@@ -291,10 +291,10 @@ def process_group() -> tuple[int, int]:
 
 def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
     """DeepSpeed ZeRO (``runtime.zero_stage``) over the trainable LoRA and head parameters, in the
-    process group Ray Train set up: each worker steps on its own batch of ``llm.batch_size``."""
+    process group Ray Train set up: each worker steps on its own batch of ``llm.queries_per_step``."""
     import deepspeed
 
-    config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
+    config = {"train_micro_batch_size_per_gpu": cfg.llm.queries_per_step, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
               "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
     engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)

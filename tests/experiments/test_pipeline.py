@@ -22,7 +22,7 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
     cfg = load_config("configs/quickstart.yaml", [
         "model.args.dim=8", "train.epochs=2", "train.progress=false", "eval.progress=false", "pipeline.student_dim=4",
         f"llm.model={llm}", "llm.quantization=none", "llm.layers=null", "llm.dim=8", "llm.steps=2",
-        "llm.head_epochs=1", "llm.head_batch_size=64", "llm.batch_size=4", "llm.negatives=8", "llm.valid_queries=0",
+        "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4", "llm.negatives=8", "llm.valid_queries=0",
         "llm.progress=false", "pipeline.students.plain.stages.0.epochs=1", "pipeline.students.bkd.stages.0.epochs=1",
         "pipeline.students.ours.stages.0.epochs=1", "pipeline.students.ours.stages.1.epochs=1"])
     out = tmp_path / "run"
