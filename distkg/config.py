@@ -14,13 +14,13 @@ import difflib
 import logging
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
+from distkg.checks import RUN_CHECKS
 from distkg.data.options import DataConfig
 from distkg.errors import ConfigError
 
@@ -442,26 +442,14 @@ def build_overridden(cls: type[T], values: dict, source: str, overrides: list[st
     raise ConfigError(f"{source} with {' '.join('--set ' + o for o in overrides)}: {error}")
 
 
-# Checks of a whole run config that need a layer above this one: the model registry checks the
-# model's name, arguments and dims (distkg.models registers it when imported). The config layer
-# does not import the models (the layering: tests/test_layering.py); a run config built while no
-# check is registered is refused rather than left unchecked.
-RUN_CHECKS: list[Callable[[RunConfig], None]] = []
-
-
-def add_run_check(check: Callable[[RunConfig], None]) -> None:
-    """Run ``check`` on every RunConfig built from now on (it raises ConfigError naming the key)."""
-    if check not in RUN_CHECKS:
-        RUN_CHECKS.append(check)
-
-
 def _checked(cls: type[T], values: dict, where: str) -> T:
-    """``build``, plus for a run config the checks the layers above registered (RUN_CHECKS)."""
+    """``build``, plus for a run config the checks the layers above registered (distkg.checks: the
+    model's name, arguments and dims); with none registered it is refused, not left unchecked."""
     cfg = build(cls, values, where)
     if isinstance(cfg, RunConfig):
         if not RUN_CHECKS:
-            raise RuntimeError("a run config was built before distkg.models was imported, so its model "
-                               "could not be checked: import distkg.models first")
+            raise RuntimeError("no check of the model is registered (distkg.checks.RUN_CHECKS is empty), so "
+                               "this run config cannot be checked; distkg/__init__.py registers it")
         try:
             for check in RUN_CHECKS:
                 check(cfg)

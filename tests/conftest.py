@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import distkg.models  # noqa: F401  the model check every run config passes (distkg.config.RUN_CHECKS)
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from a hub in tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if torch.cuda.is_available():  # the exact-resume and equal-run tests compare runs bit for bit

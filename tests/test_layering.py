@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distkg"
 
 # Lowest first. The module map in README.md draws the same picture.
 LAYERS: list[set[str]] = [
-    {"errors", "allocator"},
+    {"errors", "allocator", "checks"},
     {"registry", "data"},
-    {"config"},  # typed configs: knows no model (models register their check, distkg.config.RUN_CHECKS)
+    {"config"},  # typed configs: knows no model (the models' check is registered, distkg.checks)
     {"device", "models"},
     {"evaluation", "runfolder"},
     {"training"},
@@ -89,12 +89,18 @@ def test_the_check_finds_an_import_inside_a_function(tmp_path):
 
 
 def test_the_config_layer_loads_without_the_models_and_refuses_to_go_unchecked():
-    # distkg.config alone does not import distkg.models; a run config built without the model check
-    # registered is refused (not silently left unchecked)
-    code = ("import sys\nfrom distkg.config import load_config\nassert 'distkg.models' not in sys.modules\n"
-            "try:\n    load_config(None)\nexcept RuntimeError as e:\n    print('refused:', e)\n"
-            "import distkg.models\nprint(load_config(None).model.name)\n")
+    # distkg.config alone imports no model; the models' check, registered by the package, imports them
+    # when a run config is first built and rejects a bad model argument; with no check registered a run
+    # config is refused (not silently left unchecked)
+    code = ("import sys\nfrom distkg.config import load_config\nfrom distkg.errors import ConfigError\n"
+            "assert 'distkg.models' not in sys.modules\n"
+            "print(load_config(None).model.name, 'distkg.models' in sys.modules)\n"
+            "try:\n    load_config(None, ['model.name=tadistmult', 'model.args.dimm=3'])\n"
+            "except ConfigError as e:\n    print('rejected:', e)\n"
+            "from distkg.checks import RUN_CHECKS\nRUN_CHECKS.clear()\n"
+            "try:\n    load_config(None)\nexcept RuntimeError as e:\n    print('refused:', e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert done.returncode == 0, done.stderr
-    assert "refused: a run config was built before distkg.models was imported" in done.stdout
-    assert done.stdout.strip().endswith("frequency")
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "frequency True" and "rejected:" in lines[1] and "dimm" in lines[1]
+    assert lines[2].startswith("refused: no check of the model is registered")

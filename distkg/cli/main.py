@@ -306,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    import distkg.models  # noqa: F401  registers the model check every run config passes (distkg.config.RUN_CHECKS)
-
     try:
         return args.func(args)
     except DistkgError as e:

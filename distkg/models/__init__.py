@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from distkg.config import RunConfig, add_run_check
+from typing import TYPE_CHECKING
+
 from distkg.errors import ConfigError
 from distkg.models.registry import MODELS
 from distkg.models import frequency, tadistmult, tntcomplex, ttranse  # noqa: F401  (registers)
 from distkg.models.base import TKGModel
+
+if TYPE_CHECKING:
+    from distkg.config import RunConfig
 
 __all__ = ["MODELS", "TKGModel", "check_dim", "check_models"]
 
@@ -25,13 +29,11 @@ def check_dim(name: str, dim: object, where: str) -> None:
 
 def check_models(cfg: RunConfig) -> None:
     """The model and its arguments (against its signature), its dim and the pipeline's student dim,
-    before any data is read: a bad student dim must not wait for the teachers' training. Registered
-    with the config layer (distkg.config.RUN_CHECKS), which does not import the models."""
+    before any data is read: a bad student dim must not wait for the teachers' training. Run on every
+    run config the config layer builds (distkg.checks), which does not import the models."""
     MODELS.check(cfg.model.name, cfg.model.args, "model.args")
     if "dim" in cfg.model.args:
         check_dim(cfg.model.name, cfg.model.args["dim"], "model.args.dim")
     if cfg.pipeline.students:
         check_dim(cfg.model.name, cfg.pipeline.student_dim, "pipeline.student_dim")
 
-
-add_run_check(check_models)
