@@ -246,10 +246,12 @@ def _renamed(cls: type, values: dict, where: str) -> dict:
             raise ConfigError(f"{_join(where, old)} and {_join(where, new)} are both set: {old!r} is the old "
                               f"name of {new!r} (renamed in distkg 0.1.0); keep only {_join(where, new)}")
         out[new] = out.pop(old)
-        if (key := _join(where, old)) not in _warned:
+        section = next(name for name, tp in typing.get_type_hints(RunConfig).items() if tp is cls)
+        if (key := f"{section}.{old}") not in _warned:  # once per process: every part's saved config repeats it
             _warned.add(key)
-            log.warning("%s is renamed %s (distkg 0.1.0): read as %s now, refused from 0.2.0 on; rename it",
-                        key, _join(where, new), _join(where, new))
+            source = f" (in {where.removesuffix('.' + section)})" if where != section else ""
+            log.warning("%s%s is renamed %s.%s in distkg 0.1.0: read as that now, refused from 0.2.0 on; "
+                        "rename it", key, source, section, new)
     return out
 
 
