@@ -88,11 +88,16 @@ def student_config(cfg: RunConfig, method: str, teacher_run: Path, llm_run: Path
     return dataclasses.replace(cfg, model=model, distill=distill)
 
 
+def teacher_folders(cfg: RunConfig, out: Path) -> tuple[Path, Path | None]:
+    """Where a pipeline's KG teacher and LLM teacher (None without ``pipeline.llm``) are trained."""
+    return out / "teacher", (out / "llm" if cfg.pipeline.llm else None)
+
+
 def part_configs(cfg: RunConfig, out: Path) -> dict[Path, RunConfig]:
     """The folder and config of every part of a pipeline with students; each method's losses checked."""
     from distkg.distill.runner import check_method
 
-    teacher_run, llm_run = out / "teacher", (out / "llm" if cfg.pipeline.llm else None)
+    teacher_run, llm_run = teacher_folders(cfg, out)
     parts = {teacher_run: cfg, **({llm_run: cfg} if llm_run else {})}
     for method in cfg.pipeline.students:
         parts[out / "students" / method] = student_config(cfg, method, teacher_run, llm_run)
@@ -105,7 +110,7 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
     from distkg.llm.finetune import finetune
 
     pipeline_cfg = cfg.pipeline
-    teacher_run, llm_run = out / "teacher", (out / "llm" if pipeline_cfg.llm else None)
+    teacher_run, llm_run = teacher_folders(cfg, out)
     students = {m: configs[out / "students" / m] for m in pipeline_cfg.students}
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
                   lambda: train(cfg, teacher_run, dataset=ds))]
