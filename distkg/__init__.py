@@ -1,7 +1,19 @@
 """distkg: distilling temporal knowledge graph reasoning into tiny students (arXiv 2601.00202)."""
 
 from distkg.allocator import apply_heap_settings
+from distkg.checks import add_run_check
 
 __version__ = "0.1.0"
 
 apply_heap_settings()  # before any [batch, entities] tensor exists (distkg.allocator says why)
+
+
+def _check_models(cfg) -> None:
+    """The models' check of a run config (distkg.checks says why it is registered here); the models
+    (and torch) are imported when a run config is first built, not at ``import distkg``."""
+    from distkg.models import check_models
+
+    check_models(cfg)
+
+
+add_run_check(_check_models)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -19,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from distkg.checks import RUN_CHECKS
 from distkg.data.options import DataConfig
 from distkg.errors import ConfigError
 
@@ -50,7 +52,7 @@ class TrainConfig:
     """How a KG model is trained (distkg.training.trainer)."""
 
     epochs: int = 50
-    batch_size: int = 1000
+    batch_size: int = 1000  # training queries per forward/backward pass (grad_accum passes per optimizer step)
     optimizer: Literal["adagrad", "adam"] = "adagrad"
     lr: float = 0.1
     loss: Literal["1vsall", "negative_sampling"] = "1vsall"
@@ -80,7 +82,7 @@ class LLMConfig:
     dim: int = 400  # the KG space the projection maps into
     form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
     max_tokens: int = 32
-    encode_batch: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
+    texts_per_forward: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
     # fine-tuning (distkg llm finetune)
     # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
     # infonce: against every entity through a refreshed cache, false negatives masked (contrastive.py)
@@ -93,12 +95,12 @@ class LLMConfig:
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed
     min_steps: int = 0  # QLoRA steps taken even once max_minutes is spent (by a long head warm-up), so the adapters always train
-    batch_size: int = 16  # training queries per step
+    queries_per_step: int = 16  # training queries per QLoRA step
     negatives: int = 128  # sampled entities per step, shared by the batch (plus the batch's answers)
     lr: float = 2e-4  # LoRA adapters
     head_lr: float = 1e-2  # projection head and logit scale
     head_epochs: int = 0  # before LoRA: epochs of head-only 1-vs-all training on the frozen LM's features
-    head_batch_size: int = 1000
+    head_queries_per_step: int = 1000  # training queries per step of the head warm-up (head_epochs)
     checkpoint_every: int = 50  # LoRA steps per round of the training loop (checkpoint + validation); a head epoch is a round too
     patience: int = 5  # validations (rounds) without a better validation MRR before a phase stops (head warm-up, LoRA)
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
@@ -204,9 +206,9 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "encode_batch": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
-                "batch_size": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
-                "head_epochs": _AT_LEAST_0, "head_batch_size": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
+                "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
+                "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},
     StageConfig: {"epochs": _AT_LEAST_1, "lr": _POSITIVE},
     DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},
@@ -217,6 +219,49 @@ RANGES: dict[type, dict[str, tuple]] = {
     RunConfig: {"seed": _AT_LEAST_0},
 }
 SPLIT_NAMES = ("train", "valid", "test")
+
+# Keys renamed in distkg 0.1.0, old name -> new name per section: "batch size" meant four things, now
+# each name says what it counts (train.batch_size, the one left, counts training queries per pass).
+# An old name is still read, as its new name, with a warning naming the new one; refused from 0.2.0
+# on. A run folder written under an old name resumes: its config.yaml is read the same way, and a
+# checkpoint's config digest is taken under the old names (distkg.runfolder.config_digest).
+RENAMED: dict[type, dict[str, str]] = {
+    LLMConfig: {"encode_batch": "texts_per_forward", "batch_size": "queries_per_step",
+                "head_batch_size": "head_queries_per_step"},
+}
+log = logging.getLogger("distkg")
+_warned: set[str] = set()
+
+
+def _renamed(cls: type, values: dict, where: str) -> dict:
+    """``values`` with the old names of RENAMED[cls] read as their new names (a warning, once per
+    key); both names given at once is an error, since one would silently win."""
+    renames = RENAMED.get(cls, {})
+    if not renames or not renames.keys() & values.keys():
+        return values
+    out = dict(values)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{_join(where, old)} and {_join(where, new)} are both set: {old!r} is the old "
+                              f"name of {new!r} (renamed in distkg 0.1.0); keep only {_join(where, new)}")
+        out[new] = out.pop(old)
+        section = next(name for name, tp in typing.get_type_hints(RunConfig).items() if tp is cls)
+        if (key := f"{section}.{old}") not in _warned:  # once per process: every part's saved config repeats it
+            _warned.add(key)
+            source = f" (in {where.removesuffix('.' + section)})" if where != section else ""
+            log.warning("%s%s is renamed %s.%s in distkg 0.1.0: read as that now, refused from 0.2.0 on; "
+                        "rename it", key, source, section, new)
+    return out
+
+
+def renamed_keys() -> dict[str, str]:
+    """RENAMED as dotted keys of a run config, new name -> old name (``llm.texts_per_forward`` ->
+    ``llm.encode_batch``)."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f"{section}.{new}": f"{section}.{old}" for section, tp in hints.items()
+            for old, new in RENAMED.get(tp, {}).items()}
 
 
 def _check_range(cls: type, key: str, value: Any, where: str) -> None:
@@ -238,6 +283,7 @@ def build(cls: type[T], values: Any, where: str = "config") -> T:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(values).__name__} {values!r}")
+    values = _renamed(cls, values, where)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
     kwargs = {}
@@ -400,26 +446,19 @@ def build_overridden(cls: type[T], values: dict, source: str, overrides: list[st
 
 
 def _checked(cls: type[T], values: dict, where: str) -> T:
-    """``build``, plus for a run config the model's name, arguments and dims (check_models)."""
+    """``build``, plus for a run config the checks the layers above registered (distkg.checks: the
+    model's name, arguments and dims); with none registered it is refused, not left unchecked."""
     cfg = build(cls, values, where)
     if isinstance(cfg, RunConfig):
+        if not RUN_CHECKS:
+            raise RuntimeError("no check of the model is registered (distkg.checks.RUN_CHECKS is empty), so "
+                               "this run config cannot be checked; distkg/__init__.py registers it")
         try:
-            check_models(cfg)
+            for check in RUN_CHECKS:
+                check(cfg)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return cfg
-
-
-def check_models(cfg: RunConfig) -> None:
-    """The model and its arguments (against its signature), its dim and the pipeline's student dim,
-    before any data is read: a bad student dim must not wait for the teachers' training."""
-    from distkg.models import MODELS, check_dim
-
-    MODELS.check(cfg.model.name, cfg.model.args, "model.args")
-    if "dim" in cfg.model.args:
-        check_dim(cfg.model.name, cfg.model.args["dim"], "model.args.dim")
-    if cfg.pipeline.students:
-        check_dim(cfg.model.name, cfg.pipeline.student_dim, "pipeline.student_dim")
 
 
 def to_dict(cfg: Any) -> dict:

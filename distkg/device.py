@@ -10,7 +10,7 @@ CPU, a model on cuda:0). ``placement(cfg)`` resolves, once per process and confi
                    matmuls are several times slower than fp32 on the CPUs we run on)
   llm_device       where the LLM teacher runs (``llm.device``)
   llm_dtype        the LLM's weights and 4-bit compute dtype: bf16 on CUDA, fp32 on CPU
-  on_cuda / encode_batch and friends are derived from these, never from the weights.
+  on_cuda / encode_batch (llm.texts_per_forward) and friends are derived from these, never from the weights.
 
 ``cuda`` resolves to the GPU this process was given: Ray Train and Accelerate name it in
 ACCELERATE_TORCH_DEVICE, torchrun in LOCAL_RANK; a Ray actor sees only its own GPU (cuda:0).
@@ -83,7 +83,7 @@ def as_device(device: torch.device | str, key: str = "llm.device") -> torch.devi
     return device if isinstance(device, torch.device) else resolve_device(device, key)
 
 
-# Texts per LLM forward call under ``llm.encode_batch: auto``. CPU: 64 (the value before ``auto``
+# Texts per LLM forward call under ``llm.texts_per_forward: auto``. CPU: 64 (the value before ``auto``
 # existed; the CPU path batches by exact token length, so batch size matters little). CUDA: thousands of entity names (<= llm.max_tokens tokens each) per call,
 # so bitsandbytes dequantizes each weight once per call for many texts, not for a few dozen;
 # SmolLM2-135M's activations for 4096 x 32 tokens are ~150 MB a layer.
@@ -91,7 +91,7 @@ ENCODE_BATCH = {"cpu": 64, "cuda": 4096}
 
 
 def encode_batch(value: int | str, device: torch.device) -> int:
-    """``llm.encode_batch`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
+    """``llm.texts_per_forward`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
     return ENCODE_BATCH.get(device.type, ENCODE_BATCH["cpu"]) if value == "auto" else int(value)
 
 
@@ -134,7 +134,7 @@ def placement(cfg: RunConfig) -> Placement:
 NO_INJECTION_ON_PADDED = frozenset({"llama"})
 
 
-def inference_settings(rc: RuntimeConfig, on_cuda: bool, quantized: bool,
+def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool,
                        model_type: str | None = None) -> tuple[torch.dtype, bool]:
     """DeepSpeed inference dtype and kernel injection (cluster/SCALING.md, "Kernel injection").
 
@@ -145,10 +145,10 @@ def inference_settings(rc: RuntimeConfig, on_cuda: bool, quantized: bool,
     layers, DeepSpeed issue 4410). ``on`` forces it; the output check after wrapping
     (distkg.runtime.pool.wrap_deepspeed) stops an actor whose wrapped outputs differ.
     """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(rc.dtype)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime_cfg.dtype)
     if dtype is None:  # auto
         dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
-    inject = rc.kernel_inject == "on" or (rc.kernel_inject == "auto" and on_cuda and not quantized
+    inject = runtime_cfg.kernel_inject == "on" or (runtime_cfg.kernel_inject == "auto" and on_cuda and not quantized
                                           and model_type not in NO_INJECTION_ON_PADDED)
     if inject and not on_cuda:
         raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")

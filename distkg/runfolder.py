@@ -11,12 +11,13 @@ compared key by key with the new config; any difference outside ``SAFE_KEYS`` st
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from distkg.config import RunConfig, build, read_yaml, save_config, to_dict
+from distkg.config import RunConfig, build, read_yaml, renamed_keys, save_config, to_dict
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -45,13 +46,25 @@ SAFE_KEYS: dict[str, str] = {
 # After a run diverged (OUT/diverged.json, written by the trainer's NaN guard), its message asks for a
 # lower learning rate or more regularisation and a resume from the last good checkpoint: these keys.
 AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stages.*.lr", "model.args.reg",
-                    "model.args.time_reg", "llm.lr", "llm.head_lr", "llm.step_head_lr")
+                    "model.args.time_reg")
+# The LLM teacher's rates, lowerable after its fine-tuning diverged too; left out of the digest of the
+# LLM loop's checkpoints only (distkg.llm.finetune): the KG trainer's checkpoints have carried them.
+LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")
+# Keys added since checkpoints carry a digest, at their default: they enter the digest only when set
+# otherwise, so a checkpoint written before they existed still verifies.
+DIGEST_ADDED = {"llm.patience": 5}
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
 
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
 RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
                "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore")
+
+
+def read_metrics(run: Path) -> dict | None:
+    """A run's metrics.json, or None while the run has not finished (how resumable jobs skip done parts)."""
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class RunFolderError(ConfigError):
@@ -73,7 +86,7 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _safe(key: str, old: Any, new: Any, diverged: bool = False) -> bool:
-    if diverged and any(fnmatch.fnmatchcase(key, pattern) for pattern in AFTER_DIVERGENCE):
+    if diverged and any(fnmatch.fnmatchcase(key, pattern) for pattern in (*AFTER_DIVERGENCE, *LLM_RATES)):
         return True
     for pattern, rule in SAFE_KEYS.items():
         if fnmatch.fnmatchcase(key, pattern):
@@ -104,14 +117,18 @@ def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> lis
     return out
 
 
-def config_digest(cfg: RunConfig) -> str:
-    """A digest of every key that may not change under a run (all but SAFE_KEYS and AFTER_DIVERGENCE),
-    stored in each checkpoint so that a resume verifies the checkpoint belongs to this config."""
+def config_digest(cfg: RunConfig, exclude: tuple[str, ...] = ()) -> str:
+    """A digest of every key that may not change under a run (all but SAFE_KEYS, AFTER_DIVERGENCE and
+    ``exclude``), stored in each checkpoint so that a resume verifies the checkpoint belongs to this
+    config. Renamed keys enter under their old names (distkg.config.RENAMED) and added keys at their
+    default not at all (DIGEST_ADDED), so checkpoints written before a rename or an addition still verify."""
     import hashlib
 
-    flat = flatten(to_dict(cfg))
+    old_names = renamed_keys()
+    flat = {old_names.get(k, k): v for k, v in flatten(to_dict(cfg)).items()}
     kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flat.items()
-            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE))}
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *exclude))
+            and not (k in DIGEST_ADDED and DIGEST_ADDED[k] == v)}
     return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
 
 
@@ -157,7 +174,7 @@ def clear(out: Path) -> None:
         log.info("--restart: removed %s from %s", ", ".join(removed), out)
 
 
-def claim(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
+def prepare_folder(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
     """Make OUT the folder of ``cfg``: check it (or clear it with ``restart``), then save config.yaml.
 
     ``write`` False: only check (ranks other than 0 of a multi-process run).
@@ -173,8 +190,6 @@ def claim(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) 
 
 
 def mark_diverged(out: Path, message: str) -> None:
-    """Record that the run in OUT diverged, so a resume may change the keys of AFTER_DIVERGENCE."""
-    import json
-
+    """Record that the run in OUT diverged, so a resume may change the keys of AFTER_DIVERGENCE and LLM_RATES."""
     (out / DIVERGED).write_text(json.dumps({"message": message}, indent=2))
 

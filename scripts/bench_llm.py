@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
     ap.add_argument("--layers", type=int, help="keep only the first N transformer layers (llm.layers)")
-    ap.add_argument("--encode-batch", type=int, default=64, help="texts per LLM forward call (llm.encode_batch)")
+    ap.add_argument("--encode-batch", type=int, default=64, help="texts per LLM forward call (llm.texts_per_forward)")
     args = ap.parse_args(argv)
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
-                             f"llm.layers={args.layers if args.layers else 'null'}", f"llm.encode_batch={args.encode_batch}"])
+                             f"llm.layers={args.layers if args.layers else 'null'}", f"llm.texts_per_forward={args.encode_batch}"])
     teacher = build_teacher(cfg, ds, lora=False).eval()
     enc = teacher.encoder
     body = sum(logical_numel(p) for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)

@@ -38,15 +38,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
     ap.add_argument("--layers", type=int, help="keep only the first N transformer layers (llm.layers)")
     ap.add_argument("--max-tokens", type=int, default=32, help="llm.max_tokens")
-    ap.add_argument("--encode-batch", type=int, default=512, help="texts per forward-only call (llm.encode_batch)")
-    ap.add_argument("--batch-size", type=int, default=256, help="training queries per step (llm.batch_size)")
+    ap.add_argument("--encode-batch", type=int, default=512, help="texts per forward-only call (llm.texts_per_forward)")
+    ap.add_argument("--batch-size", type=int, default=256, help="training queries per step (llm.queries_per_step)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-calls", default="lengths", choices=["one", "lengths"], help="llm.step_calls of the whole steps")
     args = ap.parse_args(argv)
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
                              f"llm.layers={args.layers if args.layers else 'null'}", f"llm.max_tokens={args.max_tokens}",
-                             f"llm.encode_batch={args.encode_batch}", "llm.objective=infonce"])
+                             f"llm.texts_per_forward={args.encode_batch}", "llm.objective=infonce"])
     teacher = build_teacher(cfg, ds)
     enc = teacher.encoder
     qs = build_queries(ds.splits["train"], ds.num_relations)

@@ -161,7 +161,7 @@ def _teacher_for(size: dict, layers: int | None, lora: bool, encode_batch: str =
     from distkg.data import load_dataset
     from distkg.llm.finetune import build_teacher
 
-    sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.encode_batch={encode_batch}",
+    sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.texts_per_forward={encode_batch}",
             "llm.progress=false"]
     cfg = load_config(REPO / "configs" / "quickstart.yaml", sets)
     ds = load_dataset(cfg.data)

@@ -96,7 +96,7 @@ def test_training_and_its_evaluations_use_the_resolved_device_and_options(on_sen
 
 def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):
     from distkg.models import MODELS
-    from distkg.pipeline import evaluate_model
+    from distkg.experiments.pipeline import evaluate_model
 
     ds = tiny_dataset("point")
 
@@ -111,7 +111,7 @@ def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentine
     tiny_llama = make_tiny_llama(tmp_path / "lm")
 
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.steps=1",
-                             "llm.batch_size=2", "llm.negatives=4", "llm.valid_queries=0", "llm.progress=false",
+                             "llm.queries_per_step=2", "llm.negatives=4", "llm.valid_queries=0", "llm.progress=false",
                              "eval.progress=false", "eval.query_chunk=6", "eval.cand_chunk=11"])
     finetune(cfg, tmp_path, dataset=tiny_dataset("point", n_ent=20, n_facts=60))
     assert on_sentinel == [(SENTINEL, 11, 6)] * 2
@@ -122,9 +122,9 @@ def test_encode_batch_auto_reads_back_and_follows_the_device(tmp_path):
     from distkg.device import encode_batch
 
     cfg = load_config(None)
-    save_config(cfg, tmp_path / "config.yaml")  # every run folder's config.yaml holds `encode_batch: auto`
-    assert load_config(tmp_path / "config.yaml").llm.encode_batch == "auto"
-    with pytest.raises(ConfigError, match="llm.encode_batch: 0 is out of range"):
-        load_config(None, ["llm.encode_batch=0"])
+    save_config(cfg, tmp_path / "config.yaml")  # every run folder's config.yaml holds `texts_per_forward: auto`
+    assert load_config(tmp_path / "config.yaml").llm.texts_per_forward == "auto"
+    with pytest.raises(ConfigError, match="llm.texts_per_forward: 0 is out of range"):
+        load_config(None, ["llm.texts_per_forward=0"])
     assert (encode_batch("auto", torch.device("cpu")), encode_batch("auto", torch.device("cuda", 0)),
             encode_batch(300, torch.device("cuda", 0))) == (64, 4096, 300)

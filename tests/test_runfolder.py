@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from distkg import pipeline
+from distkg.experiments import pipeline
 from distkg.cli.main import main
 from distkg.config import load_config
 from distkg.distill import runner
@@ -163,3 +163,27 @@ def test_a_damaged_best_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"best\.pt does not fit this model"):  # evaluate --run --set model.args.dim=4
         trainer.load_trained(out, cfg("train.epochs=2", "model.args.dim=4"))
     assert issubclass(CheckpointError, DistkgError)  # the CLI prints it as one line, rc 2
+
+
+def test_a_folder_written_under_the_old_key_names_resumes(tmp_path, caplog):
+    # a run folder from before the renames of distkg.config.RENAMED (llm.encode_batch,
+    # llm.batch_size, llm.head_batch_size) holds those names in config.yaml: it is read under the new
+    # names and the run continues instead of stopping as "a config that cannot be read"
+    import yaml
+
+    from distkg.runfolder import config_digest
+
+    out = tmp_path / "run"
+    first = trainer.train(cfg("llm.texts_per_forward=32", "llm.queries_per_step=8"), out, dataset=DS)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    llm = saved["llm"]
+    llm["encode_batch"], llm["batch_size"], llm["head_batch_size"] = (
+        llm.pop("texts_per_forward"), llm.pop("queries_per_step"), llm.pop("head_queries_per_step"))
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    more = trainer.train(cfg("train.epochs=3", "llm.texts_per_forward=32", "llm.queries_per_step=8"), out, dataset=DS)
+    assert first["epochs_run"] == 2 and more["epochs_run"] == 3
+    with pytest.raises(ConfigError, match=r"different configuration \(llm.queries_per_step: 8 -> 16\)"):
+        trainer.train(cfg("train.epochs=4", "llm.texts_per_forward=32"), out, dataset=DS)  # still compared, key by key
+    # checkpoints carry a digest of the config taken under the old names: main computed this one for
+    # the default config at 2fbf740, before the renames, so its checkpoints still verify
+    assert config_digest(load_config(None)) == "8791885d3d57f6c1"

@@ -37,7 +37,7 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _claim_out(cfg, args: argparse.Namespace) -> None:
+def _prepare_out(cfg, args: argparse.Namespace) -> None:
     """--out of another configuration stops the command before anything is read or written; with
     --restart the run there is discarded instead (distkg.runfolder)."""
     from distkg.runfolder import check_folder, clear
@@ -71,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.models import MODELS
-    from distkg.pipeline import evaluate_model
+    from distkg.experiments.pipeline import evaluate_model
 
     if args.run:
         from distkg.training.trainer import load_trained
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
     cfg = _load(args)
-    _claim_out(cfg, args)
+    _prepare_out(cfg, args)
     train(cfg, Path(args.out), resume=not args.restart)
     return 0
 
@@ -105,7 +105,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    _claim_out(cfg, args)
+    _prepare_out(cfg, args)
     if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
@@ -122,9 +122,8 @@ def _jobs(value: str) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from distkg.distill.reproduce import load_grid, reproduce
-
-    from distkg.distill.reproduce import default_jobs, run_jobs
+    from distkg.experiments.grid import load_grid, reproduce
+    from distkg.experiments.jobs import default_jobs, run_jobs
 
     grid = load_grid(args.config, args.set, data_root=args.data_root)
     jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
@@ -136,7 +135,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distkg.pipeline import run
+    from distkg.experiments.pipeline import run
 
     run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]), restart=args.restart)
     return 0
@@ -146,7 +145,7 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    _claim_out(cfg, args)
+    _prepare_out(cfg, args)
     if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.students import finetune_on_ray
 

@@ -44,21 +44,21 @@ def stage_fields(losses: dict[str, dict]) -> set[str]:
 
 def check_method(cfg: RunConfig) -> set[str]:
     """Loss names and arguments of every stage, checked before any data is read; the fields needed."""
-    dc = cfg.distill
-    if not dc.stages:
+    distill_cfg = cfg.distill
+    if not distill_cfg.stages:
         raise ConfigError("distill.stages: at least one stage is needed")
     needs: set[str] = set()
-    for i, stage in enumerate(dc.stages):
+    for i, stage in enumerate(distill_cfg.stages):
         if not stage.losses:
             raise ConfigError(f"distill.stages[{i}].losses: empty; name at least one loss ({', '.join(LOSSES.names())})")
         for name, args in stage.losses.items():
             LOSSES.check(name, {k: v for k, v in args.items() if k != "weight"}, f"distill.stages[{i}].losses.{name}",
                          runtime=("batch",))
             needs |= set(INPUTS[name])
-    if needs & KG_FIELDS and not dc.teacher_run:
+    if needs & KG_FIELDS and not distill_cfg.teacher_run:
         raise ConfigError("distill.teacher_run: the configured losses need a trained KG teacher; set it to a "
                           "`distkg train` folder")
-    if "llm_probs" in needs and not dc.llm_run:
+    if "llm_probs" in needs and not distill_cfg.llm_run:
         raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder")
     return needs
 
@@ -78,7 +78,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     """``remote``: {"llm": ..., "kg": ...} clients that serve those teachers' scores by training-query
     index (distkg.runtime.pool.soft_targets builds them from Ray scoring pools; optional). They are
     handed in, so distillation never imports the runtime that runs it."""
-    dc = cfg.distill
+    distill_cfg = cfg.distill
     needs = check_method(cfg)
     if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
         check_folder(cfg, out)
@@ -86,8 +86,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = remote or {}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
-    kg = KGTeacher(dc.teacher_run, ds, queries) if local_kg else None
-    llm = (LLMTables(dc.llm_run, ds, queries, dc.llm_temperature) if "llm_probs" in needs and "llm" not in remote
+    kg = KGTeacher(distill_cfg.teacher_run, ds, queries) if local_kg else None
+    llm = (LLMTables(distill_cfg.llm_run, ds, queries, distill_cfg.llm_temperature) if "llm_probs" in needs and "llm" not in remote
            else None)
     if kg is not None and "kg" not in remote and (t := kd_temperature(cfg)) is not None:
         kg.temper(t)
@@ -110,21 +110,21 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
 
     def make_loss(spec: dict[str, dict], where: str):
-        return step_loss(student, spec, where, dc, kg=kg, llm=llm, remote=remote, aux=aux)
+        return step_loss(student, spec, where, distill_cfg, kg=kg, llm=llm, remote=remote, aux=aux)
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
-                    on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(dc.stages)]
+                    on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(distill_cfg.stages)]
     log.info("epoch budget: the stages' epochs (%s); train.epochs (%d) is not used by distillation",
-             ", ".join(f"{s.name} {s.epochs}" for s in dc.stages), cfg.train.epochs)
-    extra = {"method": dc.method, "teacher_run": dc.teacher_run, "llm_run": dc.llm_run,
-             "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in dc.stages]}
+             ", ".join(f"{s.name} {s.epochs}" for s in distill_cfg.stages), cfg.train.epochs)
+    extra = {"method": distill_cfg.method, "teacher_run": distill_cfg.teacher_run, "llm_run": distill_cfg.llm_run,
+             "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in distill_cfg.stages]}
     metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
     if remote:
         report_targets(remote, out, metrics["epochs_run"])
     return metrics
 
 
-def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | None = None,
+def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTeacher | None = None,
               llm: LLMTables | None = None, remote: dict | None = None, aux: torch.nn.ModuleDict | None = None):
     """The loss of one step of a stage with losses ``spec``: the batch fields those losses read,
     from the teachers given (``remote``: pools serving "kg" / "llm" scores), combined as weighted."""
@@ -143,14 +143,14 @@ def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | No
             else:
                 batch.teacher_scores = got.to(q.device)
         if "llm_probs" in needs:
-            probs = (torch.softmax(remote["llm"].get(idx) / dc.llm_temperature, dim=1) if "llm" in remote
-                     else llm.probs(q.cpu(), dc.llm_temperature, idx))
+            probs = (torch.softmax(remote["llm"].get(idx) / distill_cfg.llm_temperature, dim=1) if "llm" in remote
+                     else llm.probs(q.cpu(), distill_cfg.llm_temperature, idx))
             batch.llm_probs = probs.to(q.device)
         if "regressor" in needs:
             batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
         if "student_emb" in needs:
             ids = torch.unique(torch.cat([q[:, 0], a]).cpu())
-            ids = ids[torch.randperm(len(ids), generator=gen)[: dc.rkd_entities]]
+            ids = ids[torch.randperm(len(ids), generator=gen)[: distill_cfg.rkd_entities]]
             batch.student_emb, batch.teacher_emb = student.entity_embeddings(ids.to(q.device)), kg.entities(ids).to(q.device)
         total, parts = combine(spec, batch, where)
         return total + student.regularizer(q, a), parts

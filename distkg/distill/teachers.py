@@ -26,7 +26,7 @@ from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import scaled_match
 from distkg.models import scoring_form
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")

@@ -34,7 +34,7 @@ from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_params
 from distkg.llm.teacher import LLMTeacher
-from distkg.runfolder import claim, config_digest
+from distkg.runfolder import LLM_RATES, config_digest, prepare_folder
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Optimizers
@@ -64,7 +64,7 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
+                         encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device))
     return teacher.to(lm.device)
 
 
@@ -133,7 +133,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints."""
     lc = cfg.llm
     rank, world = process_group()
-    claim(cfg, out, restart=not resume, write=rank == 0)  # one run folder, one config
+    prepare_folder(cfg, out, restart=not resume, write=rank == 0)  # one run folder, one config
     old = out / "checkpoints" / "latest" / "state.pt"
     if resume and old.is_file():
         raise CheckpointError(f"{old} was written by the LLM fine-tuning loop of distkg before its one training loop "
@@ -151,7 +151,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
              lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
     loop = Loop(out, Checkpoints(out / "checkpoints", write=rank == 0, prefix="round"), TrainableWeights(teacher),
-                optimizers, lambda: rounds.validate(state), lc.patience, config_digest(cfg), main=rank == 0,
+                optimizers, lambda: rounds.validate(state), lc.patience, config_digest(cfg, LLM_RATES), main=rank == 0,
                 barrier=_barrier if world > 1 else lambda: None, what="LLM fine-tuning", unit="round",
                 hint="lower llm.lr or llm.head_lr, then run again to resume from it",
                 budget_s=60 * lc.max_minutes if lc.max_minutes is not None else None, validation_counts=False)

@@ -170,7 +170,7 @@ class TeacherRounds:
             group["lr"] = lc.head_lr
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * (state["stage_epoch"] + 1))
         total, n = 0.0, 0
-        for idx in torch.randperm(len(self.queries), generator=gen).split(lc.head_batch_size):
+        for idx in torch.randperm(len(self.queries), generator=gen).split(lc.head_queries_per_step):
             loss = F.cross_entropy(self.teacher.score_from_features(feats, self.queries[idx].to(self.teacher.device)),
                                    self.answers[idx].to(self.teacher.device))
             if not torch.isfinite(loss):
@@ -230,10 +230,10 @@ class TeacherRounds:
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
-            idx = torch.randint(0, len(self.queries), (lc.batch_size,), generator=gen)
+            idx = torch.randint(0, len(self.queries), (lc.queries_per_step,), generator=gen)
             negatives = torch.randint(0, self.ds.num_entities, (lc.negatives,), generator=gen)
             candidates, inverse = torch.unique(torch.cat([self.answers[idx], negatives]), return_inverse=True)
-            target = inverse[: lc.batch_size].to(device)
+            target = inverse[: lc.queries_per_step].to(device)
             texts = self.teacher.encoder.stats.texts_encoded
             loss = F.cross_entropy(self.teacher.score_sampled(self.queries[idx].to(device), candidates.to(device)), target)
             if torch.isfinite(loss):
@@ -263,7 +263,7 @@ class TeacherRounds:
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i)
-            idx = torch.randint(0, len(self.train_qs), (lc.batch_size,), generator=gen).numpy()
+            idx = torch.randint(0, len(self.train_qs), (lc.queries_per_step,), generator=gen).numpy()
             qs = self.train_qs
             batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
             loss, n_texts = contrastive.infonce_loss(self.teacher, llm["cache"], batch, self.train_index, self.step_calls)
@@ -294,10 +294,10 @@ def _agreed(flag: bool, world: int) -> bool:
 
 def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
     """DeepSpeed ZeRO (``runtime.zero_stage``) over the trainable LoRA and head parameters, in the
-    process group Ray Train set up: each worker steps on its own batch of ``llm.batch_size``."""
+    process group Ray Train set up: each worker steps on its own batch of ``llm.queries_per_step``."""
     import deepspeed
 
-    config = {"train_micro_batch_size_per_gpu": cfg.llm.batch_size, "gradient_accumulation_steps": 1,
+    config = {"train_micro_batch_size_per_gpu": cfg.llm.queries_per_step, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
               "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
     engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)

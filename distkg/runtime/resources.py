@@ -23,11 +23,11 @@ from distkg.errors import DistkgError
 log = logging.getLogger("distkg")
 
 
-def demand(rc: RuntimeConfig, pools: list[str]) -> tuple[dict[str, float], list[str]]:
+def demand(runtime_cfg: RuntimeConfig, pools: list[str]) -> tuple[dict[str, float], list[str]]:
     """Total resources the run asks for, and one line per group of actors or workers (for messages)."""
     total: dict[str, float] = {}
-    groups = [(f"{rc.teacher_actors} {name} scoring actor(s)", rc.teacher_actors, rc.teacher_resources) for name in pools]
-    groups.append((f"{rc.workers} Ray Train worker(s)", rc.workers, rc.worker_resources))
+    groups = [(f"{runtime_cfg.teacher_actors} {name} scoring actor(s)", runtime_cfg.teacher_actors, runtime_cfg.teacher_resources) for name in pools]
+    groups.append((f"{runtime_cfg.workers} Ray Train worker(s)", runtime_cfg.workers, runtime_cfg.worker_resources))
     for _, count, each in groups:
         for key, amount in each.items():
             total[key] = total.get(key, 0.0) + count * amount
@@ -39,24 +39,24 @@ def shortfall(need: dict[str, float], have: dict[str, float]) -> dict[str, tuple
     return {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > 0 and have.get(k, 0.0) + 1e-9 < v}
 
 
-def local_cpus(rc: RuntimeConfig, pools: list[str]) -> int | None:
+def local_cpus(runtime_cfg: RuntimeConfig, pools: list[str]) -> int | None:
     """The CPUs a local Ray declares: ``runtime.num_cpus``, else this machine's, raised to the run's
     demand (Ray's CPUs are an accounting unit; the actors and workers then share the cores)."""
-    if rc.num_cpus is not None or rc.address or os.environ.get("RAY_ADDRESS"):
-        return rc.num_cpus  # a cluster's CPUs are its own
+    if runtime_cfg.num_cpus is not None or runtime_cfg.address or os.environ.get("RAY_ADDRESS"):
+        return runtime_cfg.num_cpus  # a cluster's CPUs are its own
     machine = os.cpu_count() or 1
-    need = math.ceil(demand(rc, pools)[0].get("CPU", 0.0))
+    need = math.ceil(demand(runtime_cfg, pools)[0].get("CPU", 0.0))
     if need > machine:
         log.info("local Ray: the run asks for %d CPUs on a %d-CPU machine; declaring %d so every actor and worker "
                  "is placed (they share the cores; runtime.num_cpus overrides)", need, machine, need)
     return max(machine, need)
 
 
-def check_fits(rc: RuntimeConfig, pools: list[str]) -> None:
+def check_fits(runtime_cfg: RuntimeConfig, pools: list[str]) -> None:
     """Stop with a DistkgError naming the resources when the connected Ray cluster cannot hold the run."""
     import ray
 
-    need, groups = demand(rc, pools)
+    need, groups = demand(runtime_cfg, pools)
     short = shortfall(need, ray.cluster_resources())
     if short:
         missing = ", ".join(f"{k}: asks for {a:g}, the cluster has {h:g}" for k, (a, h) in short.items())

@@ -28,7 +28,7 @@ from distkg.data import load_dataset, resolve_data_root
 from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 from distkg.runtime.cluster import connect
 from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.resources import check_fits, local_cpus
@@ -38,30 +38,30 @@ log = logging.getLogger("distkg")
 
 def absolute(cfg: RunConfig) -> RunConfig:
     """The config with every path the workers read made absolute."""
-    dc = cfg.distill
-    distill = dataclasses.replace(dc, teacher_run=dc.teacher_run and str(Path(dc.teacher_run).resolve()),
-                                  llm_run=dc.llm_run and str(Path(dc.llm_run).resolve()))
+    distill_cfg = cfg.distill
+    distill = dataclasses.replace(distill_cfg, teacher_run=distill_cfg.teacher_run and str(Path(distill_cfg.teacher_run).resolve()),
+                                  llm_run=distill_cfg.llm_run and str(Path(distill_cfg.llm_run).resolve()))
     data = dataclasses.replace(cfg.data, root=str(resolve_data_root(cfg.data.root).resolve()))
     return dataclasses.replace(cfg, distill=distill, data=data)
 
 
-def pool_names(rc, needs: set[str]) -> list[str]:
+def pool_names(runtime_cfg, needs: set[str]) -> list[str]:
     """The scoring pools a method reading ``needs`` uses: the LLM teacher's, and the KG teacher's
     with ``runtime.kg_teacher: pool``."""
     return [name for name, used in (("llm", "llm_probs" in needs),
-                                    ("kg", "teacher_scores" in needs and rc.kg_teacher == "pool")) if used]
+                                    ("kg", "teacher_scores" in needs and runtime_cfg.kg_teacher == "pool")) if used]
 
 
 def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
     """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
-    rc, dc = cfg.runtime, cfg.distill
-    runs = {"llm": dc.llm_run, "kg": dc.teacher_run}
-    pools = {name: TeacherPool(name, runs[name], num_entities, rc, cfg.data.root) for name in pool_names(rc, needs)}
+    runtime_cfg, distill_cfg = cfg.runtime, cfg.distill
+    runs = {"llm": distill_cfg.llm_run, "kg": distill_cfg.teacher_run}
+    pools = {name: TeacherPool(name, runs[name], num_entities, runtime_cfg, cfg.data.root) for name in pool_names(runtime_cfg, needs)}
     for name, pool in pools.items():
-        for info in pool.ready(timeout=rc.timeout_s):
+        for info in pool.ready(timeout=runtime_cfg.timeout_s):
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
                      info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size") if k in info})
-    if needs & KG_FIELDS and rc.kg_teacher == "local":
+    if needs & KG_FIELDS and runtime_cfg.kg_teacher == "local":
         log.info("KG teacher: next to each student (runtime.kg_teacher=local)")
     return pools
 
@@ -119,20 +119,20 @@ def _finetune_worker(config: dict) -> None:
 def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
     """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
     (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
-    cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
-    with ray_session(rc, []):
-        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, rc, out, "llm-finetune")
+    cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
+    with ray_session(runtime_cfg, []):
+        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")
     return _written_metrics(out)
 
 
 @contextmanager
-def ray_session(rc, pools: list[str]):
+def ray_session(runtime_cfg, pools: list[str]):
     """Connected to Ray for the block, which runs only when the cluster can hold the run's ``pools``
     and workers (distkg.runtime.resources); a local Ray started here is shut down after it, also
     when the block is interrupted (Ctrl-C)."""
-    started = connect(rc.address, local_cpus(rc, pools))
+    started = connect(runtime_cfg.address, local_cpus(runtime_cfg, pools))
     try:
-        check_fits(rc, pools)
+        check_fits(runtime_cfg, pools)
         yield
     finally:
         if started:
@@ -148,24 +148,24 @@ def _written_metrics(out: Path) -> dict:
     return metrics
 
 
-def worker_scaling(rc) -> dict:
+def worker_scaling(runtime_cfg) -> dict:
     """How Ray Train runs the workers of ``runtime``: the resources each declares (a GPU fraction
     included: {GPU: 0.5} puts two workers on one card), whether they get GPUs, and the process
     group's backend: NCCL when the workers have GPUs, gloo otherwise."""
-    resources = {k: v for k, v in rc.worker_resources.items() if k != "GPU" or v > 0}
+    resources = {k: v for k, v in runtime_cfg.worker_resources.items() if k != "GPU" or v > 0}
     use_gpu = "GPU" in resources
-    return {"num_workers": rc.workers, "use_gpu": use_gpu, "resources_per_worker": resources,
+    return {"num_workers": runtime_cfg.workers, "use_gpu": use_gpu, "resources_per_worker": resources,
             "backend": "nccl" if use_gpu else "gloo"}
 
 
-def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
+def run_workers(fn, config: dict, runtime_cfg, out: Path, name: str) -> None:
     """``fn(config)`` on ``runtime.workers`` Ray Train workers (worker_scaling: their resources and
     process group), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    scaling = worker_scaling(rc)
+    scaling = worker_scaling(runtime_cfg)
     backend = scaling.pop("backend")
     trainer = TorchTrainer(
         fn, train_loop_config={**config, "threads": scaling["resources_per_worker"].get("CPU", 1)},
@@ -173,8 +173,8 @@ def run_workers(fn, config: dict, rc, out: Path, name: str) -> None:
         run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
                                 # controller failures (a worker group that cannot start) are bounded
                                 # too: Ray's default retries them without end
-                                failure_config=FailureConfig(max_failures=rc.max_failures,
-                                                             controller_failure_limit=rc.max_failures)))
+                                failure_config=FailureConfig(max_failures=runtime_cfg.max_failures,
+                                                             controller_failure_limit=runtime_cfg.max_failures)))
     result = interruptible(trainer.fit)
     if result.error is not None:
         raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
@@ -213,17 +213,17 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     """
     from distkg.data import load_dataset
 
-    cfg, out, rc = absolute(cfg), out.resolve(), cfg.runtime
+    cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
     needs = check_method(cfg)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
-    with ray_session(rc, pool_names(rc, needs)):
+    with ray_session(runtime_cfg, pool_names(runtime_cfg, needs)):
         try:
             pools = start_pools(cfg, needs, num_entities)
             run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
-                        rc, out, "students")
+                        runtime_cfg, out, "students")
             record = {"pools": {n: {"actors": p.ready(), "stats": p.stats()} for n, p in pools.items()},
-                      "workers": rc.workers, "address": rc.address or "local"}
+                      "workers": runtime_cfg.workers, "address": runtime_cfg.address or "local"}
             (out / "runtime").mkdir(parents=True, exist_ok=True)
             (out / "runtime" / "pools.json").write_text(json.dumps(record, indent=2))
             for name, pool in pools.items():

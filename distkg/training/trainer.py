@@ -42,7 +42,7 @@ from distkg.device import Placement, placement
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import claim, config_digest
+from distkg.runfolder import config_digest, prepare_folder
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
@@ -153,7 +153,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("%s", ds.describe())
     where = placement(cfg)
     accelerator = make_accelerator(cfg, where)
-    claim(cfg, out, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
+    prepare_folder(cfg, out, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
     device = where.device
     options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
@@ -256,7 +256,7 @@ def load_trained(run_dir: Path, cfg: RunConfig | None = None,
     """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
     ``device`` (default: the config's resolved training device, distkg.device)."""
     from distkg.config import load_config
-    from distkg.report import read_metrics
+    from distkg.runfolder import read_metrics
 
     cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)

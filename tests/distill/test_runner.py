@@ -34,7 +34,7 @@ def teachers(tmp_path_factory):
                             "train.progress=false", "eval.progress=false"])
     trainer.train(kg, root / "kg", dataset=DS)
     llm = load_config(None, [f"llm.model={make_tiny_llama(root / 'tiny-llama')}", "llm.quantization=none", "llm.dim=8",
-                             "llm.steps=2", "llm.batch_size=4", "llm.negatives=8", "llm.valid_queries=0",
+                             "llm.steps=2", "llm.queries_per_step=4", "llm.negatives=8", "llm.valid_queries=0",
                              "llm.progress=false", "eval.progress=false"])
     finetune(llm, root / "llm", dataset=DS)
     return root

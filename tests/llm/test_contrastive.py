@@ -21,7 +21,7 @@ def ds():
 
 
 def infonce_cfg(model: str, **llm):
-    return cfg_for(model, objective="infonce", batch_size=8, refresh_every=2, **llm)
+    return cfg_for(model, objective="infonce", queries_per_step=8, refresh_every=2, **llm)
 
 
 def test_other_training_answers_of_the_same_key_are_masked_not_the_own():

@@ -27,8 +27,8 @@ def ds():
 
 
 def infonce(model: str, **llm):
-    return cfg_for(model, **{"objective": "infonce", "batch_size": 8, "refresh_every": 2, "head_epochs": 2,
-                             "head_batch_size": 32, **llm})
+    return cfg_for(model, **{"objective": "infonce", "queries_per_step": 8, "refresh_every": 2, "head_epochs": 2,
+                             "head_queries_per_step": 32, **llm})
 
 
 def saved_teacher(folder) -> dict[str, torch.Tensor]:

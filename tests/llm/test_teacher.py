@@ -19,7 +19,7 @@ from tests.helpers import tiny_dataset
 
 
 def cfg_for(model: str, **llm):
-    sets = [f"llm.model={model}", "llm.quantization=none", "llm.dim=16", "llm.steps=3", "llm.batch_size=4",
+    sets = [f"llm.model={model}", "llm.quantization=none", "llm.dim=16", "llm.steps=3", "llm.queries_per_step=4",
             "llm.negatives=8", "llm.checkpoint_every=2", "llm.valid_queries=0", "llm.progress=false",
             "eval.progress=false"] + [f"llm.{k}={v}" for k, v in llm.items()]
     return load_config(None, sets)
@@ -207,7 +207,7 @@ def test_a_reloaded_4bit_teacher_scores_as_fine_tuning_recorded(tiny_llama, ds, 
     from distkg.llm.finetune import evaluate_teacher
 
     graph = tiny_dataset("interval", n_ent=40, n_facts=400)
-    cfg = cfg_for(tiny_llama, quantization="nf4", dim=8, steps=3, head_epochs=1, head_batch_size=64)
+    cfg = cfg_for(tiny_llama, quantization="nf4", dim=8, steps=3, head_epochs=1, head_queries_per_step=64)
     recorded = finetune(cfg, tmp_path / "run", dataset=graph)
     (tmp_path / "again").mkdir()
     again = evaluate_teacher(load_teacher(tmp_path / "run" / "teacher", cfg, graph), cfg, graph, tmp_path / "again", {})

@@ -57,7 +57,7 @@ def tiny_runs(tmp_path_factory) -> TinyRuns:
                              "train.batch_size=64"]), base / "teacher")
     llm = make_tiny_llama(base / "tiny-llama")
     finetune(load_config(None, [*common, f"llm.model={llm}", "llm.quantization=none", "llm.dim=8", "llm.steps=2",
-                                "llm.head_epochs=1", "llm.head_batch_size=64", "llm.batch_size=4", "llm.negatives=8",
+                                "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4", "llm.negatives=8",
                                 "llm.valid_queries=0", "llm.progress=false"]), base / "llm")
     return TinyRuns(data=data, teacher=base / "teacher", llm=base / "llm")
 

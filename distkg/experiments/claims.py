@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distkg.report import read_metrics
+from distkg.runfolder import read_metrics
 
 log = logging.getLogger("distkg")
 
@@ -84,5 +84,6 @@ def holding(run: Path) -> Iterator[None]:
 def wait_for(run: Path, what: str) -> None:
     """Wait for a part another process holds to finish (or to be left by a dead holder: then None)."""
     while read_metrics(run) is None and (holder := claim(run)) is not None:
-        log.info("%s %s is being trained by %s; waiting", what, run, holder)
+        log.info("%s %s is being trained by %s; waiting (if that process is gone, on another host, remove %s)",
+                 what, run, holder, run / "claim")
         time.sleep(30)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from distkg import pipeline
+from distkg.experiments import pipeline
 from distkg.config import load_config
 from tests.helpers import tiny_dataset
 from tests.llm.conftest import make_tiny_llama
@@ -22,7 +22,7 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
     cfg = load_config("configs/quickstart.yaml", [
         "model.args.dim=8", "train.epochs=2", "train.progress=false", "eval.progress=false", "pipeline.student_dim=4",
         f"llm.model={llm}", "llm.quantization=none", "llm.layers=null", "llm.dim=8", "llm.steps=2",
-        "llm.head_epochs=1", "llm.head_batch_size=64", "llm.batch_size=4", "llm.negatives=8", "llm.valid_queries=0",
+        "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4", "llm.negatives=8", "llm.valid_queries=0",
         "llm.progress=false", "pipeline.students.plain.stages.0.epochs=1", "pipeline.students.bkd.stages.0.epochs=1",
         "pipeline.students.ours.stages.0.epochs=1", "pipeline.students.ours.stages.1.epochs=1"])
     out = tmp_path / "run"
@@ -50,3 +50,23 @@ def test_pipeline_rejects_a_bad_student_method_before_training(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained before checking the methods"))
     with pytest.raises(Exception, match=r"has no argument 'temp'"):
         pipeline.run(cfg, tmp_path)
+
+
+def test_a_pipeline_part_another_process_holds_is_waited_for(tmp_path, monkeypatch):
+    # distkg run runs its parts through the part runner distkg reproduce uses (distkg.experiments.parts):
+    # a teacher another live process is training is waited for, not trained a second time beside it
+    import os
+    import socket
+
+    from distkg.experiments import claims
+
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
+    sets = ["model.args.dim=8", "train.epochs=1", "train.progress=false", "eval.progress=false", "pipeline.llm=false",
+            "pipeline.students={plain: {stages: [{name: train, epochs: 1}]}}", "pipeline.student_dim=4"]
+    out = tmp_path / "run"
+    (out / "teacher").mkdir(parents=True)
+    (out / "teacher" / "claim").write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process holds it
+    waits = []
+    monkeypatch.setattr(claims.time, "sleep", lambda s: waits.append(s) or (out / "teacher" / "claim").unlink())
+    summary = pipeline.run(load_config("configs/quickstart.yaml", sets), out)
+    assert waits == [30] and len(summary["parts"]) == 2 and not list(out.glob("**/claim"))

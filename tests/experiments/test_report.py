@@ -1,6 +1,6 @@
 import warnings
 
-from distkg.report import figure_row
+from distkg.experiments.report import figure_row
 
 
 def test_figure_row_legends_only_labelled_axes_and_keeps_a_callers_own(tmp_path):

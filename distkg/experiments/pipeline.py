@@ -5,8 +5,9 @@ What runs is the config (``pipeline`` section, distkg.config.PipelineConfig):
   - a trainable model and no students: trained and tested (OUT/metrics.json);
   - with students: the model is the 400-d teacher (OUT/teacher), the LLM teacher is fine-tuned
     (OUT/llm) when ``pipeline.llm``, and each student method is distilled (OUT/students/METHOD).
-Every part is skipped when its metrics.json exists and resumed from its checkpoints otherwise, so
-an interrupted run continues where it stopped. OUT/report.md holds the table of every part, its
+Every part runs through distkg.experiments.parts, as the parts of ``distkg reproduce`` do: skipped
+when its metrics.json exists and resumed from its checkpoints otherwise, so an interrupted run
+continues where it stopped. OUT/report.md holds the table of every part, its
 size and wall time, and the plots (comparison.png, curves.png).
 """
 
@@ -16,16 +17,15 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import eval_options, evaluate
+from distkg.experiments.parts import Part, run_part
+from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.report import bar_panels, figure_row, read_metrics, write_report
-from distkg.runfolder import check_folder, clear
-from distkg.training.curves import valid_curve
+from distkg.runfolder import check_folder, clear, read_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -81,21 +81,25 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = 
 
 def student_config(cfg: RunConfig, method: str, teacher_run: Path, llm_run: Path | None) -> RunConfig:
     """The run config of one student: the teacher's backbone at pipeline.student_dim, the method's stages."""
-    pc = cfg.pipeline
-    model = ModelConfig(cfg.model.name, {**cfg.model.args, "dim": pc.student_dim})
-    distill = dataclasses.replace(pc.students[method], method=method, teacher_run=str(teacher_run),
+    pipeline_cfg = cfg.pipeline
+    model = ModelConfig(cfg.model.name, {**cfg.model.args, "dim": pipeline_cfg.student_dim})
+    distill = dataclasses.replace(pipeline_cfg.students[method], method=method, teacher_run=str(teacher_run),
                                   llm_run=str(llm_run) if llm_run else None)
     return dataclasses.replace(cfg, model=model, distill=distill)
+
+
+def teacher_folders(cfg: RunConfig, out: Path) -> tuple[Path, Path | None]:
+    """Where a pipeline's KG teacher and LLM teacher (None without ``pipeline.llm``) are trained."""
+    return out / "teacher", (out / "llm" if cfg.pipeline.llm else None)
 
 
 def part_configs(cfg: RunConfig, out: Path) -> dict[Path, RunConfig]:
     """The folder and config of every part of a pipeline with students; each method's losses checked."""
     from distkg.distill.runner import check_method
 
-    pc = cfg.pipeline
-    teacher_run, llm_run = out / "teacher", (out / "llm" if pc.llm else None)
+    teacher_run, llm_run = teacher_folders(cfg, out)
     parts = {teacher_run: cfg, **({llm_run: cfg} if llm_run else {})}
-    for method in pc.students:
+    for method in cfg.pipeline.students:
         parts[out / "students" / method] = student_config(cfg, method, teacher_run, llm_run)
         check_method(parts[out / "students" / method])  # before anything is trained
     return parts
@@ -105,36 +109,32 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
     from distkg.distill.runner import distill
     from distkg.llm.finetune import finetune
 
-    pc = cfg.pipeline
-    teacher_run, llm_run = out / "teacher", (out / "llm" if pc.llm else None)
-    students = {m: configs[out / "students" / m] for m in pc.students}
-    parts: list[tuple[str, Path, Callable[[], dict]]] = [
-        (f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
-         lambda: train(cfg, teacher_run, dataset=ds))]
+    pipeline_cfg = cfg.pipeline
+    teacher_run, llm_run = teacher_folders(cfg, out)
+    students = {m: configs[out / "students" / m] for m in pipeline_cfg.students}
+    parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
+                  lambda: train(cfg, teacher_run, dataset=ds))]
     if llm_run:
-        parts.append((f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, LoRA r={cfg.llm.lora_r})", llm_run,
-                      lambda: finetune(cfg, llm_run, dataset=ds)))
-    for method, scfg in students.items():
-        parts.append((f"student {pc.student_dim}-d: {method}", out / "students" / method,
-                      lambda scfg=scfg, method=method: distill(scfg, out / "students" / method, dataset=ds)))
+        parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, LoRA r={cfg.llm.lora_r})", llm_run,
+                          lambda: finetune(cfg, llm_run, dataset=ds)))
+    for method, student_cfg in students.items():
+        parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
+                          lambda student_cfg=student_cfg, method=method:
+                          distill(student_cfg, out / "students" / method, dataset=ds)))
     rows: dict[str, dict] = {}
     walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it
     walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     started = time.perf_counter()
-    for i, (name, folder, work) in enumerate(parts):
-        done = read_metrics(folder)
-        log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), name, folder,
-                 time.perf_counter() - started, " (done before; reading it)" if done else "")
-        if done is None:
-            t = time.perf_counter()
-            done = work()
-            walls[folder.relative_to(out).as_posix()] = round(time.perf_counter() - t, 1)
+    for i, part in enumerate(parts):
+        log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), part.name, part.folder,
+                 time.perf_counter() - started, " (done before; reading it)" if read_metrics(part.folder) else "")
+        outcome = run_part(part)
+        if outcome.seconds is not None:
+            walls[part.folder.relative_to(out).as_posix()] = outcome.seconds
             walls_path.write_text(json.dumps(walls, indent=2))
-        rows[name] = done
-    part_walls = {name: walls.get(folder.relative_to(out).as_posix()) for name, folder, _ in parts}
-    sections = [_cost_section(rows, part_walls, time.perf_counter() - started)]
-    _plots(rows, parts, out)
-    sections.append("## Comparison\n\n![test MRR of each part](comparison.png)")
+        rows[part.name] = outcome.metrics
+    part_walls = {part.name: walls.get(part.folder.relative_to(out).as_posix()) for part in parts}
+    sections = pipeline_sections(rows, parts, part_walls, time.perf_counter() - started, out)
     summary = {"parts": {name: {k: m.get(k) for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "parameters",
                                                          "train_seconds", "finetune_seconds", "eval_seconds")}
                          for name, m in rows.items()}, "dataset": ds.name, "protocol": next(iter(rows.values()))["protocol"]}
@@ -143,32 +143,3 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
                           rows, command, sections)
     log.info("pipeline done in %.0fs; wrote %s", time.perf_counter() - started, report)
     return summary
-
-
-def _cost_section(rows: dict[str, dict], walls: dict[str, float | None], total: float) -> str:
-    """Parameters, training seconds and the wall time of each part when it ran (kept when reused)."""
-    lines = ["## Size and cost", "",
-             "| part | parameters | seconds (training / fine-tuning) | wall seconds (part, when it ran) |",
-             "|---|---|---|---|"]
-    for name, m in rows.items():
-        seconds = m.get("train_seconds", m.get("finetune_seconds"))
-        wall = walls.get(name)
-        lines.append(f"| {name} | {m.get('parameters', '–')} | {seconds} | {'–' if wall is None else wall} |")
-    known = [w for w in walls.values() if w is not None]
-    lines.append(f"\nWall time of all parts: {sum(known):.0f} s; of this invocation: {total:.0f} s "
-                 "(a part finished by an earlier invocation is read, not run again).")
-    return "\n".join(lines)
-
-
-def _plots(rows: dict[str, dict], parts: list, out: Path) -> None:
-    names = list(rows)
-    bar_panels([("test MRR (filtered, realistic ties)", [n.split(": ", 1)[-1] for n in names],
-                 [rows[n]["mrr"] for n in names], [0.0] * len(names))], out / "comparison.png", "MRR")
-    with figure_row(1, 6, 3.5, out / "curves.png") as (ax,):
-        for name, folder, _ in parts:
-            epochs, mrr = valid_curve(folder) if name.startswith("student") else ([], [])
-            if epochs:
-                ax.plot(epochs, mrr, "o-", markersize=3, label=name.split(": ", 1)[-1])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid MRR")
-        ax.legend(fontsize=8)

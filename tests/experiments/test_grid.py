@@ -10,7 +10,8 @@ import json
 import pytest
 import yaml
 
-from distkg.distill import reproduce as rp
+from distkg.experiments import claims, jobs
+from distkg.experiments import grid as rp
 from distkg.distill import runner
 from tests.helpers import tiny_dataset
 
@@ -101,10 +102,10 @@ def test_processes_split_a_grid_by_claims(grid, tmp_path):
     assert not (dead / "claim").exists() and not list(out.glob("**/claim"))[1:]  # only the live holder's is left
     (held / "claim").unlink()  # its holder "finished" without writing: the next call runs it
     assert len(rp.reproduce(grid, out)) == 4
-    assert rp.claim(held) is None and rp.claim(held) is None  # this process may claim again what it holds
+    assert claims.claim(held) is None and claims.claim(held) is None  # this process may claim again what it holds
     other = f"{socket.gethostname()}-elsewhere 1"
     (held / "claim").write_text(other)
-    assert rp.claim(held) == other  # another host's claim is respected (its pid cannot be checked here)
+    assert claims.claim(held) == other  # another host's claim is respected (its pid cannot be checked here)
 
 
 def test_a_part_that_raises_leaves_no_claim(grid, tmp_path, monkeypatch):
@@ -131,18 +132,18 @@ def test_cells_whose_teacher_another_process_trains_wait_their_turn(grid, tmp_pa
     busy = out / "teachers" / "tadistmult-yago11k"
     busy.mkdir(parents=True)
     (busy / "claim").write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process trains it
-    assert rp.held_elsewhere(busy) and rp.Grid(grid, out).waits_on_another("tadistmult", "yago11k", 25, "plain", 0)
+    assert claims.held_elsewhere(busy) and rp.Grid(grid, out).waits_on_another("tadistmult", "yago11k", 25, "plain", 0)
     order = []
     original = runner.distill
     monkeypatch.setattr(runner, "distill", lambda cfg, run, **kw: order.append(run.parent.name) or original(cfg, run, **kw))
-    monkeypatch.setattr(rp.time, "sleep", lambda s: (busy / "claim").unlink())  # the other process gives it up
+    monkeypatch.setattr(claims.time, "sleep", lambda s: (busy / "claim").unlink())  # the other process gives it up
     rows = rp.reproduce(grid, out)
     assert order == ["ttranse-yago11k-25d", "tadistmult-yago11k-25d"]  # the free block first, not a wait
     assert [r["backbone"] for r in rows] == ["tadistmult", "ttranse"]  # the report keeps the grid's order
 
 
 def test_jobs_default_to_one_thread_process_per_core_on_a_small_machine():
-    assert rp.default_jobs(2) == 2 and rp.default_jobs(8) == 8 and rp.default_jobs(64) == 1
-    cmd = rp.worker_command("g.yaml", "out", ["seeds=[0]"], "/data")
+    assert jobs.default_jobs(2) == 2 and jobs.default_jobs(8) == 8 and jobs.default_jobs(64) == 1
+    cmd = jobs.worker_command("g.yaml", "out", ["seeds=[0]"], "/data")
     assert cmd[1:] == ["-m", "distkg", "reproduce", "--config", "g.yaml", "--out", "out", "--jobs", "1",
                        "--set", "seeds=[0]", "--data-root", "/data"]

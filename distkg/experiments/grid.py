@@ -1,0 +1,193 @@
+"""``distkg reproduce``: the paper's grid of teachers, LLM teachers and students, resumable, with its report.
+
+A grid config (configs/reproduce/*.yaml) names datasets, backbones, methods, student sizes and
+seeds, and templates for the config files of each part. The grid runs, in order:
+  1. one 400-d KG teacher per (backbone, dataset)      -> OUT/teachers/BACKBONE-DATASET
+  2. one fine-tuned LLM teacher per dataset, if a method reads P_LLM -> OUT/llm/DATASET
+  3. every student: (backbone, dataset, dim, method, seed) -> STUDENTS/BACKBONE-DATASET-DIMd/METHOD-seedN,
+     STUDENTS being ``student_root`` (OUT/students unless a grid points at another grid's students,
+     as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
+Each part runs through distkg.experiments.parts, as the parts of ``distkg run`` do: skipped when its
+metrics.json exists and resumed from its checkpoints otherwise, so an interrupted grid continues
+where it stopped. Teacher outputs are cached in the teacher's run (distkg.distill.teachers), so every
+method and seed reuses them.
+
+Several processes may run one grid at once (one per core, or per node on a shared filesystem;
+distkg.experiments.claims, distkg.experiments.jobs): a process claims a part (RUN/claim: host and pid)
+before running it and leaves parts claimed by others; a student part is then left to its holder, a
+teacher part is waited for. A claim of a dead process on the same host is taken over.
+
+Report (OUT/, distkg.experiments.report.write_grid_report): results.csv and results.json (one row per
+student), table.md (the paper's layout, mean +- std over seeds, the paper's numbers beside ours),
+costs.md (wall time of each part and the LLM's share), comparison.png and curves.png; sizes.png (MRR
+against student dimension) when the grid has several dims.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distkg.config import RunConfig, build_overridden, load_config, read_yaml
+from distkg.data import TKGDataset, load_dataset
+from distkg.distill.losses import INPUTS
+from distkg.errors import DistkgError
+from distkg.experiments.claims import held_elsewhere
+from distkg.experiments.parts import Part, run_part
+from distkg.experiments.report import METRIC_KEYS, write_grid_report
+from distkg.runfolder import read_metrics
+
+log = logging.getLogger("distkg")
+
+@dataclass
+class GridConfig:
+    """What ``distkg reproduce`` runs; ``{backbone}``, ``{dataset}``, ``{method}``, ``{out}`` are filled in."""
+
+    datasets: list[str] = field(default_factory=lambda: ["yago11k", "wikidata12k"])
+    backbones: list[str] = field(default_factory=lambda: ["ttranse", "tadistmult"])
+    methods: list[str] = field(default_factory=lambda: ["plain", "bkd", "fitnet", "rkd", "ours"])
+    dims: list[int] = field(default_factory=lambda: [25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    teacher_config: str = "configs/train/{backbone}-{dataset}-400.yaml"
+    student_config: str = "configs/train/{backbone}-{dataset}-25.yaml"
+    llm_config: str = "configs/llm/smollm2-{dataset}.yaml"
+    method_config: str = "configs/distill/{method}.yaml"
+    teacher_run: str = "{out}/teachers/{backbone}-{dataset}"  # point at existing `distkg train` runs to reuse them
+    llm_run: str = "{out}/llm/{dataset}"
+    student_root: str = "{out}/students"
+    teacher_set: list[str] = field(default_factory=list)  # --set overrides for every teacher run
+    llm_set: list[str] = field(default_factory=list)
+    student_set: list[str] = field(default_factory=list)
+    data_root: str | None = None
+    published: str | None = "configs/reproduce/paper-table.csv"  # numbers shown beside ours in table.md; None: none
+
+
+def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
+    values = read_yaml(path)
+    if data_root:
+        values["data_root"] = data_root
+    return build_overridden(GridConfig, values, path, overrides)
+
+
+def _needs_llm(grid: GridConfig, method: str) -> bool:
+    cfg = load_config(grid.method_config.format(method=method))
+    return any("llm_probs" in INPUTS.get(name, ()) for s in cfg.distill.stages for name in s.losses)
+
+
+class Grid:
+    """The runs of a grid config under OUT, each loaded or run on demand."""
+
+    def __init__(self, grid: GridConfig, out: Path) -> None:
+        self.grid, self.out = grid, out
+        self.data: dict[str, TKGDataset] = {}
+        self.root = [f"data.root={grid.data_root}"] if grid.data_root else []
+
+    def _fill(self, template: str, **kw) -> str:
+        return template.format(out=self.out, **kw)
+
+    def dataset(self, cfg: RunConfig) -> TKGDataset:
+        key = repr(cfg.data)
+        if key not in self.data:
+            self.data[key] = load_dataset(cfg.data)
+        return self.data[key]
+
+    def teacher(self, backbone: str, dataset: str) -> Path:
+        from distkg.training.trainer import train
+
+        run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
+
+        def work() -> dict:
+            cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
+                              self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
+            log.info("== teacher %s on %s -> %s", backbone, dataset, run)
+            return train(cfg, run, dataset=self.dataset(cfg))
+
+        run_part(Part("teacher", run, work))
+        return run
+
+    def llm(self, dataset: str) -> Path:
+        from distkg.llm.finetune import finetune
+
+        run = Path(self._fill(self.grid.llm_run, dataset=dataset))
+
+        def work() -> dict:
+            cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
+            log.info("== LLM teacher on %s -> %s", dataset, run)
+            return finetune(cfg, run, dataset=self.dataset(cfg))
+
+        run_part(Part("LLM teacher", run, work))
+        return run
+
+    def waits_on_another(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> bool:
+        """The cell is unfinished and its teacher (or LLM teacher) is being trained by another
+        process: better to take a cell that can start now than to wait (``--jobs``)."""
+        if read_metrics(self.student_run(backbone, dataset, dim, method, seed)) is not None:
+            return False
+        parts = [Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))]
+        if _needs_llm(self.grid, method):
+            parts.append(Path(self._fill(self.grid.llm_run, dataset=dataset)))
+        return any(held_elsewhere(run) for run in parts)
+
+    def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
+        return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
+
+    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict | None:
+        """The cell's result row, training it first if needed; None when another process holds it."""
+        from distkg.distill.runner import distill
+
+        run = self.student_run(backbone, dataset, dim, method, seed)
+
+        def work() -> dict:
+            needs_llm = _needs_llm(self.grid, method)
+            sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
+                    f"distill.teacher_run={self.teacher(backbone, dataset)}",
+                    *([f"distill.llm_run={self.llm(dataset)}"] if needs_llm else []),
+                    "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
+            cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
+                               self._fill(self.grid.method_config, method=method)], sets)
+            log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
+            return distill(cfg, run, dataset=self.dataset(cfg))
+
+        if (outcome := run_part(Part("student", run, work), wait=False)) is None:
+            return None
+        metrics = outcome.metrics
+        return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": method, "seed": seed,
+                **{k: metrics[k] for k in METRIC_KEYS}, "train_seconds": metrics["train_seconds"],
+                "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "run": str(run)}
+
+
+def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(grid.__dict__, indent=2))
+    g = Grid(grid, out)
+    cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
+             for m in grid.methods for s in grid.seeds]
+    rows, started, elsewhere = [], time.perf_counter(), 0
+    pending = list(enumerate(cells))
+    while pending:
+        # in grid order, except that cells whose teacher another process is training wait their turn
+        i, cell = next(((i, c) for i, c in pending if only_report or not g.waits_on_another(*c)), pending[0])
+        pending.remove((i, cell))
+        if only_report and read_metrics(g.student_run(*cell)) is None:
+            continue
+        t = time.perf_counter()
+        if (row := g.student(*cell)) is None:
+            elsewhere += 1
+            continue
+        rows.append(row)
+        spent = time.perf_counter() - started
+        log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
+                 rows[-1]["mrr"], time.perf_counter() - t, spent)
+        write_grid_report(rows, grid, out)
+    rows.sort(key=lambda r: cells.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
+    if only_report and not rows:
+        raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
+                          "each cell); run `distkg reproduce` without --report-only first")
+    write_grid_report(rows, grid, out)
+    if elsewhere:
+        log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
+                 "for the whole report", elsewhere)
+    return rows
