@@ -91,9 +91,10 @@ class TeacherRounds:
         self.feats: dict[str, torch.Tensor] | None = None  # hidden states of every text ...
         self.feats_step = -1  # ... under the adapters of this step
         self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
-        lc = cfg.llm
-        self.step_calls = lc.step_calls if lc.step_calls != "auto" else ("one" if teacher.device.type == "cuda" else "lengths")
-        if lc.objective == "infonce":
+        llm_cfg = cfg.llm
+        auto = "one" if teacher.device.type == "cuda" else "lengths"
+        self.step_calls = llm_cfg.step_calls if llm_cfg.step_calls != "auto" else auto
+        if llm_cfg.objective == "infonce":
             if world > 1:
                 raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
                                   "set runtime.workers=1 or llm.objective=sampled")
@@ -102,19 +103,19 @@ class TeacherRounds:
 
     # --------------------------------------------------------------------------------- phases
     def phases(self, state: dict) -> list[Phase]:
-        lc = self.cfg.llm
+        llm_cfg = self.cfg.llm
         llm = state.setdefault("llm", {"step": 0, "llm_texts": 0, "losses": [], "curve": []})
-        phases = [Phase("head", lc.head_epochs, self.head_epoch, "queries_per_second", over=self.budget_spent)
-                  ] if lc.head_epochs else []
+        phases = [Phase("head", llm_cfg.head_epochs, self.head_epoch, "queries_per_second", over=self.budget_spent)
+                  ] if llm_cfg.head_epochs else []
         in_lora = state["stage"] == len(phases)
-        rounds = (state["stage_epoch"] if in_lora else 0) + lora_rounds(llm["step"], lc.steps, lc.checkpoint_every)
-        run = self.infonce_round if lc.objective == "infonce" else self.sampled_round
+        rounds = (state["stage_epoch"] if in_lora else 0) + lora_rounds(llm["step"], llm_cfg.steps, llm_cfg.checkpoint_every)
+        run = self.infonce_round if llm_cfg.objective == "infonce" else self.sampled_round
         return phases + [Phase("lora", rounds, run, "texts_per_second", over=self.lora_over)]
 
     def budget_spent(self, state: dict) -> bool:
         """``llm.max_minutes`` spent, as rank 0 sees it (every rank stops at the same step)."""
-        lc = self.cfg.llm
-        return lc.max_minutes is not None and _agreed(self.loop.clock.seconds() > 60 * lc.max_minutes, self.world)
+        llm_cfg = self.cfg.llm
+        return llm_cfg.max_minutes is not None and _agreed(self.loop.clock.seconds() > 60 * llm_cfg.max_minutes, self.world)
 
     def lora_over(self, state: dict) -> bool:
         step = state["llm"]["step"]
@@ -157,20 +158,20 @@ class TeacherRounds:
         features of every text are computed once, and the head then trains on all training
         queries in seconds per epoch, so the LoRA steps that follow start from a head that ranks.
         """
-        lc, t = self.cfg.llm, time.perf_counter()
+        llm_cfg, t = self.cfg.llm, time.perf_counter()
         if self.feats is None:
             log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
                      sum(len(v) for v in self.teacher.texts.values()))
             self.features(state["llm"]["step"])
             log.info("encoded in %.0fs; head epoch %d of %d against all entities", time.perf_counter() - t,
-                     state["stage_epoch"] + 1, lc.head_epochs)
+                     state["stage_epoch"] + 1, llm_cfg.head_epochs)
         feats = {k: v.to(self.teacher.device) for k, v in self.features(state["llm"]["step"]).items()}
         opt = self.optimizers["head"]
         for group in opt.param_groups:  # the config's rate wins over a checkpoint's (a resume after divergence)
-            group["lr"] = lc.head_lr
+            group["lr"] = llm_cfg.head_lr
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * (state["stage_epoch"] + 1))
         total, n = 0.0, 0
-        for idx in torch.randperm(len(self.queries), generator=gen).split(lc.head_queries_per_step):
+        for idx in torch.randperm(len(self.queries), generator=gen).split(llm_cfg.head_queries_per_step):
             loss = F.cross_entropy(self.teacher.score_from_features(feats, self.queries[idx].to(self.teacher.device)),
                                    self.answers[idx].to(self.teacher.device))
             if not torch.isfinite(loss):
@@ -197,10 +198,10 @@ class TeacherRounds:
     def _steps(self, state: dict, desc: str, step_fn: Callable[[int], tuple[torch.Tensor, int]]) -> dict:
         """Steps of ``step_fn(step) -> (loss, texts)`` until a multiple of ``llm.checkpoint_every``,
         ``llm.steps`` or the budget; the round's log row."""
-        lc, llm, t = self.cfg.llm, state["llm"], time.perf_counter()
+        llm_cfg, llm, t = self.cfg.llm, state["llm"], time.perf_counter()
         texts0, losses = self.teacher.encoder.stats.texts_encoded, []
-        left = min(lc.checkpoint_every - llm["step"] % lc.checkpoint_every, lc.steps - llm["step"])
-        bar = tqdm(total=left, desc=desc, disable=not (lc.progress and self.rank == 0), leave=False, mininterval=2)
+        left = min(llm_cfg.checkpoint_every - llm["step"] % llm_cfg.checkpoint_every, llm_cfg.steps - llm["step"])
+        bar = tqdm(total=left, desc=desc, disable=not (llm_cfg.progress and self.rank == 0), leave=False, mininterval=2)
         self.teacher.train()
         while True:
             loss, n_texts = step_fn(llm["step"])
@@ -212,7 +213,7 @@ class TeacherRounds:
             llm["losses"].append(losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
-            if llm["step"] % lc.checkpoint_every == 0 or self.lora_over(state):
+            if llm["step"] % llm_cfg.checkpoint_every == 0 or self.lora_over(state):
                 break
         bar.close()
         seconds = time.perf_counter() - t
@@ -222,7 +223,7 @@ class TeacherRounds:
 
     def sampled_round(self, state: dict) -> dict:
         """Sampled softmax: each query against the batch's answers plus ``llm.negatives`` drawn entities."""
-        lc, device, opt = self.cfg.llm, self.teacher.device, self.optimizers["lora"]
+        llm_cfg, device, opt = self.cfg.llm, self.teacher.device, self.optimizers["lora"]
         if self.engine is None:
             self.set_rates()
         if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
@@ -230,10 +231,10 @@ class TeacherRounds:
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
-            idx = torch.randint(0, len(self.queries), (lc.queries_per_step,), generator=gen)
-            negatives = torch.randint(0, self.ds.num_entities, (lc.negatives,), generator=gen)
+            idx = torch.randint(0, len(self.queries), (llm_cfg.queries_per_step,), generator=gen)
+            negatives = torch.randint(0, self.ds.num_entities, (llm_cfg.negatives,), generator=gen)
             candidates, inverse = torch.unique(torch.cat([self.answers[idx], negatives]), return_inverse=True)
-            target = inverse[: lc.queries_per_step].to(device)
+            target = inverse[: llm_cfg.queries_per_step].to(device)
             texts = self.teacher.encoder.stats.texts_encoded
             loss = F.cross_entropy(self.teacher.score_sampled(self.queries[idx].to(device), candidates.to(device)), target)
             if torch.isfinite(loss):
@@ -252,8 +253,8 @@ class TeacherRounds:
     def infonce_round(self, state: dict) -> dict:
         """InfoNCE against every entity through the cache (distkg.llm.contrastive); the round ends on a
         refreshed cache, kept in the state (so a resume continues exactly) and read by validation."""
-        lc, llm, opt = self.cfg.llm, state["llm"], self.optimizers["lora"]
-        self.set_rates(lc.step_head_lr)
+        llm_cfg, llm, opt = self.cfg.llm, state["llm"], self.optimizers["lora"]
+        self.set_rates(llm_cfg.step_head_lr)
         if llm.get("cache") is None:
             llm["cache"] = self.features(llm["step"])["entity"]
             if not llm["curve"]:  # the curve's starting point (no warm-up gave one)
@@ -263,7 +264,7 @@ class TeacherRounds:
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i)
-            idx = torch.randint(0, len(self.train_qs), (lc.queries_per_step,), generator=gen).numpy()
+            idx = torch.randint(0, len(self.train_qs), (llm_cfg.queries_per_step,), generator=gen).numpy()
             qs = self.train_qs
             batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
             loss, n_texts = contrastive.infonce_loss(self.teacher, llm["cache"], batch, self.train_index, self.step_calls)
@@ -272,7 +273,7 @@ class TeacherRounds:
                 loss.backward()
                 opt.step()
                 self.teacher.encoder.mark_updated()
-                if (i + 1) % lc.refresh_every == 0:
+                if (i + 1) % llm_cfg.refresh_every == 0:
                     llm["cache"] = self.features(i + 1)["entity"]
             return loss, n_texts
 

@@ -149,7 +149,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     starts from the best weights so far with a fresh patience counter. The test split is scored with
     the best weights of the whole run.
     """
-    tc = cfg.train
+    train_cfg = cfg.train
     log.info("%s", ds.describe())
     where = placement(cfg)
     accelerator = make_accelerator(cfg, where)
@@ -169,11 +169,11 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         raw_model.eval()
         return evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)["mrr"]
 
-    loop = Loop(out, Checkpoints(out / "checkpoints", keep=tc.keep_checkpoints, write=main), raw_model, optimizer,
-                validate, tc.patience, config_digest(cfg), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
+    loop = Loop(out, Checkpoints(out / "checkpoints", keep=train_cfg.keep_checkpoints, write=main), raw_model, optimizer,
+                validate, train_cfg.patience, config_digest(cfg), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
     state = loop.resume(resume)
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
-    n_batches = math.ceil(len(queries) / tc.batch_size)
+    n_batches = math.ceil(len(queries) / train_cfg.batch_size)
     n_params = sum(p.numel() for p in raw_model.parameters())
     total_epochs = sum(s.epochs for s in stages)
     log.info("%s dim=%d, %d parameters, %d training queries, %d batches/epoch, stages: %s", cfg.model.name,
@@ -182,17 +182,17 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     def run_epoch(stage: Stage, state: dict) -> dict:
         """One epoch of ``stage``: batches from a generator seeded by (seed, epoch), split across ranks."""
         for group in optimizer.param_groups:  # the config's learning rate wins over a checkpoint's
-            group["lr"] = stage.lr if stage.lr is not None else tc.lr
+            group["lr"] = stage.lr if stage.lr is not None else train_cfg.lr
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)
-        batches = [b[rank::world] for b in perm.split(tc.batch_size)]  # this rank's share of each batch
+        batches = [b[rank::world] for b in perm.split(train_cfg.batch_size)]  # this rank's share of each batch
         if stage.on_epoch is not None:
             stage.on_epoch(epoch, batches)
         model.train()
         total, parts, t_epoch = 0.0, {}, time.perf_counter()
         bar = tqdm(batches, total=n_batches, desc=f"{stage.name} epoch {epoch + 1}/{total_epochs}",
-                   disable=not (tc.progress and main), leave=False, mininterval=2)
+                   disable=not (train_cfg.progress and main), leave=False, mininterval=2)
         for step, idx in enumerate(bar):
             q, a = queries[idx].to(device), answers[idx].to(device)
             with accelerator.accumulate(model):
