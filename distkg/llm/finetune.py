@@ -34,7 +34,9 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, eval_options, evaluate
+from distkg.llm.features import frozen_features, load_features
 from distkg.llm.loading import load_lm, logical_numel
+from distkg.llm.prompts import entity_texts
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import claim
 from distkg.training.checkpoint import CheckpointError, atomic_save, load_weights, read_checkpoint
@@ -65,7 +67,8 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device))
+                         encode_batch=encode_batch(cfg.llm.encode_batch, lm.device),
+                         entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts))
     return teacher.to(lm.device)
 
 
@@ -230,6 +233,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     # after fine-tuning differ slightly from the saved ones that `distkg llm evaluate --run` and the
     # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded)
     teacher = load_teacher(out / "teacher", cfg, ds)
+    if lc.feature_cache:  # adapters that never stepped: their features may be on disk already
+        load_features(teacher, cfg)
     metrics = evaluate_teacher(teacher, cfg, ds, out, {"steps": state["step"], "finetune_seconds": round(state["seconds"], 1),
                                                          "head_warmup": state.get("head"), "objective": lc.objective,
                                                          "curve": state.get("curve"), "llm_texts": state.get("llm_texts"),
@@ -251,8 +256,11 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     device = teacher.device
     log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
              sum(len(v) for v in teacher.texts.values()))
-    feats = {k: v.detach() for k, v in teacher.features().items()}
-    log.info("encoded in %.0fs; training the head for %d epochs against all entities", time.perf_counter() - t,
+    feats, hit = frozen_features(teacher, cfg)  # distkg/llm/features.py: read from disk when cached
+    feats = {k: v.to(device) for k, v in feats.items()}
+    encode_seconds = time.perf_counter() - t
+    log.info("encoded in %.0fs%s; training the head for %d epochs against all entities", encode_seconds,
+             " (read from the feature cache)" if hit else "",
              lc.head_epochs)
     opt = torch.optim.Adam(_head_params(teacher), lr=lc.head_lr)
     losses = []
@@ -268,7 +276,8 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
         losses.append(round(total / n, 4))
         log.info("LLM head epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, lc.head_epochs, losses[-1], time.perf_counter() - t)
     teacher.encoder.mark_updated()
-    return {"epochs": lc.head_epochs, "losses": losses, "seconds": round(time.perf_counter() - t, 1)}
+    return {"epochs": lc.head_epochs, "losses": losses, "seconds": round(time.perf_counter() - t, 1),
+            "encode_seconds": round(encode_seconds, 1), "feature_cache_hit": hit}
 
 
 def _agreed(flag: bool, world: int) -> bool:
