@@ -265,19 +265,27 @@ def train_head(teacher: LLMTeacher, cfg: RunConfig, queries: torch.Tensor, answe
     opt = torch.optim.Adam(_head_params(teacher), lr=lc.head_lr)
     losses = []
     for epoch in range(lc.head_epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
-        total, n = 0.0, 0
-        for idx in torch.randperm(len(queries), generator=gen).split(lc.head_batch_size):
-            loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        losses.append(round(total / n, 4))
+        losses.append(head_epoch(teacher, feats, queries, answers, opt, cfg, epoch))
         log.info("LLM head epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, lc.head_epochs, losses[-1], time.perf_counter() - t)
     teacher.encoder.mark_updated()
     return {"epochs": lc.head_epochs, "losses": losses, "seconds": round(time.perf_counter() - t, 1),
             "encode_seconds": round(encode_seconds, 1), "feature_cache_hit": hit}
+
+
+def head_epoch(teacher: LLMTeacher, feats: dict[str, torch.Tensor], queries: torch.Tensor, answers: torch.Tensor,
+               opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int) -> float:
+    """One epoch of the head warm-up over all training queries (seeded by seed and epoch); its mean loss.
+    Also what scripts/llm_head_curve.py steps, so its curve is this warm-up's."""
+    device = teacher.device
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
+    total, n = 0.0, 0
+    for idx in torch.randperm(len(queries), generator=gen).split(cfg.llm.head_batch_size):
+        loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item(), n + 1
+    return round(total / n, 4)
 
 
 def _agreed(flag: bool, world: int) -> bool:
