@@ -82,6 +82,14 @@ class LLMConfig:
     dim: int = 400  # the KG space the projection maps into
     form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
     max_tokens: int = 32
+    # what an entity's text is (distkg/llm/prompts.py): its name, or its name and up to `entity_facts`
+    # of its TRAINING facts as text (never validation or test facts)
+    entity_text: Literal["name", "facts"] = "name"
+    entity_facts: int = 8
+    # the frozen LM's features of every text, kept on disk (distkg/llm/features.py) under a key of the
+    # model, layers, quantization, device, max_tokens, adapter weights and texts, so a head warm-up
+    # with the same key skips the encoding
+    feature_cache: bool = False
     texts_per_forward: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
     # fine-tuning (distkg llm finetune)
     # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
@@ -206,7 +214,7 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
                 "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},

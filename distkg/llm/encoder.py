@@ -144,5 +144,12 @@ class TextEncoder:
                         self._cache[(version, text)] = vec
         return torch.stack([self._cache[(version, t)] for t in texts]).to(self.lm.device)
 
+    def remember(self, texts: list[str], vecs: torch.Tensor) -> None:
+        """Take pooled states computed elsewhere (distkg.llm.features' disk cache) as this weights
+        version's encodings of ``texts``."""
+        version = self.weights_version()
+        for text, vec in zip(texts, vecs.float().cpu()):
+            self._cache[(version, text)] = vec
+
     def clear(self) -> None:
         self._cache.clear()

@@ -31,7 +31,9 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, eval_options, evaluate
+from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
+from distkg.llm.prompts import entity_texts
 from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_params
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder
@@ -64,7 +66,8 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device))
+                         encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device),
+                         entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts))
     return teacher.to(lm.device)
 
 
@@ -131,7 +134,7 @@ def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
     """Fine-tune the teacher in OUT as phases of distkg.training.loop (distkg.llm.rounds), save the
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints."""
-    lc = cfg.llm
+    llm_cfg = cfg.llm
     rank, world = process_group()
     prepare_folder(cfg, out, restart=not resume, write=rank == 0)  # one run folder, one config
     old = out / "checkpoints" / "latest" / "state.pt"
@@ -142,19 +145,19 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     teacher = build_teacher(cfg, ds)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
-    optimizers = Optimizers(unsaved=("lora",) if world > 1 else (), head=torch.optim.Adam(head_params(teacher), lr=lc.head_lr),
-                            lora=torch.optim.AdamW([{"params": lora_params, "lr": lc.lr},
-                                                    {"params": head_params(teacher), "lr": lc.head_lr}]))
+    optimizers = Optimizers(unsaved=("lora",) if world > 1 else (), head=torch.optim.Adam(head_params(teacher), lr=llm_cfg.head_lr),
+                            lora=torch.optim.AdamW([{"params": lora_params, "lr": llm_cfg.lr},
+                                                    {"params": head_params(teacher), "lr": llm_cfg.head_lr}]))
     n_lora = sum(p.numel() for p in lora_params)
     n_head = sum(p.numel() for p in head_params(teacher))
     n_all = sum(logical_numel(p) for p in teacher.lm_model.parameters())  # 4-bit weights counted as weights
-    log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", lc.model, lc.quantization,
-             lc.lora_r, n_lora, n_all, 100 * n_lora / n_all)
+    log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", llm_cfg.model, llm_cfg.quantization,
+             llm_cfg.lora_r, n_lora, n_all, 100 * n_lora / n_all)
     loop = Loop(out, Checkpoints(out / "checkpoints", write=rank == 0, prefix="round"), TrainableWeights(teacher),
-                optimizers, lambda: rounds.validate(state), lc.patience, config_digest(cfg, LLM_RATES), main=rank == 0,
+                optimizers, lambda: rounds.validate(state), llm_cfg.patience, config_digest(cfg, LLM_RATES), main=rank == 0,
                 barrier=_barrier if world > 1 else lambda: None, what="LLM fine-tuning", unit="round",
                 hint="lower llm.lr or llm.head_lr, then run again to resume from it",
-                budget_s=60 * lc.max_minutes if lc.max_minutes is not None else None, validation_counts=False)
+                budget_s=60 * llm_cfg.max_minutes if llm_cfg.max_minutes is not None else None, validation_counts=False)
     state = loop.resume(resume)
     rounds = TeacherRounds(teacher, cfg, ds, optimizers, loop, rank, world)
     state = loop.run(rounds.phases(state), state)
@@ -163,16 +166,18 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         return {}
     llm = state["llm"]
     save_teacher(teacher, cfg, out / "teacher", {"steps": llm["step"], "workers": world})
-    plot_curves(state["history"], out / "curves.png", f"LLM teacher {lc.model} on {ds.name}", xlabel="round")
+    plot_curves(state["history"], out / "curves.png", f"LLM teacher {llm_cfg.model} on {ds.name}", xlabel="round")
     # scored as saved: bitsandbytes' CPU path (AVX512-BF16) repacks 4-bit weights with bf16 scales on
     # an inference forward and back again on saving, a lossy round trip, so the weights in memory
     # after fine-tuning differ slightly from the saved ones that `distkg llm evaluate --run` and the
     # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded)
     teacher = load_teacher(out / "teacher", cfg, ds)
+    if llm_cfg.feature_cache:  # adapters that never stepped: their features may be on disk already
+        load_features(teacher, cfg)
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else {}
     metrics = evaluate_teacher(teacher, cfg, ds, out, {
         "steps": llm["step"], "finetune_seconds": round(state["seconds"], 1), "head_warmup": llm.get("head"),
-        "objective": lc.objective, "curve": llm["curve"], "llm_texts": llm["llm_texts"], "rounds_run": state["epoch"],
+        "objective": llm_cfg.objective, "curve": llm["curve"], "llm_texts": llm["llm_texts"], "rounds_run": state["epoch"],
         "best_round": state["best_epoch"], "best_round_step": best.get("step", 0), "best_valid_mrr": state["best_mrr"],
         "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation

@@ -37,6 +37,7 @@ from distkg.data import TKGDataset
 from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm import contrastive
+from distkg.llm.features import frozen_features
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.loop import Loop, Optimizers, Phase
 from distkg.training.trainer import training_queries
@@ -78,6 +79,26 @@ def lora_rounds(step: int, steps: int, every: int) -> int:
     return 0 if step >= steps else math.ceil(steps / every) - step // every
 
 
+def head_epoch(teacher: LLMTeacher, feats: dict[str, torch.Tensor], queries: torch.Tensor, answers: torch.Tensor,
+               opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int,
+               diverged: Callable[[float, int], Exception] | None = None) -> float:
+    """One epoch of the head warm-up over all training queries (batches seeded by seed and epoch); its
+    mean loss. ``diverged(loss, batch)`` makes the error a non-finite loss raises. Also what
+    scripts/llm_head_curve.py steps, so its curve is the warm-up's."""
+    device = teacher.device
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
+    total, n = 0.0, 0
+    for idx in torch.randperm(len(queries), generator=gen).split(cfg.llm.head_queries_per_step):
+        loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
+        if not torch.isfinite(loss):
+            raise (diverged or (lambda v, b: FloatingPointError(f"head loss {v} at batch {b}")))(loss.item(), n + 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item(), n + 1
+    return total / n
+
+
 class TeacherRounds:
     """The two phases of fine-tuning one teacher; their progress lives in the loop state's ``llm`` entry
     (step, texts through the LLM, losses, curve, the InfoNCE cache), so checkpoints carry it."""
@@ -90,6 +111,7 @@ class TeacherRounds:
         self.eval_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
         self.feats: dict[str, torch.Tensor] | None = None  # hidden states of every text ...
         self.feats_step = -1  # ... under the adapters of this step
+        self.feats_from_disk = False  # read from llm.feature_cache (distkg.llm.features)
         self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
@@ -127,7 +149,11 @@ class TeacherRounds:
         if self.feats is None or self.feats_step != step:
             was_training = self.teacher.training
             self.teacher.eval()  # no adapter dropout in the cache
-            self.feats = contrastive.full_cache(self.teacher, clear=step > 0)
+            if step == 0 and self.cfg.llm.feature_cache:  # adapters that never stepped: the disk cache
+                self.teacher.encoder.mark_updated()
+                self.feats, self.feats_from_disk = frozen_features(self.teacher, self.cfg)
+            else:
+                self.feats = contrastive.full_cache(self.teacher, clear=step > 0)
             self.teacher.train(was_training)
             self.feats_step = step
         return self.feats
@@ -169,23 +195,18 @@ class TeacherRounds:
         opt = self.optimizers["head"]
         for group in opt.param_groups:  # the config's rate wins over a checkpoint's (a resume after divergence)
             group["lr"] = llm_cfg.head_lr
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * (state["stage_epoch"] + 1))
-        total, n = 0.0, 0
-        for idx in torch.randperm(len(self.queries), generator=gen).split(llm_cfg.head_queries_per_step):
-            loss = F.cross_entropy(self.teacher.score_from_features(feats, self.queries[idx].to(self.teacher.device)),
-                                   self.answers[idx].to(self.teacher.device))
-            if not torch.isfinite(loss):
-                raise self.loop.diverged("loss", loss.item(), f"head epoch {state['stage_epoch'] + 1}, batch {n + 1}")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
+        epoch = state["stage_epoch"]
+
+        def diverged(loss: float, batch: int) -> Exception:
+            return self.loop.diverged("loss", loss, f"head epoch {epoch + 1}, batch {batch}")
+
+        loss = head_epoch(self.teacher, feats, self.queries, self.answers, opt, self.cfg, epoch, diverged)
         self.teacher.encoder.mark_updated()
         seconds = time.perf_counter() - t
         head = state["llm"].setdefault("head", {"epochs": 0, "losses": [], "seconds": 0.0})
-        head.update(epochs=head["epochs"] + 1, losses=[*head["losses"], round(total / n, 4)],
-                    seconds=round(head["seconds"] + seconds, 1))
-        return {"loss": total / n, "seconds": round(seconds, 2), "queries_per_second": round(len(self.queries) / seconds, 1)}
+        head.update(epochs=head["epochs"] + 1, losses=[*head["losses"], round(loss, 4)],
+                    seconds=round(head["seconds"] + seconds, 1), feature_cache_hit=self.feats_from_disk)
+        return {"loss": loss, "seconds": round(seconds, 2), "queries_per_second": round(len(self.queries) / seconds, 1)}
 
     def set_rates(self, head_lr: float | None = None) -> None:
         """The config's rates on the LoRA optimiser (they win over a checkpoint's: a resume after a

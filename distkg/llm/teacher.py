@@ -45,7 +45,7 @@ def time_texts(dataset: TKGDataset) -> list[str]:
 
 class LLMTeacher(TKGModel):
     def __init__(self, lm: LoadedLM, dataset: TKGDataset, dim: int = 400, form: str = "tadistmult",
-                 max_tokens: int = 32, encode_batch: int = 64) -> None:
+                 max_tokens: int = 32, encode_batch: int = 64, entity_texts: list[str] | None = None) -> None:
         super().__init__(dataset, dim)
         try:
             self.scoring = scoring_form(form)  # the backbone's own scoring over supplied vectors
@@ -63,7 +63,7 @@ class LLMTeacher(TKGModel):
         self.device = lm.device  # the LM's resolved device (distkg.device); the head lives there too
         self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
         self.texts = {
-            "entity": list(dataset.entity_text),
+            "entity": list(dataset.entity_text) if entity_texts is None else list(entity_texts),  # distkg.llm.prompts
             "relation": list(dataset.relation_text) + [f"inverse of {t}" for t in dataset.relation_text],
             "time": time_texts(dataset),
         }

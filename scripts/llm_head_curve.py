@@ -1,0 +1,68 @@
+"""Validation (and test) MRR of the LLM teacher's head warm-up against its epochs, from cached features.
+
+Why: `distkg llm finetune` reports the teacher after its last head epoch; choosing ``llm.head_epochs``
+needs the curve. This runs the same warm-up (distkg.llm.rounds.head_epoch, same seeds, same
+optimiser) on the frozen LM's features (distkg.llm.features: read from the disk cache when a run with
+the same key wrote them, else encoded once) and scores the validation subsample
+(``llm.valid_queries``) and the test split from those features every ``--every`` epochs. Prints one
+JSON line per point, with the process's CPU minutes next to the wall minutes (docs/RESULTS.md).
+
+python scripts/llm_head_curve.py --config configs/llm/smollm2-yago11k.yaml --epochs 40 --every 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from distkg.config import load_config
+from distkg.data import load_dataset
+from distkg.evaluation import FilterIndex, evaluate
+from distkg.llm.contrastive import cache_valid_mrr
+from distkg.llm.features import frozen_features
+from distkg.llm.finetune import build_teacher
+from distkg.llm.rounds import head_epoch, head_params
+from distkg.training.trainer import training_queries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--every", type=int, default=5)
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.set)
+    ds = load_dataset(cfg.data)
+    teacher = build_teacher(cfg, ds)
+    wall, cpu = time.perf_counter(), time.process_time()
+    feats, hit = frozen_features(teacher, cfg)
+    feats = {k: v.to(teacher.device) for k, v in feats.items()}
+    print(json.dumps({"features_from_cache": hit, "encode_minutes": round((time.perf_counter() - wall) / 60, 2)}), flush=True)
+    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
+    index = FilterIndex.from_dataset(ds, cfg.eval.filter)
+    opt = torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
+    for epoch in range(args.epochs):
+        loss = head_epoch(teacher, feats, queries, answers, opt, cfg, epoch)
+        if (epoch + 1) % args.every and epoch + 1 != args.epochs:
+            continue
+        row = {"epoch": epoch + 1, "loss": loss, "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
+               "cpu_minutes": round((time.process_time() - cpu) / 60, 2)}
+        with torch.no_grad():
+            row["valid_mrr"] = round(cache_valid_mrr(teacher, feats, cfg, ds, index), 4)
+            teacher.use_tables(**{k: torch.sigmoid(teacher.head(v)) for k, v in feats.items()})
+            try:
+                test = evaluate(teacher, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties, progress=False,
+                                index=index)
+            finally:
+                teacher.use_tables()
+        row.update(test_mrr=round(test["mrr"], 4), test_hits1=round(test["hits@1"], 4),
+                   test_hits10=round(test["hits@10"], 4))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

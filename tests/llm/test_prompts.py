@@ -1,0 +1,80 @@
+"""Entity texts with training facts (distkg.llm.prompts): only training facts, most telling first."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from distkg.config import load_config
+from distkg.data.dataset import O, S
+from distkg.errors import ConfigError
+from distkg.llm.prompts import entity_texts
+from tests.helpers import tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tiny_dataset("interval", n_ent=12, n_facts=60)
+
+
+def neighbours_named(text: str, ds) -> set[int]:
+    """Entities whose name appears as a whole phrase part in the facts part of ``text``."""
+    facts = text.split(": ", 1)[1] if ": " in text else ""
+    return {e for e, name in enumerate(ds.entity_text) for w in facts.split("; ")
+            if w.startswith(name + " relation") or w.endswith(" " + name)}
+
+
+def test_names_mode_is_the_dataset_text(ds):
+    assert entity_texts(ds, "name") == ds.entity_text
+
+
+def test_facts_never_come_from_validation_or_test(ds):
+    """Texts depend on the training split alone: new validation/test facts change nothing, and every
+    neighbour named is a training neighbour."""
+    texts = entity_texts(ds, "facts", 50)
+    rng = np.random.default_rng(1)
+    other = {split: ds.splits[split].copy() for split in ("valid", "test")}
+    for facts in other.values():
+        facts[:, S], facts[:, O] = rng.permutation(facts[:, S]), rng.integers(0, ds.num_entities, len(facts))
+    assert entity_texts(dataclasses.replace(ds, splits={**ds.splits, **other}), "facts", 50) == texts
+    train = ds.splits["train"]
+    for e, text in enumerate(texts):
+        mine = train[(train[:, S] == e) | (train[:, O] == e)]
+        allowed = set(mine[:, S].tolist()) | set(mine[:, O].tolist())
+        assert neighbours_named(text, ds) <= allowed, text
+
+
+def test_most_frequent_facts_first_and_capped(ds):
+    """A fact repeated over time comes before one seen once; ``facts`` caps how many are written;
+    direction is in the order of words."""
+    train = ds.splits["train"].copy()
+    repeated = np.array([[0, 1, 5, 0, 0, 0]] * 9 + [[7, 2, 0, 1, 1, 1]] * 8, dtype=np.int64)
+    ds2 = dataclasses.replace(ds, splits={**ds.splits, "train": np.concatenate([train, repeated])})
+    text = entity_texts(ds2, "facts", 2)[0]
+    name, facts = text.split(": ", 1)
+    assert name == ds.entity_text[0]
+    assert facts.split("; ") == [f"{ds.relation_text[1]} {ds.entity_text[5]}", f"{ds.entity_text[7]} {ds.relation_text[2]}"]
+
+
+def test_an_entity_without_training_facts_keeps_its_name(ds):
+    train = ds.splits["train"]
+    lonely = ds.num_entities - 1
+    keep = (train[:, S] != lonely) & (train[:, O] != lonely)
+    ds2 = dataclasses.replace(ds, splits={**ds.splits, "train": train[keep]})
+    assert entity_texts(ds2, "facts", 8)[lonely] == ds.entity_text[lonely]
+
+
+@pytest.mark.parametrize("key, value", [("entity_text", "neighbours"), ("entity_facts", "0")])
+def test_bad_entity_text_settings_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [f"llm.{key}={value}"])
+
+
+def test_the_teacher_encodes_the_configured_entity_texts(ds, tiny_llama):
+    from distkg.llm.finetune import build_teacher
+
+    cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.entity_text=facts",
+                             "llm.entity_facts=3"])
+    assert build_teacher(cfg, ds).texts["entity"] == entity_texts(ds, "facts", 3) != ds.entity_text
