@@ -6,8 +6,9 @@
               actors under DeepSpeed inference with threads/actors each, every actor encoding its
               shard of the entities. Also the warm rate (tables encoded) of both.
   topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
-              by the pool, full soft targets against the top --topk at T and the rest bucket,
-              --epochs-topk epochs each, --topk-seeds students per mode.
+              by the pool, full soft targets against the top --topk at T and the rest bucket (or
+              --tail-samples draws from the rest), --epochs-topk epochs each, --topk-seeds students
+              per mode (--topk-modes).
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
@@ -158,25 +159,29 @@ def topk_effect(args, out: Path) -> dict:
     from distkg.runtime.pool import TeacherPool
 
     results = {}
-    for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in ("full", "topk")]:
+    for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in args.topk_modes.split(",")]:
         cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/bkd.yaml"], [
             f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}", f"seed={seed}",
             f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
             "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
+            f"runtime.tail_samples={args.tail_samples if mode == 'topk' else 0}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
         pool = TeacherPool("kg", args.teacher_run, ds.num_entities, cfg.runtime, args.data_root)
+        name = f"topk-tail{args.tail_samples}" if mode == "topk" and args.tail_samples else mode
         try:
             pool.ready()
-            t0 = time.perf_counter()
-            m = distill(cfg, out / f"bkd-{mode}-seed{seed}", resume=False, dataset=ds, pools={"kg": pool})
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = distill(cfg, out / f"bkd-{name}-seed{seed}", resume=False, dataset=ds, pools={"kg": pool})
         finally:
             pool.shutdown()
-        key = mode if args.topk_seeds == 1 else f"{mode}_seed{seed}"
-        results[key] = {"seconds": round(time.perf_counter() - t0, 1), **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
+        key = name if args.topk_seeds == 1 else f"{name}_seed{seed}"
+        results[key] = {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
+                        **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
                         "mr": round(m["mr"], 1)}
         log.info("BKD with %s soft targets, seed %d: %s", mode, seed, results[key])
-    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, **results}
+    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, "tail_samples": args.tail_samples,
+            **results}
 
 
 def scale(args) -> dict:
@@ -257,6 +262,9 @@ def main() -> None:
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
+    ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk)")
+    ap.add_argument("--tail-samples", type=int, default=0,
+                    help="topk mode: draws from the teacher's row beyond the top k (runtime.tail_samples; 0: rest bucket)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())

@@ -141,7 +141,7 @@ def step_loss(student, spec: dict[str, dict], where: str, dc, kg: KGTeacher | No
         elif "teacher_scores" in needs:
             got = remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)
             if isinstance(got, TopKTargets):
-                batch.teacher_topk = TopKTargets(got.temperature, got.ids.to(q.device), got.log_probs.to(q.device))
+                batch.teacher_topk = got.to(q.device)
             else:
                 batch.teacher_scores = got.to(q.device)
         if "llm_probs" in needs:

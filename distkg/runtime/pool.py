@@ -71,6 +71,42 @@ def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
 
 
+def shard_topk(rows: torch.Tensor, lo: int, k: int, temperature: float | None = None, samples: int = 0,
+               seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """One shard's answer for its [B, hi - lo] score rows (entities from ``lo``): the top k's values and
+    global ids; with a ``temperature`` each row's logsumexp(row / T); with ``samples`` that many draws
+    from softmax(row / T) (seeded with ``seed``) and the mean of row / T under it."""
+    values, ids = rows.topk(min(k, rows.shape[1]), dim=1)
+    out = [values, ids + lo]
+    if temperature is not None:
+        out.append(torch.logsumexp(rows / temperature, dim=1))
+    if samples:
+        p = torch.softmax(rows / temperature, dim=1)
+        draws = torch.multinomial(p, samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+        out += [draws + lo, (p * rows).sum(1) / temperature]
+    return tuple(out)
+
+
+def merge_topk_sampled(parts: list[tuple[torch.Tensor, ...]], k: int, temperature: float,
+                       generator: torch.Generator) -> TopKTargets:
+    """merge_topk_rest plus draws from the teacher's whole row beyond the top k (runtime.tail_samples).
+
+    Each shard sends (values, ids, logsumexp(row / T), m draws from its own softmax(row / T), the
+    mean of row / T under it). Slot j of the merged m draws takes shard i's j-th draw with
+    probability Z_i / Z (the shard's share of the row's mass), so the draws follow the whole row;
+    draws inside the global top k are dropped (-1), which leaves draws from the row's tail. The
+    row's sum p log p is sum_i (Z_i / Z) E_i[t / T] - log Z (the KL's constant, for its value)."""
+    top = merge_topk_rest([part[:3] for part in parts], k, temperature)
+    lse = torch.stack([part[2] for part in parts], dim=1)  # [B, shards]
+    share = torch.softmax(lse, dim=1)
+    plogp = (share * torch.stack([part[4] for part in parts], dim=1)).sum(1) - torch.logsumexp(lse, dim=1)
+    draws = torch.stack([part[3] for part in parts])  # [shards, B, m]
+    shard = torch.multinomial(share, draws.shape[2], replacement=True, generator=generator)
+    draws = draws.gather(0, shard.unsqueeze(0)).squeeze(0)
+    inside = (draws.unsqueeze(2) == top.ids.unsqueeze(1)).any(2)
+    return TopKTargets(temperature, top.ids, top.log_probs, draws.masked_fill(inside, -1), plogp)
+
+
 def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
     """Largest per-row relative L2 difference between two [n, d] outputs."""
     plain, wrapped = plain.float().cpu(), wrapped.float().cpu()
@@ -162,14 +198,17 @@ class ScoringShard:
         encodes such entities itself (the same E(p), more LLM work) until given it again."""
         self.model.use_tables(entity=table)
 
-    def score(self, queries: torch.Tensor, topk: int | None = None,
-              temperature: float | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def score(self, queries: torch.Tensor, topk: int | None = None, temperature: float | None = None,
+              samples: int = 0, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query,
         and with a ``temperature`` each row's logsumexp(scores / T) over the shard too (the
-        client's rest bucket: the mass outside the global top k)."""
+        client's rest bucket: the mass outside the global top k); with ``samples``, also that many
+        draws from the shard's softmax(row / T) (generator seeded with ``seed``) and the mean of
+        row / T under it (merge_topk_sampled). Draws are fresh every call, so those rows are not cached."""
         t0 = time.perf_counter()
         keys = [(topk, temperature, *row) for row in queries.tolist()]
-        todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
+        use_cache = self.use_cache and not samples
+        todo = [i for i, k in enumerate(keys) if not use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
         fresh: dict[int, torch.Tensor | tuple] = {}
@@ -179,12 +218,10 @@ class ScoringShard:
                 rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
             self.stats["scored"] += len(todo)
             if topk is not None:
-                values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
-                extra = [torch.logsumexp(rows / temperature, dim=1)] if temperature is not None else []
-                fresh = dict(zip(todo, zip(values, ids + self.lo, *extra)))
+                fresh = dict(zip(todo, zip(*shard_topk(rows, self.lo, topk, temperature, samples, seed))))
             else:
                 fresh = dict(zip(todo, rows))
-            if self.use_cache:
+            if use_cache:
                 self.cache.update((keys[i], r) for i, r in fresh.items())
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
@@ -237,6 +274,7 @@ class TeacherPool:
         self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
                        for lo, hi in self.bounds]
         self.topk = rc.topk if rc.soft_targets == "topk" else None
+        self.samples = rc.tail_samples if self.topk else 0
         self._shared = False
 
     def ready(self, timeout: float | None = None) -> list[dict]:
@@ -252,24 +290,30 @@ class TeacherPool:
             self._shared = True
         return infos
 
-    def submit(self, queries: torch.Tensor, temperature: float | None = None) -> list:
-        return [a.score.remote(queries, self.topk, temperature if self.topk else None) for a in self.actors]
+    def submit(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> list:
+        """``seed``: of this call's tail draws (runtime.tail_samples), each shard's its own."""
+        samples = self.samples if temperature is not None else 0
+        return [a.score.remote(queries, self.topk, temperature if self.topk else None, samples, seed * len(self.actors) + i)
+                for i, a in enumerate(self.actors)]
 
-    def collect(self, refs: list, temperature: float | None = None) -> torch.Tensor | TopKTargets:
+    def collect(self, refs: list, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
         ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
-        top k's probabilities and the rest bucket instead (merge_topk_rest)."""
+        top k's probabilities and the rest bucket instead (merge_topk_rest), and the tail draws
+        with runtime.tail_samples (merge_topk_sampled, merged with ``seed``, the submit's)."""
         import ray
 
         parts = ray.get(refs, timeout=self.rc.timeout_s)
         if self.topk is None:
             return torch.cat(parts, dim=1)
+        if temperature is not None and self.samples:
+            return merge_topk_sampled(parts, self.topk, temperature, torch.Generator().manual_seed(seed))
         if temperature is not None:
             return merge_topk_rest(parts, self.topk, temperature)
         return merge_topk(parts, self.topk, self.num_entities)
 
-    def score(self, queries: torch.Tensor, temperature: float | None = None) -> torch.Tensor | TopKTargets:
-        return self.collect(self.submit(queries, temperature), temperature)
+    def score(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
+        return self.collect(self.submit(queries, temperature, seed), temperature, seed)
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -302,10 +346,12 @@ class SoftTargets:
     queries: torch.Tensor  # all training queries, [Q, 4]
     prefetch: int = 2
     temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
+    seed: int = 0  # with runtime.tail_samples: each call's draws are seeded from it and a call counter
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
     _seen: dict = field(default_factory=dict)  # the pool's totals at the last report
+    _calls: int = 0
 
     def plan(self, batches: list[torch.Tensor]) -> None:
         self._plan = deque(batches)
@@ -314,8 +360,12 @@ class SoftTargets:
 
     def _fill(self) -> None:
         while self._plan and len(self._inflight) < self.prefetch:
-            idx = self._plan.popleft()
-            self._inflight.append((idx, self.pool.submit(self.queries[idx], self.temperature)))
+            self._inflight.append(self._submit(self._plan.popleft()))
+
+    def _submit(self, idx: torch.Tensor) -> tuple:
+        self._calls += 1
+        seed = self.seed * 1_000_003 + self._calls
+        return idx, seed, self.pool.submit(self.queries[idx], self.temperature, seed)
 
     def report(self) -> dict:
         """Since this client's last report: the pool's cache hit rate (all its clients together) and
@@ -330,13 +380,13 @@ class SoftTargets:
 
     def get(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
         if self._inflight and torch.equal(self._inflight[0][0], idx):
-            _, refs = self._inflight.popleft()
+            _, seed, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
             self._plan.clear()
             self._inflight.clear()
-            refs = self.pool.submit(self.queries[idx], self.temperature)
+            _, seed, refs = self._submit(idx)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs, self.temperature)
+        scores = self.pool.collect(refs, self.temperature, seed)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores
@@ -345,7 +395,7 @@ class SoftTargets:
 def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
     """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
     ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
-    mass at kd's temperature (losses.TopKTargets)."""
+    mass at kd's temperature (losses.TopKTargets), and runtime.tail_samples draws from the rest."""
     queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
-    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
-            for name, pool in pools.items()}
+    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None,
+                              seed=cfg.seed) for name, pool in pools.items()}
