@@ -124,7 +124,7 @@ def throughput(args, ds, queries: torch.Tensor) -> dict:
 
 def prefetch(args, out: Path) -> dict:
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
 
     results = {}
     for depth in (0, args.prefetch):
@@ -139,7 +139,7 @@ def prefetch(args, out: Path) -> dict:
         try:
             pool.ready()
             t0 = time.perf_counter()
-            metrics = distill(cfg, run, resume=False, dataset=ds, pools={"llm": pool})
+            metrics = distill(cfg, run, resume=False, dataset=ds, remote=soft_targets({"llm": pool}, cfg, ds))
             seconds = time.perf_counter() - t0
         finally:
             pool.shutdown()
@@ -156,7 +156,7 @@ def topk_effect(args, out: Path) -> dict:
     """BKD from the 400-d KG teacher served by the pool: full soft targets against the top k
     (with the rest bucket: kd's KL over the k entities and the teacher's missing mass)."""
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
 
     results = {}
     for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in args.topk_modes.split(",")]:
@@ -172,7 +172,8 @@ def topk_effect(args, out: Path) -> dict:
         try:
             pool.ready()
             t0, c0 = time.perf_counter(), time.process_time()
-            m = distill(cfg, out / f"bkd-{name}-seed{seed}", resume=False, dataset=ds, pools={"kg": pool})
+            m = distill(cfg, out / f"bkd-{name}-seed{seed}", resume=False, dataset=ds,
+                        remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
         key = name if args.topk_seeds == 1 else f"{name}_seed{seed}"
@@ -186,7 +187,7 @@ def topk_effect(args, out: Path) -> dict:
 
 def scale(args) -> dict:
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training.trainer import train
 
     root = Path(args.scale_dir)
@@ -209,7 +210,7 @@ def scale(args) -> dict:
         pool = TeacherPool("kg", str(root / "teacher"), ds.num_entities, cfg.runtime, args.data_root)
         try:
             pool.ready()
-            student = distill(cfg, root / "bkd-topk", resume=True, dataset=ds, pools={"kg": pool})
+            student = distill(cfg, root / "bkd-topk", resume=True, dataset=ds, remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
         result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": student["mrr"],

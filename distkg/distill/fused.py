@@ -10,9 +10,10 @@ rows and P_LLM's rows (gathered a block at a time from the full matrices: no [B,
 one write of the gradient. The gradient is computed in the forward pass (the loss is a scalar
 and the targets are fixed) and kept until backward.
 
-Per temperature T, with q = softmax(s / T), m the row max and Z = sum exp((s - m) / T):
-  kd   w T^2 / B * (sum p log p - sum p (s - m) / T + sum_rows log Z * sum p)     dL/ds = w T (q - p) / B
-  ce   w / B * sum_rows (log Z - (s_a - m))                                        dL/ds = w (q - onehot) / B
+Per temperature T, with q = softmax(s / T), m the row max and lse_T = log sum exp(s / T) = m / T - log max q
+(p: a teacher row, summing to 1):
+  kd   w T^2 / B * (sum p log p - sum p s / T + sum_rows lse_T)                  dL/ds = w T (q - p) / B
+  ce   w / B * sum_rows (lse_1 - s_a)                                             dL/ds = w (q - onehot) / B
   llm_huber / llm_supervised: terms of q with dL/dq = u; through the softmax dL/ds = q (u - <q, u>) / T.
 The registered losses in distkg.distill.losses are the same terms one at a time; combine picks
 this form when every term of a stage is one of these (tested equal, in float64, values and gradients).
@@ -108,89 +109,105 @@ class _Fused(torch.autograd.Function):
     """sum_k w_k term_k(s), with the parts' unweighted values as a second, non-differentiable output."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, answers: torch.Tensor, terms: tuple, rows: int):
+    def forward(ctx, s: torch.Tensor, answers: torch.Tensor | None, terms: tuple, rows: int):
         B, E = s.shape
         grad = torch.empty_like(s)
         temps = sorted({_temperature(t) for t in terms})
-        parts = [s.new_zeros(()) for _ in terms]
+        blocks = range(0, B, rows)
+        # per-row and per-block numbers land in whole-batch tensors: the sums are taken once at the end
+        # (each torch call costs microseconds; a block's work should be its few [rows, E] passes)
+        top = s.new_empty(B, 1)  # row max of s
+        qmax = {T: s.new_empty(B, 1) for T in temps}  # row max of softmax(s / T)
+        dots = s.new_zeros(len(terms), len(blocks))  # per block: sum p s (kd), the llm terms' sums
+        coef = dict.fromkeys(temps, 0.0)  # dL/ds += coef[T] * q_T (kd and ce)
+        for t in terms:
+            if isinstance(t, KD):
+                coef[t.temperature] += t.weight * t.temperature / B
+            elif isinstance(t, CE):
+                coef[1.0] += t.weight / B
+        u_terms = {T: [(i, t) for i, t in enumerate(terms) if isinstance(t, Huber | Supervised) and _temperature(t) == T]
+                   for T in temps}
+        order = sorted(temps, key=lambda T: bool(u_terms[T]))  # plain temperatures write the block first
         scratch: dict = {}  # reused block buffers
 
         def buf(name):
             if name not in scratch:
                 scratch[name] = s.new_empty(min(rows, B), E)
-            return scratch[name]
+            return scratch[name][:n]
 
-        for lo in range(0, B, rows):
+        for j, lo in enumerate(blocks):
             hi = min(B, lo + rows)
             n = hi - lo
             sb, gb = s[lo:hi], grad[lo:hi]
-            local = torch.arange(n, device=s.device)
-            a = answers[lo:hi] if answers is not None else None  # kd alone reads no answers
-            m = sb.amax(1, keepdim=True)  # (max with indices is several times slower)
-            q, lse, u, got = {}, {}, {}, {}
+            torch.amax(sb, 1, keepdim=True, out=top[lo:hi])  # (max with indices is several times slower)
+            q, got = {}, {}
 
             def block_of(x):
                 """Rows lo..hi of a target, gathered once per block (P_LLM is read by two terms)."""
                 if id(x) not in got:
-                    got[id(x)] = x.block(lo, hi, buf(f"src{id(x)}")[:n]) if isinstance(x, Rows) else x[lo:hi]
+                    got[id(x)] = x.block(lo, hi, buf(f"src{id(x)}")) if isinstance(x, Rows) else x[lo:hi]
                 return got[id(x)]
 
-            for T in temps:  # torch's softmax is one fused row kernel; log sum exp(s / T) = m / T - log max q
-                q[T] = torch.softmax(sb if T == 1 else torch.mul(sb, 1.0 / T, out=buf("x")[:n]), 1)
-                lse[T] = m / T - q[T].amax(1, keepdim=True).log_()
-            coef = dict.fromkeys(temps, 0.0)  # dL/ds += coef[T] * q_T (kd and ce)
-            for i, t in enumerate(terms):
-                T = _temperature(t)
-                if isinstance(t, KD):
-                    p = block_of(t.probs)
-                    cross = torch.vdot(p.reshape(-1), sb.reshape(-1)) / T - torch.vdot(p.sum(1), lse[T].reshape(-1))
-                    parts[i] += t.plogp[lo:hi].sum() - cross
-                    coef[T] += t.weight * T / B
-                elif isinstance(t, CE):
-                    parts[i] += lse[T].sum() - sb[local, a].sum()
-                    coef[T] += t.weight / B
-                else:  # dL/dq = scale * du: kept as (u, its scale) and summed into u
-                    y = block_of(t.target)
-                    if isinstance(t, Huber):
-                        x = torch.sub(q[T], y, out=buf("d")[:n])
-                        du = torch.clamp(x, -t.delta, t.delta, out=buf(f"h{i}")[:n])
-                        hf = du.reshape(-1)
-                        parts[i] += torch.vdot(hf, x.reshape(-1)) - 0.5 * torch.vdot(hf, hf)
-                        scale = t.weight / B
-                    else:
-                        du = torch.sub(q[T], y, alpha=1 - t.mix, out=buf(f"h{i}")[:n])
-                        du[local, a] -= t.mix
-                        flat = du.reshape(-1)
-                        parts[i] += torch.vdot(flat, flat)
-                        scale = 2 * t.weight / B
-                    if scale == 0:
-                        continue
-                    if T in u:
-                        u[T][0].add_(du, alpha=scale / u[T][1])
-                    else:
-                        u[T] = (du, scale)
+            for T in temps:  # torch's softmax is one fused row kernel
+                q[T] = torch.softmax(sb if T == 1 else torch.mul(sb, 1.0 / T, out=buf("x")), 1)
+                torch.amax(q[T], 1, keepdim=True, out=qmax[T][lo:hi])
             first = True
-            for T in sorted(temps, key=lambda T: T in u):  # q (coef + scale (u - <q, u>) / T), plain ones first
-                if T in u:
-                    v, scale = u[T]
-                    rho = torch.linalg.vecdot(q[T], v).unsqueeze(1)
-                    v.sub_(rho - coef[T] * T / scale)
-                    if first:
-                        torch.mul(q[T], v, out=gb).mul_(scale / T)
-                    else:
-                        gb.addcmul_(q[T], v, value=scale / T)
-                elif first:
+            for T in order:
+                if u_terms[T]:  # dL/dq = sum scale * du, through the softmax: q (u - <q, u>) scale / T
+                    v, v_scale = None, 0.0
+                    a = answers[lo:hi].unsqueeze(1) if answers is not None else None
+                    for i, t in u_terms[T]:
+                        y = block_of(t.target)
+                        if isinstance(t, Huber):
+                            x = torch.sub(q[T], y, out=buf("d"))
+                            du = torch.clamp(x, -t.delta, t.delta, out=buf(f"h{i}"))
+                            hf = du.reshape(-1)  # Huber(x) = h (x - h / 2), h = clamp(x)
+                            dots[i, j] = torch.dot(hf, x.reshape(-1)) - 0.5 * torch.dot(hf, hf)
+                            scale = t.weight / B
+                        else:
+                            du = torch.sub(q[T], y, alpha=1 - t.mix, out=buf(f"h{i}"))
+                            du.scatter_add_(1, a, du.new_full(a.shape, -t.mix))
+                            flat = du.reshape(-1)
+                            dots[i, j] = torch.dot(flat, flat)
+                            scale = 2 * t.weight / B
+                        if scale == 0:
+                            continue
+                        if v is None:
+                            v, v_scale = du, scale
+                        else:
+                            v.add_(du, alpha=scale / v_scale)
+                    if v is not None:
+                        rho = torch.linalg.vecdot(q[T], v).unsqueeze(1)
+                        v.sub_(rho - coef[T] * T / v_scale)
+                        if first:
+                            torch.mul(q[T], v, out=gb).mul_(v_scale / T)
+                        else:
+                            gb.addcmul_(q[T], v, value=v_scale / T)
+                        first = False
+                        continue
+                if first:
                     torch.mul(q[T], coef[T], out=gb)
                 else:
                     gb.add_(q[T], alpha=coef[T])
                 first = False
-            for t in terms:
+            for i, t in enumerate(terms):
                 if isinstance(t, KD):
-                    gb.sub_(block_of(t.probs), alpha=t.weight * t.temperature / B)
-                elif isinstance(t, CE):
-                    gb[local, a] -= t.weight / B
-        scales = [(t.temperature**2 if isinstance(t, KD) else 1.0) / B for t in terms]
-        values = torch.stack(parts) * torch.tensor(scales, dtype=s.dtype, device=s.device)  # each term, unweighted
+                    p = block_of(t.probs)
+                    dots[i, j] = torch.dot(p.reshape(-1), sb.reshape(-1))
+                    gb.sub_(p, alpha=t.weight * t.temperature / B)
+        # lse_T = log sum exp(s / T) = max s / T - log max q_T, per row
+        lse = {T: (top / T).sub_(qmax[T].log()).sum() for T in temps}
+        values = []
+        for i, t in enumerate(terms):
+            if isinstance(t, KD):  # rows of p sum to 1 (a softmax, or a sampled row): sum p log q = sum p s / T - lse
+                T = t.temperature
+                values.append(T * T / B * (t.plogp.sum() - dots[i].sum() / T + lse[T]))
+            elif isinstance(t, CE):
+                values.append((lse[1.0] - s.gather(1, answers.unsqueeze(1)).sum()) / B)
+                grad.scatter_add_(1, answers.unsqueeze(1), grad.new_full((B, 1), -t.weight / B))
+            else:
+                values.append(dots[i].sum() / B)
+        values = torch.stack(values)
         weights = torch.tensor([t.weight for t in terms], dtype=s.dtype, device=s.device)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(values)
