@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 # rows per block: about this many bytes of one [rows, E] block (several blocks live at once, and
 # the whole working set should stay in the core's L2 / the shared L3)
@@ -117,7 +118,8 @@ class _Fused(torch.autograd.Function):
         # per-row and per-block numbers land in whole-batch tensors: the sums are taken once at the end
         # (each torch call costs microseconds; a block's work should be its few [rows, E] passes)
         top = s.new_empty(B, 1)  # row max of s
-        qmax = {T: s.new_empty(B, 1) for T in temps}  # row max of softmax(s / T)
+        # row max of softmax(s / T), where a value needs log sum exp(s / T) (kd's T, ce's 1)
+        qmax = {_temperature(t): s.new_empty(B, 1) for t in terms if isinstance(t, KD | CE)}
         dots = s.new_zeros(len(terms), len(blocks))  # per block: sum p s (kd), the llm terms' sums
         coef = dict.fromkeys(temps, 0.0)  # dL/ds += coef[T] * q_T (kd and ce)
         for t in terms:
@@ -150,7 +152,8 @@ class _Fused(torch.autograd.Function):
 
             for T in temps:  # torch's softmax is one fused row kernel
                 q[T] = torch.softmax(sb if T == 1 else torch.mul(sb, 1.0 / T, out=buf("x")), 1)
-                torch.amax(q[T], 1, keepdim=True, out=qmax[T][lo:hi])
+                if T in qmax:
+                    torch.amax(q[T], 1, keepdim=True, out=qmax[T][lo:hi])
             first = True
             for T in order:
                 if u_terms[T]:  # dL/dq = sum scale * du, through the softmax: q (u - <q, u>) scale / T
@@ -159,10 +162,8 @@ class _Fused(torch.autograd.Function):
                     for i, t in u_terms[T]:
                         y = block_of(t.target)
                         if isinstance(t, Huber):
-                            x = torch.sub(q[T], y, out=buf("d"))
-                            du = torch.clamp(x, -t.delta, t.delta, out=buf(f"h{i}"))
-                            hf = du.reshape(-1)  # Huber(x) = h (x - h / 2), h = clamp(x)
-                            dots[i, j] = torch.dot(hf, x.reshape(-1)) - 0.5 * torch.dot(hf, hf)
+                            dots[i, j] = F.huber_loss(q[T], y, reduction="sum", delta=t.delta)  # one read of each
+                            du = torch.sub(q[T], y, out=buf(f"h{i}")).clamp_(-t.delta, t.delta)
                             scale = t.weight / B
                         else:
                             du = torch.sub(q[T], y, alpha=1 - t.mix, out=buf(f"h{i}"))
@@ -196,7 +197,7 @@ class _Fused(torch.autograd.Function):
                     dots[i, j] = torch.dot(p.reshape(-1), sb.reshape(-1))
                     gb.sub_(p, alpha=t.weight * t.temperature / B)
         # lse_T = log sum exp(s / T) = max s / T - log max q_T, per row
-        lse = {T: (top / T).sub_(qmax[T].log()).sum() for T in temps}
+        lse = {T: (top / T).sub_(qmax[T].log()).sum() for T in qmax}
         values = []
         for i, t in enumerate(terms):
             if isinstance(t, KD):  # rows of p sum to 1 (a softmax, or a sampled row): sum p log q = sum p s / T - lse
