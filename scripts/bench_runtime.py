@@ -7,8 +7,8 @@
               shard of the entities. Also the warm rate (tables encoded) of both.
   topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
               by the pool, full soft targets against the top --topk at T and the rest bucket (or
-              --tail-samples draws from the rest), --epochs-topk epochs each, --topk-seeds students
-              per mode (--topk-modes).
+              --tail-samples draws from the rest; or lowrank: --rank numbers a query), --epochs-topk
+              epochs each, --topk-seeds students per mode (--topk-modes).
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
@@ -164,11 +164,12 @@ def topk_effect(args, out: Path) -> dict:
             f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}", f"seed={seed}",
             f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
             "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
-            f"runtime.tail_samples={args.tail_samples if mode == 'topk' else 0}",
+            f"runtime.tail_samples={args.tail_samples if mode == 'topk' else 0}", f"runtime.rank={args.rank}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
         pool = TeacherPool("kg", args.teacher_run, ds.num_entities, cfg.runtime, args.data_root)
-        name = f"topk-tail{args.tail_samples}" if mode == "topk" and args.tail_samples else mode
+        name = (f"topk-tail{args.tail_samples}" if mode == "topk" and args.tail_samples
+                else f"lowrank{args.rank}" if mode == "lowrank" else mode)
         try:
             pool.ready()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -182,7 +183,7 @@ def topk_effect(args, out: Path) -> dict:
                         "mr": round(m["mr"], 1)}
         log.info("BKD with %s soft targets, seed %d: %s", mode, seed, results[key])
     return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, "tail_samples": args.tail_samples,
-            **results}
+            "rank": args.rank, **results}
 
 
 def scale(args) -> dict:
@@ -263,7 +264,8 @@ def main() -> None:
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
-    ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk)")
+    ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk, lowrank)")
+    ap.add_argument("--rank", type=int, default=254, help="lowrank mode: numbers per query (runtime.rank)")
     ap.add_argument("--tail-samples", type=int, default=0,
                     help="topk mode: draws from the teacher's row beyond the top k (runtime.tail_samples; 0: rest bucket)")
     args = ap.parse_args()

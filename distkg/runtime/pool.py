@@ -71,6 +71,14 @@ def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
 
 
+def low_rank_basis(table: torch.Tensor, rank: int) -> torch.Tensor:
+    """[D, r]: the top ``rank`` right singular vectors of a candidate table [E, D]. A dot-product
+    teacher's row q . table is then approximated by (q V)(table V)^T: r numbers per query, the
+    best rank-r fit of the table (all D dimensions, so the exact row, when rank >= D)."""
+    _, _, vh = torch.linalg.svd(table, full_matrices=False)
+    return vh[:rank].T.contiguous()
+
+
 def shard_topk(rows: torch.Tensor, lo: int, k: int, temperature: float | None = None, samples: int = 0,
                seed: int = 0) -> tuple[torch.Tensor, ...]:
     """One shard's answer for its [B, hi - lo] score rows (entities from ``lo``): the top k's values and
@@ -192,6 +200,33 @@ class ScoringShard:
         whoever gathers them may have no GPU."""
         return self.table.cpu()
 
+    def use_projection(self, basis: torch.Tensor) -> None:
+        """runtime.soft_targets lowrank: queries are answered as their representation on ``basis``
+        ([D, r], the top right singular vectors of the whole candidate table; TeacherPool.ready)."""
+        from distkg.models.base import DotProductModel
+
+        if not isinstance(self.model, DotProductModel):
+            raise DistkgError(f"runtime.soft_targets=lowrank needs a dot-product teacher (score = query . entity); "
+                              f"{type(self.model).__name__} is not one")
+        self.basis = basis.to(self.device)
+
+    def project(self, queries: torch.Tensor) -> torch.Tensor:
+        """[B, r]: each query's representation on the basis (use_projection), cached per query."""
+        t0 = time.perf_counter()
+        keys = [("lowrank", *row) for row in queries.tolist()]
+        todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
+        self.stats["queries"] += len(queries)
+        self.stats["cache_hits"] += len(queries) - len(todo)
+        fresh: dict = {}
+        if todo:
+            with torch.inference_mode():
+                fresh = dict(zip(todo, (self.model.query_repr(queries[todo].to(self.device)) @ self.basis).float().cpu()))
+            self.stats["scored"] += len(todo)
+            if self.use_cache:
+                self.cache.update((keys[i], r) for i, r in fresh.items())
+        self.stats["seconds"] += time.perf_counter() - t0
+        return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
+
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
         LLM call in this actor for an entity another shard owns. A restarted actor lacks it and
@@ -275,6 +310,9 @@ class TeacherPool:
                        for lo, hi in self.bounds]
         self.topk = rc.topk if rc.soft_targets == "topk" else None
         self.samples = rc.tail_samples if self.topk else 0
+        self.lowrank = rc.soft_targets == "lowrank"
+        self.projected: torch.Tensor | None = None  # lowrank: [E, r] the candidate table on the basis
+        self._calls = 0
         self._shared = False
 
     def ready(self, timeout: float | None = None) -> list[dict]:
@@ -284,6 +322,11 @@ class TeacherPool:
         import ray
 
         infos = ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+        if self.lowrank and self.projected is None:
+            table = torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)).float()
+            basis = low_rank_basis(table, self.rc.rank)
+            ray.get([a.use_projection.remote(basis) for a in self.actors], timeout=timeout)
+            self.projected = table @ basis
         if self.kind == "llm" and not self._shared:
             table = ray.put(torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)))
             ray.get([a.use_entity_table.remote(table) for a in self.actors], timeout=timeout)
@@ -292,6 +335,9 @@ class TeacherPool:
 
     def submit(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> list:
         """``seed``: of this call's tail draws (runtime.tail_samples), each shard's its own."""
+        if self.lowrank:  # every actor can project any query: one call, actors in turn
+            self._calls += 1
+            return [self.actors[self._calls % len(self.actors)].project.remote(queries)]
         samples = self.samples if temperature is not None else 0
         return [a.score.remote(queries, self.topk, temperature if self.topk else None, samples, seed * len(self.actors) + i)
                 for i, a in enumerate(self.actors)]
@@ -304,6 +350,8 @@ class TeacherPool:
         import ray
 
         parts = ray.get(refs, timeout=self.rc.timeout_s)
+        if self.lowrank:
+            return parts[0] @ self.projected.T
         if self.topk is None:
             return torch.cat(parts, dim=1)
         if temperature is not None and self.samples:

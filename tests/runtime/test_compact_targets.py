@@ -1,12 +1,13 @@
-"""Top-k soft targets with draws from the teacher's tail (runtime.tail_samples), without Ray: the
-shards' answers merged into a sampled row whose expectation is the teacher's whole row."""
+"""Soft targets in a few numbers per query, without Ray: top-k with draws from the teacher's tail
+(runtime.tail_samples; the shards' answers merged into a sampled row whose expectation is the
+teacher's whole row) and low-rank rows (runtime.soft_targets: lowrank)."""
 
 from __future__ import annotations
 
 import torch
 
 from distkg.distill.losses import DistillBatch, combine, fused_terms
-from distkg.runtime.pool import merge_topk_sampled, shard_bounds, shard_topk
+from distkg.runtime.pool import low_rank_basis, merge_topk_sampled, shard_bounds, shard_topk
 
 
 def sampled(scores: torch.Tensor, k: int, m: int, T: float, seed: int, shards: int = 3):
@@ -56,3 +57,16 @@ def test_kd_on_sampled_targets_fuses_and_equals_its_unfused_form():
     torch.testing.assert_close(fused_value, ref)
     torch.testing.assert_close(g_fused, g_ref)
     assert top.to("cpu").tail_ids.shape == (5, 8)
+
+
+def test_low_rank_rows_are_exact_at_full_rank_and_improve_with_rank():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(60, 12, generator=g, dtype=torch.float64) @ torch.diag(torch.linspace(3, 0.1, 12, dtype=torch.float64))
+    query = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    rows = query @ table.T
+    errors = []
+    for rank in (2, 6, 12):
+        basis = low_rank_basis(table, rank)
+        assert basis.shape == (12, rank)
+        errors.append(((query @ basis) @ (table @ basis).T - rows).norm().item())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-10
