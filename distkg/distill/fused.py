@@ -3,12 +3,13 @@
 BKD (kd + ce) and Ours' stage 2 (kd + llm_huber + llm_supervised) each read the student's scores
 through two or three softmaxes, and autograd's form of their weighted sum makes some fifteen
 passes over [B, E] matrices of 40-50 MB, each from main memory. Here the rows go a block at a
-time (a block of a few hundred KB stays in cache): each block's max, its exponentials at every
+time (a block of about 1 MB stays in cache): each block's max, its exponentials at every
 temperature the terms use, every term's value and the gradient of the weighted sum, written out,
 before the next block is read. Main memory then sees one read of the scores, of the teacher's
 rows and P_LLM's rows (gathered a block at a time from the full matrices: no [B, E] copy), and
-one write of the gradient. The gradient is computed in the forward pass (the loss is a scalar
-and the targets are fixed) and kept until backward.
+one write of the gradient (each torch call still reads the block again, from cache: some 10
+calls a block for BKD, 17 for Ours' stage 2). The gradient is computed in the forward pass (the
+loss is a scalar and the targets are fixed) and kept until backward.
 
 Per temperature T, with q = softmax(s / T), m the row max and lse_T = log sum exp(s / T) = m / T - log max q
 (p: a teacher row, summing to 1):
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 # rows per block: about this many bytes of one [rows, E] block (several blocks live at once, and
-# the whole working set should stay in the core's L2 / the shared L3)
+# the whole working set should stay in the core's L2 / the shared L3; scripts/bench_fused.py)
 BLOCK_BYTES = 1 << 20
 
 
