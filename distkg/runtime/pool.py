@@ -310,7 +310,7 @@ class TeacherPool:
                        for lo, hi in self.bounds]
         self.topk = rc.topk if rc.soft_targets == "topk" else None
         self.samples = rc.tail_samples if self.topk else 0
-        self.lowrank = rc.soft_targets == "lowrank"
+        self.lowrank = rc.soft_targets == "lowrank" and kind == "kg"  # an LLM pool sends full rows then
         self.projected: torch.Tensor | None = None  # lowrank: [E, r] the candidate table on the basis
         self._calls = 0
         self._shared = False
