@@ -12,9 +12,10 @@
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
-  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs),
-              then BKD of a 25-d student with the teacher served by the pool as top-k soft targets
-              (--scale-epochs), peak memory of the whole process tree (driver, Ray, actors) sampled.
+  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs, or
+              a finished one: --scale-teacher-run), then BKD of a 25-d student with the teacher
+              served by the pool as top-k or low-rank soft targets (--scale-soft-targets, --scale-epochs),
+              peak memory of the whole process tree (driver, Ray, actors) sampled.
 
     python scripts/bench_runtime.py --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
         [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2] [--scale --scale-dir runs/scale-icews18]
@@ -188,39 +189,49 @@ def topk_effect(args, out: Path) -> dict:
 
 def scale(args) -> dict:
     from distkg.distill.runner import distill
+    from distkg.report import read_metrics
     from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training.trainer import train
 
     root = Path(args.scale_dir)
     common = [f"data.root={args.data_root}", "eval.progress=false"]
     result: dict = {}
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
-                                    [*common, f"train.epochs={args.scale_teacher_epochs}",
-                                     f"model.args.dim={args.scale_teacher_dim}"]), root / "teacher")
+    teacher_run = Path(args.scale_teacher_run) if args.scale_teacher_run else root / "teacher"
+    if args.scale_teacher_run:  # trained beforehand (`distkg train`, its own wall time and memory)
+        teacher = read_metrics(teacher_run)
+        result["teacher"] = {"run": "given (--scale-teacher-run)", "test_mrr": teacher["mrr"]}
+    else:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
+                                        [*common, f"train.epochs={args.scale_teacher_epochs}",
+                                         f"model.args.dim={args.scale_teacher_dim}"]), teacher_run)
         result["teacher"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": teacher["mrr"],
                              "epochs": args.scale_teacher_epochs, "dim": args.scale_teacher_dim,
                              "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    mode = args.scale_soft_targets
+    with PeakMemory() as mem:
         cfg = load_config(["configs/train/tadistmult-icews18-25.yaml", "configs/distill/bkd.yaml"], [
-            *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={root / 'teacher'}",
-            "runtime.kg_teacher=pool", "runtime.soft_targets=topk", f"runtime.topk={args.topk}",
+            *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={teacher_run}",
+            "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
+            f"runtime.rank={args.rank}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
-        t0 = time.perf_counter()
-        pool = TeacherPool("kg", str(root / "teacher"), ds.num_entities, cfg.runtime, args.data_root)
+        t0, c0 = time.perf_counter(), time.process_time()
+        pool = TeacherPool("kg", str(teacher_run), ds.num_entities, cfg.runtime, args.data_root)
         try:
             pool.ready()
-            student = distill(cfg, root / "bkd-topk", resume=True, dataset=ds, remote=soft_targets({"kg": pool}, cfg, ds))
+            student = distill(cfg, root / f"bkd-{mode}", resume=True, dataset=ds, remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
-        result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": student["mrr"],
-                             "epochs": args.scale_epochs, "topk": args.topk, "method": "bkd (teacher served top-k)"}
+    result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "driver_cpu_seconds": round(time.process_time() - c0, 1),
+                         "test_mrr": student["mrr"], "epochs": args.scale_epochs, "soft_targets": mode,
+                         **({"rank": args.rank} if mode == "lowrank" else {"topk": args.topk}),
+                         "method": f"bkd (teacher served by the pool, {mode})", "peak_rss_gb": round(mem.peak / 2**30, 2)}
     _, answers = training_queries(ds.splits["train"], ds.num_relations)
     result.update(dataset="icews18", entities=ds.num_entities, training_facts=len(ds.splits["train"]),
-                  training_queries=len(answers), peak_rss_gb=round(mem.peak / 2**30, 2))
+                  training_queries=len(answers))
     return result
-
 
 
 def missing_runs(args: argparse.Namespace, parts: list[str]) -> None:
@@ -260,6 +271,8 @@ def main() -> None:
     ap.add_argument("--scale-dir", default="runs/scale-icews18")
     ap.add_argument("--scale-teacher-epochs", type=int, default=1)
     ap.add_argument("--scale-epochs", type=int, default=1)
+    ap.add_argument("--scale-teacher-run", help="a finished ICEWS18 teacher run to serve (default: train one)")
+    ap.add_argument("--scale-soft-targets", default="topk", choices=["topk", "lowrank"])
     ap.add_argument("--scale-teacher-dim", type=int, default=400,
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
