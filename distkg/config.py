@@ -177,8 +177,11 @@ class RuntimeConfig:
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     workers: int = 1  # Ray Train workers, data parallel (gradients averaged over gloo on CPU, NCCL on GPU)
     worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per worker, e.g. {GPU: 1}
-    soft_targets: Literal["full", "topk"] = "full"  # what the pool returns per query
+    soft_targets: Literal["full", "topk", "lowrank"] = "full"  # what the pool returns per query
+    rank: int = 254  # lowrank: numbers per query (a dot-product KG teacher's query on its table's top singular
+    # directions; the LLM teacher's pool sends full rows then)
     topk: int = 64  # entities kept per query when soft_targets is topk
+    tail_samples: int = 0  # with topk: entities drawn from the teacher's row beyond its top k (0: one rest bucket)
     prefetch: int = 2  # batches of queries in flight ahead of the step
     cache: bool = True  # each distinct training query reaches the LLM once per teacher version
     max_failures: int = 1  # student worker-group restarts (each resumes from the last checkpoint)
@@ -222,7 +225,7 @@ RANGES: dict[type, dict[str, tuple]] = {
     DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},
     PipelineConfig: {"student_dim": _AT_LEAST_1},
     RuntimeConfig: {"num_cpus": _AT_LEAST_1, "teacher_actors": _AT_LEAST_1, "tp_size": _AT_LEAST_1,
-                    "workers": _AT_LEAST_1, "topk": _AT_LEAST_1, "prefetch": _AT_LEAST_0, "max_failures": _AT_LEAST_0,
+                    "workers": _AT_LEAST_1, "topk": _AT_LEAST_1, "tail_samples": _AT_LEAST_0, "rank": _AT_LEAST_1, "prefetch": _AT_LEAST_0, "max_failures": _AT_LEAST_0,
                     "timeout_s": _POSITIVE},
     RunConfig: {"seed": _AT_LEAST_0},
 }

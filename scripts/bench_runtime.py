@@ -6,14 +6,16 @@
               actors under DeepSpeed inference with threads/actors each, every actor encoding its
               shard of the entities. Also the warm rate (tables encoded) of both.
   topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
-              by the pool, full soft targets against the top --topk at T and the rest bucket,
-              --epochs-topk epochs each, --topk-seeds students per mode.
+              by the pool, full soft targets against the top --topk at T and the rest bucket (or
+              --tail-samples draws from the rest; or lowrank: --rank numbers a query), --epochs-topk
+              epochs each, --topk-seeds students per mode (--topk-modes).
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
-  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs),
-              then BKD of a 25-d student with the teacher served by the pool as top-k soft targets
-              (--scale-epochs), peak memory of the whole process tree (driver, Ray, actors) sampled.
+  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs, or
+              a finished one: --scale-teacher-run), then BKD of a 25-d student with the teacher
+              served by the pool as top-k or low-rank soft targets (--scale-soft-targets, --scale-epochs),
+              peak memory of the whole process tree (driver, Ray, actors) sampled.
 
     python scripts/bench_runtime.py --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
         [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2] [--scale --scale-dir runs/scale-icews18]
@@ -123,7 +125,7 @@ def throughput(args, ds, queries: torch.Tensor) -> dict:
 
 def prefetch(args, out: Path) -> dict:
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
 
     results = {}
     for depth in (0, args.prefetch):
@@ -138,7 +140,7 @@ def prefetch(args, out: Path) -> dict:
         try:
             pool.ready()
             t0 = time.perf_counter()
-            metrics = distill(cfg, run, resume=False, dataset=ds, pools={"llm": pool})
+            metrics = distill(cfg, run, resume=False, dataset=ds, remote=soft_targets({"llm": pool}, cfg, ds))
             seconds = time.perf_counter() - t0
         finally:
             pool.shutdown()
@@ -155,65 +157,81 @@ def topk_effect(args, out: Path) -> dict:
     """BKD from the 400-d KG teacher served by the pool: full soft targets against the top k
     (with the rest bucket: kd's KL over the k entities and the teacher's missing mass)."""
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.runtime.pool import TeacherPool, soft_targets
 
     results = {}
-    for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in ("full", "topk")]:
+    for mode, seed in [(m, s) for s in range(args.topk_seeds) for m in args.topk_modes.split(",")]:
         cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/bkd.yaml"], [
             f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}", f"seed={seed}",
             f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
             "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
+            f"runtime.tail_samples={args.tail_samples if mode == 'topk' else 0}", f"runtime.rank={args.rank}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
         pool = TeacherPool("kg", args.teacher_run, ds.num_entities, cfg.runtime, args.data_root)
+        name = (f"topk-tail{args.tail_samples}" if mode == "topk" and args.tail_samples
+                else f"lowrank{args.rank}" if mode == "lowrank" else mode)
         try:
             pool.ready()
-            t0 = time.perf_counter()
-            m = distill(cfg, out / f"bkd-{mode}-seed{seed}", resume=False, dataset=ds, pools={"kg": pool})
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = distill(cfg, out / f"bkd-{name}-seed{seed}", resume=False, dataset=ds,
+                        remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
-        key = mode if args.topk_seeds == 1 else f"{mode}_seed{seed}"
-        results[key] = {"seconds": round(time.perf_counter() - t0, 1), **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
+        key = name if args.topk_seeds == 1 else f"{name}_seed{seed}"
+        results[key] = {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
+                        **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
                         "mr": round(m["mr"], 1)}
         log.info("BKD with %s soft targets, seed %d: %s", mode, seed, results[key])
-    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, **results}
+    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, "tail_samples": args.tail_samples,
+            "rank": args.rank, **results}
 
 
 def scale(args) -> dict:
     from distkg.distill.runner import distill
-    from distkg.runtime.pool import TeacherPool
+    from distkg.report import read_metrics
+    from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training.trainer import train
 
     root = Path(args.scale_dir)
     common = [f"data.root={args.data_root}", "eval.progress=false"]
     result: dict = {}
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
-                                    [*common, f"train.epochs={args.scale_teacher_epochs}",
-                                     f"model.args.dim={args.scale_teacher_dim}"]), root / "teacher")
+    teacher_run = Path(args.scale_teacher_run) if args.scale_teacher_run else root / "teacher"
+    if args.scale_teacher_run:  # trained beforehand (`distkg train`, its own wall time and memory)
+        teacher = read_metrics(teacher_run)
+        result["teacher"] = {"run": "given (--scale-teacher-run)", "test_mrr": teacher["mrr"]}
+    else:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            teacher = train(load_config("configs/train/tadistmult-icews18-400.yaml",
+                                        [*common, f"train.epochs={args.scale_teacher_epochs}",
+                                         f"model.args.dim={args.scale_teacher_dim}"]), teacher_run)
         result["teacher"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": teacher["mrr"],
                              "epochs": args.scale_teacher_epochs, "dim": args.scale_teacher_dim,
                              "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    mode = args.scale_soft_targets
+    with PeakMemory() as mem:
         cfg = load_config(["configs/train/tadistmult-icews18-25.yaml", "configs/distill/bkd.yaml"], [
-            *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={root / 'teacher'}",
-            "runtime.kg_teacher=pool", "runtime.soft_targets=topk", f"runtime.topk={args.topk}",
+            *common, f"distill.stages.0.epochs={args.scale_epochs}", f"distill.teacher_run={teacher_run}",
+            "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
+            f"runtime.rank={args.rank}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
-        t0 = time.perf_counter()
-        pool = TeacherPool("kg", str(root / "teacher"), ds.num_entities, cfg.runtime, args.data_root)
+        t0, c0 = time.perf_counter(), time.process_time()
+        pool = TeacherPool("kg", str(teacher_run), ds.num_entities, cfg.runtime, args.data_root)
         try:
             pool.ready()
-            student = distill(cfg, root / "bkd-topk", resume=True, dataset=ds, pools={"kg": pool})
+            student = distill(cfg, root / f"bkd-{mode}", resume=True, dataset=ds, remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
-        result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "test_mrr": student["mrr"],
-                             "epochs": args.scale_epochs, "topk": args.topk, "method": "bkd (teacher served top-k)"}
+    result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "driver_cpu_seconds": round(time.process_time() - c0, 1),
+                         "test_mrr": student["mrr"], "epochs": args.scale_epochs, "soft_targets": mode,
+                         **({"rank": args.rank} if mode == "lowrank" else {"topk": args.topk}),
+                         "method": f"bkd (teacher served by the pool, {mode})", "peak_rss_gb": round(mem.peak / 2**30, 2)}
     _, answers = training_queries(ds.splits["train"], ds.num_relations)
     result.update(dataset="icews18", entities=ds.num_entities, training_facts=len(ds.splits["train"]),
-                  training_queries=len(answers), peak_rss_gb=round(mem.peak / 2**30, 2))
+                  training_queries=len(answers))
     return result
-
 
 
 def missing_runs(args: argparse.Namespace, parts: list[str]) -> None:
@@ -253,10 +271,16 @@ def main() -> None:
     ap.add_argument("--scale-dir", default="runs/scale-icews18")
     ap.add_argument("--scale-teacher-epochs", type=int, default=1)
     ap.add_argument("--scale-epochs", type=int, default=1)
+    ap.add_argument("--scale-teacher-run", help="a finished ICEWS18 teacher run to serve (default: train one)")
+    ap.add_argument("--scale-soft-targets", default="topk", choices=["topk", "lowrank"])
     ap.add_argument("--scale-teacher-dim", type=int, default=400,
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
+    ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk, lowrank)")
+    ap.add_argument("--rank", type=int, default=254, help="lowrank mode: numbers per query (runtime.rank)")
+    ap.add_argument("--tail-samples", type=int, default=0,
+                    help="topk mode: draws from the teacher's row beyond the top k (runtime.tail_samples; 0: rest bucket)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())

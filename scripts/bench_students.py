@@ -11,8 +11,9 @@ Ours' P_LLM, 400-d random tables in the TA-DistMult form.
 
 Times are CPU seconds of the process (the machines are shared) and medians over the steps.
 bound = the step's three 1-vs-all matmuls of the same shapes timed bare ([B, D] x [E, D] forward,
-both gradients) + five copies of a [B, E] tensor; epoch = median step x batches per epoch; ratio =
-epoch / bound. Run on one thread (OMP_NUM_THREADS=1) on an otherwise quiet machine.
+both gradients) + five copies of a [B, E] tensor, timed before every step of the cell; epoch =
+median step x batches per epoch; ratio = epoch / (median bound x batches per epoch). Run on one
+thread (OMP_NUM_THREADS=1) on an otherwise quiet machine.
 
 Also one validation evaluation per (dataset, backbone), and with all 24 cells an estimate of the
 students' share of the paper's grid (grid_estimate: 20 epochs, 3 seeds, two 1-thread processes).
@@ -40,24 +41,28 @@ CELLS = {"plain": ("plain", 0), "bkd": ("bkd", 0), "fitnet": ("fitnet", 0), "rkd
          "ours-1": ("ours", 0), "ours-2": ("ours", 1)}  # name -> (method config, stage)
 
 
-def bound_seconds(batch: int, entities: int, dim: int, repeats: int) -> float:
+class Bound:
     """One step's floor: the three matmuls of 1-vs-all scoring and five copies of a [B, E] tensor."""
-    q, e = torch.randn(batch, dim), torch.randn(entities, dim)
-    src, dst = torch.randn(batch, entities), torch.empty(batch, entities)
-    times = []
-    for _ in range(repeats + 1):  # the first round warms the heap and caches up
+
+    def __init__(self, batch: int, entities: int, dim: int) -> None:
+        self.q, self.e = torch.randn(batch, dim), torch.randn(entities, dim)
+        self.src, self.dst = torch.randn(batch, entities), torch.empty(batch, entities)
+        self.seconds()  # warms the heap and caches up
+
+    def seconds(self) -> float:
         t = time.process_time()
-        g = q @ e.T
-        g @ e
-        g.T @ q
+        g = self.q @ self.e.T
+        g @ self.e
+        g.T @ self.q
         for _ in range(5):
-            dst.copy_(src)
-        times.append(time.process_time() - t)
-    return statistics.median(times[1:])
+            self.dst.copy_(self.src)
+        return time.process_time() - t
 
 
-def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches) -> float:
-    """Median CPU seconds of one training step of ``stage`` over ``batches`` (after one untimed step)."""
+def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches, bound: Bound) -> tuple[float, float]:
+    """Median CPU seconds of one training step of ``stage`` over ``batches`` (after one untimed step)
+    and of the bound, timed just before each step (the load of a shared machine drifts; a ratio of
+    two medians taken minutes apart carried that drift)."""
     student = build_model(cfg, ds)
     aux = torch.nn.ModuleDict()
     spec = cfg.distill.stages[stage].losses
@@ -66,15 +71,16 @@ def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches)
     loss_fn = step_loss(student, spec, "bench", cfg.distill, kg=kg, llm=llm, aux=aux)
     opt = make_optimizer(cfg, [*student.parameters(), *aux.parameters()])
     gen = torch.Generator().manual_seed(0)
-    times = []
+    times, bounds = [], []
     for idx in [batches[0], *batches]:
+        bounds.append(bound.seconds())
         t = time.process_time()
         loss, _ = loss_fn(idx, q[idx], a[idx], gen)
         loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.process_time() - t)
-    return statistics.median(times[1:])
+    return statistics.median(times[1:]), statistics.median(bounds[1:])
 
 
 def eval_seconds(cfg, ds) -> float:
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "relation": torch.randn(2 * ds.num_relations, 400, generator=g) / 20,
                       "time": torch.randn(ds.num_times, 400, generator=g) / 20,
                       "form": "tadistmult", "logit_scale": torch.tensor(0.0)}
-            bound = bound_seconds(bs, ds.num_entities, base.model.args.get("dim", 25), args.steps)
+            bound = Bound(bs, ds.num_entities, base.model.args.get("dim", 25))
             evals[(dataset, backbone)] = eval_seconds(base, ds)
             for cell in args.cells.split(","):
                 method, stage = CELLS[cell]
@@ -141,11 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
                     kg.temper(t)
                 llm = (LLMTables.from_tables(tables, ds, q, cfg.distill.llm_temperature)
                        if "llm_probs" in stage_fields(cfg.distill.stages[stage].losses) else None)
-                step = time_cell(cfg, ds, stage, kg, llm, q, a, batches)
+                step, floor = time_cell(cfg, ds, stage, kg, llm, q, a, batches, bound)
                 row = {"dataset": dataset, "backbone": backbone, "cell": cell, "batch_size": bs,
                        "entities": ds.num_entities, "batches_per_epoch": n_batches,
-                       "epoch_seconds": round(step * n_batches, 2), "bound_seconds": round(bound * n_batches, 2),
-                       "ratio": round(step / bound, 2)}
+                       "epoch_seconds": round(step * n_batches, 2), "bound_seconds": round(floor * n_batches, 2),
+                       "ratio": round(step / floor, 2)}
                 rows.append(row)
                 print(f"{dataset:12s} {backbone:10s} {cell:7s} epoch {row['epoch_seconds']:7.2f} s  bound "
                       f"{row['bound_seconds']:6.2f} s  ratio {row['ratio']:5.2f}", flush=True)

@@ -22,11 +22,14 @@ The paper (docs/METHOD.md) leaves several choices open; ours, written down:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from distkg.distill import fused as fz
+from distkg.distill.fused import Rows, dense
 from distkg.registry import Registry
 from distkg.training.objective import cross_entropy
 
@@ -54,7 +57,7 @@ class DistillBatch:
     teacher_scores: torch.Tensor | None = None  # [B, C] 400-d KG teacher
     teacher_targets: TemperedTargets | None = None  # the same at one temperature, precomputed (kd reads it first)
     teacher_topk: TopKTargets | None = None  # the teacher's top k and the mass outside them (a pool's top-k)
-    llm_probs: torch.Tensor | None = None  # [B, C] P_LLM
+    llm_probs: torch.Tensor | Rows | None = None  # [B, C] P_LLM
     student_repr: torch.Tensor | None = None  # [B, d_s] query representations (FitNet)
     teacher_repr: torch.Tensor | None = None  # [B, d_t]
     student_emb: torch.Tensor | None = None  # [K, d_s] entity embeddings (RKD)
@@ -84,7 +87,7 @@ class TemperedTargets:
     of every step (the teacher does not change; distill.teachers.KGTeacher.temper)."""
 
     temperature: float
-    probs: torch.Tensor  # [B, C]
+    probs: torch.Tensor | Rows  # [B, C]
     plogp: torch.Tensor  # [B]
 
 
@@ -96,6 +99,29 @@ class TopKTargets:
     temperature: float
     ids: torch.Tensor  # [B, k] entity ids
     log_probs: torch.Tensor  # [B, k] log softmax(t / T) of those entities over the whole row
+    # runtime.tail_samples: entities drawn from the teacher's row outside the top k ([B, m], -1 where a
+    # draw fell inside it) and each row's sum p log p; kd then reads the sampled row (sampled_row)
+    tail_ids: torch.Tensor | None = None
+    plogp: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> TopKTargets:
+        def move(x):
+            return None if x is None else x.to(device)
+
+        return TopKTargets(self.temperature, move(self.ids), move(self.log_probs), move(self.tail_ids), move(self.plogp))
+
+    def sampled_row(self, num_entities: int, dtype: torch.dtype) -> torch.Tensor:
+        """[B, E] estimate of the teacher's row: the top k's probabilities as they are and the rest
+        mass split evenly over the tail draws (a draw of entity j counts once per time drawn). The
+        draws follow the teacher's row restricted to its tail, so every entry's expectation is the
+        teacher's probability and kd's gradient T (q - p) is unbiased; the row sums to 1."""
+        p_k = self.log_probs.exp().to(dtype)
+        tail = self.tail_ids >= 0
+        drawn = tail.sum(1, keepdim=True)
+        weight = ((1 - p_k.sum(1, keepdim=True)).clamp_min(0) / drawn.clamp_min(1)).expand_as(self.tail_ids)
+        row = torch.zeros(len(p_k), num_entities, dtype=dtype, device=p_k.device)
+        row.scatter_add_(1, self.tail_ids.clamp_min(0), weight.where(tail, torch.zeros_like(weight)))
+        return row.scatter_(1, self.ids, p_k)
 
 
 class _TopKKL(torch.autograd.Function):
@@ -156,11 +182,14 @@ def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
     if top is not None:
         if top.temperature != temperature:
             raise ValueError(f"kd at T={temperature} was given top-k targets made at T={top.temperature}")
+        if top.tail_ids is not None:
+            s = batch.student_scores
+            return _SoftKL.apply(s, top.sampled_row(s.shape[1], s.dtype), top.plogp.to(s.dtype), float(temperature))
         return _TopKKL.apply(batch.student_scores, top.ids, top.log_probs.to(batch.student_scores.dtype),
                              float(temperature))
     pre = batch.teacher_targets
     if pre is not None and pre.temperature == temperature:
-        return _SoftKL.apply(batch.student_scores, pre.probs, pre.plogp, float(temperature))
+        return _SoftKL.apply(batch.student_scores, dense(pre.probs), pre.plogp, float(temperature))
     s, t = _need(batch, "kd")
     return _SoftKL.apply(s, *temper(t.detach().to(s.dtype), float(temperature)), float(temperature))
 
@@ -210,13 +239,13 @@ class _SquaredToTarget(torch.autograd.Function):
 @loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
     _, p_llm = _need(batch, "llm_huber")
-    return _Huber.apply(batch.student_probs(float(temperature)), p_llm.detach(), float(delta))
+    return _Huber.apply(batch.student_probs(float(temperature)), dense(p_llm).detach(), float(delta))
 
 
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
     _, p_llm, a = _need(batch, "llm_supervised")
-    return _SquaredToTarget.apply(batch.student_probs(), p_llm.detach().to(batch.student_scores.dtype), a, float(mix))
+    return _SquaredToTarget.apply(batch.student_probs(), dense(p_llm).detach().to(batch.student_scores.dtype), a, float(mix))
 
 
 def llm_huber_reference(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
@@ -267,16 +296,71 @@ def rkd_angle(batch: DistillBatch) -> torch.Tensor:
     return F.smooth_l1_loss(_angles(s), at)
 
 
+FUSABLE = {"kd", "ce", "llm_huber", "llm_supervised"}  # the softmax-based terms distill.fused computes in one pass
+
+
+def _params(name: str, args: dict) -> dict:
+    """A loss's arguments with its signature's defaults filled in (one source for the defaults)."""
+    sig = inspect.signature(LOSSES.get(name)).parameters
+    return {k: args.get(k, p.default) for k, p in sig.items() if k != "batch"}
+
+
+def _like(x: torch.Tensor | Rows, s: torch.Tensor) -> torch.Tensor | Rows:
+    """Targets in the student's dtype and device (Rows stay unread when they already are)."""
+    if isinstance(x, Rows) and x.matrix.dtype == s.dtype and x.matrix.device == s.device:
+        return x
+    return dense(x).detach().to(device=s.device, dtype=s.dtype)
+
+
+def fused_terms(spec: dict[str, dict], batch: DistillBatch) -> list[fz.Term] | None:
+    """The stage's losses as distill.fused terms when every one of them is fusable (not ce alone,
+    which is plain training's own form, nor kd on top-k targets with a rest bucket); None otherwise."""
+    names, top = set(spec), batch.teacher_topk
+    if not names <= FUSABLE or names == {"ce"} or ("kd" in names and top is not None and top.tail_ids is None):
+        return None
+    s, terms = batch.student_scores, []
+    for name, args in spec.items():
+        w, kw = float(args.get("weight", 1.0)), _params(name, args)
+        if name == "kd":
+            T, pre = float(kw["temperature"]), batch.teacher_targets
+            if top is not None:
+                if top.temperature != T:
+                    raise ValueError(f"kd at T={T} was given top-k targets made at T={top.temperature}")
+                probs, plogp = top.sampled_row(s.shape[1], s.dtype), top.plogp.to(s.dtype)
+            elif pre is not None and pre.temperature == T:
+                probs, plogp = _like(pre.probs, s), pre.plogp.to(device=s.device, dtype=s.dtype)
+            else:
+                _, t = _need(batch, name)
+                probs, plogp = temper(t.detach().to(s.dtype), T)
+            terms.append(fz.KD(w, T, probs, plogp))
+        elif name == "ce":
+            _need(batch, name)
+            terms.append(fz.CE(w))
+        elif name == "llm_huber":
+            _need(batch, name)
+            terms.append(fz.Huber(w, float(kw["delta"]), float(kw["temperature"]), _like(batch.llm_probs, s)))
+        else:
+            _need(batch, name)
+            terms.append(fz.Supervised(w, float(kw["mix"]), _like(batch.llm_probs, s)))
+    return terms
+
+
 def combine(spec: dict[str, dict], batch: DistillBatch, where: str = "losses") -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}."""
+    """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}; in
+    one fused pass (distill.fused) when every loss of the spec is a fusable softmax term."""
+    for name, args in spec.items():
+        LOSSES.get(name)
+        LOSSES.check(name, {k: v for k, v in args.items() if k != "weight"}, f"{where}.{name}", runtime=("batch",))
+    terms = fused_terms(spec, batch)
+    if terms is not None:
+        total, values = fz.fused(batch.student_scores, batch.answers, terms)
+        return total, dict(zip(spec, values.tolist()))
     total = batch.student_scores.new_zeros(())
     parts: dict[str, float] = {}
     for name, args in spec.items():
         args = dict(args)
         weight = float(args.pop("weight", 1.0))
-        fn = LOSSES.get(name)
-        LOSSES.check(name, args, f"{where}.{name}", runtime=("batch",))
-        value = fn(batch, **args)
+        value = LOSSES.get(name)(batch, **args)
         parts[name] = float(value.detach())
         total = total + weight * value
     return total, parts

@@ -25,6 +25,7 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
+from distkg.distill.fused import Rows
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
@@ -134,18 +135,19 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
     def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
         qr = student.query_repr(q)
         batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
+        on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distill.fused.Rows)
         if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
-            batch.teacher_targets = kg.targets(idx, q.device)
+            batch.teacher_targets = kg.targets(idx, q.device, rows=on_cpu)
         elif "teacher_scores" in needs:
             got = remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)
             if isinstance(got, TopKTargets):
-                batch.teacher_topk = TopKTargets(got.temperature, got.ids.to(q.device), got.log_probs.to(q.device))
+                batch.teacher_topk = got.to(q.device)
             else:
                 batch.teacher_scores = got.to(q.device)
         if "llm_probs" in needs:
             probs = (torch.softmax(remote["llm"].get(idx) / distill_cfg.llm_temperature, dim=1) if "llm" in remote
-                     else llm.probs(q.cpu(), distill_cfg.llm_temperature, idx))
-            batch.llm_probs = probs.to(q.device)
+                     else llm.probs(q.cpu(), distill_cfg.llm_temperature, idx, rows=on_cpu))
+            batch.llm_probs = probs if isinstance(probs, Rows) else probs.to(q.device)
         if "regressor" in needs:
             batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
         if "student_emb" in needs:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from distkg.data import TKGDataset
+from distkg.distill.fused import Rows
 from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import scaled_match
@@ -164,9 +165,13 @@ class KGTeacher:
             atomic_save({"key": key, "probs": probs, "plogp": self.tempered.plogp}, path)
         return True
 
-    def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> TemperedTargets:
-        """The tempered soft targets of training queries ``idx`` (after ``temper``), on ``device``."""
+    def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu", rows: bool = False) -> TemperedTargets:
+        """The tempered soft targets of training queries ``idx`` (after ``temper``), on ``device``;
+        ``rows``: left unread in the cache (distill.fused.Rows, read a block at a time by the fused
+        losses instead of copied into a [B, E] tensor each step; on the CPU only)."""
         t = self.tempered
+        if rows and torch.device(device).type == "cpu":
+            return TemperedTargets(t.temperature, Rows(t.probs, idx), t.plogp[idx])
         return TemperedTargets(t.temperature, t.probs[idx].to(device), t.plogp[idx].to(device))
 
     def entities(self, ids: torch.Tensor) -> torch.Tensor:
@@ -249,10 +254,12 @@ class LLMTables:
         query = self.scoring.table_query(self.entity, self.relation, self.time, q)
         return scaled_match(self.scoring, self.log_scale, query, self.entity)
 
-    def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction."""
+    def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
+              rows: bool = False) -> torch.Tensor | Rows:
+        """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction
+        (``rows``: left unread there, as distill.fused.Rows, when they are cached)."""
         if idx is not None and self.all_probs is not None and temperature == self.temperature:
-            return self.all_probs[idx]
+            return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
         return torch.softmax(self.scores(q) / temperature, dim=1)
 
 

@@ -78,9 +78,13 @@ class TADistMult(DotProductModel):
     def _relation_time(self, rel: torch.Tensor, slots: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         uniq_slots, slot_inv = torch.unique(slots, return_inverse=True)
         _, (h, c) = self.lstm(self.tokens(table[uniq_slots]))
-        uniq_pairs, pair_inv = torch.unique(torch.stack([rel, slot_inv], 1), dim=0, return_inverse=True)
-        state = (h[:, uniq_pairs[:, 1]].contiguous(), c[:, uniq_pairs[:, 1]].contiguous())
-        _, (h_rt, _) = self.lstm(self.tokens(uniq_pairs[:, :1]), state)
+        # distinct (relation, slot) pairs as one integer key each, in the same lexicographic order: a 1-d
+        # unique is a sort, unique(dim=0) compares rows one by one (about 12 ms a 1,000-query batch)
+        n = len(uniq_slots)
+        uniq_keys, pair_inv = torch.unique(rel * n + slot_inv, return_inverse=True)
+        uniq_rel, uniq_slot = uniq_keys.div(n, rounding_mode="floor"), uniq_keys % n
+        state = (h[:, uniq_slot].contiguous(), c[:, uniq_slot].contiguous())
+        _, (h_rt, _) = self.lstm(self.tokens(uniq_rel.unsqueeze(1)), state)
         return h_rt[-1][pair_inv]
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:

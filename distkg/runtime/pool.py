@@ -71,13 +71,57 @@ def merge_topk_rest(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     return TopKTargets(temperature, ids.gather(1, where), best / temperature - lse)
 
 
+def low_rank_basis(table: torch.Tensor, rank: int) -> torch.Tensor:
+    """[D, r]: the top ``rank`` right singular vectors of a candidate table [E, D]. A dot-product
+    teacher's row q . table is then approximated by (q V)(table V)^T: r numbers per query, the
+    best rank-r fit of the table (all D dimensions, so the exact row, when rank >= D)."""
+    _, _, vh = torch.linalg.svd(table, full_matrices=False)
+    return vh[:rank].T.contiguous()
+
+
+def shard_topk(rows: torch.Tensor, lo: int, k: int, temperature: float | None = None, samples: int = 0,
+               seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """One shard's answer for its [B, hi - lo] score rows (entities from ``lo``): the top k's values and
+    global ids; with a ``temperature`` each row's logsumexp(row / T); with ``samples`` that many draws
+    from softmax(row / T) (seeded with ``seed``) and the mean of row / T under it."""
+    values, ids = rows.topk(min(k, rows.shape[1]), dim=1)
+    out = [values, ids + lo]
+    if temperature is not None:
+        out.append(torch.logsumexp(rows / temperature, dim=1))
+    if samples:
+        p = torch.softmax(rows / temperature, dim=1)
+        draws = torch.multinomial(p, samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+        out += [draws + lo, (p * rows).sum(1) / temperature]
+    return tuple(out)
+
+
+def merge_topk_sampled(parts: list[tuple[torch.Tensor, ...]], k: int, temperature: float,
+                       generator: torch.Generator) -> TopKTargets:
+    """merge_topk_rest plus draws from the teacher's whole row beyond the top k (runtime.tail_samples).
+
+    Each shard sends (values, ids, logsumexp(row / T), m draws from its own softmax(row / T), the
+    mean of row / T under it). Slot j of the merged m draws takes shard i's j-th draw with
+    probability Z_i / Z (the shard's share of the row's mass), so the draws follow the whole row;
+    draws inside the global top k are dropped (-1), which leaves draws from the row's tail. The
+    row's sum p log p is sum_i (Z_i / Z) E_i[t / T] - log Z (the KL's constant, for its value)."""
+    top = merge_topk_rest([part[:3] for part in parts], k, temperature)
+    lse = torch.stack([part[2] for part in parts], dim=1)  # [B, shards]
+    share = torch.softmax(lse, dim=1)
+    plogp = (share * torch.stack([part[4] for part in parts], dim=1)).sum(1) - torch.logsumexp(lse, dim=1)
+    draws = torch.stack([part[3] for part in parts])  # [shards, B, m]
+    shard = torch.multinomial(share, draws.shape[2], replacement=True, generator=generator)
+    draws = draws.gather(0, shard.unsqueeze(0)).squeeze(0)
+    inside = (draws.unsqueeze(2) == top.ids.unsqueeze(1)).any(2)
+    return TopKTargets(temperature, top.ids, top.log_probs, draws.masked_fill(inside, -1), plogp)
+
+
 def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
     """Largest per-row relative L2 difference between two [n, d] outputs."""
     plain, wrapped = plain.float().cpu(), wrapped.float().cpu()
     return float(((wrapped - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max())
 
 
-def wrap_deepspeed(encoder: TextEncoder, rc: RuntimeConfig, quantized: bool, device: torch.device,
+def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: bool, device: torch.device,
                    probe: list[str]) -> dict:
     """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
     returns what was chosen (for reports).
@@ -93,9 +137,9 @@ def wrap_deepspeed(encoder: TextEncoder, rc: RuntimeConfig, quantized: bool, dev
     with torch.inference_mode():
         plain = encoder._run(probe)
     model_type = getattr(getattr(encoder.lm.model, "config", None), "model_type", None)
-    dtype, inject = inference_settings(rc, device.type == "cuda", quantized, model_type)
+    dtype, inject = inference_settings(runtime_cfg, device.type == "cuda", quantized, model_type)
     engine = deepspeed.init_inference(encoder.lm.model, dtype=dtype, replace_with_kernel_inject=inject,
-                                      tensor_parallel={"tp_size": rc.tp_size})
+                                      tensor_parallel={"tp_size": runtime_cfg.tp_size})
     encoder.lm.model = engine.module
     with torch.inference_mode():
         error = output_error(plain, encoder._run(probe))
@@ -108,7 +152,7 @@ def wrap_deepspeed(encoder: TextEncoder, rc: RuntimeConfig, quantized: bool, dev
                           f"relative error {error:.3g} > {tolerance} on {len(probe)} padded texts; "
                           "set runtime.kernel_inject=off (and runtime.dtype=auto)")
     return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."), "kernel_inject": inject,
-            "tp_size": rc.tp_size, "device": str(device), "output_check": check, "module": engine.module}
+            "tp_size": runtime_cfg.tp_size, "device": str(device), "output_check": check, "module": engine.module}
 
 
 PROBE_TEXTS = 64  # entity texts of its shard each LLM actor checks the DeepSpeed wrap on
@@ -117,14 +161,14 @@ PROBE_TEXTS = 64  # entity texts of its shard each LLM actor checks the DeepSpee
 class ScoringShard:
     """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg")."""
 
-    def __init__(self, kind: str, run: str, lo: int, hi: int, rc: RuntimeConfig, data_root: str | None = None) -> None:
+    def __init__(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None = None) -> None:
         from distkg.config import load_config
         from distkg.data import load_dataset
 
-        torch.set_num_threads(max(1, int(rc.teacher_resources.get("CPU", 1))))
+        torch.set_num_threads(max(1, int(runtime_cfg.teacher_resources.get("CPU", 1))))
         self.kind, self.lo, self.hi = kind, lo, hi
         run_path = Path(run)
-        cfg = on_resources(load_config(run_path / "config.yaml"), rc.teacher_resources)
+        cfg = on_resources(load_config(run_path / "config.yaml"), runtime_cfg.teacher_resources)
         if data_root is not None:
             cfg.data.root = data_root
         ds = load_dataset(cfg.data)
@@ -134,7 +178,7 @@ class ScoringShard:
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
             probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
-            ds_info = wrap_deepspeed(self.model.encoder, rc, cfg.llm.quantization != "none", self.model.device, probe)
+            ds_info = wrap_deepspeed(self.model.encoder, runtime_cfg, cfg.llm.quantization != "none", self.model.device, probe)
             self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
             self.info.update(ds_info)
             self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
@@ -145,7 +189,7 @@ class ScoringShard:
             self.version = _digest(*self.model.parameters())
         self.device = self.model.device if kind == "llm" else placement(cfg).device
         self.model.requires_grad_(False)
-        self.use_cache = rc.cache
+        self.use_cache = runtime_cfg.cache
         self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
         self.stats = {"queries": 0, "cache_hits": 0, "scored": 0, "seconds": 0.0}
         with torch.inference_mode():
@@ -156,20 +200,50 @@ class ScoringShard:
         whoever gathers them may have no GPU."""
         return self.table.cpu()
 
+    def use_projection(self, basis: torch.Tensor) -> None:
+        """runtime.soft_targets lowrank: queries are answered as their representation on ``basis``
+        ([D, r], the top right singular vectors of the whole candidate table; TeacherPool.ready)."""
+        from distkg.models.base import DotProductModel
+
+        if not isinstance(self.model, DotProductModel):
+            raise DistkgError(f"runtime.soft_targets=lowrank needs a dot-product teacher (score = query . entity); "
+                              f"{type(self.model).__name__} is not one")
+        self.basis = basis.to(self.device)
+
+    def project(self, queries: torch.Tensor) -> torch.Tensor:
+        """[B, r]: each query's representation on the basis (use_projection), cached per query."""
+        t0 = time.perf_counter()
+        keys = [("lowrank", *row) for row in queries.tolist()]
+        todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
+        self.stats["queries"] += len(queries)
+        self.stats["cache_hits"] += len(queries) - len(todo)
+        fresh: dict = {}
+        if todo:
+            with torch.inference_mode():
+                fresh = dict(zip(todo, (self.model.query_repr(queries[todo].to(self.device)) @ self.basis).float().cpu()))
+            self.stats["scored"] += len(todo)
+            if self.use_cache:
+                self.cache.update((keys[i], r) for i, r in fresh.items())
+        self.stats["seconds"] += time.perf_counter() - t0
+        return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
+
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
         LLM call in this actor for an entity another shard owns. A restarted actor lacks it and
         encodes such entities itself (the same E(p), more LLM work) until given it again."""
         self.model.use_tables(entity=table)
 
-    def score(self, queries: torch.Tensor, topk: int | None = None,
-              temperature: float | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def score(self, queries: torch.Tensor, topk: int | None = None, temperature: float | None = None,
+              samples: int = 0, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query,
         and with a ``temperature`` each row's logsumexp(scores / T) over the shard too (the
-        client's rest bucket: the mass outside the global top k)."""
+        client's rest bucket: the mass outside the global top k); with ``samples``, also that many
+        draws from the shard's softmax(row / T) (generator seeded with ``seed``) and the mean of
+        row / T under it (merge_topk_sampled). Draws are fresh every call, so those rows are not cached."""
         t0 = time.perf_counter()
         keys = [(topk, temperature, *row) for row in queries.tolist()]
-        todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
+        use_cache = self.use_cache and not samples
+        todo = [i for i, k in enumerate(keys) if not use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
         fresh: dict[int, torch.Tensor | tuple] = {}
@@ -179,12 +253,10 @@ class ScoringShard:
                 rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
             self.stats["scored"] += len(todo)
             if topk is not None:
-                values, ids = rows.topk(min(topk, rows.shape[1]), dim=1)
-                extra = [torch.logsumexp(rows / temperature, dim=1)] if temperature is not None else []
-                fresh = dict(zip(todo, zip(values, ids + self.lo, *extra)))
+                fresh = dict(zip(todo, zip(*shard_topk(rows, self.lo, topk, temperature, samples, seed))))
             else:
                 fresh = dict(zip(todo, rows))
-            if self.use_cache:
+            if use_cache:
                 self.cache.update((keys[i], r) for i, r in fresh.items())
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
@@ -225,18 +297,22 @@ def actor_options(resources: dict[str, float]) -> dict:
 class TeacherPool:
     """N ScoringShard actors over one teacher run; ``score`` merges their answers."""
 
-    def __init__(self, kind: str, run: str | Path, num_entities: int, rc: RuntimeConfig,
+    def __init__(self, kind: str, run: str | Path, num_entities: int, runtime_cfg: RuntimeConfig,
                  data_root: str | None = None) -> None:
         import ray
 
-        self.kind, self.num_entities, self.rc = kind, num_entities, rc
-        self.bounds = shard_bounds(num_entities, rc.teacher_actors)
+        self.kind, self.num_entities, self.runtime_cfg = kind, num_entities, runtime_cfg
+        self.bounds = shard_bounds(num_entities, runtime_cfg.teacher_actors)
         actor_cls = ray.remote(ScoringShard).options(
-            **actor_options(rc.teacher_resources),
+            **actor_options(runtime_cfg.teacher_resources),
             max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
-        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, rc, data_root)
+        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, runtime_cfg, data_root)
                        for lo, hi in self.bounds]
-        self.topk = rc.topk if rc.soft_targets == "topk" else None
+        self.topk = runtime_cfg.topk if runtime_cfg.soft_targets == "topk" else None
+        self.samples = runtime_cfg.tail_samples if self.topk else 0
+        self.lowrank = runtime_cfg.soft_targets == "lowrank" and kind == "kg"  # an LLM pool sends full rows then
+        self.projected: torch.Tensor | None = None  # lowrank: [E, r] the candidate table on the basis
+        self._calls = 0
         self._shared = False
 
     def ready(self, timeout: float | None = None) -> list[dict]:
@@ -246,30 +322,46 @@ class TeacherPool:
         import ray
 
         infos = ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+        if self.lowrank and self.projected is None:
+            table = torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)).float()
+            basis = low_rank_basis(table, self.runtime_cfg.rank)
+            ray.get([a.use_projection.remote(basis) for a in self.actors], timeout=timeout)
+            self.projected = table @ basis
         if self.kind == "llm" and not self._shared:
             table = ray.put(torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)))
             ray.get([a.use_entity_table.remote(table) for a in self.actors], timeout=timeout)
             self._shared = True
         return infos
 
-    def submit(self, queries: torch.Tensor, temperature: float | None = None) -> list:
-        return [a.score.remote(queries, self.topk, temperature if self.topk else None) for a in self.actors]
+    def submit(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> list:
+        """``seed``: of this call's tail draws (runtime.tail_samples), each shard's its own."""
+        if self.lowrank:  # every actor can project any query: one call, actors in turn
+            self._calls += 1
+            return [self.actors[self._calls % len(self.actors)].project.remote(queries)]
+        samples = self.samples if temperature is not None else 0
+        return [a.score.remote(queries, self.topk, temperature if self.topk else None, samples, seed * len(self.actors) + i)
+                for i, a in enumerate(self.actors)]
 
-    def collect(self, refs: list, temperature: float | None = None) -> torch.Tensor | TopKTargets:
+    def collect(self, refs: list, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
         ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
-        top k's probabilities and the rest bucket instead (merge_topk_rest)."""
+        top k's probabilities and the rest bucket instead (merge_topk_rest), and the tail draws
+        with runtime.tail_samples (merge_topk_sampled, merged with ``seed``, the submit's)."""
         import ray
 
-        parts = ray.get(refs, timeout=self.rc.timeout_s)
+        parts = ray.get(refs, timeout=self.runtime_cfg.timeout_s)
+        if self.lowrank:
+            return parts[0] @ self.projected.T
         if self.topk is None:
             return torch.cat(parts, dim=1)
+        if temperature is not None and self.samples:
+            return merge_topk_sampled(parts, self.topk, temperature, torch.Generator().manual_seed(seed))
         if temperature is not None:
             return merge_topk_rest(parts, self.topk, temperature)
         return merge_topk(parts, self.topk, self.num_entities)
 
-    def score(self, queries: torch.Tensor, temperature: float | None = None) -> torch.Tensor | TopKTargets:
-        return self.collect(self.submit(queries, temperature), temperature)
+    def score(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
+        return self.collect(self.submit(queries, temperature, seed), temperature, seed)
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -302,10 +394,12 @@ class SoftTargets:
     queries: torch.Tensor  # all training queries, [Q, 4]
     prefetch: int = 2
     temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
+    seed: int = 0  # with runtime.tail_samples: each call's draws are seeded from it and a call counter
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
     _seen: dict = field(default_factory=dict)  # the pool's totals at the last report
+    _calls: int = 0
 
     def plan(self, batches: list[torch.Tensor]) -> None:
         self._plan = deque(batches)
@@ -314,8 +408,12 @@ class SoftTargets:
 
     def _fill(self) -> None:
         while self._plan and len(self._inflight) < self.prefetch:
-            idx = self._plan.popleft()
-            self._inflight.append((idx, self.pool.submit(self.queries[idx], self.temperature)))
+            self._inflight.append(self._submit(self._plan.popleft()))
+
+    def _submit(self, idx: torch.Tensor) -> tuple:
+        self._calls += 1
+        seed = self.seed * 1_000_003 + self._calls
+        return idx, seed, self.pool.submit(self.queries[idx], self.temperature, seed)
 
     def report(self) -> dict:
         """Since this client's last report: the pool's cache hit rate (all its clients together) and
@@ -330,13 +428,13 @@ class SoftTargets:
 
     def get(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
         if self._inflight and torch.equal(self._inflight[0][0], idx):
-            _, refs = self._inflight.popleft()
+            _, seed, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
             self._plan.clear()
             self._inflight.clear()
-            refs = self.pool.submit(self.queries[idx], self.temperature)
+            _, seed, refs = self._submit(idx)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs, self.temperature)
+        scores = self.pool.collect(refs, self.temperature, seed)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores
@@ -345,7 +443,7 @@ class SoftTargets:
 def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
     """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
     ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
-    mass at kd's temperature (losses.TopKTargets)."""
+    mass at kd's temperature (losses.TopKTargets), and runtime.tail_samples draws from the rest."""
     queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
-    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None)
-            for name, pool in pools.items()}
+    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None,
+                              seed=cfg.seed) for name, pool in pools.items()}

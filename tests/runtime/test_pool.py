@@ -106,6 +106,41 @@ def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
         kg.shutdown()
 
 
+def test_pool_low_rank_rows_and_tail_draws(cluster, tiny_runs, graph):
+    from distkg.distill.teachers import KGTeacher
+    from distkg.runtime.pool import TeacherPool, low_rank_basis
+
+    ds, queries = graph
+    rc = RuntimeConfig(teacher_actors=2, teacher_resources=TEACHER)
+    local = KGTeacher(tiny_runs.teacher, ds, queries)
+    ref = local.scores(torch.arange(64))
+    d, q = local.table.shape[1], queries[:64]
+
+    def served(**runtime):  # one pool at a time: the head holds {teacher: 4}, two actors a pool
+        return TeacherPool("kg", tiny_runs.teacher, ds.num_entities, dataclasses.replace(rc, **runtime),
+                           str(tiny_runs.data))
+
+    for rank in (d, 2):
+        pool = served(soft_targets="lowrank", rank=rank)
+        try:
+            pool.ready(timeout=120)
+            basis = low_rank_basis(local.table, rank)
+            want = ref if rank == d else (local.query[:64] @ basis) @ (local.table @ basis).T  # rank = D: exact rows
+            torch.testing.assert_close(pool.score(q), want, atol=1e-4, rtol=1e-4)
+        finally:
+            pool.shutdown()
+    pool = served(soft_targets="topk", topk=3, tail_samples=7)
+    try:
+        pool.ready(timeout=120)
+        top = pool.score(q, temperature=2.0, seed=3)
+        assert top.tail_ids.shape == (64, 7) and torch.equal(top.ids, ref.topk(3, 1).indices)
+        p = torch.softmax(ref / 2.0, 1)
+        torch.testing.assert_close(top.plogp, torch.xlogy(p, p).sum(1), atol=1e-5, rtol=1e-5)
+        assert torch.equal(pool.score(q, temperature=2.0, seed=3).tail_ids, top.tail_ids)  # seeded draws
+    finally:
+        pool.shutdown()
+
+
 def test_prefetch_keeps_batches_in_flight(cluster, tiny_runs, graph):
     from distkg.runtime.pool import SoftTargets, TeacherPool
 
