@@ -114,7 +114,8 @@ def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentine
                              "llm.queries_per_step=2", "llm.negatives=4", "llm.valid_queries=0", "llm.progress=false",
                              "eval.progress=false", "eval.query_chunk=6", "eval.cand_chunk=11"])
     finetune(cfg, tmp_path, dataset=tiny_dataset("point", n_ent=20, n_facts=60))
-    assert on_sentinel == [(SENTINEL, 11, 6)] * 2
+    # the loop's validation of every round, then the teacher's valid and test: all on the device, both chunks
+    assert len(on_sentinel) >= 3 and set(on_sentinel) == {(SENTINEL, 11, 6)}
 
 
 def test_encode_batch_auto_reads_back_and_follows_the_device(tmp_path):

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset
-from distkg.evaluation import FilterIndex, QuerySet, evaluate
+from distkg.evaluation import FilterIndex, QuerySet, eval_options, evaluate
 from distkg.llm.teacher import LLMTeacher
 
 log = logging.getLogger("distkg")
@@ -105,7 +105,7 @@ def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: Ru
     device = teacher.device
     teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items()})
     try:
-        return evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", filter=cfg.eval.filter,
-                        ties=cfg.eval.ties, progress=False, index=index)["mrr"]
+        return evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", index=index,
+                        options=eval_options(cfg, device).replace(progress=False))["mrr"]
     finally:
         teacher.use_tables()
