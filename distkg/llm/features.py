@@ -3,14 +3,15 @@
 Why: the head warm-up (distkg.llm.rounds, the head phase) needs the pooled hidden state of every
 entity, relation and time text once; on a CPU that encoding costs minutes (entity texts with
 facts are several times longer than names), while the head trains on the result in seconds an
-epoch. Runs that share the LM and the texts (another head recipe, another seed of the students,
-the evaluation of a head-only teacher) read the file instead of encoding again.
+epoch. Runs that share the LM, its adapters and the texts (another head recipe, the evaluation of a
+head-only teacher) read the file instead of encoding again.
 
 Never stale: the file name is a digest of everything the features depend on: the model name,
 quantization, kept layers, device type (bf16 on CUDA, fp32 on CPU), ``max_tokens``, the pooling,
-the LoRA adapters' weights (``adapter_digest``: every LoRA step changes it) and every text in order. A file is read only under its own key, and the key stored
-inside it is checked again on reading. Files live under the cache root (distkg.llm.loading.cache_root:
-``$DISTKG_CACHE``, else ``~/.cache/distkg``), in ``features/``.
+the LoRA adapters' weights (``adapter_digest``: every LoRA step changes it; so does the seed, through
+the adapters' initial weights) and every text in order. A file is read only under its own key, and
+the key stored inside it is checked again on reading. Files live under the cache root
+(distkg.llm.loading.cache_root: ``$DISTKG_CACHE``, else ``~/.cache/distkg``), in ``features/``.
 """
 
 from __future__ import annotations
