@@ -31,6 +31,11 @@ from distkg.training.trainer import train
 log = logging.getLogger("distkg")
 
 
+def llm_training(cfg: RunConfig) -> str:
+    """What the LLM teacher's label says it trained: LoRA steps, or the head alone (``llm.steps: 0``)."""
+    return f"LoRA r={cfg.llm.lora_r}" if cfg.llm.steps else "head on frozen features"
+
+
 def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
     """Evaluate on every configured split; metrics.json holds the test split at the top level."""
     results: dict = {}
@@ -115,7 +120,7 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
                   lambda: train(cfg, teacher_run, dataset=ds))]
     if llm_run:
-        parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, LoRA r={cfg.llm.lora_r})", llm_run,
+        parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, {llm_training(cfg)})", llm_run,
                           lambda: finetune(cfg, llm_run, dataset=ds)))
     for method, student_cfg in students.items():
         parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
