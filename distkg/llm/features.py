@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from distkg.config import RunConfig
+from distkg.llm.contrastive import full_cache
 from distkg.llm.loading import cache_root
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save
@@ -94,13 +95,13 @@ def load_features(teacher: LLMTeacher, cfg: RunConfig) -> dict[str, torch.Tensor
 def frozen_features(teacher: LLMTeacher, cfg: RunConfig) -> tuple[dict[str, torch.Tensor], bool]:
     """(features of every text under the current weights, whether they came from the disk cache).
 
-    Without ``llm.feature_cache`` this is ``teacher.features()``; with it, a hit is read and a miss
+    Without ``llm.feature_cache`` this is ``contrastive.full_cache``; with it, a hit is read and a miss
     is encoded and written for the next run."""
     if cfg.llm.feature_cache:
         feats = load_features(teacher, cfg)
         if feats is not None:
             return feats, True
-    feats = {k: v.detach().float().cpu() for k, v in teacher.features().items()}
+    feats = full_cache(teacher, clear=False)
     if cfg.llm.feature_cache:
         key = feature_key(teacher, cfg)
         atomic_save({"key": key, "features": feats}, feature_path(key))

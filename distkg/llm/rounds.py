@@ -149,11 +149,10 @@ class TeacherRounds:
         if self.feats is None or self.feats_step != step:
             was_training = self.teacher.training
             self.teacher.eval()  # no adapter dropout in the cache
-            if step == 0 and self.cfg.llm.feature_cache:  # adapters that never stepped: the disk cache
-                self.teacher.encoder.mark_updated()
+            if step == 0:  # adapters that never stepped: read from llm.feature_cache when on
                 self.feats, self.feats_from_disk = frozen_features(self.teacher, self.cfg)
             else:
-                self.feats = contrastive.full_cache(self.teacher, clear=step > 0)
+                self.feats = contrastive.full_cache(self.teacher)
             self.teacher.train(was_training)
             self.feats_step = step
         return self.feats
