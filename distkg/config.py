@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -25,6 +26,22 @@ from distkg.data.options import DataConfig
 from distkg.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (YAML 1.2), so ``mixed_precision: no`` and
+    ``--set train.mixed_precision=no`` mean the string "no"; YAML 1.1 read yes/no/on/off as booleans."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse config text (a file or one ``--set`` value) the way every config is read."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -376,7 +393,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from None
         if isinstance(node, list):
@@ -412,7 +429,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(values, dict):

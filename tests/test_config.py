@@ -54,6 +54,18 @@ def test_overrides():
         load_config(None, ["data.datset=icews14"])
 
 
+def test_no_is_a_string_not_a_boolean(tmp_path):
+    # YAML 1.1 reads no/yes/on/off as booleans, which made `mixed_precision: no` (a documented value)
+    # fail as "False is not one of 'auto', 'no', ..."; configs read only true/false as booleans.
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  mixed_precision: no\nllm:\n  feature_cache: true\n")
+    cfg = load_config(p)
+    assert (cfg.train.mixed_precision, cfg.llm.feature_cache) == ("no", True)
+    with pytest.raises(ConfigError, match=r"llm\.feature_cache: expected bool, got str 'yes'"):
+        load_config(None, ["llm.feature_cache=yes"])
+
+
 def test_model_args_checked_against_signature():
     with pytest.raises(ConfigError, match="model 'frequency' has no argument 'prio' \\(did you mean 'prior'\\?\\)"):
         MODELS.create("frequency", {"prio": 1.0}, "model.args", dataset=None)
