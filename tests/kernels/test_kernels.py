@@ -178,3 +178,24 @@ def test_a_broken_compiler_falls_back_to_torch_with_a_clear_message(tmp_path, mo
     ref, _ = unfused(spec, DistillBatch(s.detach().double(), a, teacher_scores=t[idx]))
     torch.testing.assert_close(ours.double(), ref, rtol=2e-6, atol=1e-6)
     assert not list(tmp_path.rglob("*.so"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plain_cross_entropy_compiled_equals_torchs(cache, counted, threads, monkeypatch):
+    from distkg.training.objective import cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    s = (3 * torch.randn(6, 41, generator=g)).requires_grad_()
+    a = torch.tensor([0, 3, 40, 3, 1, 17])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    ours = cross_entropy(s, a)
+    assert counted and ours.dtype == torch.float32
+    s64 = s.detach().double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(s64, a)
+    torch.testing.assert_close(ours.double(), ref.detach(), rtol=2e-6, atol=1e-6)
+    (3 * ours).backward()
+    (3 * ref).backward()
+    torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-8)
+    counted.clear()
+    cross_entropy(s, a, 0.1)  # label smoothing: the torch path
+    assert not counted
