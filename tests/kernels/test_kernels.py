@@ -199,3 +199,23 @@ def test_plain_cross_entropy_compiled_equals_torchs(cache, counted, threads, mon
     counted.clear()
     cross_entropy(s, a, 0.1)  # label smoothing: the torch path
     assert not counted
+
+
+@pytest.mark.slow
+def test_processes_compiling_at_once_each_load_one_whole_library(tmp_path):
+    """A grid's workers may all start on a machine with no library yet: each builds under a temporary
+    name and renames it into place, so every process loads a whole library and one file is left."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom distkg import kernels\nlib = kernels.library()\nassert lib is not None\n"
+            "from distkg.training.objective import cross_entropy\n"
+            "print(float(cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))))\n")
+    env = {**__import__("os").environ, "DISTKG_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("DISTKG_KERNELS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert [float(out) for out, _ in outs] == pytest.approx([1.3862944] * 2, rel=1e-6)  # log 4
+    assert [p.suffix for p in (tmp_path / "kernels").iterdir()] == [".so"]
