@@ -224,3 +224,18 @@ def test_processes_compiling_at_once_each_load_one_whole_library(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     assert [float(out) for out, _ in outs] == pytest.approx([1.3862944] * 2, rel=1e-6)  # log 4
     assert [p.suffix for p in (tmp_path / "kernels").iterdir()] == [".so"]
+
+
+def test_a_nan_score_gives_a_nan_loss_and_minus_inf_none(cache, counted):
+    """-ffast-math must not hide a diverged student: NaN in, NaN out; -inf is a score of probability 0."""
+    from distkg.training.objective import cross_entropy
+
+    s = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    a = torch.tensor([1, 2, 3])
+    bad = s.clone()
+    bad[1, 5] = float("nan")
+    assert torch.isnan(cross_entropy(bad, a))
+    low = s.clone()
+    low[1, 5] = -float("inf")
+    torch.testing.assert_close(cross_entropy(low, a), torch.nn.functional.cross_entropy(low, a))
+    assert len(counted) == 2
