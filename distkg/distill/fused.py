@@ -18,6 +18,10 @@ Per temperature T, with q = softmax(s / T), m the row max and lse_T = log sum ex
   llm_huber / llm_supervised: terms of q with dL/dq = u; through the softmax dL/ds = q (u - <q, u>) / T.
 The registered losses in distkg.distill.losses are the same terms one at a time; combine picks
 this form when every term of a stage is one of these (tested equal, in float64, values and gradients).
+
+On float32 CPU tensors the whole pass is one compiled loop over rows (distkg.kernels, _compiled:
+each row's max, exponentials, values and gradient in cache, some 17 torch calls a block fewer);
+elsewhere, or with the kernels off, the torch calls below run (_torch_pass).
 """
 
 from __future__ import annotations
