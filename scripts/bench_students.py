@@ -18,19 +18,24 @@ thread (OMP_NUM_THREADS=1) on an otherwise quiet machine.
 Also one validation evaluation per (dataset, backbone), and with all 24 cells an estimate of the
 students' share of the paper's grid (grid_estimate: 20 epochs, 3 seeds, two 1-thread processes).
 
-    OMP_NUM_THREADS=1 python scripts/bench_students.py --out runs/bench_students.json [--steps 8]
+    OMP_NUM_THREADS=1 python scripts/bench_students.py --out runs/bench_students.json [--steps 8] [--kernels off,on]
+
+--kernels off,on times every cell twice, back to back: the torch path (DISTKG_KERNELS=0) and the
+compiled row loops of distkg.kernels (the default, on).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
 import torch
 
 from benchlib import bench_data_root, machine, write_result
+from distkg import kernels
 from distkg.config import load_config
 from distkg.data import load_dataset
 from distkg.distill.runner import kd_temperature, stage_fields, step_loss
@@ -115,7 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--datasets", default="yago11k,wikidata12k")
     ap.add_argument("--backbones", default="tadistmult,ttranse")
     ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--kernels", default="on", help="off, on, or off,on: each cell with distkg.kernels off "
+                    "(DISTKG_KERNELS=0, the torch path) and on, timed back to back")
     args = ap.parse_args(argv)
+    modes = args.kernels.split(",")
+    if not modes or any(m not in ("on", "off") for m in modes):
+        ap.error(f"--kernels takes on, off or off,on; got {args.kernels!r}")
+    before = os.environ.get("DISTKG_KERNELS")
+    if "on" in modes and kernels.library() is None:
+        ap.error("--kernels on: the kernels could not be built here (see the log line above)")
     rows, evals = [], {}
     for dataset in args.datasets.split(","):
         for backbone in args.backbones.split(","):
@@ -147,17 +160,25 @@ def main(argv: list[str] | None = None) -> dict:
                     kg.temper(t)
                 llm = (LLMTables.from_tables(tables, ds, q, cfg.distill.llm_temperature)
                        if "llm_probs" in stage_fields(cfg.distill.stages[stage].losses) else None)
-                step, floor = time_cell(cfg, ds, stage, kg, llm, q, a, batches, bound)
-                row = {"dataset": dataset, "backbone": backbone, "cell": cell, "batch_size": bs,
-                       "entities": ds.num_entities, "batches_per_epoch": n_batches,
-                       "epoch_seconds": round(step * n_batches, 2), "bound_seconds": round(floor * n_batches, 2),
-                       "ratio": round(step / floor, 2)}
-                rows.append(row)
-                print(f"{dataset:12s} {backbone:10s} {cell:7s} epoch {row['epoch_seconds']:7.2f} s  bound "
-                      f"{row['bound_seconds']:6.2f} s  ratio {row['ratio']:5.2f}", flush=True)
-    result = {"steps": args.steps, "threads": torch.get_num_threads(), "results": rows,
+                for mode in modes:  # each cell with the kernels off and on, back to back (the same load)
+                    os.environ["DISTKG_KERNELS"] = "1" if mode == "on" else "0"
+                    step, floor = time_cell(cfg, ds, stage, kg, llm, q, a, batches, bound)
+                    row = {"dataset": dataset, "backbone": backbone, "cell": cell, "kernels": mode, "batch_size": bs,
+                           "entities": ds.num_entities, "batches_per_epoch": n_batches,
+                           "epoch_seconds": round(step * n_batches, 2), "bound_seconds": round(floor * n_batches, 2),
+                           "ratio": round(step / floor, 2)}
+                    rows.append(row)
+                    print(f"{dataset:12s} {backbone:10s} {cell:7s} kernels {mode:3s} epoch {row['epoch_seconds']:7.2f} s  "
+                          f"bound {row['bound_seconds']:6.2f} s  ratio {row['ratio']:5.2f}", flush=True)
+    if before is None:
+        os.environ.pop("DISTKG_KERNELS", None)
+    else:
+        os.environ["DISTKG_KERNELS"] = before
+    last = [r for r in rows if r["kernels"] == modes[-1]]
+    result = {"steps": args.steps, "threads": torch.get_num_threads(), "kernels": modes, "results": rows,
+              "kernel_library": str(kernels.build.library_path()) if kernels.library() else None,
               "valid_eval_seconds": {f"{d}-{b}": round(v, 2) for (d, b), v in evals.items()},
-              "grid_estimate": grid_estimate(rows, evals, 20, 3, 2) if len(rows) == 24 else None,
+              "grid_estimate": grid_estimate(last, evals, 20, 3, 2) if len(last) == 24 else None,
               "machine": machine()}
     write_result(result, args.out)
     return result

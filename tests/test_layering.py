@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distkg"
 
 # Lowest first. The module map in README.md draws the same picture.
 LAYERS: list[set[str]] = [
-    {"errors", "allocator", "checks"},
-    {"registry", "data"},
+    {"errors", "allocator", "checks", "cachedir"},
+    {"registry", "data", "kernels"},
     {"config"},  # typed configs: knows no model (the models' check is registered, distkg.checks)
     {"device", "models"},
     {"evaluation", "runfolder"},

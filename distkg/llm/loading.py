@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from distkg.cachedir import cache_root  # noqa: F401  (distkg.llm.loading.cache_root, as before)
 from distkg.device import as_device, compute_dtype
 from distkg.errors import ConfigError
 
@@ -39,11 +40,6 @@ class LoadedLM:
     tokenizer: object
     name: str  # what the config asked for; part of every cache key
     device: torch.device = torch.device("cpu")  # where the model runs (distkg.device), so no caller sniffs weights
-
-
-def cache_root() -> Path:
-    base = os.environ.get("DISTKG_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "distkg")
-    return Path(base)
 
 
 def smollm2_folder() -> Path:

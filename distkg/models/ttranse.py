@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from distkg import kernels
 from distkg.data import TKGDataset
 from distkg.models.base import ScoringForm, TKGModel, embedding
 from distkg.models.registry import MODELS
@@ -17,8 +18,9 @@ class _NegL2(torch.autograd.Function):
 
     ||q||^2 - 2 q.c + ||c||^2 is one matmul of augmented rows ([-2q, ||q||^2, 1] x [c, 1, ||c||^2]),
     then clamp, sqrt and negation in place: one [B, C] buffer forward, where autograd's form made six
-    temporaries forward and seven backward. Backward: with w = g / s (zero where the clamp held),
-    dq = q * rowsum(w) - w @ c and dc = c * colsum(w) - w.T @ q, the sums riding along in the two
+    temporaries forward and seven backward (on float32 CPU tensors the clamp/sqrt/negation and the
+    backward's g / s with its clamp check are each one compiled pass, distkg.kernels).
+    Backward: with w = g / s (zero where the clamp held), dq = q * rowsum(w) - w @ c and dc = c * colsum(w) - w.T @ q, the sums riding along in the two
     matmuls as a column of ones.
     """
 
@@ -27,18 +29,24 @@ class _NegL2(torch.autograd.Function):
         ones_q, ones_c = q.new_ones(len(q), 1), c.new_ones(len(c), 1)
         qa = torch.cat([-2 * q, q.pow(2).sum(1, keepdim=True), ones_q], 1)
         ca = torch.cat([c, ones_c, c.pow(2).sum(1, keepdim=True)], 1)
-        s = (qa @ ca.T).clamp_min_(EPS).sqrt_().neg_()
+        s = qa @ ca.T
+        lib = kernels.usable("TTransE's distance", s)
+        s = kernels.neg_sqrt_(lib, s, EPS) if lib else s.clamp_min_(EPS).sqrt_().neg_()
         ctx.save_for_backward(q, c, s)
         return s
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         q, c, s = ctx.saved_tensors
-        w = g / s
-        floor = -torch.tensor(EPS, dtype=s.dtype).sqrt()  # s where the clamp held: no gradient there, as autograd's
-        rows = (s.amax(1) >= floor).nonzero()[:, 0]  # a read-only pass finds the (rare) rows with a clamp
-        if len(rows):
-            w[rows] = w[rows].masked_fill_(s[rows] >= floor, 0)
+        lib = kernels.usable("TTransE's distance", g, s)
+        if lib:
+            w = kernels.negl2_weights(lib, g, s, EPS)  # one pass
+        else:
+            w = g / s
+            floor = -torch.tensor(EPS, dtype=s.dtype).sqrt()  # s where the clamp held: no gradient there, as autograd's
+            rows = (s.amax(1) >= floor).nonzero()[:, 0]  # a read-only pass finds the (rare) rows with a clamp
+            if len(rows):
+                w[rows] = w[rows].masked_fill_(s[rows] >= floor, 0)
         d = q.shape[1]
         dq = dc = None
         if ctx.needs_input_grad[0]:

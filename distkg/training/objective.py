@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import torch
 
+from distkg import kernels
+
 
 class _CrossEntropy(torch.autograd.Function):
     """F.cross_entropy (batch mean, optional label smoothing) with its gradient written out:
     log_softmax once forward, kept, and turned in place into softmax - target backward. Autograd's
-    nll_loss + log_softmax backward makes a zero [B, C] matrix, scatters into it and reads it twice."""
+    nll_loss + log_softmax backward makes a zero [B, C] matrix, scatters into it and reads it twice.
+    On float32 CPU scores without smoothing the compiled row loop (distkg.kernels) writes the value
+    and the gradient in one pass forward, kept for backward."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, a: torch.Tensor, smoothing: float) -> torch.Tensor:
+        lib = None if smoothing else kernels.usable("cross-entropy", s)
+        if lib is not None:  # one compiled pass: the value and the gradient (softmax - onehot) / B
+            B = len(s)
+            g, rows = kernels.fused_rows(lib, s, a, [1.0], [1.0 / B], ce=kernels.Target(0, a=1.0 / B))
+            ctx.save_for_backward(g)
+            ctx.compiled = True
+            return (rows[:, 1].sum() / B).to(s.dtype)
+        ctx.compiled = False
         log_p = torch.log_softmax(s, dim=1)
         rows = torch.arange(len(a), device=a.device)
         nll = -log_p[rows, a].sum()
@@ -25,6 +37,11 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.compiled:
+            (g,) = ctx.saved_tensors
+            if grad.device.type == "cpu" and float(grad) == 1.0:
+                return g, None, None  # the usual case: no pass to scale it (autograd never writes into it)
+            return g * grad, None, None
         log_p, a = ctx.saved_tensors
         g = log_p.exp()  # a new buffer (same passes as in place), so a retained graph can run backward again
         if ctx.smoothing:
