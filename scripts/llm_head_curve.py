@@ -2,7 +2,7 @@
 
 Why: `distkg llm finetune` reports the teacher after its last head epoch; choosing ``llm.head_epochs``
 needs the curve. This runs the same warm-up (distkg.llm.rounds.head_epoch, same seeds, same
-optimiser) on the frozen LM's features (distkg.llm.features: read from the disk cache when a run with
+optimiser, the held-out texts of ``llm.text_folds``) on the frozen LM's features (distkg.llm.features: read from the disk cache when a run with
 the same key wrote them, else encoded once) and scores the validation subsample
 (``llm.valid_queries``) and the test split from those features every ``--every`` epochs. Prints one
 JSON line per point, with the process's CPU minutes next to the wall minutes (docs/RESULTS.md).
@@ -24,8 +24,7 @@ from distkg.evaluation import FilterIndex, evaluate
 from distkg.llm.contrastive import cache_valid_mrr
 from distkg.llm.features import frozen_features
 from distkg.llm.finetune import build_teacher
-from distkg.llm.rounds import head_epoch, head_params
-from distkg.training.trainer import training_queries
+from distkg.llm.rounds import head_data, head_epoch, head_optimizer
 
 
 def main() -> None:
@@ -42,11 +41,13 @@ def main() -> None:
     feats, hit = frozen_features(teacher, cfg)
     feats = {k: v.to(teacher.device) for k, v in feats.items()}
     print(json.dumps({"features_from_cache": hit, "encode_minutes": round((time.perf_counter() - wall) / 60, 2)}), flush=True)
-    queries, answers = training_queries(ds.splits["train"], ds.num_relations)
+    data = head_data(teacher, cfg, ds, feats)  # the held-out texts' features too, with llm.text_folds > 1
+    print(json.dumps({"text_folds": cfg.llm.text_folds, "head_data_minutes": round((time.perf_counter() - wall) / 60, 2),
+                      "cpu_minutes": round((time.process_time() - cpu) / 60, 2)}), flush=True)
     index = FilterIndex.from_dataset(ds, cfg.eval.filter)
-    opt = torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
+    opt = head_optimizer(teacher, cfg)
     for epoch in range(args.epochs):
-        loss = head_epoch(teacher, feats, queries, answers, opt, cfg, epoch)
+        loss = head_epoch(teacher, data, opt, cfg, epoch)
         if (epoch + 1) % args.every and epoch + 1 != args.epochs:
             continue
         row = {"epoch": epoch + 1, "loss": loss, "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
