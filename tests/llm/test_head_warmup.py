@@ -3,7 +3,6 @@ decoupled decay (``llm.head_weight_decay``) and label smoothing; on the tiny ran
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,19 +10,8 @@ from distkg.llm.features import feature_key, frozen_features
 from distkg.llm.finetune import build_teacher, finetune
 from distkg.llm.prompts import entity_texts, held_out_texts
 from distkg.llm.rounds import head_data, head_loss, head_optimizer
-from tests.helpers import tiny_dataset
+from tests.llm.test_features import cache_dir, ds  # noqa: F401 (fixtures: a tiny dataset, a private cache root)
 from tests.llm.test_teacher import cfg_for
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return tiny_dataset("point", n_ent=15, n_facts=80)
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTKG_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def folds_cfg(model: str, **llm):
