@@ -103,6 +103,10 @@ class LLMConfig:
     # of its TRAINING facts as text (never validation or test facts)
     entity_text: Literal["name", "facts"] = "name"
     entity_facts: int = 8
+    # head warm-up on held-out texts (distkg/llm/prompts.py): the training triples in `text_folds` folds,
+    # queries of fold f scored on entity texts written without fold f's facts (1: every query on the
+    # teacher's own texts); validation, test and P_LLM use the teacher's own texts from all training facts
+    text_folds: int = 1
     # the frozen LM's features of every text, kept on disk (distkg/llm/features.py) under a key of the
     # model, layers, quantization, device, max_tokens, adapter weights and texts, so a head warm-up
     # with the same key skips the encoding
@@ -126,6 +130,8 @@ class LLMConfig:
     head_lr: float = 1e-2  # projection head and logit scale
     head_epochs: int = 0  # before LoRA: epochs of head-only 1-vs-all training on the frozen LM's features
     head_queries_per_step: int = 1000  # training queries per step of the head warm-up (head_epochs)
+    head_weight_decay: float = 0.0  # head warm-up: AdamW's decoupled decay on the projection's weight matrix (0: Adam)
+    head_label_smoothing: float = 0.0  # head warm-up: label smoothing of its cross-entropy over all entities
     checkpoint_every: int = 50  # LoRA steps per round of the training loop (checkpoint + validation); a head epoch is a round too
     patience: int = 5  # validations (rounds) without a better validation MRR before a phase stops (head warm-up, LoRA)
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
@@ -234,9 +240,10 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "entity_facts": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
-                "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
+                "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "head_weight_decay": _AT_LEAST_0,
+                "head_label_smoothing": (0, 0.999999, False), "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},
     StageConfig: {"epochs": _AT_LEAST_1, "lr": _POSITIVE},
     DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},

@@ -106,3 +106,17 @@ def frozen_features(teacher: LLMTeacher, cfg: RunConfig) -> tuple[dict[str, torc
         key = feature_key(teacher, cfg)
         atomic_save({"key": key, "features": feats}, feature_path(key))
     return feats, False
+
+
+def held_out_features(teacher: LLMTeacher, cfg: RunConfig, entity_texts: list[list[str]]) -> list[dict[str, torch.Tensor]]:
+    """``frozen_features`` with each list of ``entity_texts`` in place of the teacher's entity texts
+    (the held-out texts of ``llm.text_folds``), the relation and time texts as they are; each set is
+    cached under its own key, since the key covers every text. The teacher's texts are restored."""
+    own, out = teacher.texts["entity"], []
+    try:
+        for texts in entity_texts:
+            teacher.texts["entity"] = texts
+            out.append(frozen_features(teacher, cfg)[0])
+    finally:
+        teacher.texts["entity"] = own
+    return out

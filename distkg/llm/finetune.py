@@ -34,7 +34,7 @@ from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import entity_texts
-from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_params
+from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_optimizer, head_params
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
@@ -59,6 +59,10 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 
 def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
     """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
+    if cfg.llm.text_folds > 1 and cfg.llm.entity_text != "facts":
+        raise ConfigError(f"llm.text_folds={cfg.llm.text_folds} holds out training facts from the entity texts, "
+                          f"but llm.entity_text={cfg.llm.entity_text!r} writes none: set llm.entity_text=facts or "
+                          "llm.text_folds=1")
     torch.manual_seed(cfg.seed)
     lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers)
     for p in lm.model.parameters():
@@ -145,7 +149,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     teacher = build_teacher(cfg, ds)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
-    optimizers = Optimizers(unsaved=("lora",) if world > 1 else (), head=torch.optim.Adam(head_params(teacher), lr=llm_cfg.head_lr),
+    optimizers = Optimizers(unsaved=("lora",) if world > 1 else (), head=head_optimizer(teacher, cfg),
                             lora=torch.optim.AdamW([{"params": lora_params, "lr": llm_cfg.lr},
                                                     {"params": head_params(teacher), "lr": llm_cfg.head_lr}]))
     n_lora = sum(p.numel() for p in lora_params)

@@ -13,6 +13,13 @@ Which facts come first: the (relation, direction, neighbour) pairs seen most oft
 facts (a shared, well-known neighbour ties entities together), then by id, so the text is
 deterministic. Times are left out (the query carries its own time). The tokenizer's
 ``llm.max_tokens`` truncates the end of a long text.
+
+Held-out texts (``llm.text_folds`` k > 1, for the head warm-up): the distinct training triples
+(s, r, o) are dealt into k folds by a seeded permutation (all times of a triple in one fold), and
+fold f's texts are written from the training facts OUTSIDE fold f. Why: a training query's answer
+is otherwise named in its own entity's text (the query's fact is one of that entity's facts),
+while no test fact is in the training split; queries of fold f scored on fold f's texts never see
+their own fact, as test queries never do (docs/METHOD.md).
 """
 
 from __future__ import annotations
@@ -40,9 +47,18 @@ def fact_phrases(ds: TKGDataset, entity: int, train: np.ndarray, degree: np.ndar
     return [f"{rels[r]} {names[n]}" if incoming == 0 else f"{names[n]} {rels[r]}" for r, incoming, n in ranked]
 
 
-def facts_texts(ds: TKGDataset, limit: int) -> list[str]:
-    """Every entity's name followed by up to ``limit`` of its training facts (``llm.entity_text: facts``)."""
-    train = ds.splits["train"]
+def fact_folds(train: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 .. folds-1) of each training row: distinct (s, r, o) triples dealt round a seeded
+    permutation, so every time of one triple is in the same fold and the folds differ by at most one triple."""
+    triples, inverse = np.unique(train[:, [S, R, O]], axis=0, return_inverse=True)
+    fold_of = np.random.default_rng(seed).permutation(len(triples)) % folds
+    return fold_of[inverse.reshape(-1)]
+
+
+def facts_texts(ds: TKGDataset, limit: int, rows: np.ndarray | None = None) -> list[str]:
+    """Every entity's name followed by up to ``limit`` of its training facts (``llm.entity_text: facts``);
+    ``rows`` (a boolean mask over the training split) keeps only those facts, neighbours' degrees included."""
+    train = ds.splits["train"] if rows is None else ds.splits["train"][rows]
     degree = np.bincount(np.concatenate([train[:, S], train[:, O]]), minlength=ds.num_entities)
     by_entity: dict[int, list[int]] = {}
     for row, (s, o) in enumerate(train[:, [S, O]].tolist()):
@@ -64,3 +80,10 @@ def entity_texts(ds: TKGDataset, kind: str = "name", facts: int = 8) -> list[str
     if kind == "facts":
         return facts_texts(ds, facts)
     raise ValueError(f"llm.entity_text must be one of {ENTITY_TEXTS}, got {kind!r}")
+
+
+def held_out_texts(ds: TKGDataset, facts: int, folds: int, seed: int) -> tuple[np.ndarray, list[list[str]]]:
+    """(fold of each training row, per fold f the facts texts written without fold f's facts): the
+    texts of ``llm.text_folds`` (module docstring)."""
+    fold = fact_folds(ds.splits["train"], folds, seed)
+    return fold, [facts_texts(ds, facts, fold != f) for f in range(folds)]

@@ -5,7 +5,10 @@ Why here and not a loop of its own: the loop gives the LLM teacher what it gives
 this module only says what one round of each phase does:
 
 - ``head``: one epoch of the head warm-up (the projection and scale, trained 1-vs-all on the
-  frozen LM's features of every text, encoded once per process), ``llm.head_epochs`` rounds.
+  frozen LM's features of every text, encoded once per process), ``llm.head_epochs`` rounds. With
+  ``llm.text_folds`` k > 1 the queries of fold f are scored on the features of fold f's held-out
+  entity texts (distkg.llm.prompts; k more encodings of the entity texts), validation on the
+  teacher's own texts as always.
 - ``lora``: ``llm.checkpoint_every`` steps of adapters + head, with the sampled softmax (the batch's
   answers plus ``llm.negatives`` drawn entities) or InfoNCE against every entity through the
   refreshed cache (distkg.llm.contrastive). The cache is refreshed every ``llm.refresh_every`` steps
@@ -25,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +41,8 @@ from distkg.data import TKGDataset
 from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm import contrastive
-from distkg.llm.features import frozen_features
+from distkg.llm.features import frozen_features, held_out_features
+from distkg.llm.prompts import held_out_texts
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.loop import Loop, Optimizers, Phase
 from distkg.training.trainer import training_queries
@@ -74,22 +79,77 @@ class TrainableWeights:
         self.teacher.encoder.mark_updated()
 
 
+def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The head warm-up's optimiser: Adam at ``llm.head_lr``; with ``llm.head_weight_decay`` AdamW, whose
+    decoupled decay shrinks the projection's weight matrix only (not its bias or the logit scale,
+    which is a temperature: decaying it would sharpen the softmax, not regularise the head)."""
+    decay = cfg.llm.head_weight_decay
+    if not decay:  # one group, as checkpoints written before the key existed hold it
+        return torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
+    return torch.optim.AdamW([{"params": [teacher.head.weight], "weight_decay": decay},
+                              {"params": [teacher.head.bias, teacher.logit_scale], "weight_decay": 0.0}],
+                             lr=cfg.llm.head_lr)
+
+
+@dataclass
+class HeadData:
+    """What the head warm-up trains on: the training queries (both directions of every training
+    fact), their answers, each query's text fold, and per fold the frozen features its queries are
+    scored on (one fold, ``llm.text_folds: 1``: the teacher's own texts for every query)."""
+
+    queries: torch.Tensor
+    answers: torch.Tensor
+    fold: torch.Tensor
+    feats: list[dict[str, torch.Tensor]]
+
+
+def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[str, torch.Tensor]) -> HeadData:
+    """The warm-up's ``HeadData`` on the teacher's device; ``feats`` are the features of its own texts
+    (the only set with one fold; with k folds, k sets of held-out texts are encoded or read from
+    ``llm.feature_cache``)."""
+    train, device = ds.splits["train"], teacher.device
+    queries, answers = training_queries(train, ds.num_relations)
+    folds = cfg.llm.text_folds
+    if folds == 1:
+        sets = [feats]
+        fold = torch.zeros(len(queries), dtype=torch.long)
+    else:
+        row_fold, texts = held_out_texts(ds, cfg.llm.entity_facts, folds, cfg.seed)
+        sets = held_out_features(teacher, cfg, texts)
+        fold = torch.from_numpy(np.concatenate([row_fold, row_fold]))  # tail queries, then head queries
+    return HeadData(queries, answers, fold, [{k: v.to(device) for k, v in f.items()} for f in sets])
+
+
 def lora_rounds(step: int, steps: int, every: int) -> int:
     """Rounds from ``step`` to ``steps``: one ends at each multiple of ``every`` and at ``steps``."""
     return 0 if step >= steps else math.ceil(steps / every) - step // every
 
 
-def head_epoch(teacher: LLMTeacher, feats: dict[str, torch.Tensor], queries: torch.Tensor, answers: torch.Tensor,
-               opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int,
+def head_loss(teacher: LLMTeacher, data: HeadData, idx: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over all entities of the queries ``idx``, each scored on its fold's features."""
+    device = teacher.device
+    if len(data.feats) == 1:
+        logits = teacher.score_from_features(data.feats[0], data.queries[idx].to(device))
+        return F.cross_entropy(logits, data.answers[idx].to(device), label_smoothing=smoothing)
+    total = torch.zeros((), device=device)
+    for f, feats in enumerate(data.feats):
+        mine = idx[data.fold[idx] == f]
+        if len(mine):
+            logits = teacher.score_from_features(feats, data.queries[mine].to(device))
+            total = total + F.cross_entropy(logits, data.answers[mine].to(device), label_smoothing=smoothing,
+                                            reduction="sum")
+    return total / len(idx)
+
+
+def head_epoch(teacher: LLMTeacher, data: HeadData, opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int,
                diverged: Callable[[float, int], Exception] | None = None) -> float:
     """One epoch of the head warm-up over all training queries (batches seeded by seed and epoch); its
     mean loss. ``diverged(loss, batch)`` makes the error a non-finite loss raises. Also what
     scripts/llm_head_curve.py steps, so its curve is the warm-up's."""
-    device = teacher.device
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
     total, n = 0.0, 0
-    for idx in torch.randperm(len(queries), generator=gen).split(cfg.llm.head_queries_per_step):
-        loss = F.cross_entropy(teacher.score_from_features(feats, queries[idx].to(device)), answers[idx].to(device))
+    for idx in torch.randperm(len(data.queries), generator=gen).split(cfg.llm.head_queries_per_step):
+        loss = head_loss(teacher, data, idx, cfg.llm.head_label_smoothing)
         if not torch.isfinite(loss):
             raise (diverged or (lambda v, b: FloatingPointError(f"head loss {v} at batch {b}")))(loss.item(), n + 1)
         opt.zero_grad()
@@ -112,6 +172,7 @@ class TeacherRounds:
         self.feats: dict[str, torch.Tensor] | None = None  # hidden states of every text ...
         self.feats_step = -1  # ... under the adapters of this step
         self.feats_from_disk = False  # read from llm.feature_cache (distkg.llm.features)
+        self.head_data: HeadData | None = None  # what the warm-up trains on, made at its first epoch
         self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
@@ -190,7 +251,8 @@ class TeacherRounds:
             self.features(state["llm"]["step"])
             log.info("encoded in %.0fs; head epoch %d of %d against all entities", time.perf_counter() - t,
                      state["stage_epoch"] + 1, llm_cfg.head_epochs)
-        feats = {k: v.to(self.teacher.device) for k, v in self.features(state["llm"]["step"]).items()}
+        if self.head_data is None:
+            self.head_data = head_data(self.teacher, self.cfg, self.ds, self.features(state["llm"]["step"]))
         opt = self.optimizers["head"]
         for group in opt.param_groups:  # the config's rate wins over a checkpoint's (a resume after divergence)
             group["lr"] = llm_cfg.head_lr
@@ -199,7 +261,7 @@ class TeacherRounds:
         def diverged(loss: float, batch: int) -> Exception:
             return self.loop.diverged("loss", loss, f"head epoch {epoch + 1}, batch {batch}")
 
-        loss = head_epoch(self.teacher, feats, self.queries, self.answers, opt, self.cfg, epoch, diverged)
+        loss = head_epoch(self.teacher, self.head_data, opt, self.cfg, epoch, diverged)
         self.teacher.encoder.mark_updated()
         seconds = time.perf_counter() - t
         head = state["llm"].setdefault("head", {"epochs": 0, "losses": [], "seconds": 0.0})

@@ -78,3 +78,58 @@ def test_the_teacher_encodes_the_configured_entity_texts(ds, tiny_llama):
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.entity_text=facts",
                              "llm.entity_facts=3"])
     assert build_teacher(cfg, ds).texts["entity"] == entity_texts(ds, "facts", 3) != ds.entity_text
+
+
+def test_fact_folds_keep_each_triple_in_one_fold_and_are_balanced_and_seeded(ds):
+    from distkg.data.dataset import R
+    from distkg.llm.prompts import fact_folds
+
+    train = ds.splits["train"]
+    repeated = np.concatenate([train, train[:5]])  # the same triples at other rows (as at other times)
+    fold = fact_folds(repeated, 2, seed=0)
+    by_triple: dict = {}
+    for row, triple in enumerate(map(tuple, repeated[:, [S, R, O]].tolist())):
+        by_triple.setdefault(triple, set()).add(int(fold[row]))
+    assert all(len(f) == 1 for f in by_triple.values())
+    per_fold = np.bincount([next(iter(f)) for f in by_triple.values()], minlength=2)
+    assert abs(per_fold[0] - per_fold[1]) <= 1
+    assert np.array_equal(fact_folds(repeated, 2, seed=0), fold)
+    assert not np.array_equal(fact_folds(repeated, 2, seed=1), fold)
+    assert set(fact_folds(repeated, 3, seed=0).tolist()) == {0, 1, 2}
+
+
+def test_held_out_texts_never_name_a_fact_of_their_own_fold(ds):
+    """Fold f's texts name only neighbours linked by training facts outside fold f (so a training
+    query of fold f never finds its own fact in a text), and never read validation or test facts."""
+    from distkg.llm.prompts import held_out_texts
+
+    fold, texts = held_out_texts(ds, 50, 2, seed=0)
+    train = ds.splits["train"]
+    assert len(texts) == 2 and texts[0] != texts[1]
+    for f in range(2):
+        kept = train[fold != f]
+        for e, text in enumerate(texts[f]):
+            mine = kept[(kept[:, S] == e) | (kept[:, O] == e)]
+            assert neighbours_named(text, ds) <= set(mine[:, S].tolist()) | set(mine[:, O].tolist()), text
+    # a fact of fold 0 whose two entities share no other training fact: neither text of fold 0 names the other
+    pairs = [tuple(sorted(p)) for p in train[:, [S, O]].tolist()]
+    lone = [i for i, p in enumerate(pairs) if pairs.count(p) == 1 and p[0] != p[1] and fold[i] == 0]
+    assert lone
+    s, o = train[lone[0], S], train[lone[0], O]
+    assert o not in neighbours_named(texts[0][s], ds) and s not in neighbours_named(texts[0][o], ds)
+    assert o in neighbours_named(texts[1][s], ds)  # the other fold's texts do name it
+    rng = np.random.default_rng(1)
+    other = {split: ds.splits[split].copy() for split in ("valid", "test")}
+    for facts in other.values():
+        facts[:, S], facts[:, O] = rng.permutation(facts[:, S]), rng.integers(0, ds.num_entities, len(facts))
+    assert held_out_texts(dataclasses.replace(ds, splits={**ds.splits, **other}), 50, 2, seed=0)[1] == texts
+
+
+def test_text_folds_need_facts_texts(ds, tiny_llama):
+    from distkg.llm.finetune import build_teacher
+
+    cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.text_folds=2"])
+    with pytest.raises(ConfigError, match="llm.text_folds=2.*llm.entity_text='name'"):
+        build_teacher(cfg, ds)
+    with pytest.raises(ConfigError, match="text_folds"):
+        load_config(None, ["llm.text_folds=0"])

@@ -1,0 +1,81 @@
+"""The head warm-up's options (distkg.llm.rounds): held-out texts (``llm.text_folds``), AdamW's
+decoupled decay (``llm.head_weight_decay``) and label smoothing; on the tiny random Llama."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distkg.llm.features import feature_key, frozen_features
+from distkg.llm.finetune import build_teacher, finetune
+from distkg.llm.prompts import entity_texts, held_out_texts
+from distkg.llm.rounds import head_data, head_loss, head_optimizer
+from tests.llm.test_features import cache_dir, ds  # noqa: F401 (fixtures: a tiny dataset, a private cache root)
+from tests.llm.test_teacher import cfg_for
+
+
+def folds_cfg(model: str, **llm):
+    return cfg_for(model, **{"entity_text": "facts", "entity_facts": 4, "feature_cache": "true", "text_folds": 2, **llm})
+
+
+def test_held_out_features_are_the_fold_texts_and_cached_under_their_own_keys(tiny_llama, ds, cache_dir):
+    cfg = folds_cfg(tiny_llama)
+    teacher = build_teacher(cfg, ds)
+    own, _ = frozen_features(teacher, cfg)
+    data = head_data(teacher, cfg, ds, own)
+    fold, texts = held_out_texts(ds, 4, 2, cfg.seed)
+    assert teacher.texts["entity"] == entity_texts(ds, "facts", 4)  # restored after the folds were encoded
+    assert torch.equal(data.fold, torch.cat([torch.from_numpy(fold)] * 2)) and len(data.fold) == len(data.queries)
+    assert len({p.name for p in (cache_dir / "features").iterdir()}) == 3  # own texts + one set per fold
+    for f in range(2):
+        other = build_teacher(cfg, ds)
+        other.texts["entity"] = texts[f]
+        torch.testing.assert_close(data.feats[f]["entity"], other.features()["entity"])
+        assert feature_key(other, cfg) != feature_key(teacher, cfg)
+        torch.testing.assert_close(data.feats[f]["relation"], own["relation"])
+    assert not torch.allclose(data.feats[0]["entity"], data.feats[1]["entity"])
+
+
+def test_each_query_is_scored_on_its_folds_features(tiny_llama, ds):
+    cfg = folds_cfg(tiny_llama)
+    teacher = build_teacher(cfg, ds)
+    data = head_data(teacher, cfg, ds, frozen_features(teacher, cfg)[0])
+    with torch.no_grad():
+        for f in range(2):
+            mine = torch.nonzero(data.fold == f).flatten()
+            alone = F.cross_entropy(teacher.score_from_features(data.feats[f], data.queries[mine]), data.answers[mine])
+            torch.testing.assert_close(head_loss(teacher, data, mine), alone)
+        every = torch.arange(len(data.queries))
+        parts = [F.cross_entropy(teacher.score_from_features(data.feats[f], data.queries[data.fold == f]),
+                                 data.answers[data.fold == f], reduction="sum") for f in range(2)]
+        torch.testing.assert_close(head_loss(teacher, data, every), sum(parts) / len(every))
+        smoothed = F.cross_entropy(teacher.score_from_features(data.feats[0], data.queries[data.fold == 0]),
+                                   data.answers[data.fold == 0], label_smoothing=0.3)
+        torch.testing.assert_close(head_loss(teacher, data, torch.nonzero(data.fold == 0).flatten(), 0.3), smoothed)
+
+
+def test_weight_decay_shrinks_the_projection_only(tiny_llama, ds):
+    plain = head_optimizer(build_teacher(cfg_for(tiny_llama), ds), cfg_for(tiny_llama))
+    assert type(plain) is torch.optim.Adam and len(plain.param_groups) == 1
+    cfg = cfg_for(tiny_llama, head_weight_decay=0.5, head_lr=0.1)
+    teacher = build_teacher(cfg, ds)
+    opt = head_optimizer(teacher, cfg)
+    before = {n: p.detach().clone() for n, p in [("w", teacher.head.weight), ("b", teacher.head.bias),
+                                                   ("scale", teacher.logit_scale)]}
+    for p in (teacher.head.weight, teacher.head.bias, teacher.logit_scale):
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves a weight
+    opt.step()
+    torch.testing.assert_close(teacher.head.weight.detach(), before["w"] * (1 - 0.1 * 0.5))
+    assert torch.equal(teacher.head.bias.detach(), before["b"])
+    assert torch.equal(teacher.logit_scale.detach(), before["scale"])
+
+
+def test_finetune_with_held_out_texts_and_regularised_head(tiny_llama, ds, tmp_path):
+    """The whole warm-up runs with folds, decay and smoothing; the saved teacher keeps its own texts."""
+    cfg = folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, head_weight_decay=0.01,
+                    head_label_smoothing=0.1)
+    metrics = finetune(cfg, tmp_path / "run", dataset=ds)
+    assert metrics["head_warmup"]["epochs"] == 2 and 0 <= metrics["mrr"] <= 1
+    plain = finetune(folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, text_folds=1),
+                     tmp_path / "plain", dataset=ds)
+    assert metrics["head_warmup"]["losses"] != plain["head_warmup"]["losses"]
