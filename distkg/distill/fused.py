@@ -117,6 +117,17 @@ def _sources(t: Term) -> list[torch.Tensor | Rows]:
     return [t.probs] if isinstance(t, KD) else [] if isinstance(t, CE) else [t.target]
 
 
+def _softmax_coef(terms: tuple, B: int) -> dict[float, float]:
+    """Per temperature T, the coefficient c_T of dL/ds += c_T q_T (kd and ce; both passes use it)."""
+    coef = dict.fromkeys(sorted({_temperature(t) for t in terms}), 0.0)
+    for t in terms:
+        if isinstance(t, KD):
+            coef[t.temperature] += t.weight * t.temperature / B
+        elif isinstance(t, CE):
+            coef[1.0] += t.weight / B
+    return coef
+
+
 def _compiled(s: torch.Tensor, answers: torch.Tensor | None, terms: tuple) -> tuple[torch.Tensor, list] | None:
     """(dL/ds, [each term's value]) from the compiled row loop (distkg.kernels), or None when the
     torch path must run: not float32 contiguous CPU tensors, no kernel library, or two terms of one kind."""
@@ -128,25 +139,23 @@ def _compiled(s: torch.Tensor, answers: torch.Tensor | None, terms: tuple) -> tu
     if lib is None:
         return None
     B = len(s)
-    temps = sorted({_temperature(t) for t in terms})
+    coef = _softmax_coef(terms, B)
+    temps = list(coef)
     k = {T: i for i, T in enumerate(temps)}
-    coef = [0.0] * len(temps)  # dL/ds += coef[k] q_k (kd and ce)
     given: dict[str, kernels.Target] = {}
     for t in terms:
-        src = _sources(t)[0] if _sources(t) else None
+        src = next(iter(_sources(t)), None)
         m, idx = (src.matrix, src.idx) if isinstance(src, Rows) else (src, None)
         T = _temperature(t)
         if isinstance(t, KD):
-            coef[k[T]] += t.weight * T / B
             given["kd"] = kernels.Target(k[T], m, idx, t.weight * T / B)
         elif isinstance(t, CE):
-            coef[k[T]] += t.weight / B
             given["ce"] = kernels.Target(k[T], a=t.weight / B)
         elif isinstance(t, Huber):
             given["huber"] = kernels.Target(k[T], m, idx, t.delta, t.weight / B)
         else:
             given["sup"] = kernels.Target(k[T], m, idx, t.mix, 2 * t.weight / B)
-    grad, rows = kernels.fused_rows(lib, s, answers, [1 / T for T in temps], coef, **given)
+    grad, rows = kernels.fused_rows(lib, s, answers, [1 / T for T in temps], list(coef.values()), **given)
     sums = rows.sum(0)  # float64: kd's sum of (lse_T - p.s / T), ce's of (lse_1 - s_a), huber's, supervised's
     values = []
     for t in terms:
@@ -161,7 +170,8 @@ def _torch_pass(s: torch.Tensor, answers: torch.Tensor | None, terms: tuple, row
     """(dL/ds, [each term's value]) through torch calls, a block of rows at a time (any device, any dtype)."""
     B, E = s.shape
     grad = torch.empty_like(s)
-    temps = sorted({_temperature(t) for t in terms})
+    coef = _softmax_coef(terms, B)  # dL/ds += coef[T] * q_T (kd and ce)
+    temps = list(coef)
     blocks = range(0, B, rows)
     # per-row and per-block numbers land in whole-batch tensors: the sums are taken once at the end
     # (each torch call costs microseconds; a block's work should be its few [rows, E] passes)
@@ -169,12 +179,6 @@ def _torch_pass(s: torch.Tensor, answers: torch.Tensor | None, terms: tuple, row
     # row max of softmax(s / T), where a value needs log sum exp(s / T) (kd's T, ce's 1)
     qmax = {_temperature(t): s.new_empty(B, 1) for t in terms if isinstance(t, KD | CE)}
     dots = s.new_zeros(len(terms), len(blocks))  # per block: sum p s (kd), the llm terms' sums
-    coef = dict.fromkeys(temps, 0.0)  # dL/ds += coef[T] * q_T (kd and ce)
-    for t in terms:
-        if isinstance(t, KD):
-            coef[t.temperature] += t.weight * t.temperature / B
-        elif isinstance(t, CE):
-            coef[1.0] += t.weight / B
     u_terms = {T: [(i, t) for i, t in enumerate(terms) if isinstance(t, Huber | Supervised) and _temperature(t) == T]
                for T in temps}
     order = sorted(temps, key=lambda T: bool(u_terms[T]))  # plain temperatures write the block first

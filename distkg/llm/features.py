@@ -11,7 +11,7 @@ quantization, kept layers, device type (bf16 on CUDA, fp32 on CPU), ``max_tokens
 the LoRA adapters' weights (``adapter_digest``: every LoRA step changes it; so does the seed, through
 the adapters' initial weights) and every text in order. A file is read only under its own key, and
 the key stored inside it is checked again on reading. Files live under the cache root
-(distkg.llm.loading.cache_root: ``$DISTKG_CACHE``, else ``~/.cache/distkg``), in ``features/``.
+(distkg.cachedir.cache_root: ``$DISTKG_CACHE``, else ``~/.cache/distkg``), in ``features/``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from distkg.cachedir import cache_root
 from distkg.config import RunConfig
 from distkg.llm.contrastive import full_cache
-from distkg.llm.loading import cache_root
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save
 

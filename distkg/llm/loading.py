@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from distkg.cachedir import cache_root  # noqa: F401  (distkg.llm.loading.cache_root, as before)
+from distkg.cachedir import cache_root
 from distkg.device import as_device, compute_dtype
 from distkg.errors import ConfigError
 
