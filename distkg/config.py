@@ -105,8 +105,13 @@ class LLMConfig:
     entity_facts: int = 8
     # head warm-up on held-out texts (distkg/llm/prompts.py): the training triples in `text_folds` folds,
     # queries of fold f scored on entity texts written without fold f's facts (1: every query on the
-    # teacher's own texts); validation, test and P_LLM use the teacher's own texts from all training facts
-    text_folds: int = 1
+    # teacher's own texts); validation, test and P_LLM use the teacher's own texts from all training facts.
+    # auto: 2 when under 5% of the validation triples (s, r, o) are training triples (an answer named in
+    # its entity's own text is then a shortcut evaluation never rewards), else 1
+    text_folds: int | Literal["auto"] = 1
+    # with text_folds > 1, the share of training triples whose queries the head warm-up still scores on
+    # the teacher's own texts (their answer named there, as for a test triple repeating a training triple)
+    own_text_share: float = 0.0
     # the frozen LM's features of every text, kept on disk (distkg/llm/features.py) under a key of the
     # model, layers, quantization, device, max_tokens, adapter weights and texts, so a head warm-up
     # with the same key skips the encoding
@@ -240,7 +245,7 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "entity_facts": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "own_text_share": (0, 1, False), "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
                 "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "head_weight_decay": _AT_LEAST_0,
                 "head_label_smoothing": (0, 0.999999, False), "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,

@@ -45,7 +45,7 @@ def main() -> None:
     feats = {k: v.to(teacher.device) for k, v in feats.items()}
     print(json.dumps({"features_from_cache": hit, "encode_minutes": round((time.perf_counter() - wall) / 60, 2)}), flush=True)
     data = head_data(teacher, cfg, ds, feats)  # the held-out texts' features too, with llm.text_folds > 1
-    print(json.dumps({"text_folds": cfg.llm.text_folds, "head_data_minutes": round((time.perf_counter() - wall) / 60, 2),
+    print(json.dumps({"text_folds": data.folds, "head_data_minutes": round((time.perf_counter() - wall) / 60, 2),
                       "cpu_minutes": round((time.process_time() - cpu) / 60, 2)}), flush=True)
     index = FilterIndex.from_dataset(ds, cfg.eval.filter)
     opt = head_optimizer(teacher, cfg)
@@ -60,8 +60,8 @@ def main() -> None:
             test = test_metrics(teacher, ds, cfg, index, [feats])
             row.update(test_mrr=round(test["mrr"], 4), test_hits1=round(test["hits@1"], 4),
                        test_hits10=round(test["hits@10"], 4))
-            if len(data.feats) > 1 and cfg.llm.form == "tadistmult":
-                row["test_mrr_fold_mean"] = round(test_metrics(teacher, ds, cfg, index, data.feats)["mrr"], 4)
+            if data.folds > 1 and cfg.llm.form == "tadistmult":  # the held-out sets, not the own-text one
+                row["test_mrr_fold_mean"] = round(test_metrics(teacher, ds, cfg, index, data.feats[:data.folds])["mrr"], 4)
         print(json.dumps(row), flush=True)
 
 

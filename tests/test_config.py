@@ -132,3 +132,17 @@ def test_renamed_llm_keys_are_read_under_their_new_names_with_a_warning(tmp_path
     assert config_module.renamed_keys() == {"llm.texts_per_forward": "llm.encode_batch",
                                             "llm.queries_per_step": "llm.batch_size",
                                             "llm.head_queries_per_step": "llm.head_batch_size"}
+
+
+def test_the_llm_recipes_of_yago11k_and_wikidata12k_are_one_recipe():
+    """configs/llm/smollm2-{yago11k,wikidata12k}.yaml (issue 17's goal: one recipe meeting both
+    datasets' goals) differ in data.dataset only; what differs by dataset is decided from the data
+    (llm.text_folds: auto)."""
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "llm"
+    yago, wiki = (load_config(root / f"smollm2-{ds}.yaml") for ds in ("yago11k", "wikidata12k"))
+    assert (yago.data.dataset, wiki.data.dataset) == ("yago11k", "wikidata12k")
+    assert asdict(replace(wiki, data=yago.data)) == asdict(yago)
+    assert yago.llm.text_folds == "auto"

@@ -59,10 +59,15 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 
 def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
     """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
-    if cfg.llm.text_folds > 1 and cfg.llm.entity_text != "facts":
-        raise ConfigError(f"llm.text_folds={cfg.llm.text_folds} holds out training facts from the entity texts, "
+    folds = cfg.llm.text_folds
+    if folds != "auto" and folds > 1 and cfg.llm.entity_text != "facts":
+        raise ConfigError(f"llm.text_folds={folds} holds out training facts from the entity texts, "
                           f"but llm.entity_text={cfg.llm.entity_text!r} writes none: set llm.entity_text=facts or "
                           "llm.text_folds=1")
+    if folds == 1 and cfg.llm.own_text_share != 0.0:
+        raise ConfigError(f"llm.own_text_share={cfg.llm.own_text_share!r} is the share of training triples kept "
+                          "on their own texts when the others are held out, but llm.text_folds=1 holds none out "
+                          "(every query is on its own texts): set llm.text_folds >= 2 or llm.own_text_share=0")
     torch.manual_seed(cfg.seed)
     lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers)
     for p in lm.model.parameters():

@@ -6,9 +6,10 @@ this module only says what one round of each phase does:
 
 - ``head``: one epoch of the head warm-up (the projection and scale, trained 1-vs-all on the
   frozen LM's features of every text, encoded once per process), ``llm.head_epochs`` rounds. With
-  ``llm.text_folds`` k > 1 the queries of fold f are scored on the features of fold f's held-out
-  entity texts (distkg.llm.prompts; k more encodings of the entity texts), validation on the
-  teacher's own texts as always.
+  ``llm.text_folds`` k > 1 (``auto``: decided from the data) the queries of fold f are scored on
+  the features of fold f's held-out entity texts (distkg.llm.prompts; k more encodings of the
+  entity texts), except the share ``llm.own_text_share`` of training triples, scored on the
+  teacher's own texts; validation on the teacher's own texts as always.
 - ``lora``: ``llm.checkpoint_every`` steps of adapters + head, with the sampled softmax (the batch's
   answers plus ``llm.negatives`` drawn entities) or InfoNCE against every entity through the
   refreshed cache (distkg.llm.contrastive). The cache is refreshed every ``llm.refresh_every`` steps
@@ -42,7 +43,7 @@ from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm import contrastive
 from distkg.llm.features import frozen_features, held_out_features
-from distkg.llm.prompts import held_out_texts
+from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, own_text_rows, repeat_share
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.loop import Loop, Optimizers, Phase
 from distkg.training.trainer import training_queries
@@ -95,12 +96,14 @@ def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer
 class HeadData:
     """What the head warm-up trains on: the training queries (both directions of every training
     fact), their answers, each query's text fold, and per fold the frozen features its queries are
-    scored on (one fold, ``llm.text_folds: 1``: the teacher's own texts for every query)."""
+    scored on (one fold, ``llm.text_folds: 1``: the teacher's own texts for every query; with k > 1
+    folds and ``llm.own_text_share`` > 0 a set k+1, the teacher's own texts, for that share)."""
 
     queries: torch.Tensor
     answers: torch.Tensor
     fold: torch.Tensor
     feats: list[dict[str, torch.Tensor]]
+    folds: int = 1  # held-out folds (llm.text_folds as resolved); feats[:folds] are theirs
 
 
 def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[str, torch.Tensor]) -> HeadData:
@@ -109,15 +112,37 @@ def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[s
     ``llm.feature_cache``)."""
     train, device = ds.splits["train"], teacher.device
     queries, answers = training_queries(train, ds.num_relations)
-    folds = cfg.llm.text_folds
+    folds = text_folds(cfg, ds)
     if folds == 1:
         sets = [feats]
         fold = torch.zeros(len(queries), dtype=torch.long)
     else:
         row_fold, texts = held_out_texts(ds, cfg.llm.entity_facts, folds, cfg.seed)
         sets = held_out_features(teacher, cfg, texts)
+        share = cfg.llm.own_text_share
+        if share > 0:
+            row_fold = np.where(own_text_rows(ds.splits["train"], share, cfg.seed), folds, row_fold)
+            sets.append(feats)
         fold = torch.from_numpy(np.concatenate([row_fold, row_fold]))  # tail queries, then head queries
-    return HeadData(queries, answers, fold, [{k: v.to(device) for k, v in f.items()} for f in sets])
+    return HeadData(queries, answers, fold, [{k: v.to(device) for k, v in f.items()} for f in sets], folds)
+
+
+def text_folds(cfg: RunConfig, ds: TKGDataset) -> int:
+    """``llm.text_folds`` as a number; ``auto`` decides from the validation split's repeats of training
+    triples (distkg.llm.prompts, docs/METHOD.md) and says so in the log."""
+    folds = cfg.llm.text_folds
+    if folds != "auto":
+        return folds
+    if cfg.llm.entity_text != "facts":
+        return 1  # names carry no facts to hold out
+    share = repeat_share(ds, "valid")
+    folds = 2 if share < SHORTCUT_REPEATS else 1
+    log.info("llm.text_folds=auto: %.1f%% of %s's validation triples are training triples (%s %.0f%%): %s",
+             100 * share, ds.name, "under" if folds > 1 else "at least", 100 * SHORTCUT_REPEATS,
+             "held-out texts in 2 folds" if folds > 1 else "every training query on its own texts")
+    if folds == 1 and cfg.llm.own_text_share:
+        log.warning("llm.own_text_share=%s is unused: llm.text_folds=auto chose no folds", cfg.llm.own_text_share)
+    return folds
 
 
 def lora_rounds(step: int, steps: int, every: int) -> int:

@@ -3,9 +3,13 @@ decoupled decay (``llm.head_weight_decay``) and label smoothing; on the tiny ran
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distkg.data.dataset import O, R, S
 from distkg.llm.features import feature_key, frozen_features
 from distkg.llm.finetune import build_teacher, finetune
 from distkg.llm.prompts import entity_texts, held_out_texts
@@ -52,6 +56,51 @@ def test_each_query_is_scored_on_its_folds_features(tiny_llama, ds):
         smoothed = F.cross_entropy(teacher.score_from_features(data.feats[0], data.queries[data.fold == 0]),
                                    data.answers[data.fold == 0], label_smoothing=0.3)
         torch.testing.assert_close(head_loss(teacher, data, torch.nonzero(data.fold == 0).flatten(), 0.3), smoothed)
+
+
+def test_the_own_text_share_is_scored_on_the_teachers_own_texts(tiny_llama, ds):
+    """With llm.own_text_share the chosen triples' queries form a third set, scored on the teacher's own
+    features; the others keep their held-out fold as without the share."""
+    from distkg.llm.prompts import own_text_rows
+
+    cfg = folds_cfg(tiny_llama, own_text_share=0.4)
+    teacher = build_teacher(cfg, ds)
+    own = frozen_features(teacher, cfg)[0]
+    data = head_data(teacher, cfg, ds, own)
+    base = head_data(teacher, folds_cfg(tiny_llama), ds, own)
+    kept = torch.from_numpy(own_text_rows(ds.splits["train"], 0.4, cfg.seed)).repeat(2)
+    assert len(data.feats) == 3 and data.feats[2] is not None
+    torch.testing.assert_close(data.feats[2]["entity"], own["entity"])
+    assert torch.equal(data.fold == 2, kept) and 0 < int(kept.sum()) < len(kept)
+    assert torch.equal(data.fold[~kept], base.fold[~kept])
+    with torch.no_grad():
+        mine = torch.nonzero(kept).flatten()
+        alone = F.cross_entropy(teacher.score_from_features(own, data.queries[mine]), data.answers[mine])
+        torch.testing.assert_close(head_loss(teacher, data, mine), alone)
+
+
+def test_auto_folds_hold_texts_out_only_where_validation_rarely_repeats_training(tiny_llama, ds, caplog):
+    """llm.text_folds=auto: two folds when under 5% of validation triples are training triples (YAGO11k:
+    0%), own texts when more are (Wikidata12k: 29%); the decision is logged; names alone: no folds."""
+    from distkg.llm.prompts import repeat_share
+    from distkg.llm.rounds import text_folds
+
+    train, valid = ds.splits["train"], ds.splits["valid"]
+    known = {tuple(t) for t in train[:, [S, R, O]].tolist()}
+    novel = valid[[tuple(t) not in known for t in valid[:, [S, R, O]].tolist()]]
+    novel = np.resize(novel, (50, novel.shape[1]))  # 50 validation rows, none a training triple
+    cfg = folds_cfg(tiny_llama, text_folds="auto")
+    for repeats, folds in ((0, 2), (2, 2), (3, 1), (50, 1)):  # 0%, 3.8%, 5.7%, 50%
+        split = dataclasses.replace(ds, splits={**ds.splits, "valid": np.concatenate([train[:repeats], novel])})
+        assert (repeat_share(split) < 0.05) == (folds == 2)
+        with caplog.at_level("INFO", logger="distkg"):
+            assert text_folds(cfg, split) == folds
+        assert "llm.text_folds=auto" in caplog.text
+        caplog.clear()
+    assert text_folds(cfg_for(tiny_llama, text_folds="auto"), ds) == 1  # entity_text: name
+    teacher = build_teacher(cfg, ds)
+    data = head_data(teacher, cfg, ds, frozen_features(teacher, cfg)[0])
+    assert data.folds == text_folds(cfg, ds) == len(data.feats)
 
 
 def test_weight_decay_shrinks_the_projection_only(tiny_llama, ds):
