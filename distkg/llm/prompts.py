@@ -56,12 +56,18 @@ def fact_phrases(ds: TKGDataset, entity: int, train: np.ndarray, degree: np.ndar
     return [f"{rels[r]} {names[n]}" if incoming == 0 else f"{names[n]} {rels[r]}" for r, incoming, n in ranked]
 
 
+def _triple_draw(train: np.ndarray, seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(a seeded permutation over the distinct (s, r, o) triples, each training row's triple index):
+    what a draw per triple needs, so every time of one triple is drawn alike."""
+    triples, inverse = np.unique(train[:, [S, R, O]], axis=0, return_inverse=True)
+    return np.random.default_rng(seed).permutation(len(triples)), inverse.reshape(-1)
+
+
 def fact_folds(train: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """The fold (0 .. folds-1) of each training row: distinct (s, r, o) triples dealt round a seeded
     permutation, so every time of one triple is in the same fold and the folds differ by at most one triple."""
-    triples, inverse = np.unique(train[:, [S, R, O]], axis=0, return_inverse=True)
-    fold_of = np.random.default_rng(seed).permutation(len(triples)) % folds
-    return fold_of[inverse.reshape(-1)]
+    perm, triple = _triple_draw(train, seed)
+    return (perm % folds)[triple]
 
 
 def facts_texts(ds: TKGDataset, limit: int, rows: np.ndarray | None = None) -> list[str]:
@@ -111,8 +117,7 @@ def repeat_share(ds: TKGDataset, split: str = "valid") -> float:
 def own_text_rows(train: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Which training rows keep their own texts: the first round(share x triples) distinct (s, r, o)
     triples of a seeded permutation (drawn apart from ``fact_folds``), every time of a triple alike."""
-    triples, inverse = np.unique(train[:, [S, R, O]], axis=0, return_inverse=True)
-    order = np.random.default_rng([seed, 1]).permutation(len(triples))
-    own = np.zeros(len(triples), dtype=bool)
-    own[order[:round(share * len(triples))]] = True
-    return own[inverse.reshape(-1)]
+    order, triple = _triple_draw(train, [seed, 1])
+    own = np.zeros(len(order), dtype=bool)
+    own[order[:round(share * len(order))]] = True
+    return own[triple]

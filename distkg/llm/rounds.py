@@ -121,7 +121,7 @@ def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[s
         sets = held_out_features(teacher, cfg, texts)
         share = cfg.llm.own_text_share
         if share > 0:
-            row_fold = np.where(own_text_rows(ds.splits["train"], share, cfg.seed), folds, row_fold)
+            row_fold = np.where(own_text_rows(train, share, cfg.seed), folds, row_fold)
             sets.append(feats)
         fold = torch.from_numpy(np.concatenate([row_fold, row_fold]))  # tail queries, then head queries
     return HeadData(queries, answers, fold, [{k: v.to(device) for k, v in f.items()} for f in sets], folds)
