@@ -60,7 +60,23 @@ PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved p
 
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
 RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
-               "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore")
+               "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore",
+               "ensemble.json", "weights.png", "outputs")
+
+
+def run_kind(run: Path) -> str:
+    """What a finished run folder holds: "ensemble" (`distkg ensemble`: ensemble.json), "llm" (`distkg llm
+    finetune`: teacher/teacher.json), "pipeline" (`distkg run` with students), "kg" (`distkg train` or
+    `distkg distill`: a KG model's checkpoints), else "unknown"."""
+    if (run / "ensemble.json").is_file():
+        return "ensemble"
+    if (run / "teacher" / "teacher.json").is_file():
+        return "llm"
+    if (run / "students").is_dir() and not (run / "checkpoints").is_dir():
+        return "pipeline"
+    if (run / "checkpoints").is_dir() and (run / "config.yaml").is_file():
+        return "kg"
+    return "unknown"
 
 
 def read_metrics(run: Path) -> dict | None:

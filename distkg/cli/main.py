@@ -1,5 +1,5 @@
 """distkg: distil temporal KG reasoning into tiny students. Commands: data, train, evaluate, llm, distill,
-reproduce, run, predict, export, serve.
+ensemble, reproduce, run, predict, export, serve.
 
 Errors a user can fix (a bad data line, a config typo, a missing file) print one line and exit 2.
 """
@@ -180,6 +180,14 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
     return [*args.set, *([f"data.root={args.data_root}"] if args.data_root else [])]
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Two finished runs mixed, the weight chosen on validation (distkg.experiments.ensemble)."""
+    from distkg.experiments.ensemble import ensemble
+
+    ensemble(args.runs, Path(args.out), args.data_root)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer named queries with a trained run (distkg.serving.predict)."""
     from distkg.serving.predict import format_text, load_predictor, parse_query, read_queries
@@ -270,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run, positional=True)
     run.add_argument("--restart", action="store_true", help="discard every part in --out and start over")
     run.set_defaults(func=cmd_run)
+
+    en = sub.add_parser("ensemble", help="mix two finished runs' predictive distributions, the weight chosen on "
+                        "validation; a second teacher for distillation")
+    en.add_argument("--runs", nargs=2, required=True, metavar="RUN", help="two `distkg train` / `distkg distill` / "
+                    "`distkg llm finetune` folders trained on the same data")
+    en.add_argument("--out", required=True, help="folder for ensemble.json, metrics.json and weights.png")
+    en.add_argument("--data-root", help="folder with one sub-folder per dataset")
+    en.set_defaults(func=cmd_ensemble)
 
     pr = sub.add_parser("predict", help="answer queries written with names (s|r|?|t) with a trained run")
     pr.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")

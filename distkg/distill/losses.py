@@ -12,6 +12,9 @@ The paper (docs/METHOD.md) leaves several choices open; ours, written down:
                   a lot (outlier LLM scores).
   llm_supervised  L3: MSE between the student's softmax(s) and a target softened by the LLM,
                   y = mix * onehot(answer) + (1 - mix) * P_LLM, summed over entities, batch mean.
+  llm_kd          the second teacher as a plain second BKD target: T^2 * KL(P_LLM || softmax(s/T)),
+                  P_LLM taken at distill.llm_temperature = T (the runner checks it): what L2 and L3
+                  are measured against in the strength sweep (docs/RESULTS.md).
   fitnet          hint: MSE between a learned linear regressor of the student's query
                   representation and the teacher's (FitNet, Romero et al. 2015).
   rkd_distance    RKD distance-wise: smooth-L1 between mean-normalised pairwise distances of
@@ -262,6 +265,13 @@ def llm_supervised_reference(batch: DistillBatch, mix: float = 0.7) -> torch.Ten
     return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)
 
 
+@loss("llm_kd", "student_scores", "llm_probs")
+def llm_kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
+    s, p_llm = _need(batch, "llm_kd")
+    p = dense(p_llm).detach().to(s.dtype)
+    return _SoftKL.apply(s, p, torch.xlogy(p, p).sum(dim=1), float(temperature))
+
+
 @loss("fitnet", "student_repr", "teacher_repr", "regressor")
 def fitnet(batch: DistillBatch) -> torch.Tensor:
     s, t, reg = _need(batch, "fitnet")
@@ -296,7 +306,7 @@ def rkd_angle(batch: DistillBatch) -> torch.Tensor:
     return F.smooth_l1_loss(_angles(s), at)
 
 
-FUSABLE = {"kd", "ce", "llm_huber", "llm_supervised"}  # the softmax-based terms distill.fused computes in one pass
+FUSABLE = {"kd", "ce", "llm_huber", "llm_supervised", "llm_kd"}  # the softmax-based terms distill.fused computes in one pass
 
 
 def _params(name: str, args: dict) -> dict:
@@ -336,6 +346,11 @@ def fused_terms(spec: dict[str, dict], batch: DistillBatch) -> list[fz.Term] | N
         elif name == "ce":
             _need(batch, name)
             terms.append(fz.CE(w))
+        elif name == "llm_kd":
+            _need(batch, name)
+            probs = _like(batch.llm_probs, s)
+            p = dense(probs)
+            terms.append(fz.KD(w, float(kw["temperature"]), probs, torch.xlogy(p, p).sum(dim=1)))
         elif name == "llm_huber":
             _need(batch, name)
             terms.append(fz.Huber(w, float(kw["delta"]), float(kw["temperature"]), _like(batch.llm_probs, s)))

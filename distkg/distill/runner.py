@@ -3,7 +3,8 @@
 A method is configuration (configs/distill/*.yaml): a list of stages, each a weighted sum of
 registered losses. The runner looks at which batch fields those losses read (losses.INPUTS) and
 provides only those: the KG teacher's scores, representations or entity vectors (from
-``distill.teacher_run``), P_LLM (from ``distill.llm_run``), and a FitNet regressor when a stage
+``distill.teacher_run``), P_LLM (from ``distill.llm_run``: an LLM teacher, or any second teacher,
+distkg.distill.second), and a FitNet regressor when a stage
 uses ``fitnet``. The student's regulariser (N3, smoothness) is always added, as in plain training,
 so the plain student (``ce`` only) trained here equals ``distkg train``.
 
@@ -27,6 +28,7 @@ from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.fused import Rows
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
+from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.runfolder import check_folder
@@ -60,7 +62,15 @@ def check_method(cfg: RunConfig) -> set[str]:
         raise ConfigError("distill.teacher_run: the configured losses need a trained KG teacher; set it to a "
                           "`distkg train` folder")
     if "llm_probs" in needs and not distill_cfg.llm_run:
-        raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder")
+        raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder "
+                          "(or any second teacher: a `distkg train` or `distkg ensemble` folder)")
+    for i, stage in enumerate(distill_cfg.stages):
+        if "llm_kd" in stage.losses:
+            default = inspect.signature(LOSSES.get("llm_kd")).parameters["temperature"].default
+            T = float(stage.losses["llm_kd"].get("temperature", default))
+            if T != distill_cfg.llm_temperature:
+                raise ConfigError(f"distill.stages[{i}].losses.llm_kd.temperature={T:g} reads P_LLM at that temperature, "
+                                  f"but distill.llm_temperature={distill_cfg.llm_temperature:g}: set them equal")
     return needs
 
 
@@ -88,8 +98,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     remote = remote or {}
     local_kg = needs & KG_FIELDS - ({"teacher_scores"} if "kg" in remote else set())
     kg = KGTeacher(distill_cfg.teacher_run, ds, queries) if local_kg else None
-    llm = (LLMTables(distill_cfg.llm_run, ds, queries, distill_cfg.llm_temperature) if "llm_probs" in needs and "llm" not in remote
-           else None)
+    llm = (open_second(distill_cfg.llm_run, ds, queries, distill_cfg.llm_temperature)
+           if "llm_probs" in needs and "llm" not in remote else None)
     if kg is not None and "kg" not in remote and (t := kd_temperature(cfg)) is not None:
         kg.temper(t)
 

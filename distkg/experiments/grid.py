@@ -25,22 +25,39 @@ against student dimension) when the grid has several dims.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from distkg.config import RunConfig, build_overridden, load_config, read_yaml
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.losses import INPUTS
-from distkg.errors import DistkgError
+from distkg.errors import ConfigError, DistkgError
 from distkg.experiments.claims import held_elsewhere
 from distkg.experiments.parts import Part, run_part
-from distkg.experiments.report import METRIC_KEYS, write_grid_report
+from distkg.experiments.report import METRIC_KEYS, write_grid_report, write_sweep_report
+from distkg.models import MODELS
 from distkg.runfolder import read_metrics
 
 log = logging.getLogger("distkg")
+
+
+@dataclass
+class SecondConfig:
+    """A second teacher the LLM terms read (``distill.llm_run``, distkg.distill.second), one entry of a
+    grid's ``seconds``: every cell of a method that reads P_LLM runs once per entry (the strength sweep)."""
+
+    name: str = "llm"
+    kind: Literal["llm", "kg", "ensemble"] = "llm"
+    config: str | None = None  # llm: the recipe template (None: the grid's llm_config)
+    run: str | None = None  # llm: where it is trained (None: the grid's llm_run)
+    backbone: str | None = None  # kg: "same", "other" (the grid's other backbone) or a backbone name
+    members: list[str] = field(default_factory=list)  # ensemble: the names of two other entries
+
 
 @dataclass
 class GridConfig:
@@ -63,13 +80,50 @@ class GridConfig:
     student_set: list[str] = field(default_factory=list)
     data_root: str | None = None
     published: str | None = "configs/reproduce/paper-table.csv"  # numbers shown beside ours in table.md; None: none
+    # the second teachers of the methods that read P_LLM (the strength sweep); empty: the grid's LLM
+    # teacher (llm_config, llm_run) alone, in cells named METHOD-seedN; else METHOD+NAME-seedN
+    seconds: list[SecondConfig] = field(default_factory=list)
+
+
+def second_names(grid: GridConfig, method: str) -> list[str | None]:
+    """The second teachers a method's cells run with: None for a method that reads no P_LLM."""
+    if not _needs_llm(grid, method):
+        return [None]
+    return [s.name for s in grid.seconds] if grid.seconds else [None]
+
+
+def cell_method(method: str, second: str | None) -> str:
+    """A cell's method label in folders and reports: METHOD, or METHOD+SECOND in a strength sweep."""
+    return method if second is None else f"{method}+{second}"
+
+
+def check_seconds(grid: GridConfig) -> None:
+    """Names unique, members and backbones that exist, before anything runs."""
+    names = [s.name for s in grid.seconds]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"seconds: names must be unique, got {names}")
+    for i, s in enumerate(grid.seconds):
+        where = f"seconds[{i}] ({s.name})"
+        if s.kind == "kg" and s.backbone not in ("same", "other", *MODELS.names()):
+            raise ConfigError(f"{where}: kind kg needs backbone: same, other or a model name, got {s.backbone!r}")
+        if s.kind == "kg" and s.backbone == "other" and len(grid.backbones) != 2:
+            raise ConfigError(f"{where}: backbone 'other' needs exactly two backbones, the grid has {grid.backbones}")
+        if s.kind == "ensemble" and (len(s.members) != 2 or not set(s.members) <= set(names) - {s.name}):
+            raise ConfigError(f"{where}: an ensemble names two other entries of seconds, got {s.members}")
+
+
+def method_labels(grid: GridConfig) -> list[str]:
+    """Every cell's method label, in grid order (what the report's rows and columns are)."""
+    return [cell_method(m, second) for m in grid.methods for second in second_names(grid, m)]
 
 
 def load_grid(path: str, overrides: list[str], data_root: str | None = None) -> GridConfig:
     values = read_yaml(path)
     if data_root:
         values["data_root"] = data_root
-    return build_overridden(GridConfig, values, path, overrides)
+    grid = build_overridden(GridConfig, values, path, overrides)
+    check_seconds(grid)
+    return grid
 
 
 def _needs_llm(grid: GridConfig, method: str) -> bool:
@@ -108,43 +162,79 @@ class Grid:
         run_part(Part("teacher", run, work))
         return run
 
-    def llm(self, dataset: str) -> Path:
+    def llm(self, dataset: str, second: SecondConfig | None = None) -> Path:
         from distkg.llm.finetune import finetune
 
-        run = Path(self._fill(self.grid.llm_run, dataset=dataset))
+        config = second.config if second is not None and second.config else self.grid.llm_config
+        run = Path(self._fill(second.run if second is not None and second.run else self.grid.llm_run, dataset=dataset))
 
         def work() -> dict:
-            cfg = load_config(self._fill(self.grid.llm_config, dataset=dataset), self.root + self.grid.llm_set)
+            cfg = load_config(self._fill(config, dataset=dataset), self.root + self.grid.llm_set)
             log.info("== LLM teacher on %s -> %s", dataset, run)
             return finetune(cfg, run, dataset=self.dataset(cfg))
 
         run_part(Part("LLM teacher", run, work))
         return run
 
-    def waits_on_another(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> bool:
-        """The cell is unfinished and its teacher (or LLM teacher) is being trained by another
+    def _second(self, name: str) -> SecondConfig:
+        return next(s for s in self.grid.seconds if s.name == name)
+
+    def second_run(self, name: str | None, backbone: str, dataset: str, make: bool = True) -> Path:
+        """The folder of second teacher ``name`` (None: the grid's LLM teacher) for a cell of ``backbone``
+        on ``dataset``, made first when missing (``make``)."""
+        if name is None:
+            return self.llm(dataset) if make else Path(self._fill(self.grid.llm_run, dataset=dataset))
+        second = self._second(name)
+        if second.kind == "llm":
+            if not make:
+                return Path(self._fill(second.run or self.grid.llm_run, dataset=dataset))
+            return self.llm(dataset, second)
+        if second.kind == "kg":
+            other = {"same": backbone, "other": next((b for b in self.grid.backbones if b != backbone), backbone)}
+            kg = other.get(second.backbone, second.backbone)
+            return self.teacher(kg, dataset) if make else Path(self._fill(self.grid.teacher_run, backbone=kg, dataset=dataset))
+        run = self.out / "seconds" / name / f"{backbone}-{dataset}"
+        if make:
+            from distkg.experiments.ensemble import ensemble
+
+            members = [self.second_run(m, backbone, dataset) for m in second.members]
+
+            def work() -> dict:
+                data = self.dataset(load_config(members[0] / "config.yaml", self.root))
+                log.info("== ensemble %s of %s -> %s", name, " and ".join(map(str, members)), run)
+                return ensemble(members, run, self.grid.data_root, dataset=data)
+
+            run_part(Part("ensemble", run, work))
+        return run
+
+    def waits_on_another(self, backbone: str, dataset: str, dim: int, method: str, seed: int,
+                         second: str | None = None) -> bool:
+        """The cell is unfinished and its teacher (or second teacher) is being trained by another
         process: better to take a cell that can start now than to wait (``--jobs``)."""
-        if read_metrics(self.student_run(backbone, dataset, dim, method, seed)) is not None:
+        if read_metrics(self.student_run(backbone, dataset, dim, method, seed, second)) is not None:
             return False
         parts = [Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))]
         if _needs_llm(self.grid, method):
-            parts.append(Path(self._fill(self.grid.llm_run, dataset=dataset)))
+            parts.append(self.second_run(second, backbone, dataset, make=False))
         return any(held_elsewhere(run) for run in parts)
 
-    def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> Path:
-        return Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d" / f"{method}-seed{seed}"
+    def student_run(self, backbone: str, dataset: str, dim: int, method: str, seed: int,
+                    second: str | None = None) -> Path:
+        return (Path(self._fill(self.grid.student_root)) / f"{backbone}-{dataset}-{dim}d"
+                / f"{cell_method(method, second)}-seed{seed}")
 
-    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int) -> dict | None:
+    def student(self, backbone: str, dataset: str, dim: int, method: str, seed: int,
+                second: str | None = None) -> dict | None:
         """The cell's result row, training it first if needed; None when another process holds it."""
         from distkg.distill.runner import distill
 
-        run = self.student_run(backbone, dataset, dim, method, seed)
+        run = self.student_run(backbone, dataset, dim, method, seed, second)
 
         def work() -> dict:
             needs_llm = _needs_llm(self.grid, method)
             sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
                     f"distill.teacher_run={self.teacher(backbone, dataset)}",
-                    *([f"distill.llm_run={self.llm(dataset)}"] if needs_llm else []),
+                    *([f"distill.llm_run={self.second_run(second, backbone, dataset)}"] if needs_llm else []),
                     "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
             cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
                                self._fill(self.grid.method_config, method=method)], sets)
@@ -154,17 +244,28 @@ class Grid:
         if (outcome := run_part(Part("student", run, work), wait=False)) is None:
             return None
         metrics = outcome.metrics
-        return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": method, "seed": seed,
-                **{k: metrics[k] for k in METRIC_KEYS}, "train_seconds": metrics["train_seconds"],
+        return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": cell_method(method, second), "seed": seed,
+                "second": second or "", **{k: metrics[k] for k in METRIC_KEYS}, "train_seconds": metrics["train_seconds"],
                 "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "run": str(run)}
+
+
+def second_strengths(g: Grid, rows: list[dict]) -> dict[tuple[str, str, str], float]:
+    """(backbone, dataset, second name) -> the second teacher's own test MRR, for the finished ones."""
+    out = {}
+    for b, d in {(r["backbone"], r["dataset"]) for r in rows}:
+        for second in g.grid.seconds:
+            metrics = read_metrics(g.second_run(second.name, b, d, make=False))
+            if metrics is not None:
+                out[(b, d, second.name)] = metrics["mrr"]
+    return out
 
 
 def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(grid.__dict__, indent=2))
+    (out / "grid.json").write_text(json.dumps(dataclasses.asdict(grid), indent=2))
     g = Grid(grid, out)
-    cells = [(b, d, dim, m, s) for d in grid.datasets for b in grid.backbones for dim in grid.dims
-             for m in grid.methods for s in grid.seeds]
+    cells = [(b, d, dim, m, s, second) for d in grid.datasets for b in grid.backbones for dim in grid.dims
+             for m in grid.methods for second in second_names(grid, m) for s in grid.seeds]
     rows, started, elsewhere = [], time.perf_counter(), 0
     pending = list(enumerate(cells))
     while pending:
@@ -179,14 +280,17 @@ def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[di
             continue
         rows.append(row)
         spent = time.perf_counter() - started
-        log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell,
-                 rows[-1]["mrr"], time.perf_counter() - t, spent)
-        write_grid_report(rows, grid, out)
-    rows.sort(key=lambda r: cells.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
+        log.info("[grid %d/%d] %s %s %dd %s seed %d: test MRR %.4f (%.0fs; %.0fs so far)", i + 1, len(cells), *cell[:3],
+                 rows[-1]["method"], cell[4], rows[-1]["mrr"], time.perf_counter() - t, spent)
+        write_grid_report(rows, grid, out, method_labels(grid))
+    labels = [(b, d, dim, cell_method(m, second), s) for b, d, dim, m, s, second in cells]
+    rows.sort(key=lambda r: labels.index((r["backbone"], r["dataset"], r["dim"], r["method"], r["seed"])))
     if only_report and not rows:
         raise DistkgError(f"{out}: no finished cell of this grid to report (the report reads RUN/metrics.json of "
                           "each cell); run `distkg reproduce` without --report-only first")
-    write_grid_report(rows, grid, out)
+    write_grid_report(rows, grid, out, method_labels(grid))
+    if grid.seconds:
+        write_sweep_report(rows, second_strengths(g, rows), out)
     if elsewhere:
         log.info("%d cells were held by other processes: run again (or with --report-only) once they finish "
                  "for the whole report", elsewhere)

@@ -160,9 +160,12 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def write_grid_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
+def write_grid_report(rows: list[dict], grid: GridConfig, out: Path, methods: list[str] | None = None) -> None:
+    """``methods``: the cells' method labels in grid order (METHOD+SECOND in a strength sweep;
+    distkg.experiments.grid.method_labels), else the grid's methods."""
     if not rows:
         return
+    methods = list(grid.methods) if methods is None else methods
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -176,15 +179,15 @@ def write_grid_report(rows: list[dict], grid: GridConfig, out: Path) -> None:
                 "train_seconds_mean": _mean_std([r["train_seconds"] for r in rs])[0]}
                for (b, d, dim, m), rs in groups.items()]
     (out / "results.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
-    (out / "table.md").write_text(_table(groups, grid))
+    (out / "table.md").write_text(_table(groups, grid, methods))
     (out / "costs.md").write_text(_costs(groups, grid, out))
-    _plot_comparison(groups, grid, out / "comparison.png")
-    _plot_curves(groups, grid, out / "curves.png")
+    _plot_comparison(groups, grid, methods, out / "comparison.png")
+    _plot_curves(groups, grid, methods, out / "curves.png")
     if len(grid.dims) > 1:
-        _plot_sizes(groups, grid, out / "sizes.png")
+        _plot_sizes(groups, grid, methods, out / "sizes.png")
 
 
-def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
+def _table(groups: dict[tuple, list[dict]], grid: GridConfig, methods: list[str]) -> str:
     """The paper's layout: a row per (backbone, dim, method), a column block per dataset."""
     published = published_mrr(grid.published)
     lines = ["MRR and Hits in %, mean ± std over seeds (n); test split, time-aware filter, realistic ties. "
@@ -195,7 +198,7 @@ def _table(groups: dict[tuple, list[dict]], grid: GridConfig) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in grid.backbones:
         for dim in grid.dims:
-            for m in grid.methods:
+            for m in methods:
                 cells = [b, str(dim), m]
                 n = 0
                 for d in grid.datasets:
@@ -240,12 +243,12 @@ def _costs(groups: dict[tuple, list[dict]], grid: GridConfig, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, methods: list[str], path: Path) -> None:
     panels = []
     for b in grid.backbones:
         for d in grid.datasets:
             for dim in grid.dims:
-                ms = [m for m in grid.methods if (b, d, dim, m) in groups]
+                ms = [m for m in methods if (b, d, dim, m) in groups]
                 stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for m in ms]
                 if ms:
                     panels.append((f"{b} {dim}-d, {d}", ms, [x[0] for x in stats], [x[1] for x in stats]))
@@ -253,11 +256,11 @@ def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, path: Pa
         bar_panels(panels, path, "test MRR (%), mean ± std")
 
 
-def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, methods: list[str], path: Path) -> None:
     panels = [(b, d, dim) for b in grid.backbones for d in grid.datasets for dim in grid.dims]
     with figure_row(len(panels), 3.6, 3.2, path) as axes:
         for ax, (b, d, dim) in zip(axes, panels):
-            for m in grid.methods:
+            for m in methods:
                 rs = sorted(groups.get((b, d, dim, m), []), key=lambda r: r["seed"])
                 epochs, mrr = valid_curve(Path(rs[0]["run"])) if rs else ([], [])
                 if epochs:
@@ -267,12 +270,12 @@ def _plot_curves(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) 
             ax.set_ylabel("valid MRR")
 
 
-def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -> None:
+def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, methods: list[str], path: Path) -> None:
     """The size sweep's answer at a glance: test MRR against student dimension, a line per method."""
     panels = [(b, d) for b in grid.backbones for d in grid.datasets]
     with figure_row(len(panels), 4.2, 3.4, path) as axes:
         for ax, (b, d) in zip(axes, panels):
-            for m in grid.methods:
+            for m in methods:
                 dims = [dim for dim in sorted(grid.dims) if (b, d, dim, m) in groups]
                 stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for dim in dims]
                 if dims:
@@ -282,3 +285,45 @@ def _plot_sizes(groups: dict[tuple, list[dict]], grid: GridConfig, path: Path) -
             ax.set_title(f"{b}, {d}", fontsize=9)
             ax.set_xlabel("student dimension")
             ax.set_ylabel("test MRR (%), mean ± std")
+
+
+# ------------------------------------------------------------------------------ the strength sweep
+def write_sweep_report(rows: list[dict], strengths: dict[tuple[str, str, str], float], out: Path,
+                       baseline: str = "bkd") -> None:
+    """sweep.md and sweep.png of a grid with ``seconds``: for each cell that read a second teacher, its
+    test MRR minus the ``baseline`` cell of the same backbone, dataset, dim and seed, against the
+    second teacher's own test MRR (``strengths``: (backbone, dataset, second name) -> MRR)."""
+    base = {(r["backbone"], r["dataset"], r["dim"], r["seed"]): r["mrr"] for r in rows if r["method"] == baseline}
+    gains: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        key = (r["backbone"], r["dataset"], r["dim"], r["seed"])
+        if r.get("second") and key in base:
+            method = r["method"].rsplit("+", 1)[0]
+            gains.setdefault((r["backbone"], r["dataset"], r["dim"], method, r["second"]), {})[r["seed"]] = r["mrr"] - base[key]
+    if not gains:
+        return
+    lines = [f"Student test MRR minus the {baseline} cell of the same seed, in MRR points (x 100): each seed, then the "
+             "mean. 'second' is the second teacher the LLM terms read (distill.llm_run), with its own test MRR.", "",
+             "| backbone | dataset | dim | second | its test MRR | method | per seed | mean |", "|---|---|---|---|---|---|---|---|"]
+    for (b, d, dim, m, second), by_seed in sorted(gains.items(), key=lambda kv: (kv[0][:3], strengths.get((kv[0][0], kv[0][1], kv[0][4]), 0), kv[0][3])):
+        seeds = [100 * by_seed[s] for s in sorted(by_seed)]
+        strength = strengths.get((b, d, second))
+        lines.append(f"| {b} | {d} | {dim} | {second} | {'–' if strength is None else f'{strength:.4f}'} | {m} | "
+                     f"{', '.join(f'{g:+.2f}' for g in seeds)} | {statistics.fmean(seeds):+.2f} |")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    panels = sorted({k[:3] for k in gains})
+    with figure_row(len(panels), 4.2, 3.4, out / "sweep.png") as axes:
+        for ax, (b, d, dim) in zip(axes, panels):
+            for m in sorted({k[3] for k in gains if k[:3] == (b, d, dim)}):
+                pts = sorted((strengths[(b, d, k[4])], [100 * g for g in v.values()]) for k, v in gains.items()
+                             if k[:4] == (b, d, dim, m) and (b, d, k[4]) in strengths)
+                if pts:
+                    ax.errorbar([x for x, _ in pts], [_mean_std(g)[0] for _, g in pts], yerr=[_mean_std(g)[1] for _, g in pts],
+                                marker="o", capsize=3, label=f"{m} - {baseline}")
+            students = [v for (bb, dd, ddim, _), v in base.items() if (bb, dd, ddim) == (b, d, dim)]
+            if students:
+                ax.axvline(statistics.fmean(students), color="grey", ls=":", lw=1, label=f"{baseline} student")
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_title(f"{b} {dim}-d, {d}", fontsize=9)
+            ax.set_xlabel("second teacher's test MRR")
+            ax.set_ylabel("student gain (MRR points), mean ± std")

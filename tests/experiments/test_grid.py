@@ -147,3 +147,44 @@ def test_jobs_default_to_one_thread_process_per_core_on_a_small_machine():
     cmd = jobs.worker_command("g.yaml", "out", ["seeds=[0]"], "/data")
     assert cmd[1:] == ["-m", "distkg", "reproduce", "--config", "g.yaml", "--out", "out", "--jobs", "1",
                        "--set", "seeds=[0]", "--data-root", "/data"]
+
+
+def test_a_strength_sweep_runs_each_llm_method_once_per_second_teacher(grid, tmp_path):
+    # seconds: the other backbone's teacher, the cell's own teacher, and their ensemble; methods that
+    # read no P_LLM (bkd) run once, bkd-l2 once per second teacher, each reading its own folder
+    out = tmp_path / "out"
+    for name, stages in (("bkd", [{"kd": {"temperature": 7.0}, "ce": {}}]),
+                         ("bkd-l2", [{"kd": {"temperature": 7.0}, "ce": {}},
+                                     {"kd": {"temperature": 7.0}, "ce": {}, "llm_huber": {"delta": 0.05}}])):
+        spec = {"distill": {"method": name, "stages": [{"name": f"s{i}", "epochs": 1, "losses": losses}
+                                                       for i, losses in enumerate(stages)]}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    grid.backbones, grid.methods, grid.seeds, grid.student_set = ["tadistmult", "ttranse"], ["bkd", "bkd-l2"], [0, 1], []
+    grid.method_config = str(tmp_path / "{method}.yaml")
+    grid.seconds = [rp.SecondConfig("other", "kg", backbone="other"), rp.SecondConfig("same", "kg", backbone="same"),
+                    rp.SecondConfig("mix", "ensemble", members=["other", "same"])]
+    rp.check_seconds(grid)
+    rows = rp.reproduce(grid, out)
+    labels = ["bkd", "bkd-l2+other", "bkd-l2+same", "bkd-l2+mix"]
+    assert [r["method"] for r in rows] == [m for b in grid.backbones for m in labels for s in (0, 1)]
+    read = lambda r: yaml.safe_load((out / "students" / f"{r['backbone']}-yago11k-25d" / f"{r['method']}-seed{r['seed']}" / "config.yaml").read_text())
+    for r in rows:
+        other = "ttranse" if r["backbone"] == "tadistmult" else "tadistmult"
+        expected = {"bkd": None, "bkd-l2+other": str(out / "teachers" / f"{other}-yago11k"),
+                    "bkd-l2+same": str(out / "teachers" / f"{r['backbone']}-yago11k"),
+                    "bkd-l2+mix": str(out / "seconds" / "mix" / f"{r['backbone']}-yago11k")}[r["method"]]
+        assert read(r)["distill"]["llm_run"] == expected
+    ensemble = json.loads((out / "seconds" / "mix" / "ttranse-yago11k" / "ensemble.json").read_text())
+    assert ensemble["members"] == [str((out / "teachers" / f"{b}-yago11k").resolve()) for b in ("tadistmult", "ttranse")]
+    sweep = (out / "sweep.md").read_text()
+    assert sweep.count("| bkd-l2 |") == 6 and (out / "sweep.png").stat().st_size > 0
+    assert "| tadistmult | 25 | bkd-l2+mix | 2 |" in (out / "table.md").read_text()
+
+
+def test_a_sweep_with_a_bad_second_teacher_is_refused_by_name(grid):
+    grid.seconds = [rp.SecondConfig("mix", "ensemble", members=["nope", "mix"])]
+    with pytest.raises(rp.ConfigError, match=r"seconds\[0\] \(mix\): an ensemble names two other entries"):
+        rp.check_seconds(grid)
+    grid.seconds = [rp.SecondConfig("k", "kg", backbone="other")]  # one backbone: no other
+    with pytest.raises(rp.ConfigError, match="backbone 'other' needs exactly two backbones"):
+        rp.check_seconds(grid)

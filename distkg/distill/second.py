@@ -1,0 +1,147 @@
+"""The second teacher: where the LLM terms (L2, L3, and ``llm_kd``) read P_LLM from, any finished run.
+
+``distill.llm_run`` names a folder; the kind of run in it (distkg.runfolder.run_kind) decides:
+
+  llm       a `distkg llm finetune` run: P_LLM proper (distkg.distill.teachers.LLMTables)
+  kg        a `distkg train` run, e.g. the 400-d teacher of the OTHER backbone: softmax(scores / T)
+  ensemble  a `distkg ensemble` run (distkg.experiments.ensemble): the mixture w P_a + (1 - w) P_b of
+            its two members at the weight it chose on validation
+
+Why one code path for all three: the strength sweep (docs/RESULTS.md) asks at which strength of the
+second teacher the paper's terms start to pay; feeding them teachers of known strength (an LLM, a
+different KG model ranking above the student, their ensemble) through exactly the path P_LLM takes
+answers that without waiting for a better LLM.
+
+Every kind gives ``probs(q, temperature, idx, rows)`` for the student's training queries (``idx``:
+rows of ``training_queries``), read from one [queries, entities] matrix at ``distill.llm_temperature``
+where it fits in memory (SCORE_CACHE_BYTES), computed per batch otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from distkg.data import TKGDataset
+from distkg.distill.fused import Rows
+from distkg.distill.teachers import SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed, _sha1
+from distkg.errors import ConfigError, DistkgError
+from distkg.runfolder import read_metrics, run_kind
+from distkg.training.checkpoint import atomic_save
+
+log = logging.getLogger("distkg")
+
+ENSEMBLE_FILE = "ensemble.json"  # what `distkg ensemble` writes beside metrics.json: members and weight
+
+
+class KGProbs:
+    """A `distkg train` run as a second teacher: P = softmax(scores / T) of the KG model."""
+
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0) -> None:
+        self.teacher = KGTeacher(run, ds, queries)
+        self.temperature = temperature
+        fits = self.teacher.temper(temperature)  # the run's soft-target cache at this temperature
+        self.all_probs = self.teacher.tempered.probs if fits else None
+
+    def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
+              rows: bool = False) -> torch.Tensor | Rows:
+        if idx is None:
+            raise ValueError("a KG second teacher answers training queries by their index (idx)")
+        if self.all_probs is not None and temperature == self.temperature:
+            return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
+        return torch.softmax(self.teacher.scores(idx) / temperature, dim=1)
+
+
+class EnsembleProbs:
+    """A `distkg ensemble` run as a second teacher: w P_a + (1 - w) P_b, both at temperature T. The
+    mixture of every training query is kept in RUN/outputs (the ensemble's own folder), so the
+    members are opened only to make it, or where it does not fit in memory."""
+
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0) -> None:
+        run = Path(run)
+        spec = read_ensemble(run)
+        _check_dataset(run, "distill.llm_run", spec["dataset"], ds)
+        self.run, self.ds, self.queries = run, ds, queries
+        self.weight, self.temperature, self.spec = float(spec["weight"]), temperature, spec
+        self._members: list | None = None
+        self.all_probs = self._mixture()
+
+    @property
+    def members(self) -> list:
+        if self._members is None:
+            self._members = [open_second(m, self.ds, self.queries, self.temperature, f"{self.run}/{ENSEMBLE_FILE} member")
+                             for m in self.spec["members"]]
+        return self._members
+
+    def _mixture(self) -> torch.Tensor | None:
+        """The mixture of every training query, read from or written to RUN/outputs under a key of the
+        members' weights files and the ensemble's weight; None where it does not fit in memory."""
+        n, e = len(self.queries), self.ds.num_entities
+        if n * e * 4 > SCORE_CACHE_BYTES:
+            return None
+        path = self.run / "outputs" / f"probs-T{self.temperature:g}.pt"
+        key = {"members": [_member_key(Path(m)) for m in self.spec["members"]], "weight": self.weight,
+               "queries": n, "entities": e, "temperature": float(self.temperature)}
+        if (cached := _load_keyed(path, key)) is not None:
+            return cached["probs"]
+        if any(m.all_probs is None for m in self.members):
+            return None
+        a, b = (m.all_probs for m in self.members)
+        mix = torch.empty(n, e)
+        for rows, pa, pb in zip(mix.split(4096), a.split(4096), b.split(4096)):
+            torch.add(pa * self.weight, pb, alpha=1 - self.weight, out=rows)
+        log.info("writing the ensemble's mixture at T=%g -> %s (once per ensemble and temperature)", self.temperature, path)
+        atomic_save({"key": key, "probs": mix}, path)
+        return mix
+
+    def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
+              rows: bool = False) -> torch.Tensor | Rows:
+        if idx is not None and self.all_probs is not None and temperature == self.temperature:
+            return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
+        a, b = (torch.as_tensor(m.probs(q, temperature, idx)) for m in self.members)
+        return a * self.weight + b * (1 - self.weight)
+
+
+def _member_key(run: Path) -> str:
+    """What identifies a member's outputs: its best weights (KG) or its exported tables (LLM)."""
+    for path in (run / "checkpoints" / "best.pt", run / "teacher" / "tables.pt", run / ENSEMBLE_FILE):
+        if path.is_file():
+            return _sha1(path)
+    return str(run)
+
+
+def read_ensemble(run: Path) -> dict:
+    """A finished `distkg ensemble` run's spec (members, weight, dataset), or a clear error."""
+    path = run / ENSEMBLE_FILE
+    try:
+        spec = json.loads(path.read_text())
+        members, weight = spec["members"], float(spec["weight"])
+        spec["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DistkgError(f"{path}: not a readable ensemble spec ({type(e).__name__}: {e}); run `distkg ensemble` "
+                          f"again with --out {run}") from None
+    if len(members) != 2 or not 0 <= weight <= 1:
+        raise DistkgError(f"{path}: expected two members and a weight in [0, 1], got {members} and {weight}")
+    return spec
+
+
+def open_second(run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0,
+                what: str = "distill.llm_run"):
+    """The second teacher in ``run`` (module docstring), or an error naming the folder and what it holds."""
+    run = Path(run)
+    if read_metrics(run) is None:
+        raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `distkg llm "
+                          "finetune`, `distkg train` or `distkg ensemble`)")
+    kind = run_kind(run)
+    log.info("second teacher (P_LLM of the LLM terms): %s run %s", kind, run)
+    if kind == "llm":
+        return LLMTables(run, ds, queries, temperature)
+    if kind == "kg":
+        return KGProbs(run, ds, queries, temperature)
+    if kind == "ensemble":
+        return EnsembleProbs(run, ds, queries, temperature)
+    raise ConfigError(f"{what}={str(run)!r}: a {kind} run cannot be a second teacher (an LLM teacher, a KG model "
+                      "or an ensemble of them can)")
