@@ -28,7 +28,7 @@ from distkg.data import load_dataset, resolve_data_root
 from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.runfolder import read_metrics
+from distkg.runfolder import read_metrics, run_kind
 from distkg.runtime.cluster import connect
 from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.resources import check_fits, local_cpus
@@ -52,11 +52,23 @@ def pool_names(runtime_cfg, needs: set[str]) -> list[str]:
                                     ("kg", "teacher_scores" in needs and runtime_cfg.kg_teacher == "pool")) if used]
 
 
+def second_kind(run: str) -> str:
+    """The scoring pool's kind for the second teacher (distkg.distill.second): an LLM teacher's pool, or a
+    KG model's; an ensemble is mixed in the students' processes, not served."""
+    kind = run_kind(Path(run))
+    if kind not in ("llm", "kg"):
+        raise DistkgError(f"distill.llm_run={run}: a {kind} run as the second teacher is read in-process; set "
+                          "runtime.backend=local (a pool serves an LLM teacher or a KG model)")
+    return kind
+
+
 def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
     """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
     runtime_cfg, distill_cfg = cfg.runtime, cfg.distill
     runs = {"llm": distill_cfg.llm_run, "kg": distill_cfg.teacher_run}
-    pools = {name: TeacherPool(name, runs[name], num_entities, runtime_cfg, cfg.data.root) for name in pool_names(runtime_cfg, needs)}
+    kinds = {"llm": second_kind(distill_cfg.llm_run) if "llm_probs" in needs else "llm", "kg": "kg"}
+    pools = {name: TeacherPool(kinds[name], runs[name], num_entities, runtime_cfg, cfg.data.root)
+             for name in pool_names(runtime_cfg, needs)}
     for name, pool in pools.items():
         for info in pool.ready(timeout=runtime_cfg.timeout_s):
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
@@ -215,6 +227,8 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
 
     cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
     needs = check_method(cfg)
+    if "llm" in pool_names(runtime_cfg, needs):
+        second_kind(cfg.distill.llm_run)  # before Ray starts
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
     with ray_session(runtime_cfg, pool_names(runtime_cfg, needs)):

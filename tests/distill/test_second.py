@@ -141,3 +141,11 @@ def test_a_run_that_is_no_teacher_is_refused_by_name(tmp_path):
         open_second(tmp_path, DS, QUERIES)
     with pytest.raises(DistkgError, match="no finished run there"):
         open_second(tmp_path / "none", DS, QUERIES)
+
+
+def test_a_ray_pool_serves_an_llm_or_kg_second_teacher_and_refuses_an_ensemble_before_ray(runs):
+    from distkg.runtime.students import second_kind
+
+    assert second_kind(str(runs / "llm")) == "llm" and second_kind(str(runs / "ttranse")) == "kg"
+    with pytest.raises(DistkgError, match="read in-process; set runtime.backend=local"):
+        second_kind(str(runs / "mix"))
