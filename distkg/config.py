@@ -98,6 +98,12 @@ class LLMConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     dim: int = 400  # the KG space the projection maps into
     form: Literal["tadistmult", "ttranse"] = "tadistmult"  # the backbone scoring form
+    # how the LLM reads a query (distkg/llm/teacher.py, docs/METHOD.md): composed from the texts of its entity,
+    # relation and time, or as ONE text: the question and up to `query_facts` of the query entity's training
+    # facts, nearest in time first (never a fact answering the query itself), cut at `query_tokens`
+    query: Literal["composed", "text"] = "composed"
+    query_facts: int = 6
+    query_tokens: int = 48
     max_tokens: int = 32
     # what an entity's text is (distkg/llm/prompts.py): its name, or its name and up to `entity_facts`
     # of its TRAINING facts as text (never validation or test facts)
@@ -245,7 +251,7 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "entity_facts": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "own_text_share": (0, 1, False), "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "query_facts": _AT_LEAST_0, "query_tokens": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "own_text_share": (0, 1, False), "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
                 "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "head_weight_decay": _AT_LEAST_0,
                 "head_label_smoothing": (0, 0.999999, False), "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,

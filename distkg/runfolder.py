@@ -54,7 +54,8 @@ LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")
 # otherwise, so a checkpoint written before they existed still verifies.
 DIGEST_ADDED = {"llm.patience": 5, "llm.entity_text": "name", "llm.entity_facts": 8, "llm.feature_cache": False,
                 "llm.text_folds": 1, "llm.own_text_share": 0.0, "llm.head_weight_decay": 0.0, "llm.head_label_smoothing": 0.0,
-                "runtime.tail_samples": 0, "runtime.rank": 254}
+                "runtime.tail_samples": 0, "runtime.rank": 254, "llm.query": "composed", "llm.query_facts": 6,
+                "llm.query_tokens": 48}
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
 

@@ -210,7 +210,7 @@ def qlora_step(size: dict) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            teacher.encoder.mark_updated()
+            teacher.mark_updated()
             loss.item()
             sync()
             if step >= 2:

@@ -226,7 +226,12 @@ class LLMTables:
 
     def _start(self, t: dict, ds: TKGDataset, queries: torch.Tensor | None, temperature: float,
                path: Path | None) -> None:
-        self.entity, self.relation, self.time = t["entity"], t["relation"], t["time"]
+        self.query_mode = t.get("query_mode", "composed")
+        self.entity = t["entity"]
+        if self.query_mode == "text":  # E(p_q) of every query of the dataset's splits, by its row
+            self.query_table = QueryTable(t["query_keys"], t["query"], ds)
+        else:
+            self.relation, self.time = t["relation"], t["time"]
         self.form, self.log_scale = t["form"], t["logit_scale"]
         self.scoring = scoring_form(self.form)  # the backbone's own scoring, as the teacher scored in fine-tuning
         # P_LLM of every training query x entity at ``temperature``, when queries are given and it fits
@@ -251,7 +256,10 @@ class LLMTables:
     @torch.no_grad()
     def scores(self, q: torch.Tensor) -> torch.Tensor:
         """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included."""
-        query = self.scoring.table_query(self.entity, self.relation, self.time, q)
+        if self.query_mode == "text":
+            query = self.query_table.lookup(q)
+        else:
+            query = self.scoring.table_query(self.entity, self.relation, self.time, q)
         return scaled_match(self.scoring, self.log_scale, query, self.entity)
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
@@ -261,6 +269,33 @@ class LLMTables:
         if idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
         return torch.softmax(self.scores(q) / temperature, dim=1)
+
+
+class QueryTable:
+    """E(p_q) of a teacher that reads queries as text, for the queries it was exported with (every query
+    of the dataset's splits), looked up by row: sorted int64 codes and a binary search."""
+
+    def __init__(self, keys: torch.Tensor, vectors: torch.Tensor, ds: TKGDataset) -> None:
+        self.sizes = (2 * ds.num_relations, ds.num_times, ds.num_times)
+        codes = self.encode(keys)
+        order = torch.argsort(codes)
+        self.codes, self.vectors = codes[order], vectors[order]
+
+    def encode(self, q: torch.Tensor) -> torch.Tensor:
+        r2, nt, _ = self.sizes
+        q = q.long()
+        return ((q[:, 0] * r2 + q[:, 1]) * nt + q[:, 2]) * nt + q[:, 3]
+
+    def lookup(self, q: torch.Tensor) -> torch.Tensor:
+        codes = self.encode(q.cpu())
+        at = torch.searchsorted(self.codes, codes).clamp_max(len(self.codes) - 1)
+        missing = self.codes[at] != codes
+        if missing.any():
+            row = q[missing.nonzero()[0, 0]].tolist()
+            raise DistkgError(f"query {row} (entity, relation', t0, t1) is not one of the dataset's queries this LLM "
+                              "teacher's tables were exported with; a teacher that reads queries as text needs the LLM "
+                              "for any other query (distkg.llm.finetune.load_teacher)")
+        return self.vectors[at]
 
 
 def export_llm_tables(run: Path, ds: TKGDataset) -> Path:

@@ -69,6 +69,14 @@ def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, inde
     no candidate row is fresh). ``step_calls`` as ``llm.step_calls``."""
     device = teacher.device
     q, a = torch.from_numpy(batch.queries), torch.from_numpy(batch.answers)
+    table = torch.sigmoid(teacher.head(cache.to(device)))
+    if teacher.query_mode == "text":  # the query's own text, fresh with gradients
+        texts = teacher.query_texts.texts(batch.queries)
+        encode = teacher.query_encoder.encode_padded if step_calls == "one" else (
+            lambda x: teacher.query_encoder.encode(x, grad=True))
+        query = torch.sigmoid(teacher.qhead(encode(texts).to(device)))
+        logits = masked_logits(teacher.match(query, table), batch, index)
+        return F.cross_entropy(logits, a.to(device)), len(set(texts))
     texts, ids = step_texts(teacher, q)
     encode = teacher.encoder.encode_padded if step_calls == "one" else lambda x: teacher.encoder.encode(x, grad=True)
     hidden = encode(texts).to(device)
@@ -81,7 +89,6 @@ def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, inde
 
     t = 0.5 * (tim[pos("time", q[:, 2])] + tim[pos("time", q[:, 3])])
     query = teacher.scoring.query(ent[pos("entity", q[:, 0])], rel[pos("relation", q[:, 1])], t)
-    table = torch.sigmoid(teacher.head(cache.to(device)))
     logits = masked_logits(teacher.match(query, table), batch, index)
     return F.cross_entropy(logits, a.to(device)), len(texts)
 
@@ -91,8 +98,8 @@ def full_cache(teacher: LLMTeacher, clear: bool = True) -> dict[str, torch.Tenso
     ``clear``: empty the encoder's cache first (it keeps one table per weights version otherwise);
     False where it holds this version's table already (right after the head warm-up)."""
     if clear:
-        teacher.encoder.clear()
-    teacher.encoder.mark_updated()
+        teacher.clear_caches()
+    teacher.mark_updated()
     return {k: v.detach().float().cpu() for k, v in teacher.features().items()}
 
 
@@ -103,7 +110,7 @@ def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: Ru
     from distkg.llm.finetune import _valid_view
 
     device = teacher.device
-    teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items()})
+    teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items() if k != "query"})
     try:
         return evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", index=index,
                         options=eval_options(cfg, device).replace(progress=False))["mrr"]

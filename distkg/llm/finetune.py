@@ -33,7 +33,7 @@ from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, eval_options, evaluate
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
-from distkg.llm.prompts import entity_texts
+from distkg.llm.prompts import QueryTexts, entity_texts
 from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_optimizer, head_params
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder
@@ -76,7 +76,9 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
                          encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device),
-                         entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts))
+                         entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts),
+                         query_texts=QueryTexts(ds, cfg.llm.query_facts) if cfg.llm.query == "text" else None,
+                         query_tokens=cfg.llm.query_tokens)
     return teacher.to(lm.device)
 
 
@@ -86,9 +88,12 @@ def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     teacher.lm_model.save_pretrained(tmp)
-    torch.save({"head": teacher.head.state_dict(), "logit_scale": teacher.logit_scale.detach()}, tmp / "head.pt")
+    heads = {"head": teacher.head.state_dict(), "logit_scale": teacher.logit_scale.detach()}
+    if teacher.query_mode == "text":
+        heads["qhead"] = teacher.qhead.state_dict()
+    torch.save(heads, tmp / "head.pt")
     meta = {"model": cfg.llm.model, "layers": cfg.llm.layers, "hidden_size": teacher.head.in_features, "dim": cfg.llm.dim, "form": cfg.llm.form,
-            "lora_r": cfg.llm.lora_r, "dataset": cfg.data.dataset, **(extra or {})}
+            "query": teacher.query_mode, "lora_r": cfg.llm.lora_r, "dataset": cfg.data.dataset, **(extra or {})}
     (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
     if folder.exists():
         shutil.rmtree(folder)
@@ -98,7 +103,7 @@ def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict 
 def save_tables(teacher: LLMTeacher, ds: TKGDataset, folder: Path) -> Path:
     """FOLDER/tables.pt: every E(p) and the scoring form, so students get P_LLM without the LLM."""
     path = folder / "tables.pt"
-    atomic_save({**teacher.tables(), "dataset": ds.name}, path)
+    atomic_save({**teacher.tables(ds), "dataset": ds.name}, path)
     return path
 
 
@@ -116,18 +121,23 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     if meta.get("layers") != cfg.llm.layers:
         raise ConfigError(f"{folder}: the adapter was trained with llm.layers={meta.get('layers')}, "
                           f"but the config says {cfg.llm.layers}")
+    if meta.get("query", "composed") != cfg.llm.query:
+        raise ConfigError(f"{folder}: the teacher reads queries as llm.query={meta.get('query', 'composed')!r}, "
+                          f"but the config says {cfg.llm.query!r}")
     teacher = build_teacher(cfg, ds, lora=False)
     try:
         teacher.lm_model = PeftModel.from_pretrained(teacher.lm_model, str(folder))
         teacher.encoder.lm.model = teacher.lm_model
         head = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
         teacher.head.load_state_dict(head["head"])
+        if teacher.query_mode == "text":
+            teacher.qhead.load_state_dict(head["qhead"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"{folder}: the adapter/head does not match base model {cfg.llm.model!r} "
                           f"(hidden {teacher.head.in_features}, dim {cfg.llm.dim}): {str(e).splitlines()[0]}") from None
     with torch.no_grad():
         teacher.logit_scale.copy_(head["logit_scale"])
-    teacher.encoder.mark_updated()
+    teacher.mark_updated()
     return teacher.eval()
 
 

@@ -37,7 +37,7 @@ from collections import Counter
 import numpy as np
 
 from distkg.data import TKGDataset
-from distkg.data.dataset import O, R, S
+from distkg.data.dataset import O, R, S, T0, T1
 
 ENTITY_TEXTS = ("name", "facts")
 SHORTCUT_REPEATS = 0.05  # llm.text_folds: auto holds texts out below this share of repeated validation triples
@@ -121,3 +121,83 @@ def own_text_rows(train: np.ndarray, share: float, seed: int) -> np.ndarray:
     own = np.zeros(len(order), dtype=bool)
     own[order[:round(share * len(order))]] = True
     return own[triple]
+
+
+# ------------------------------------------------------------------------------ query texts (llm.query: text)
+def time_phrase(ds: TKGDataset, t: int) -> str:
+    """A time id as text: the date of point data, the years of an interval bucket ("1952-1954")."""
+    if ds.time_kind == "point":
+        return ds.time_labels[t]
+    if ds.unknown_time is not None and t == ds.unknown_time:
+        return "unknown time"
+    lo, hi = ds.buckets[t]
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+class QueryTexts:
+    """The text of a query (entity, relation', t0, t1) read as a whole (``llm.query: text``, docs/METHOD.md):
+
+        "Al Gore was born in ? (1946-1950). Known: 1970-1975: is married to Tipper Gore; ..."
+
+    the question (a head query (o, r + R) reads "? <relation> <o>"), then up to ``facts`` of the query
+    entity's TRAINING facts, nearest in time to the query first (ties: the query's relation first, then
+    file order; facts with no known time last), each "<time>: <relation> <neighbour>" (outgoing) or
+    "<time>: <neighbour> <relation>" (incoming).
+
+    Never its own answer: a fact with the query's own key (the same entity in the same role, relation
+    and time ids) is left out of every query's text, in every split. A training query thus never sees
+    its own fact, as a test query never does, and the text is a function of the query row alone, so
+    any process (a scoring actor, an evaluation) writes the same text for the same query.
+    """
+
+    def __init__(self, ds: TKGDataset, facts: int = 6) -> None:
+        self.ds, self.facts = ds, facts
+        self.train = ds.splits["train"]
+        rows: dict[int, list[int]] = {}
+        for row, (s, o) in enumerate(self.train[:, [S, O]].tolist()):
+            rows.setdefault(s, []).append(row)
+            if o != s:
+                rows.setdefault(o, []).append(row)
+        self.rows = {e: np.asarray(r, dtype=np.int64) for e, r in rows.items()}
+        unknown = ds.unknown_time
+        t0, t1 = self.train[:, T0].astype(float), self.train[:, T1].astype(float)
+        if unknown is not None:  # an unknown end leaves the start; an unknown start is no time at all
+            t1 = np.where(self.train[:, T1] == unknown, t0, t1)
+            t0 = np.where(self.train[:, T0] == unknown, np.nan, t0)
+        self.mid = 0.5 * (t0 + t1)
+        self._cache: dict[tuple[int, int, int, int], str] = {}
+
+    def __call__(self, query: tuple[int, int, int, int]) -> str:
+        key = tuple(int(x) for x in query)
+        if key not in self._cache:
+            self._cache[key] = self._write(*key)
+        return self._cache[key]
+
+    def texts(self, queries: np.ndarray) -> list[str]:
+        return [self(q) for q in np.asarray(queries).tolist()]
+
+    def _write(self, e: int, r2: int, t0: int, t1: int) -> str:
+        ds, train, n_rel = self.ds, self.train, self.ds.num_relations
+        inverse, r = r2 >= n_rel, r2 % n_rel
+        names, rels = ds.entity_text, ds.relation_text
+        when = time_phrase(ds, t0) if t0 == t1 else f"{time_phrase(ds, t0)} to {time_phrase(ds, t1)}"
+        question = f"? {rels[r]} {names[e]} ({when})." if inverse else f"{names[e]} {rels[r]} ? ({when})."
+        rows = self.rows.get(e)
+        if rows is None or not self.facts:
+            return question
+        f = train[rows]
+        own = (f[:, R] == r) & (f[:, T0] == t0) & (f[:, T1] == t1) & ((f[:, O] == e) if inverse else (f[:, S] == e))
+        rows, f = rows[~own], f[~own]
+        if not len(rows):
+            return question
+        unknown = ds.unknown_time
+        q_t1 = t0 if unknown is not None and t1 == unknown else t1
+        q_mid = np.nan if unknown is not None and t0 == unknown else 0.5 * (t0 + q_t1)
+        dist = np.abs(self.mid[rows] - q_mid)
+        dist = np.where(np.isnan(dist), np.inf, dist)
+        order = np.lexsort((rows, f[:, R] != r, dist))[: self.facts]
+        phrases = []
+        for s_, r_, o_, a_ in f[order][:, [S, R, O, T0]].tolist():
+            fact = f"{rels[r_]} {names[o_]}" if s_ == e else f"{names[s_]} {rels[r_]}"
+            phrases.append(f"{time_phrase(ds, a_)}: {fact}")
+        return f"{question} Known: {'; '.join(phrases)}"

@@ -52,8 +52,9 @@ log = logging.getLogger("distkg")
 
 
 def head_params(teacher: LLMTeacher) -> list[torch.nn.Parameter]:
-    """The projection head and the logit scale: what the warm-up trains."""
-    return [*teacher.head.parameters(), teacher.logit_scale]
+    """The projection heads (the query's too, when it is read as text) and the logit scale: what the warm-up trains."""
+    heads = [teacher.head, teacher.qhead] if teacher.query_mode == "text" else [teacher.head]
+    return [p for h in heads for p in h.parameters()] + [teacher.logit_scale]
 
 
 class TrainableWeights:
@@ -77,7 +78,7 @@ class TrainableWeights:
                 if p.shape != state[n].shape:
                     raise RuntimeError(f"size mismatch for {n}: {tuple(state[n].shape)} saved, {tuple(p.shape)} here")
                 p.copy_(state[n])
-        self.teacher.encoder.mark_updated()
+        self.teacher.mark_updated()
 
 
 def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -87,8 +88,9 @@ def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer
     decay = cfg.llm.head_weight_decay
     if not decay:  # one group, as checkpoints written before the key existed hold it
         return torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
-    return torch.optim.AdamW([{"params": [teacher.head.weight], "weight_decay": decay},
-                              {"params": [teacher.head.bias, teacher.logit_scale], "weight_decay": 0.0}],
+    weights = [p for p in head_params(teacher) if p.dim() == 2]
+    return torch.optim.AdamW([{"params": weights, "weight_decay": decay},
+                              {"params": [p for p in head_params(teacher) if p.dim() != 2], "weight_decay": 0.0}],
                              lr=cfg.llm.head_lr)
 
 
@@ -118,7 +120,7 @@ def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[s
         fold = torch.zeros(len(queries), dtype=torch.long)
     else:
         row_fold, texts = held_out_texts(ds, cfg.llm.entity_facts, folds, cfg.seed)
-        sets = held_out_features(teacher, cfg, texts)
+        sets = held_out_features(teacher, cfg, texts, feats)
         share = cfg.llm.own_text_share
         if share > 0:
             row_fold = np.where(own_text_rows(train, share, cfg.seed), folds, row_fold)
@@ -154,13 +156,13 @@ def head_loss(teacher: LLMTeacher, data: HeadData, idx: torch.Tensor, smoothing:
     """Mean cross-entropy over all entities of the queries ``idx``, each scored on its fold's features."""
     device = teacher.device
     if len(data.feats) == 1:
-        logits = teacher.score_from_features(data.feats[0], data.queries[idx].to(device))
+        logits = teacher.score_from_features(data.feats[0], data.queries[idx].to(device), idx)
         return F.cross_entropy(logits, data.answers[idx].to(device), label_smoothing=smoothing)
     total = torch.zeros((), device=device)
     for f, feats in enumerate(data.feats):
         mine = idx[data.fold[idx] == f]
         if len(mine):
-            logits = teacher.score_from_features(feats, data.queries[mine].to(device))
+            logits = teacher.score_from_features(feats, data.queries[mine].to(device), mine)
             total = total + F.cross_entropy(logits, data.answers[mine].to(device), label_smoothing=smoothing,
                                             reduction="sum")
     return total / len(idx)
@@ -287,7 +289,7 @@ class TeacherRounds:
             return self.loop.diverged("loss", loss, f"head epoch {epoch + 1}, batch {batch}")
 
         loss = head_epoch(self.teacher, self.head_data, opt, self.cfg, epoch, diverged)
-        self.teacher.encoder.mark_updated()
+        self.teacher.mark_updated()
         seconds = time.perf_counter() - t
         head = state["llm"].setdefault("head", {"epochs": 0, "losses": [], "seconds": 0.0})
         head.update(epochs=head["epochs"] + 1, losses=[*head["losses"], round(loss, 4)],
@@ -352,7 +354,7 @@ class TeacherRounds:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                self.teacher.encoder.mark_updated()
+                self.teacher.mark_updated()
             return loss, self.teacher.encoder.stats.texts_encoded - texts
 
         return self._steps(state, "LLM sampled softmax", step)
@@ -379,7 +381,7 @@ class TeacherRounds:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                self.teacher.encoder.mark_updated()
+                self.teacher.mark_updated()
                 if (i + 1) % llm_cfg.refresh_every == 0:
                     llm["cache"] = self.features(i + 1)["entity"]
             return loss, n_texts

@@ -2,7 +2,16 @@
 maps them into the KG space, E(p) = sigmoid(W LLM(p) + b), and a backbone's scoring form over those
 embeddings gives scores over all entities; softmax of them is P_LLM.
 
-Query side: the query (e, r', t0, t1) is made of E(text of e), E(text of r') and E(text of the
+Two ways to read a query (``llm.query``):
+  composed  (below) the query is made of E(text of e), E(text of r') and E(text of the time), joined
+            by the backbone's form: everything the LLM contributes factors into three tables.
+  text      the query is ONE text, the question and the query entity's known training facts
+            (distkg.llm.prompts.QueryTexts), encoded by the LM into E(p_q) = sigmoid(W_q LLM(p_q) + b_q);
+            P_LLM is the backbone's match of E(p_q) with every entity's E(p): <E(p_q), E(p)> for
+            TA-DistMult, -||E(p_q) - E(p)|| for TTransE. The query's projection W_q is its own (the
+            query and the candidates are different kinds of text, as in bi-encoder link predictors).
+
+Composed query side: the query (e, r', t0, t1) is made of E(text of e), E(text of r') and E(text of the
 time). Head queries use the reciprocal relation, whose text is "inverse of <relation>". Time texts
 are the ISO date for daily data and "from <first> to <last>" of the year bucket for interval
 data ("unknown time" for the unknown id); an interval fact uses the mean of its two ends' time
@@ -20,13 +29,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from distkg.data import TKGDataset
 from distkg.errors import ConfigError
-from distkg.llm.encoder import TextEncoder
+from distkg.evaluation import build_queries
+from distkg.llm.encoder import EncoderStats, TextEncoder
 from distkg.llm.loading import LoadedLM
+from distkg.llm.prompts import QueryTexts
 from distkg.models import ScoringForm, scoring_form
 from distkg.models.base import TKGModel
 
@@ -43,18 +55,25 @@ def time_texts(dataset: TKGDataset) -> list[str]:
     return texts + ["unknown time"]
 
 
+QUERY_MODES = ("composed", "text")
+
+
 class LLMTeacher(TKGModel):
     def __init__(self, lm: LoadedLM, dataset: TKGDataset, dim: int = 400, form: str = "tadistmult",
-                 max_tokens: int = 32, encode_batch: int = 64, entity_texts: list[str] | None = None) -> None:
+                 max_tokens: int = 32, encode_batch: int = 64, entity_texts: list[str] | None = None,
+                 query_texts: QueryTexts | None = None, query_tokens: int = 48) -> None:
+        """``query_texts``: read each query as one text (``llm.query: text``), cut at ``query_tokens``."""
         super().__init__(dataset, dim)
         try:
             self.scoring = scoring_form(form)  # the backbone's own scoring over supplied vectors
         except (ValueError, ConfigError) as e:
             raise ValueError(f"llm.form: {e}") from None
         self.lm_model = lm.model  # registered, so .parameters() includes the LoRA adapters
-        self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch)
+        stats = EncoderStats()  # one count of LLM work for both encoders
+        self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch, stats=stats)
         hidden = lm.model.config.hidden_size
         self.head = nn.Linear(hidden, dim)
+        self.query_mode = "composed" if query_texts is None else "text"
         # sigmoid embeddings are all positive, so raw scores are large and close together: start the
         # scale at 1/sqrt(dim) so initial logits differ by O(0.1), not O(10) (a saturated softmax)
         # shape [1], not a scalar: DeepSpeed's engine broadcasts parameters as bytes, which 0-d tensors refuse
@@ -62,11 +81,44 @@ class LLMTeacher(TKGModel):
         self.form = form
         self.device = lm.device  # the LM's resolved device (distkg.device); the head lives there too
         self.given: dict[str, torch.Tensor] = {}  # kind -> every E(p) of that kind, computed elsewhere
-        self.texts = {
-            "entity": list(dataset.entity_text) if entity_texts is None else list(entity_texts),  # distkg.llm.prompts
-            "relation": list(dataset.relation_text) + [f"inverse of {t}" for t in dataset.relation_text],
-            "time": time_texts(dataset),
-        }
+        entities = list(dataset.entity_text) if entity_texts is None else list(entity_texts)  # distkg.llm.prompts
+        if query_texts is None:
+            self.texts = {
+                "entity": entities,
+                "relation": list(dataset.relation_text) + [f"inverse of {t}" for t in dataset.relation_text],
+                "time": time_texts(dataset),
+            }
+        else:
+            self.qhead = nn.Linear(hidden, dim)
+            self.query_texts = query_texts
+            self.query_encoder = TextEncoder(lm, max_tokens=query_tokens, batch_size=encode_batch, stats=stats)
+            # the training queries' texts, each distinct text once; train_query_text[i] is row i's
+            rows = query_texts.texts(build_queries(dataset.splits["train"], dataset.num_relations).queries)
+            distinct = sorted(set(rows))
+            where = {t: i for i, t in enumerate(distinct)}
+            self.train_query_text = torch.tensor([where[t] for t in rows], dtype=torch.long)
+            self.texts = {"entity": entities, "query": distinct}
+
+    # ------------------------------------------------------------------------------- encoders
+    def encoder_for(self, kind: str) -> TextEncoder:
+        """The encoder of a kind of text: query texts are cut at their own length (``llm.query_tokens``)."""
+        return self.query_encoder if kind == "query" else self.encoder
+
+    def mark_updated(self) -> None:
+        """Call after the LM's weights change: every encoder's cache is then of an older version."""
+        self.encoder.mark_updated()
+        if self.query_mode == "text":
+            self.query_encoder.mark_updated()
+
+    def clear_caches(self) -> None:
+        """Drop every encoder's in-memory encodings (they are kept per weights version otherwise)."""
+        self.encoder.clear()
+        if self.query_mode == "text":
+            self.query_encoder.clear()
+
+    def projection(self, kind: str) -> nn.Linear:
+        """W, b of E(p) = sigmoid(W LLM(p) + b) for a kind of text (queries read as text have their own)."""
+        return self.qhead if kind == "query" else self.head
 
     # ------------------------------------------------------------------------------- embeddings
     def embed(self, kind: str, ids: torch.Tensor, grad: bool = False) -> torch.Tensor:
@@ -76,23 +128,24 @@ class LLMTeacher(TKGModel):
         return self.embed_all([(kind, ids)], grad)[0]
 
     def embed_all(self, wanted: list[tuple[str, torch.Tensor]], grad: bool = False) -> list[torch.Tensor]:
-        """``embed`` of several (kind, ids) at once, with ONE encoder call for all their texts: a
-        fine-tuning step's entities, relations, times and candidates go through the LM together
+        """``embed`` of several (kind, ids) at once, with ONE encoder call per encoder for all their texts:
+        a fine-tuning step's entities, relations, times and candidates go through the LM together
         (on a GPU one padded forward instead of one per kind, or per kind and token length)."""
         out: list[torch.Tensor | None] = [None] * len(wanted)
-        todo: list[tuple[int, list[str], torch.Tensor]] = []
+        todo: dict[int, list[tuple[int, str, list[str], torch.Tensor]]] = {}  # encoder -> its (i, kind, texts, inverse)
         for i, (kind, ids) in enumerate(wanted):
             if not grad and kind in self.given:
                 out[i] = self.given[kind][ids.cpu()].to(self.device)
                 continue
             uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
-            todo.append((i, [self.texts[kind][j] for j in uniq.tolist()], inverse))
-        if todo:
-            hidden = self.encoder.encode([t for _, texts, _ in todo for t in texts], grad=grad).to(self.device)
-            proj = torch.sigmoid(self.head(hidden))
+            todo.setdefault(id(self.encoder_for(kind)), []).append((i, kind, [self.texts[kind][j] for j in uniq.tolist()], inverse))
+        for group in todo.values():
+            encoder = self.encoder_for(group[0][1])
+            hidden = encoder.encode([t for _, _, texts, _ in group for t in texts], grad=grad).to(self.device)
             start = 0
-            for i, texts, inverse in todo:
-                out[i] = proj[start: start + len(texts)][inverse.to(self.device)]
+            for i, kind, texts, inverse in group:
+                proj = torch.sigmoid(self.projection(kind)(hidden[start: start + len(texts)]))
+                out[i] = proj[inverse.to(self.device)]
                 start += len(texts)
         return out  # type: ignore[return-value]
 
@@ -103,7 +156,14 @@ class LLMTeacher(TKGModel):
         return [("entity", queries[:, 0]), ("relation", queries[:, 1]), ("time", torch.cat([queries[:, 2], queries[:, 3]]))]
 
     def _query(self, queries: torch.Tensor, grad: bool) -> torch.Tensor:
+        if self.query_mode == "text":
+            return self.text_query(queries, grad)
         return self._query_from(queries, *self.embed_all(self._query_parts(queries), grad))
+
+    def text_query(self, queries: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """E(p_q) of [B, 4] queries read as text (``llm.query: text``)."""
+        hidden = self.query_encoder.encode(self.query_texts.texts(queries.cpu().numpy()), grad=grad)
+        return torch.sigmoid(self.qhead(hidden.to(self.device)))
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         return self._query(queries, grad=False)
@@ -125,27 +185,45 @@ class LLMTeacher(TKGModel):
 
     # --------------------------------------------------------------------------------- training
     def features(self) -> dict[str, torch.Tensor]:
-        """Pooled hidden states of every entity, relation and time text under the current weights."""
-        return {kind: self.encoder.encode(texts) for kind, texts in self.texts.items()}
+        """Pooled hidden states of every text (entity, relation and time texts; or entity texts and the
+        training queries' texts) under the current weights."""
+        return {kind: self.encoder_for(kind).encode(texts) for kind, texts in self.texts.items()}
 
-    def score_from_features(self, feats: dict[str, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
-        """[B, E] scores from precomputed hidden states: only the head (and scale) gets gradients,
-        so the head can see every entity at every step (a full softmax), thousands of queries/s."""
-        proj = {k: torch.sigmoid(self.head(v)) for k, v in feats.items()}
-        q = self.scoring.table_query(proj["entity"], proj["relation"], proj["time"], queries)
-        return self.match(q, proj["entity"])
+    def score_from_features(self, feats: dict[str, torch.Tensor], queries: torch.Tensor,
+                            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E] scores from precomputed hidden states: only the heads (and scale) get gradients,
+        so the head can see every entity at every step (a full softmax), thousands of queries/s.
+        ``rows``: the queries' rows among the training queries (read as text: their texts' features)."""
+        entity = torch.sigmoid(self.head(feats["entity"]))
+        if self.query_mode == "text":
+            if rows is None:
+                raise ValueError("a teacher that reads queries as text scores training queries by their rows")
+            q = torch.sigmoid(self.qhead(feats["query"][self.train_query_text[rows.cpu()].to(feats["query"].device)]))
+            return self.match(q, entity)
+        proj = {k: torch.sigmoid(self.head(v)) for k, v in feats.items() if k != "entity"}
+        q = self.scoring.table_query(entity, proj["relation"], proj["time"], queries)
+        return self.match(q, entity)
 
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
+        if self.query_mode == "text":
+            return self.match(self.text_query(queries, grad=True), self.embed("entity", candidates, grad=True))
         e, r, both, c = self.embed_all([*self._query_parts(queries), ("entity", candidates)], grad=True)
         return self.match(self._query_from(queries, e, r, both), c)
 
     @torch.inference_mode()
-    def tables(self) -> dict:
+    def tables(self, dataset: TKGDataset | None = None) -> dict:
         """Every entity, relation and time embedding E(p) plus the scoring form and scale: all that
-        P_LLM needs for any query, so students never run the LLM (distkg.distill.teachers)."""
-        return {kind: self.embed(kind, torch.arange(len(texts))).float().cpu() for kind, texts in self.texts.items()} | {
-            "form": self.form, "logit_scale": self.logit_scale.detach().float().cpu()}
+        P_LLM needs for any query, so students never run the LLM (distkg.distill.teachers). Read as
+        text: every entity's E(p) and E(p_q) of every query of ``dataset``'s splits (``query_keys``)."""
+        scale = {"form": self.form, "logit_scale": self.logit_scale.detach().float().cpu(), "query_mode": self.query_mode}
+        if self.query_mode == "composed":
+            return {kind: self.embed(kind, torch.arange(len(texts))).float().cpu() for kind, texts in self.texts.items()} | scale
+        keys = torch.from_numpy(np.unique(np.concatenate([build_queries(dataset.splits[s], dataset.num_relations).queries
+                                                          for s in ("train", "valid", "test")]), axis=0))
+        query = torch.cat([self.text_query(chunk).float().cpu() for chunk in keys.split(4096)])
+        return {"entity": self.embed("entity", torch.arange(self.num_entities)).float().cpu(), "query_keys": keys,
+                "query": query} | scale
 
     @torch.inference_mode()
     def distribution(self, queries: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -163,6 +163,9 @@ def _tntcomplex(g: GraphBuilder, model) -> None:
 
 def _llm_tables(g: GraphBuilder, tables) -> None:
     """The LLM teacher's exported tables (distkg.distill.teachers.LLMTables) in their scoring form."""
+    if tables.query_mode == "text":
+        raise DistkgError("export: an LLM teacher that reads queries as text (llm.query: text) needs the LLM for "
+                          "every query; it has no ONNX graph (predict and serve answer with it)")
     ent = g.weight("entity", tables.entity)
     e = g.lookup(ent, g.column("queries", 0))
     r = g.lookup(g.weight("relation", tables.relation), g.column("queries", 1))

@@ -177,9 +177,15 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
                           "or `distkg llm finetune` output")
     cfg = load_config(run / "config.yaml", overrides)
     if (run / "teacher" / "teacher.json").is_file():  # an LLM teacher run
+        ds = load_dataset(cfg.data)
+        if cfg.llm.query == "text":  # any query's text goes through the LLM (tables hold the splits' queries only)
+            from distkg.llm.finetune import load_teacher
+
+            teacher = load_teacher(run / "teacher", cfg, ds)
+            return Predictor(ds, lambda q: teacher.score_candidates(q, 0, ds.num_entities).cpu(), cfg.data.max_year,
+                             "llm", teacher)
         from distkg.distill.teachers import LLMTables
 
-        ds = load_dataset(cfg.data)
         tables = LLMTables(run, ds)
         return Predictor(ds, tables.scores, cfg.data.max_year, "llm", tables)
     from distkg.models import MODELS

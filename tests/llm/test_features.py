@@ -30,7 +30,7 @@ def cache_dir(tmp_path, monkeypatch):
 def test_second_call_reads_the_same_features_from_disk(tiny_llama, ds):
     teacher = build_teacher(cfg_for(tiny_llama), ds)
     first, hit = frozen_features(teacher, cfg_for(tiny_llama))
-    assert not hit and feature_path(feature_key(teacher, cfg_for(tiny_llama))).is_file()
+    assert not hit and all(feature_path(feature_key(teacher, cfg_for(tiny_llama), kind)).is_file() for kind in teacher.texts)
     again = build_teacher(cfg_for(tiny_llama), ds)
     calls = again.encoder.stats.forward_calls
     second, hit = frozen_features(again, cfg_for(tiny_llama))
@@ -44,8 +44,8 @@ def test_second_call_reads_the_same_features_from_disk(tiny_llama, ds):
 
 @pytest.mark.parametrize("change", [("llm.entity_text=facts",), ("llm.max_tokens=5",), ("llm.layers=1",)])
 def test_the_key_follows_texts_tokens_and_layers(tiny_llama, ds, change):
-    base = feature_key(build_teacher(cfg_for(tiny_llama), ds), cfg_for(tiny_llama))
-    assert feature_key(build_teacher(cfg_for(tiny_llama, *change), ds), cfg_for(tiny_llama, *change)) != base
+    base = feature_key(build_teacher(cfg_for(tiny_llama), ds), cfg_for(tiny_llama), "entity")
+    assert feature_key(build_teacher(cfg_for(tiny_llama, *change), ds), cfg_for(tiny_llama, *change), "entity") != base
 
 
 def test_a_lora_step_changes_the_key_so_no_stale_features(tiny_llama, ds):
@@ -63,9 +63,9 @@ def test_a_lora_step_changes_the_key_so_no_stale_features(tiny_llama, ds):
 def test_a_file_with_another_key_is_not_served(tiny_llama, ds):
     cfg = cfg_for(tiny_llama)
     teacher = build_teacher(cfg, ds)
-    path = feature_path(feature_key(teacher, cfg))
+    path = feature_path(feature_key(teacher, cfg, "entity"))
     path.parent.mkdir(parents=True)
-    wrong = {k: torch.zeros(len(v), teacher.head.in_features) for k, v in teacher.texts.items()}
+    wrong = torch.zeros(len(teacher.texts["entity"]), teacher.head.in_features)
     torch.save({"key": "something-else", "features": wrong}, path)
     feats, hit = frozen_features(teacher, cfg)
     assert not hit and feats["entity"].abs().sum() > 0

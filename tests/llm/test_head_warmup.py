@@ -30,12 +30,13 @@ def test_held_out_features_are_the_fold_texts_and_cached_under_their_own_keys(ti
     fold, texts = held_out_texts(ds, 4, 2, cfg.seed)
     assert teacher.texts["entity"] == entity_texts(ds, "facts", 4)  # restored after the folds were encoded
     assert torch.equal(data.fold, torch.cat([torch.from_numpy(fold)] * 2)) and len(data.fold) == len(data.queries)
-    assert len({p.name for p in (cache_dir / "features").iterdir()}) == 3  # own texts + one set per fold
+    # a file per kind of the own texts (entity, relation, time) + the entity texts of each fold
+    assert len({p.name for p in (cache_dir / "features").iterdir()}) == 5
     for f in range(2):
         other = build_teacher(cfg, ds)
         other.texts["entity"] = texts[f]
         torch.testing.assert_close(data.feats[f]["entity"], other.features()["entity"])
-        assert feature_key(other, cfg) != feature_key(teacher, cfg)
+        assert feature_key(other, cfg, "entity") != feature_key(teacher, cfg, "entity")
         torch.testing.assert_close(data.feats[f]["relation"], own["relation"])
     assert not torch.allclose(data.feats[0]["entity"], data.feats[1]["entity"])
 
