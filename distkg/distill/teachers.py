@@ -228,7 +228,8 @@ class LLMTables:
                path: Path | None) -> None:
         self.query_mode = t.get("query_mode", "composed")
         self.entity = t["entity"]
-        if self.query_mode == "text":  # E(p_q) of every query of the dataset's splits, by its row
+        if self.query_mode == "text":  # E(p_q) of every training query by its row, of the others by their key
+            self.train_query = t["train_query"]
             self.query_table = QueryTable(t["query_keys"], t["query"], ds)
         else:
             self.relation, self.time = t["relation"], t["time"]
@@ -246,7 +247,10 @@ class LLMTables:
                "temperature": float(self.temperature)} if tables is not None else {}
         if path is not None and (cached := _load_keyed(path, key)) is not None:
             return cached["probs"]
-        probs = score_matrix(self.scores, queries, num_entities)
+        if self.query_mode == "text":  # training queries by their rows (each text leaves its own fact out)
+            probs = score_matrix(lambda rows: self.scores(queries[rows], rows), torch.arange(len(queries)), num_entities)
+        else:
+            probs = score_matrix(self.scores, queries, num_entities)
         if probs is not None:
             soften_(probs, self.temperature)
             if path is not None:
@@ -254,10 +258,11 @@ class LLMTables:
         return probs
 
     @torch.no_grad()
-    def scores(self, q: torch.Tensor) -> torch.Tensor:
-        """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included."""
+    def scores(self, q: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included; ``idx``: their
+        rows among the training queries (a teacher that reads queries as text needs them for those)."""
         if self.query_mode == "text":
-            query = self.query_table.lookup(q)
+            query = self.train_query[idx] if idx is not None else self.query_table.lookup(q)
         else:
             query = self.scoring.table_query(self.entity, self.relation, self.time, q)
         return scaled_match(self.scoring, self.log_scale, query, self.entity)
@@ -268,12 +273,12 @@ class LLMTables:
         (``rows``: left unread there, as distill.fused.Rows, when they are cached)."""
         if idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
-        return torch.softmax(self.scores(q) / temperature, dim=1)
+        return torch.softmax(self.scores(q, idx) / temperature, dim=1)
 
 
 class QueryTable:
-    """E(p_q) of a teacher that reads queries as text, for the queries it was exported with (every query
-    of the dataset's splits), looked up by row: sorted int64 codes and a binary search."""
+    """E(p_q) of a teacher that reads queries as text, for the validation and test queries it was exported
+    with, looked up by row: sorted int64 codes and a binary search."""
 
     def __init__(self, keys: torch.Tensor, vectors: torch.Tensor, ds: TKGDataset) -> None:
         self.sizes = (2 * ds.num_relations, ds.num_times, ds.num_times)
@@ -292,9 +297,10 @@ class QueryTable:
         missing = self.codes[at] != codes
         if missing.any():
             row = q[missing.nonzero()[0, 0]].tolist()
-            raise DistkgError(f"query {row} (entity, relation', t0, t1) is not one of the dataset's queries this LLM "
-                              "teacher's tables were exported with; a teacher that reads queries as text needs the LLM "
-                              "for any other query (distkg.llm.finetune.load_teacher)")
+            raise DistkgError(f"query {row} (entity, relation', t0, t1) is not one of the validation or test queries "
+                              "this LLM teacher's tables were exported with (training queries are read by their rows); "
+                              "a teacher that reads queries as text needs the LLM for any other query "
+                              "(distkg.llm.finetune.load_teacher)")
         return self.vectors[at]
 
 

@@ -64,14 +64,17 @@ def step_texts(teacher: LLMTeacher, q: torch.Tensor) -> tuple[list[str], dict[st
 
 
 def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, index: FilterIndex,
-                 step_calls: str = "one") -> tuple[torch.Tensor, int]:
+                 step_calls: str = "one", rows: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(loss, texts encoded) for one batch; ``cache`` [E, H] gives every candidate (module docstring:
-    no candidate row is fresh). ``step_calls`` as ``llm.step_calls``."""
+    no candidate row is fresh). ``step_calls`` as ``llm.step_calls``. ``rows``: the batch's rows among
+    the training queries (a teacher that reads queries as text leaves each one's own fact out)."""
     device = teacher.device
     q, a = torch.from_numpy(batch.queries), torch.from_numpy(batch.answers)
     table = torch.sigmoid(teacher.head(cache.to(device)))
     if teacher.query_mode == "text":  # the query's own text, fresh with gradients
-        texts = teacher.query_texts.texts(batch.queries)
+        if rows is None:
+            raise ValueError("a teacher that reads queries as text needs the batch's training rows")
+        texts = teacher.query_texts.texts(teacher.with_rows(q, rows).numpy())
         encode = teacher.query_encoder.encode_padded if step_calls == "one" else (
             lambda x: teacher.query_encoder.encode(x, grad=True))
         query = torch.sigmoid(teacher.qhead(encode(texts).to(device)))

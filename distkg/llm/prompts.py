@@ -144,10 +144,11 @@ class QueryTexts:
     file order; facts with no known time last), each "<time>: <relation> <neighbour>" (outgoing) or
     "<time>: <neighbour> <relation>" (incoming).
 
-    Never its own answer: a fact with the query's own key (the same entity in the same role, relation
-    and time ids) is left out of every query's text, in every split. A training query thus never sees
-    its own fact, as a test query never does, and the text is a function of the query row alone, so
-    any process (a scoring actor, an evaluation) writes the same text for the same query.
+    Never its own answer: the text of a training query leaves out the one training fact it was made
+    from (``exclude``: its row in the training split), so a training query never sees its own fact, as
+    a validation or test query never does (theirs is not in the training split). Everything else is
+    kept on both sides alike: the other training facts of the same entity, relation and time (other
+    answers of the same question, as a test query's text holds its training siblings too).
     """
 
     def __init__(self, ds: TKGDataset, facts: int = 6) -> None:
@@ -165,18 +166,29 @@ class QueryTexts:
             t1 = np.where(self.train[:, T1] == unknown, t0, t1)
             t0 = np.where(self.train[:, T0] == unknown, np.nan, t0)
         self.mid = 0.5 * (t0 + t1)
-        self._cache: dict[tuple[int, int, int, int], str] = {}
 
-    def __call__(self, query: tuple[int, int, int, int]) -> str:
-        key = tuple(int(x) for x in query)
-        if key not in self._cache:
-            self._cache[key] = self._write(*key)
-        return self._cache[key]
+    def __call__(self, query: tuple[int, int, int, int], exclude: int = -1) -> str:
+        """The text of one query; ``exclude``: the training row it was made from (-1: none)."""
+        return self._write(*(int(x) for x in query[:4]), int(exclude))
 
-    def texts(self, queries: np.ndarray) -> list[str]:
-        return [self(q) for q in np.asarray(queries).tolist()]
+    def texts(self, queries: np.ndarray, exclude: np.ndarray | None = None) -> list[str]:
+        """Texts of [B, 4] queries; ``exclude``: each one's training row (-1: none), or a 5th column of
+        ``queries`` (the LLM teacher's query rows may carry it, distkg.llm.teacher)."""
+        queries = np.asarray(queries)
+        if exclude is None:
+            exclude = queries[:, 4] if queries.shape[1] > 4 else np.full(len(queries), -1)
+        return [self(q, x) for q, x in zip(queries[:, :4].tolist(), np.asarray(exclude).tolist())]
 
-    def _write(self, e: int, r2: int, t0: int, t1: int) -> str:
+    def training(self) -> list[str]:
+        """The text of every training query, in the order of ``build_queries`` (tail queries of the
+        training facts, then their head queries), each leaving out its own fact."""
+        from distkg.evaluation import build_queries
+
+        qs = build_queries(self.train, self.ds.num_relations).queries
+        n = len(self.train)
+        return self.texts(qs, np.arange(len(qs)) % n)
+
+    def _write(self, e: int, r2: int, t0: int, t1: int, exclude: int) -> str:
         ds, train, n_rel = self.ds, self.train, self.ds.num_relations
         inverse, r = r2 >= n_rel, r2 % n_rel
         names, rels = ds.entity_text, ds.relation_text
@@ -185,11 +197,10 @@ class QueryTexts:
         rows = self.rows.get(e)
         if rows is None or not self.facts:
             return question
-        f = train[rows]
-        own = (f[:, R] == r) & (f[:, T0] == t0) & (f[:, T1] == t1) & ((f[:, O] == e) if inverse else (f[:, S] == e))
-        rows, f = rows[~own], f[~own]
+        rows = rows[rows != exclude]
         if not len(rows):
             return question
+        f = train[rows]
         unknown = ds.unknown_time
         q_t1 = t0 if unknown is not None and t1 == unknown else t1
         q_mid = np.nan if unknown is not None and t0 == unknown else 0.5 * (t0 + q_t1)

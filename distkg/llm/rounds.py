@@ -345,7 +345,8 @@ class TeacherRounds:
             candidates, inverse = torch.unique(torch.cat([self.answers[idx], negatives]), return_inverse=True)
             target = inverse[: llm_cfg.queries_per_step].to(device)
             texts = self.teacher.encoder.stats.texts_encoded
-            loss = F.cross_entropy(self.teacher.score_sampled(self.queries[idx].to(device), candidates.to(device)), target)
+            queries = self.queries[idx] if self.teacher.query_mode == "composed" else self.teacher.with_rows(self.queries[idx], idx)
+            loss = F.cross_entropy(self.teacher.score_sampled(queries.to(device), candidates.to(device)), target)
             if torch.isfinite(loss):
                 if self.engine is not None:
                     self.engine.backward(loss)
@@ -376,7 +377,8 @@ class TeacherRounds:
             idx = torch.randint(0, len(self.train_qs), (llm_cfg.queries_per_step,), generator=gen).numpy()
             qs = self.train_qs
             batch = QuerySet(qs.queries[idx], qs.answers[idx], qs.keys[idx], num_tail=0)
-            loss, n_texts = contrastive.infonce_loss(self.teacher, llm["cache"], batch, self.train_index, self.step_calls)
+            loss, n_texts = contrastive.infonce_loss(self.teacher, llm["cache"], batch, self.train_index, self.step_calls,
+                                                     torch.from_numpy(idx))
             if torch.isfinite(loss):
                 opt.zero_grad()
                 loss.backward()

@@ -92,8 +92,9 @@ class LLMTeacher(TKGModel):
             self.qhead = nn.Linear(hidden, dim)
             self.query_texts = query_texts
             self.query_encoder = TextEncoder(lm, max_tokens=query_tokens, batch_size=encode_batch, stats=stats)
-            # the training queries' texts, each distinct text once; train_query_text[i] is row i's
-            rows = query_texts.texts(build_queries(dataset.splits["train"], dataset.num_relations).queries)
+            # the training queries' texts (each leaving out its own fact), each distinct text once;
+            # train_query_text[i] is training query i's
+            rows = query_texts.training()
             distinct = sorted(set(rows))
             where = {t: i for i, t in enumerate(distinct)}
             self.train_query_text = torch.tensor([where[t] for t in rows], dtype=torch.long)
@@ -161,9 +162,17 @@ class LLMTeacher(TKGModel):
         return self._query_from(queries, *self.embed_all(self._query_parts(queries), grad))
 
     def text_query(self, queries: torch.Tensor, grad: bool = False) -> torch.Tensor:
-        """E(p_q) of [B, 4] queries read as text (``llm.query: text``)."""
+        """E(p_q) of queries read as text (``llm.query: text``): [B, 4] rows, or [B, 5] whose last column
+        is the training row each was made from (its fact left out of its text; -1: none, as for a
+        validation or test query). ``with_rows`` makes the [B, 5] form."""
         hidden = self.query_encoder.encode(self.query_texts.texts(queries.cpu().numpy()), grad=grad)
         return torch.sigmoid(self.qhead(hidden.to(self.device)))
+
+    def with_rows(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, 5]: training queries with their rows among ``training_queries`` (the training fact each
+        was made from, whose text leaves it out); what a scoring pool sends for a student's batch."""
+        n = len(self.query_texts.train)
+        return torch.cat([queries[:, :4].cpu(), (rows.cpu() % n).unsqueeze(1)], dim=1)
 
     def query_repr(self, queries: torch.Tensor) -> torch.Tensor:
         return self._query(queries, grad=False)
@@ -206,7 +215,7 @@ class LLMTeacher(TKGModel):
 
     def score_sampled(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, C] scores against a sampled candidate set, with gradients through LoRA and the head."""
-        if self.query_mode == "text":
+        if self.query_mode == "text":  # [B, 5] training queries with their rows (with_rows)
             return self.match(self.text_query(queries, grad=True), self.embed("entity", candidates, grad=True))
         e, r, both, c = self.embed_all([*self._query_parts(queries), ("entity", candidates)], grad=True)
         return self.match(self._query_from(queries, e, r, both), c)
@@ -215,15 +224,17 @@ class LLMTeacher(TKGModel):
     def tables(self, dataset: TKGDataset | None = None) -> dict:
         """Every entity, relation and time embedding E(p) plus the scoring form and scale: all that
         P_LLM needs for any query, so students never run the LLM (distkg.distill.teachers). Read as
-        text: every entity's E(p) and E(p_q) of every query of ``dataset``'s splits (``query_keys``)."""
+        text: every entity's E(p), E(p_q) of every training query by its row (``train_query``, its own
+        fact left out of its text) and of every validation and test query (``query_keys``, ``query``)."""
         scale = {"form": self.form, "logit_scale": self.logit_scale.detach().float().cpu(), "query_mode": self.query_mode}
         if self.query_mode == "composed":
             return {kind: self.embed(kind, torch.arange(len(texts))).float().cpu() for kind, texts in self.texts.items()} | scale
         keys = torch.from_numpy(np.unique(np.concatenate([build_queries(dataset.splits[s], dataset.num_relations).queries
-                                                          for s in ("train", "valid", "test")]), axis=0))
+                                                          for s in ("valid", "test")]), axis=0))
         query = torch.cat([self.text_query(chunk).float().cpu() for chunk in keys.split(4096)])
-        return {"entity": self.embed("entity", torch.arange(self.num_entities)).float().cpu(), "query_keys": keys,
-                "query": query} | scale
+        train = self.embed("query", torch.arange(len(self.texts["query"]))).float().cpu()[self.train_query_text]
+        return {"entity": self.embed("entity", torch.arange(self.num_entities)).float().cpu(), "train_query": train,
+                "query_keys": keys, "query": query} | scale
 
     @torch.inference_mode()
     def distribution(self, queries: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -303,6 +303,9 @@ class TeacherPool:
 
         self.kind, self.num_entities, self.runtime_cfg = kind, num_entities, runtime_cfg
         self.bounds = shard_bounds(num_entities, runtime_cfg.teacher_actors)
+        # an LLM teacher that reads queries as text is sent each training query's row too (its text
+        # leaves that row's fact out; distkg.llm.teacher.LLMTeacher.with_rows)
+        self.wants_rows = kind == "llm" and _reads_text(Path(run))
         actor_cls = ray.remote(ScoringShard).options(
             **actor_options(runtime_cfg.teacher_resources),
             max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
@@ -391,7 +394,7 @@ class SoftTargets:
     """
 
     pool: TeacherPool
-    queries: torch.Tensor  # all training queries, [Q, 4]
+    queries: torch.Tensor  # all training queries, [Q, 4] ([Q, 5] with their rows for an LLM teacher reading text)
     prefetch: int = 2
     temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
     seed: int = 0  # with runtime.tail_samples: each call's draws are seeded from it and a call counter
@@ -440,10 +443,19 @@ class SoftTargets:
         return scores
 
 
+def _reads_text(run: Path) -> bool:
+    """Whether the LLM teacher run in ``run`` reads queries as text (``llm.query: text``)."""
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return (saved.get("llm") or {}).get("query", "composed") == "text"
+
+
 def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
     """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
     ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
     mass at kd's temperature (losses.TopKTargets), and runtime.tail_samples draws from the rest."""
     queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
-    return {name: SoftTargets(pool, queries, cfg.runtime.prefetch, kd_temperature(cfg) if name == "kg" else None,
-                              seed=cfg.seed) for name, pool in pools.items()}
+    with_rows = torch.cat([queries, (torch.arange(len(queries)) % len(dataset.splits["train"])).unsqueeze(1)], dim=1)
+    return {name: SoftTargets(pool, with_rows if pool.wants_rows else queries, cfg.runtime.prefetch,
+                              kd_temperature(cfg) if name == "kg" else None, seed=cfg.seed) for name, pool in pools.items()}

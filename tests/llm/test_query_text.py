@@ -28,25 +28,43 @@ def text_cfg(model: str, **llm):
                              "head_queries_per_step": 32, **llm})
 
 
-def test_a_query_text_names_the_question_and_the_entitys_nearest_facts_never_its_own():
+def _known(text: str) -> list[str]:
+    return text.split(" Known: ")[1].split("; ") if " Known: " in text else []
+
+
+def _phrase(e: int, fact) -> str:
+    s_, r_, o_, a_ = fact
+    other = DS.entity_text[o_ if s_ == e else s_]
+    return f"{time_phrase(DS, a_)}: " + (f"{DS.relation_text[r_]} {other}" if s_ == e else f"{other} {DS.relation_text[r_]}")
+
+
+def test_a_query_text_names_the_question_and_every_fact_of_its_entity_but_its_own():
+    from collections import Counter
+
     texts = QueryTexts(DS, facts=50)
-    train = DS.splits["train"]
-    for split in ("train", "valid", "test"):
-        qs = build_queries(DS.splits[split], DS.num_relations)
-        for (e, r2, t0, t1), text in zip(qs.queries.tolist()[::7], texts.texts(qs.queries[::7])):
-            r = r2 % DS.num_relations
-            head = f"? {DS.relation_text[r]} {DS.entity_text[e]}" if r2 >= DS.num_relations else \
-                f"{DS.entity_text[e]} {DS.relation_text[r]} ?"
-            assert text.startswith(head)
-            answers_it = (train[:, R] == r) & (train[:, T0] == t0) & (train[:, T1] == t1) & (
-                train[:, O] == e if r2 >= DS.num_relations else train[:, S] == e)
-            mine = ((train[:, S] == e) | (train[:, O] == e)) & ~answers_it
-            known = text.split(" Known: ")[1].split("; ") if " Known: " in text else []
-            assert len(known) == mine.sum()  # every other fact of the entity, none that answers the query
-            for s_, r_, o_, a_ in train[answers_it][:, [S, R, O, T0]].tolist():
-                other = DS.entity_text[o_ if s_ == e else s_]
-                own = f"{time_phrase(DS, a_)}: " + (f"{DS.relation_text[r_]} {other}" if s_ == e else f"{other} {DS.relation_text[r_]}")
-                assert own not in known
+    train, n = DS.splits["train"], len(DS.splits["train"])
+    degree = lambda e: int(((train[:, S] == e) | (train[:, O] == e)).sum())  # noqa: E731
+    qs = build_queries(train, DS.num_relations)
+    every = texts.training()
+    for i in range(0, len(qs), 5):
+        (e, r2, t0, t1), fact = qs.queries[i].tolist(), train[i % n, [S, R, O, T0]].tolist()
+        r = r2 % DS.num_relations
+        head = f"? {DS.relation_text[r]} {DS.entity_text[e]}" if r2 >= DS.num_relations else f"{DS.entity_text[e]} {DS.relation_text[r]} ?"
+        assert every[i].startswith(head) and every[i] == texts((e, r2, t0, t1), i % n)
+        left_out = Counter(_known(texts((e, r2, t0, t1)))) - Counter(_known(every[i]))
+        assert len(_known(every[i])) == degree(e) - 1 and left_out == Counter([_phrase(e, fact)])
+    for split in ("valid", "test"):  # their own facts are not training facts: every fact of the entity is there
+        for q in build_queries(DS.splits[split], DS.num_relations).queries[::3].tolist():
+            assert len(_known(texts(q))) == degree(q[0])
+
+
+def test_a_teacher_reading_text_is_sent_each_training_querys_row():
+    from distkg.llm.teacher import LLMTeacher
+
+    qs = torch.from_numpy(build_queries(DS.splits["train"], DS.num_relations).queries)
+    rows = torch.tensor([0, 3, len(DS.splits["train"]) + 3])
+    five = LLMTeacher.with_rows(type("T", (), {"query_texts": QueryTexts(DS)})(), qs[rows], rows)
+    assert five[:, 4].tolist() == [0, 3, 3] and QueryTexts(DS).texts(five.numpy()) == [QueryTexts(DS).training()[i] for i in rows]
 
 
 def test_facts_come_nearest_in_time_first():
@@ -86,8 +104,15 @@ def test_a_text_teacher_trains_saves_loads_and_exports_the_same_distribution(tin
         direct = torch.softmax(teacher.score_candidates(q, 0, DS.num_entities), dim=1)
     tables = LLMTables(tmp_path, DS)
     torch.testing.assert_close(tables.probs(q), direct, atol=1e-5, rtol=1e-4)
-    with pytest.raises(DistkgError, match="is not one of the dataset's queries"):
+    with pytest.raises(DistkgError, match="is not one of the validation or test queries"):
         tables.scores(torch.tensor([[0, 0, 7, 3]]))
+    train_q = torch.from_numpy(build_queries(DS.splits["train"], DS.num_relations).queries)
+    rows = torch.arange(0, len(train_q), 4)  # training queries by their rows: each text leaves its own fact out
+    with torch.no_grad():
+        own = torch.softmax(teacher.match(teacher.text_query(teacher.with_rows(train_q[rows], rows)),
+                                          teacher.embed("entity", torch.arange(DS.num_entities))), dim=1)
+    student_view = LLMTables(tmp_path, DS, train_q)  # what a student reads: every training row's P_LLM
+    torch.testing.assert_close(student_view.probs(train_q[rows], 1.0, rows), own, atol=1e-5, rtol=1e-4)
 
 
 def test_infonce_steps_move_the_adapters_through_the_query_text(tiny_llama):
@@ -100,9 +125,12 @@ def test_infonce_steps_move_the_adapters_through_the_query_text(tiny_llama):
     qs = build_queries(DS.splits["train"], DS.num_relations)
     batch = QuerySet(qs.queries[:8], qs.answers[:8], qs.keys[:8], num_tail=8)
     before = {n: p.detach().clone() for n, p in teacher.named_parameters() if p.requires_grad}
-    loss, n_texts = infonce_loss(teacher.train(), cache, batch, FilterIndex(DS.splits["train"], DS.num_relations, "time"), "lengths")
+    index = FilterIndex(DS.splits["train"], DS.num_relations, "time")
+    with pytest.raises(ValueError, match="needs the batch's training rows"):
+        infonce_loss(teacher, cache, batch, index, "lengths")
+    loss, n_texts = infonce_loss(teacher.train(), cache, batch, index, "lengths", torch.arange(8))
     loss.backward()
     torch.optim.SGD([p for p in teacher.parameters() if p.requires_grad], lr=1.0).step()
     changed = {n for n, p in teacher.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
-    assert n_texts == len(set(teacher.query_texts.texts(batch.queries)))
+    assert n_texts == len(set(teacher.query_texts.texts(batch.queries, np.arange(8))))
     assert any("lora_" in n for n in changed) and any(n.startswith("qhead.") for n in changed)
