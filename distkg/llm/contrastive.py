@@ -96,14 +96,16 @@ def infonce_loss(teacher: LLMTeacher, cache: torch.Tensor, batch: QuerySet, inde
     return F.cross_entropy(logits, a.to(device)), len(texts)
 
 
-def full_cache(teacher: LLMTeacher, clear: bool = True) -> dict[str, torch.Tensor]:
+def full_cache(teacher: LLMTeacher, clear: bool = True, refresh: bool = False) -> dict[str, torch.Tensor]:
     """Hidden states of every entity, relation and time text under the current adapters (no grad).
     ``clear``: empty the encoder's cache first (it keeps one table per weights version otherwise);
-    False where it holds this version's table already (right after the head warm-up)."""
+    False where it holds this version's table already (right after the head warm-up). ``refresh``:
+    only what the InfoNCE steps and their validation read (not the training queries' texts of a
+    teacher reading queries as text: the steps encode theirs fresh)."""
     if clear:
         teacher.clear_caches()
     teacher.mark_updated()
-    return {k: v.detach().float().cpu() for k, v in teacher.features().items()}
+    return {k: v.detach().float().cpu() for k, v in teacher.features(skip=("query",) if refresh else ()).items()}
 
 
 @torch.no_grad()

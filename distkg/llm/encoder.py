@@ -22,8 +22,11 @@ import hashlib
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from distkg.llm.loading import LoadedLM
+
+PROGRESS_TEXTS = 2048  # encodings of at least this many texts show a progress bar
 
 
 @dataclass
@@ -69,6 +72,7 @@ class TextEncoder:
     batch_size: int = 64
     stats: EncoderStats = field(default_factory=EncoderStats)
     exact_lengths: bool | None = None  # one length per call (CPU); None: so on every device but CUDA
+    progress: bool = False  # a bar (rate, ETA) while encoding thousands of texts (llm.progress)
     _cache: dict = field(default_factory=dict, repr=False)
     _version: str | None = field(default=None, repr=False)
 
@@ -138,10 +142,14 @@ class TextEncoder:
         missing = sorted({t for t in texts if (version, t) not in self._cache})
         self.stats.cache_hits += len(texts) - len(missing)
         if missing:
+            bar = tqdm(total=len(missing), desc="LLM encoding", unit="text", mininterval=5, leave=False,
+                       disable=not self.progress or len(missing) < PROGRESS_TEXTS)
             with torch.inference_mode():
                 for chunk in self._batches(missing, self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec
+                    bar.update(len(chunk))
+            bar.close()
         return torch.stack([self._cache[(version, t)] for t in texts]).to(self.lm.device)
 
     def remember(self, texts: list[str], vecs: torch.Tensor) -> None:

@@ -79,6 +79,8 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
                          entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts),
                          query_texts=QueryTexts(ds, cfg.llm.query_facts) if cfg.llm.query == "text" else None,
                          query_tokens=cfg.llm.query_tokens)
+    for encoder in [teacher.encoder] + ([teacher.query_encoder] if teacher.query_mode == "text" else []):
+        encoder.progress = cfg.llm.progress
     return teacher.to(lm.device)
 
 

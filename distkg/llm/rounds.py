@@ -240,7 +240,7 @@ class TeacherRounds:
             if step == 0:  # adapters that never stepped: read from llm.feature_cache when on
                 self.feats, self.feats_from_disk = frozen_features(self.teacher, self.cfg)
             else:
-                self.feats = contrastive.full_cache(self.teacher)
+                self.feats = contrastive.full_cache(self.teacher, refresh=True)
             self.teacher.train(was_training)
             self.feats_step = step
         return self.feats
@@ -273,8 +273,9 @@ class TeacherRounds:
         """
         llm_cfg, t = self.cfg.llm, time.perf_counter()
         if self.feats is None:
-            log.info("LLM head warm-up: encoding all %d entity, relation and time texts once with the frozen LM",
-                     sum(len(v) for v in self.teacher.texts.values()))
+            log.info("LLM head warm-up: encoding all %d texts (%s) once with the frozen LM",
+                     sum(len(v) for v in self.teacher.texts.values()),
+                     ", ".join(f"{len(v)} {k}" for k, v in self.teacher.texts.items()))
             self.features(state["llm"]["step"])
             log.info("encoded in %.0fs; head epoch %d of %d against all entities", time.perf_counter() - t,
                      state["stage_epoch"] + 1, llm_cfg.head_epochs)

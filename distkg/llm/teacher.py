@@ -193,10 +193,10 @@ class LLMTeacher(TKGModel):
         self.given = dict(tables)
 
     # --------------------------------------------------------------------------------- training
-    def features(self) -> dict[str, torch.Tensor]:
+    def features(self, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Pooled hidden states of every text (entity, relation and time texts; or entity texts and the
-        training queries' texts) under the current weights."""
-        return {kind: self.encoder_for(kind).encode(texts) for kind, texts in self.texts.items()}
+        training queries' texts) under the current weights; ``skip``: kinds left out."""
+        return {kind: self.encoder_for(kind).encode(texts) for kind, texts in self.texts.items() if kind not in skip}
 
     def score_from_features(self, feats: dict[str, torch.Tensor], queries: torch.Tensor,
                             rows: torch.Tensor | None = None) -> torch.Tensor:
