@@ -78,3 +78,11 @@ def test_head_warmup_reuses_the_cache_and_gives_the_same_teacher(tiny_llama, ds,
     assert cold["head_warmup"]["feature_cache_hit"] is False and warm["head_warmup"]["feature_cache_hit"] is True
     assert warm["mrr"] == pytest.approx(cold["mrr"], abs=1e-6)
     assert warm["encoder"]["texts_encoded"] == 0  # evaluation read the cached features too (adapters unchanged)
+
+
+def test_fresh_adapters_share_the_base_models_features_whatever_the_seed(tiny_llama, ds):
+    # lora_B starts at zero: the adapted LM is the base LM until a step, so no seed re-encodes its texts
+    cfg = cfg_for(tiny_llama)
+    keys = {feature_key(build_teacher(c, ds, lora=lora), c, "entity")
+            for c, lora in ((cfg, True), (cfg_for(tiny_llama, "seed=3"), True), (cfg, False))}
+    assert len(keys) == 1
