@@ -5,7 +5,7 @@
   llm       a `distkg llm finetune` run: P_LLM proper (distkg.distill.teachers.LLMTables)
   kg        a `distkg train` run, e.g. the 400-d teacher of the OTHER backbone: softmax(scores / T)
   ensemble  a `distkg ensemble` run (distkg.experiments.ensemble): the mixture w P_a + (1 - w) P_b of
-            its two members at the weight it chose on validation
+            its two members, each at its calibrated temperature times T, at the weight it chose on validation
 
 Why one code path for all three: the strength sweep (docs/RESULTS.md) asks at which strength of the
 second teacher the paper's terms start to pay; feeding them teachers of known strength (an LLM, a
@@ -40,8 +40,11 @@ ENSEMBLE_FILE = "ensemble.json"  # what `distkg ensemble` writes beside metrics.
 class KGProbs:
     """A `distkg train` run as a second teacher: P = softmax(scores / T) of the KG model."""
 
-    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0) -> None:
+    def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0,
+                 cache: bool = True) -> None:
         self.teacher = KGTeacher(run, ds, queries)
+        if not cache:  # an ensemble member at its calibrated temperature: the mixture is what gets kept
+            self.teacher.targets_folder = None
         self.temperature = temperature
         fits = self.teacher.temper(temperature)  # the run's soft-target cache at this temperature
         self.all_probs = self.teacher.tempered.probs if fits else None
@@ -71,10 +74,15 @@ class EnsembleProbs:
 
     @property
     def members(self) -> list:
+        """The members as second teachers, each at its calibrated temperature times this one's."""
         if self._members is None:
-            self._members = [open_second(m, self.ds, self.queries, self.temperature, f"{self.run}/{ENSEMBLE_FILE} member")
-                             for m in self.spec["members"]]
+            self._members = [open_second(m, self.ds, self.queries, self.temperature * t, f"{self.run}/{ENSEMBLE_FILE} member",
+                                         cache=False) for m, t in zip(self.spec["members"], self.member_temperatures)]
         return self._members
+
+    @property
+    def member_temperatures(self) -> list[float]:
+        return [float(t) for t in self.spec.get("temperatures", [1.0, 1.0])]
 
     def _mixture(self) -> torch.Tensor | None:
         """The mixture of every training query, read from or written to RUN/outputs under a key of the
@@ -84,7 +92,8 @@ class EnsembleProbs:
             return None
         path = self.run / "outputs" / f"probs-T{self.temperature:g}.pt"
         key = {"members": [_member_key(Path(m)) for m in self.spec["members"]], "weight": self.weight,
-               "queries": n, "entities": e, "temperature": float(self.temperature)}
+               "member_temperatures": self.member_temperatures, "queries": n, "entities": e,
+               "temperature": float(self.temperature)}
         if (cached := _load_keyed(path, key)) is not None:
             return cached["probs"]
         if any(m.all_probs is None for m in self.members):
@@ -101,7 +110,7 @@ class EnsembleProbs:
               rows: bool = False) -> torch.Tensor | Rows:
         if idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
-        a, b = (torch.as_tensor(m.probs(q, temperature, idx)) for m in self.members)
+        a, b = (torch.as_tensor(m.probs(q, temperature * t, idx)) for m, t in zip(self.members, self.member_temperatures))
         return a * self.weight + b * (1 - self.weight)
 
 
@@ -129,8 +138,9 @@ def read_ensemble(run: Path) -> dict:
 
 
 def open_second(run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0,
-                what: str = "distill.llm_run"):
-    """The second teacher in ``run`` (module docstring), or an error naming the folder and what it holds."""
+                what: str = "distill.llm_run", cache: bool = True):
+    """The second teacher in ``run`` (module docstring), or an error naming the folder and what it holds.
+    ``cache``: keep its [queries, entities] matrix in the run's folder (False: in memory only)."""
     run = Path(run)
     if read_metrics(run) is None:
         raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `distkg llm "
@@ -138,9 +148,9 @@ def open_second(run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperat
     kind = run_kind(run)
     log.info("second teacher (P_LLM of the LLM terms): %s run %s", kind, run)
     if kind == "llm":
-        return LLMTables(run, ds, queries, temperature)
+        return LLMTables(run, ds, queries, temperature, cache=cache)
     if kind == "kg":
-        return KGProbs(run, ds, queries, temperature)
+        return KGProbs(run, ds, queries, temperature, cache=cache)
     if kind == "ensemble":
         return EnsembleProbs(run, ds, queries, temperature)
     raise ConfigError(f"{what}={str(run)!r}: a {kind} run cannot be a second teacher (an LLM teacher, a KG model "

@@ -205,7 +205,8 @@ class LLMTables:
     """P_LLM for any query from a fine-tuned LLM teacher's exported embedding tables."""
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor | None = None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, cache: bool = True) -> None:
+        """``cache``: keep P_LLM of every training query in RUN/teacher/probs-T*.pt (False: in memory only)."""
         run = Path(run)
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
@@ -214,7 +215,7 @@ class LLMTables:
         _check_dataset(run, "distill.llm_run", t["dataset"], ds)
         if t["entity"].shape[0] != ds.num_entities:
             raise ConfigError(f"distill.llm_run {run}: {t['entity'].shape[0]} entities, the data has {ds.num_entities}")
-        self._start(t, ds, queries, temperature, path)
+        self._start(t, ds, queries, temperature, path if cache else None)
 
     @classmethod
     def from_tables(cls, tables: dict, ds: TKGDataset, queries: torch.Tensor | None = None,

@@ -1,9 +1,13 @@
 """``distkg ensemble --runs A B --out E``: two finished runs as one predictive distribution, the weight
 chosen on validation.
 
-P(o | q) = w P_a(o | q) + (1 - w) P_b(o | q), each P the run's own softmax over all entities (T = 1):
-a KG model's scores, or an LLM teacher's P_LLM. w is the value of ``WEIGHTS`` with the best validation
-MRR (ties: the one nearest 0.5); test is scored once, at that w, and for each member alone (w = 1, 0).
+P(o | q) = w P_a(o | q) + (1 - w) P_b(o | q), each P the run's own softmax over all entities at its own
+calibrated temperature, softmax(s / T_i): a KG model's scores, or an LLM teacher's P_LLM. Members are
+trained with different scales (a TTransE distance, a DistMult product, an LLM's learned logit scale),
+so a raw mixture is decided by whichever is sharper; T_i is the value of ``TEMPERATURES`` with the
+lowest validation negative log-likelihood of the answers (temperature scaling). Then w is the value of
+``WEIGHTS`` with the best validation MRR (ties: the one nearest 0.5); test is scored once, at that w,
+and for each member alone (w = 1, 0; a temperature does not change a member's own ranking).
 
 Why: complementarity, measured. A second teacher that adds nothing to the first cannot help the
 student; if the mixture of the 400-d KG teacher and the LLM teacher beats the KG teacher alone on
@@ -34,6 +38,7 @@ from distkg.runfolder import read_metrics, run_kind
 log = logging.getLogger("distkg")
 
 WEIGHTS = [round(0.05 * i, 2) for i in range(21)]  # w of the first member
+TEMPERATURES = [round(2 ** (k / 4), 4) for k in range(-12, 17)]  # 1/8 .. 16, each member's calibration
 
 
 class Member:
@@ -56,9 +61,21 @@ class Member:
             raise ConfigError(f"distkg ensemble: {run} holds a {self.kind} run; members are `distkg train`, "
                               "`distkg distill` or `distkg llm finetune` runs")
 
+        self.temperature = 1.0
+
     @torch.no_grad()
     def log_probs(self, queries: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self._scores(queries).float().cpu(), dim=1)
+        return torch.log_softmax(self._scores(queries).float().cpu() / self.temperature, dim=1)
+
+    @torch.no_grad()
+    def calibrate(self, queries: torch.Tensor, answers: torch.Tensor) -> list[dict]:
+        """Set ``temperature`` to the value of TEMPERATURES with the lowest mean negative log-likelihood
+        of ``answers`` (validation); returns that curve."""
+        scores = torch.cat([self._scores(q).float().cpu() for q in queries.split(1024)])
+        curve = [{"temperature": t, "nll": float(-torch.log_softmax(scores / t, 1).gather(1, answers[:, None]).mean())}
+                 for t in TEMPERATURES]
+        self.temperature = min(curve, key=lambda p: p["nll"])["temperature"]
+        return curve
 
 
 class Mixture:
@@ -122,6 +139,10 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
     cfg = _same_data(runs, [f"data.root={data_root}"] if data_root else [])
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     a, b = (Member(r, ds) for r in runs)
+    valid = build_queries(ds.splits["valid"], ds.num_relations)
+    for m in (a, b):
+        m.calibrate(torch.from_numpy(valid.queries), torch.from_numpy(valid.answers))
+        log.info("%s: calibrated temperature %g (validation NLL)", m.run.name, m.temperature)
     mixture = Mixture(a, b, ds.num_entities)
     options = eval_options(cfg, torch.device("cpu")).replace(progress=False, cand_chunk=None)
     index = FilterIndex.from_dataset(ds, options.filter) if options.filter != "none" else None
@@ -138,12 +159,13 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
         mixture.weight = w
         test[w] = evaluate(mixture, ds, "test", options=options, index=index)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"members": [str(r) for r in runs], "kinds": [a.kind, b.kind], "weight": best["weight"],
-            "dataset": ds.name, "valid_curve": curve}
+    spec = {"members": [str(r) for r in runs], "kinds": [a.kind, b.kind], "temperatures": [a.temperature, b.temperature],
+            "weight": best["weight"], "dataset": ds.name, "valid_curve": curve}
     spec_path.write_text(json.dumps(spec, indent=2))
     _plot(curve, best["weight"], out / "weights.png", runs)
     chosen = test[best["weight"]]
     metrics = {**chosen, "kind": "ensemble", "split": "test", "dataset": ds.name, "weight": best["weight"],
+               "temperatures": spec["temperatures"],
                "valid_mrr": best["valid_mrr"], "members": spec["members"],
                "member_test": [{k: test[w][k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")} for w in (1.0, 0.0)],
                "gain_over_first": round(chosen["mrr"] - test[1.0]["mrr"], 6),

@@ -16,7 +16,8 @@ from distkg.distill.losses import DistillBatch, combine, llm_kd
 from distkg.distill.second import EnsembleProbs, KGProbs, open_second
 from distkg.distill.teachers import LLMTables
 from distkg.errors import ConfigError, DistkgError
-from distkg.experiments.ensemble import WEIGHTS, ensemble
+from distkg.evaluation import build_queries
+from distkg.experiments.ensemble import TEMPERATURES, WEIGHTS, ensemble
 from distkg.llm.finetune import finetune
 from distkg.runfolder import run_kind
 from distkg.training import trainer
@@ -71,15 +72,21 @@ def test_the_ensemble_chose_its_weight_on_validation_and_mixes_at_it(runs):
     curve = {p["weight"]: p["valid_mrr"] for p in spec["valid_curve"]}
     assert sorted(curve) == WEIGHTS and curve[spec["weight"]] == max(curve.values())
     assert metrics["kind"] == "ensemble" and metrics["weight"] == spec["weight"] and (runs / "mix" / "weights.png").is_file()
+    # each member's temperature is the one of lowest validation NLL
+    valid = build_queries(DS.splits["valid"], DS.num_relations)
+    with torch.no_grad():
+        s_kg = _model(runs / "ttranse")(torch.from_numpy(valid.queries))
+    nll = lambda t: float(-torch.log_softmax(s_kg / t, 1).gather(1, torch.from_numpy(valid.answers)[:, None]).mean())  # noqa: E731
+    assert all(nll(spec["temperatures"][0]) <= nll(t) + 1e-6 for t in TEMPERATURES)
     # a member alone (w = 1) ranks exactly as the member's own evaluation
     assert metrics["member_test"][0]["mrr"] == pytest.approx(json.loads((runs / "ttranse" / "metrics.json").read_text())["mrr"])
     second = open_second(runs / "mix", DS, QUERIES)
     assert isinstance(second, EnsembleProbs) and second.all_probs is not None
     idx = torch.arange(0, len(QUERIES), 3)
-    w = spec["weight"]
+    w, (t_kg, t_llm) = spec["weight"], spec["temperatures"]
     with torch.no_grad():
-        p_kg = torch.softmax(_model(runs / "ttranse")(QUERIES[idx]), dim=1)
-    p_llm = LLMTables(runs / "llm", DS).probs(QUERIES[idx])
+        p_kg = torch.softmax(_model(runs / "ttranse")(QUERIES[idx]) / t_kg, dim=1)
+    p_llm = LLMTables(runs / "llm", DS).probs(QUERIES[idx], t_llm)
     torch.testing.assert_close(second.probs(QUERIES[idx], 1.0, idx), w * p_kg + (1 - w) * p_llm, atol=1e-6, rtol=1e-5)
     again = open_second(runs / "mix", DS, QUERIES)  # read from the ensemble's own cache, members unopened
     assert again._members is None
