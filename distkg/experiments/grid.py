@@ -55,6 +55,7 @@ class SecondConfig:
     kind: Literal["llm", "kg", "ensemble"] = "llm"
     config: str | None = None  # llm: the recipe template (None: the grid's llm_config)
     run: str | None = None  # llm: where it is trained (None: the grid's llm_run)
+    set: list[str] = field(default_factory=list)  # llm: --set overrides of its recipe (after the grid's llm_set)
     backbone: str | None = None  # kg: "same", "other" (the grid's other backbone) or a backbone name
     members: list[str] = field(default_factory=list)  # ensemble: the names of two other entries
 
@@ -169,7 +170,8 @@ class Grid:
         run = Path(self._fill(second.run if second is not None and second.run else self.grid.llm_run, dataset=dataset))
 
         def work() -> dict:
-            cfg = load_config(self._fill(config, dataset=dataset), self.root + self.grid.llm_set)
+            sets = self.root + self.grid.llm_set + (second.set if second is not None else [])
+            cfg = load_config(self._fill(config, dataset=dataset), sets)
             log.info("== LLM teacher on %s -> %s", dataset, run)
             return finetune(cfg, run, dataset=self.dataset(cfg))
 
