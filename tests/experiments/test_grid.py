@@ -188,3 +188,18 @@ def test_a_sweep_with_a_bad_second_teacher_is_refused_by_name(grid):
     grid.seconds = [rp.SecondConfig("k", "kg", backbone="other")]  # one backbone: no other
     with pytest.raises(rp.ConfigError, match="backbone 'other' needs exactly two backbones"):
         rp.check_seconds(grid)
+
+
+def test_an_llm_second_teacher_trains_its_recipe_with_its_own_overrides(grid, tmp_path, monkeypatch):
+    from distkg.llm import finetune as ft
+
+    seen = []
+    monkeypatch.setattr(ft, "finetune", lambda cfg, run, **kw: seen.append((cfg, run)) or
+                        (run.mkdir(parents=True, exist_ok=True), (run / "metrics.json").write_text("{}"), {})[2])
+    grid.seconds = [rp.SecondConfig("text", "llm", run="{out}/llm-text/{dataset}", set=["llm.query=text", "llm.layers=2"])]
+    g = rp.Grid(grid, tmp_path / "out")
+    run = g.second_run("text", "tadistmult", "yago11k")
+    assert run == tmp_path / "out" / "llm-text" / "yago11k"
+    (cfg, where), = seen
+    assert where == run and cfg.llm.query == "text" and cfg.llm.layers == 2
+    assert g.second_run(None, "tadistmult", "yago11k", make=False) == tmp_path / "out" / "llm" / "yago11k"
