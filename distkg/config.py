@@ -146,6 +146,9 @@ class LLMConfig:
     checkpoint_every: int = 50  # LoRA steps per round of the training loop (checkpoint + validation); a head epoch is a round too
     patience: int = 5  # validations (rounds) without a better validation MRR before a phase stops (head warm-up, LoRA)
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
+    # also score the whole test split at every curve point (metrics.json curve: the evidence of a curve of
+    # test MRR against CPU minutes; never read to choose anything; excluded from the time budget)
+    curve_test: bool = False
     progress: bool = True
 
 

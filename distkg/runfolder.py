@@ -35,6 +35,7 @@ SAFE_KEYS: dict[str, str] = {
     "train.progress": "any",
     "eval.progress": "any",
     "llm.progress": "any",
+    "llm.curve_test": "any",
     "eval.query_chunk": "any",
     "eval.cand_chunk": "any",
     "data.root": "any",

@@ -110,14 +110,15 @@ def full_cache(teacher: LLMTeacher, clear: bool = True, refresh: bool = False) -
 
 @torch.no_grad()
 def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: RunConfig, ds: TKGDataset,
-                    index: FilterIndex | None) -> float:
-    """Validation MRR (the subsample) with E(p) read from the refreshed cache: no extra LLM work."""
+                    index: FilterIndex | None, split: str = "valid") -> float:
+    """Validation MRR (the subsample; ``split="test"``: the whole test split) with E(p) read from the
+    refreshed cache: no extra LLM work (but a teacher reading queries as text encodes their texts)."""
     from distkg.llm.finetune import _valid_view
 
     device = teacher.device
     teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items() if k != "query"})
+    data = _valid_view(ds, cfg.llm.valid_queries, cfg.seed) if split == "valid" else ds
     try:
-        return evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", index=index,
-                        options=eval_options(cfg, device).replace(progress=False))["mrr"]
+        return evaluate(teacher, data, split=split, index=index, options=eval_options(cfg, device).replace(progress=False))["mrr"]
     finally:
         teacher.use_tables()

@@ -246,22 +246,31 @@ class TeacherRounds:
         return self.feats
 
     def validate(self, state: dict) -> float:
-        """Validation MRR (the subsample) from the features of the current weights; a curve point."""
+        """Validation MRR (the subsample) from the features of the current weights; a curve point (with
+        ``llm.curve_test`` also the test MRR, for the evidence of a curve, never to choose by)."""
         llm = state["llm"]
         feats = self.features(llm["step"])
+        cpu = time.process_time()
         mrr = contrastive.cache_valid_mrr(self.teacher, feats, self.cfg, self.ds, self.eval_index)
-        self.curve_point(state, mrr)
+        test = (contrastive.cache_valid_mrr(self.teacher, feats, self.cfg, self.ds, self.eval_index, split="test")
+                if self.cfg.llm.curve_test else None)
+        llm["eval_cpu_seconds"] = llm.get("eval_cpu_seconds", 0.0) + time.process_time() - cpu
+        self.curve_point(state, mrr, test)
         return mrr
 
-    def curve_point(self, state: dict, mrr: float) -> None:
+    def curve_point(self, state: dict, mrr: float, test: float | None = None) -> None:
         llm = state["llm"]
         minutes = self.loop.clock.seconds() / 60
         phase = "head" if self.cfg.llm.head_epochs and state["stage"] == 0 else "lora"
+        # CPU minutes of this process: on a shared machine they buy the work; the second count leaves
+        # out the CPU its curve points' evaluations took (a budget of training work)
+        cpu = time.process_time()
         llm["curve"].append({"phase": phase, "step": llm["step"], "minutes": round(minutes, 2), "valid_mrr": round(mrr, 4),
-                             "texts": llm["llm_texts"],  # CPU minutes of this process: on a shared machine
-                             "process_cpu_minutes": round(time.process_time() / 60, 2)})  # they buy the work
-        log.info("LLM teacher at step %d (%.1f min, %d texts through the LLM): validation MRR %.4f", llm["step"],
-                 minutes, llm["llm_texts"], mrr)
+                             **({"test_mrr": round(test, 4)} if test is not None else {}), "texts": llm["llm_texts"],
+                             "process_cpu_minutes": round(cpu / 60, 2),
+                             "training_cpu_minutes": round((cpu - llm.get("eval_cpu_seconds", 0.0)) / 60, 2)})
+        log.info("LLM teacher at step %d (%.1f min, %d texts through the LLM): validation MRR %.4f%s", llm["step"],
+                 minutes, llm["llm_texts"], mrr, "" if test is None else f", test MRR {test:.4f}")
 
     # ------------------------------------------------------------------------------- the rounds
     def head_epoch(self, state: dict) -> dict:

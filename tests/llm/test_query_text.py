@@ -94,9 +94,12 @@ def test_the_warmup_scores_each_training_query_on_its_own_texts_features(tiny_ll
 
 
 def test_a_text_teacher_trains_saves_loads_and_exports_the_same_distribution(tiny_llama, tmp_path):
-    cfg = text_cfg(tiny_llama, steps=3, objective="infonce", queries_per_step=8, refresh_every=2)
+    cfg = text_cfg(tiny_llama, steps=3, objective="infonce", queries_per_step=8, refresh_every=2, curve_test="true")
     metrics = finetune(cfg, tmp_path, dataset=DS)
     assert metrics["steps"] == 3 and 0 < metrics["mrr"] <= 1
+    # llm.curve_test: the test MRR at every curve point, and CPU minutes without the points' evaluations
+    assert [p["phase"] for p in metrics["curve"]] == ["head", "head", "lora", "lora"]
+    assert all(0 < p["test_mrr"] <= 1 and p["training_cpu_minutes"] <= p["process_cpu_minutes"] for p in metrics["curve"])
     teacher = load_teacher(tmp_path / "teacher", cfg, DS)
     assert teacher.query_mode == "text"
     q = torch.from_numpy(build_queries(DS.splits["test"], DS.num_relations).queries)
