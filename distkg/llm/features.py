@@ -9,8 +9,8 @@ head-only teacher) read the file instead of encoding again.
 Never stale: each kind of text (entity, relation, time; query texts) has its own file, named by a
 digest of everything its features depend on: the model name, quantization, kept layers, device type
 (bf16 on CUDA, fp32 on CPU), the kind and its encoder's ``max_tokens``, the pooling, the LoRA adapters'
-weights (``adapter_digest``: every LoRA step changes it; fresh adapters, whose lora_B is zero, leave
-the base model's function and share its key) and every text in order. A file per kind: held-out entity texts re-encode the
+weights (``adapter_digest``: every LoRA step changes it; fresh adapters, whose lora_B is zero, add
+exact zeros and share one key whatever the seed) and every text in order. A file per kind: held-out entity texts re-encode the
 entity texts alone, never the thousands of query texts beside them. A file is read only under its own key, and
 the key stored inside it is checked again on reading. Files live under the cache root
 (distkg.cachedir.cache_root: ``$DISTKG_CACHE``, else ``~/.cache/distkg``), in ``features/``.
@@ -38,12 +38,15 @@ POOLING = "mean-last-layer"  # what distkg.llm.encoder.TextEncoder returns; part
 
 def adapter_digest(model: torch.nn.Module) -> str:
     """Digest of the LoRA adapters' weights by name, trainable or not (a loaded adapter is frozen,
-    a training one is not: the same weights give the same digest either way). "base" while every
-    lora_B is zero (fresh adapters, whatever their seeded A, or none): the LM computes exactly the
-    base model's function then, so those features are shared by every seed and by a model without LoRA."""
+    a training one is not: the same weights give the same digest either way). "fresh" while every
+    lora_B is zero: the adapters then add exact zeros whatever their seeded A, so every seed shares those
+    features; "none" for a model without LoRA (its peft wrapping aside, the base model: kept apart,
+    since preparing a 4-bit model for LoRA may change its floating-point path)."""
     lora = [(name, p) for name, p in model.named_parameters() if "lora_" in name]
+    if not lora:
+        return "none"
     if all(not bool(p.detach().any()) for name, p in lora if "lora_B" in name):
-        return "base"
+        return "fresh"
     h = hashlib.sha1()
     for name, p in lora:
         h.update(name.encode())
