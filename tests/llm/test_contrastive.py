@@ -119,9 +119,9 @@ def test_auto_step_calls_follow_the_resolved_device(tiny_llama, ds, tmp_path, mo
     seen: list[str] = []
     real = contrastive.infonce_loss
 
-    def spy(*args):
-        seen.append(args[-1])
-        return real(*args)
+    def spy(teacher, cache, batch, index, step_calls="one", rows=None):
+        seen.append(step_calls)
+        return real(teacher, cache, batch, index, step_calls, rows)
 
     monkeypatch.setattr(contrastive, "infonce_loss", spy)
     cfg = infonce_cfg(tiny_llama, steps=1)
