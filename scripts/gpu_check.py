@@ -10,6 +10,7 @@ Parts, each timed and each recorded even when it fails (its error is kept, the n
   llm_encode  entity-text encoding with the LLM (all layers, NF4): texts/s, forward calls, padding
   qlora_step  seconds per QLoRA step at the quickstart's batch (16 queries + 64 sampled entities,
               8 layers) and at a 10x larger batch
+  qlora_step_text  the same for the teacher that reads each query as one text (llm.query: text)
   precision   the quickstart's teacher trained with bf16 autocast and without, two seeds each: the
               test MRR change from bf16 beside the change from the seed
 
@@ -155,13 +156,16 @@ def teacher(size: dict, main: dict) -> dict:
             "share_of_probe": round(flops / best / 1e12 / probe["tflops"], 4)}
 
 
-def _teacher_for(size: dict, layers: int | None, lora: bool, encode_batch: str = "auto"):
+TEXT_QUERY = ["llm.query=text", "llm.query_facts=6", "llm.query_tokens=48"]  # the llm-text recipe's query
+
+
+def _teacher_for(size: dict, layers: int | None, lora: bool, encode_batch: str = "auto", extra: tuple[str, ...] = ()):
     from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.llm.finetune import build_teacher
 
     sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.texts_per_forward={encode_batch}",
-            "llm.progress=false"]
+            "llm.progress=false", *extra]
     cfg = load_config(REPO / "configs" / "quickstart.yaml", sets)
     ds = load_dataset(cfg.data)
     return cfg, ds, build_teacher(cfg, ds, lora=lora)
@@ -186,12 +190,14 @@ def llm_encode(size: dict) -> dict:
             "forward_calls": enc.stats.forward_calls, "padding_share": round(enc.stats.padding_share, 4)}
 
 
-def qlora_step(size: dict) -> dict:
+def qlora_step(size: dict, query: str = "composed") -> dict:
+    """Median seconds of a LoRA step (forward, backward, AdamW) over a sampled softmax; ``query: text``:
+    the teacher that reads each query as one text (llm.query=text), its batch sent with its rows."""
     import torch.nn.functional as F
 
     from distkg.training.trainer import training_queries
 
-    cfg, ds, teacher = _teacher_for(size, size["qlora_layers"], lora=True)
+    cfg, ds, teacher = _teacher_for(size, size["qlora_layers"], lora=True, extra=tuple(TEXT_QUERY) if query == "text" else ())
     teacher.train()
     params = [p for p in teacher.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -205,7 +211,8 @@ def qlora_step(size: dict) -> dict:
             idx = torch.randint(0, len(queries), (batch,), generator=gen)
             neg = torch.randint(0, ds.num_entities, (negatives,), generator=gen)
             cands, inverse = torch.unique(torch.cat([answers[idx], neg]), return_inverse=True)
-            loss = F.cross_entropy(teacher.score_sampled(queries[idx].to(teacher.device), cands.to(teacher.device)),
+            q = teacher.with_rows(queries[idx], idx) if query == "text" else queries[idx]
+            loss = F.cross_entropy(teacher.score_sampled(q.to(teacher.device), cands.to(teacher.device)),
                                    inverse[:batch].to(teacher.device))
             opt.zero_grad()
             loss.backward()
@@ -217,7 +224,8 @@ def qlora_step(size: dict) -> dict:
                 times.append(time.perf_counter() - t)
         rows.append({"batch_size": batch, "negatives": negatives, "steps": len(times),
                      "seconds_per_step": round(statistics.median(times), 4), "loss": round(loss.item(), 4)})
-    return {"layers": teacher.lm_model.config.num_hidden_layers, "device": str(teacher.device), "batches": rows}
+    return {"layers": teacher.lm_model.config.num_hidden_layers, "device": str(teacher.device), "query": query,
+            "batches": rows}
 
 
 def precision(size: dict, work: Path) -> dict:
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["main_job"].pop(key, None)
         run_part(result, "llm_encode", llm_encode, size)
         run_part(result, "qlora_step", qlora_step, size)
+        run_part(result, "qlora_step_text", qlora_step, size, "text")
         run_part(result, "precision", precision, size, work)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
