@@ -201,6 +201,7 @@ class TeacherRounds:
         self.feats_from_disk = False  # read from llm.feature_cache (distkg.llm.features)
         self.head_data: HeadData | None = None  # what the warm-up trains on, made at its first epoch
         self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
+        self.cpu_mark = time.process_time()  # CPU seconds of this process already in state["llm"]["cpu_seconds"]
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
         self.step_calls = llm_cfg.step_calls if llm_cfg.step_calls != "auto" else auto
@@ -258,13 +259,22 @@ class TeacherRounds:
         self.curve_point(state, mrr, test)
         return mrr
 
+    def cpu_seconds(self, llm: dict) -> float:
+        """CPU seconds of the run so far (from the rounds' start: loading the LM is left out), summed over
+        the processes that ran it: a resumed run goes on from its checkpoint's count, as its clock does;
+        work redone after a crash counts again."""
+        now = time.process_time()
+        llm["cpu_seconds"] = llm.get("cpu_seconds", 0.0) + now - self.cpu_mark
+        self.cpu_mark = now
+        return llm["cpu_seconds"]
+
     def curve_point(self, state: dict, mrr: float, test: float | None = None) -> None:
         llm = state["llm"]
         minutes = self.loop.clock.seconds() / 60
         phase = "head" if self.cfg.llm.head_epochs and state["stage"] == 0 else "lora"
-        # CPU minutes of this process: on a shared machine they buy the work; the second count leaves
+        # CPU minutes of the run: on a shared machine they buy the work; the second count leaves
         # out the CPU its curve points' evaluations took (a budget of training work)
-        cpu = time.process_time()
+        cpu = self.cpu_seconds(llm)
         llm["curve"].append({"phase": phase, "step": llm["step"], "minutes": round(minutes, 2), "valid_mrr": round(mrr, 4),
                              **({"test_mrr": round(test, 4)} if test is not None else {}), "texts": llm["llm_texts"],
                              "process_cpu_minutes": round(cpu / 60, 2),

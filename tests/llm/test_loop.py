@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -53,7 +54,12 @@ def test_a_crash_mid_round_resumes_to_the_same_teacher_and_metrics(tiny_llama, d
     names = [p.name for p in Checkpoints(tmp_path / "b" / "checkpoints", prefix="round").epochs()]
     assert names == ["round_0003.pt", "round_0004.pt"]  # 2 head epochs, 2 LoRA rounds; the 3rd never finished
     monkeypatch.setattr(contrastive, "infonce_loss", real)
+    clock, zero = time.process_time, time.process_time()  # a new process: its CPU clock starts at 0
+    monkeypatch.setattr(rounds.time, "process_time", lambda: clock() - zero)
     resumed = finetune(infonce(tiny_llama, steps=6), tmp_path / "b", dataset=ds)
+    monkeypatch.setattr(rounds.time, "process_time", clock)
+    cpu = [p["process_cpu_minutes"] for p in resumed["curve"]]
+    assert cpu == sorted(cpu), cpu  # the run's CPU minutes go on across the resume
     for key in ("mrr", "mr", "hits@1", "hits@10", "valid_mrr", "steps", "best_round", "best_valid_mrr", "rounds_run"):
         assert resumed[key] == straight[key], key
     a, b = saved_teacher(tmp_path / "a"), saved_teacher(tmp_path / "b")
