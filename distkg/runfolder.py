@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import logging
 import shutil
 from pathlib import Path
@@ -79,6 +80,19 @@ def run_kind(run: Path) -> str:
     if (run / "checkpoints").is_dir() and (run / "config.yaml").is_file():
         return "kg"
     return "unknown"
+
+
+def write_metrics(run: Path, metrics: dict) -> None:
+    """RUN/metrics.json, the "finished" mark that resume and claims read, written atomically (a
+    temporary file of this process, flushed, then renamed): a run killed while writing it is
+    unfinished, never finished with half a file."""
+    path = run / "metrics.json"
+    tmp = path.with_name(f"metrics.json.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(metrics, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(run: Path) -> dict | None:

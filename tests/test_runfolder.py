@@ -187,3 +187,27 @@ def test_a_folder_written_under_the_old_key_names_resumes(tmp_path, caplog):
     # checkpoints carry a digest of the config taken under the old names: main computed this one for
     # the default config at 2fbf740, before the renames, so its checkpoints still verify
     assert config_digest(load_config(None)) == "8791885d3d57f6c1"
+
+
+def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """metrics.json marks a run finished (resume, claims): a writer killed before the rename leaves
+    the run unfinished, never a half-written file that reads as finished."""
+    from distkg import runfolder
+
+    real_replace = runfolder.os.replace
+    runfolder.write_metrics(tmp_path, {"mrr": 0.5})
+    assert runfolder.read_metrics(tmp_path) == {"mrr": 0.5}
+
+    def killed(src, dst):  # stands in for the process dying between writing and renaming
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(runfolder.os, "replace", killed)
+    run = tmp_path / "b"
+    run.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        runfolder.write_metrics(run, {"mrr": 0.7})
+    assert runfolder.read_metrics(run) is None
+    assert [p.name for p in run.iterdir()] == ["metrics.json.%d.tmp" % runfolder.os.getpid()]  # only its own temporary
+    monkeypatch.setattr(runfolder.os, "replace", real_replace)
+    runfolder.write_metrics(run, {"mrr": 0.7})
+    assert runfolder.read_metrics(run) == {"mrr": 0.7}

@@ -33,7 +33,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.distill.second import ENSEMBLE_FILE
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
-from distkg.runfolder import read_metrics, run_kind
+from distkg.runfolder import read_metrics, run_kind, write_metrics
 
 log = logging.getLogger("distkg")
 
@@ -170,7 +170,7 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
                "member_test": [{k: test[w][k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")} for w in (1.0, 0.0)],
                "gain_over_first": round(chosen["mrr"] - test[1.0]["mrr"], 6),
                "eval_seconds": round(time.perf_counter() - t, 1)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(out, metrics)
     log.info("ensemble of %s (w=%.2f) and %s: test MRR %.4f; alone %.4f and %.4f -> %s", runs[0].name, best["weight"],
              runs[1].name, chosen["mrr"], test[1.0]["mrr"], test[0.0]["mrr"], out / "metrics.json")
     return metrics

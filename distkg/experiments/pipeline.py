@@ -25,7 +25,7 @@ from distkg.evaluation import eval_options, evaluate
 from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import check_folder, clear, read_metrics
+from distkg.runfolder import check_folder, clear, read_metrics, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -50,7 +50,7 @@ def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
     main_split = "test" if "test" in results else cfg.eval.splits[-1]
     metrics = {**results[main_split], "split": main_split, "dataset": ds.name, "model": cfg.model.name,
                "splits": results}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(out, metrics)
     return metrics
 
 
@@ -143,7 +143,7 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
     summary = {"parts": {name: {k: m.get(k) for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "parameters",
                                                          "train_seconds", "finetune_seconds", "eval_seconds")}
                          for name, m in rows.items()}, "dataset": ds.name, "protocol": next(iter(rows.values()))["protocol"]}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_metrics(out, summary)
     report = write_report(out, ds, f"distkg run: {cfg.model.name} teacher, LLM teacher and students on {ds.name}",
                           rows, command, sections)
     log.info("pipeline done in %.0fs; wrote %s", time.perf_counter() - started, report)

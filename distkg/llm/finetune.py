@@ -36,7 +36,7 @@ from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
 from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_optimizer, head_params
 from distkg.llm.teacher import LLMTeacher
-from distkg.runfolder import LLM_RATES, config_digest, prepare_folder
+from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Optimizers
@@ -231,7 +231,7 @@ def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: P
                "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid["mrr"],
                "valid_queries": valid["queries"], "eval_seconds": round(time.perf_counter() - t, 1),
                "encoder": {**dataclasses.asdict(stats), "padding_share": round(stats.padding_share, 4)}, **extra}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(out, metrics)
     log.info("LLM teacher test MRR %.4f H@1 %.4f H@10 %.4f (valid MRR %.4f on %d queries) -> %s", test["mrr"],
              test["hits@1"], test["hits@10"], valid["mrr"], valid["queries"], out / "metrics.json")
     return metrics

@@ -42,7 +42,7 @@ from distkg.device import Placement, placement
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import config_digest, prepare_folder
+from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
@@ -224,7 +224,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
                **(extra or {})}
     if main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_metrics(out, metrics)
         plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
     log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
              test["hits@10"], state["best_epoch"], out / "metrics.json")
