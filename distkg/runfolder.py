@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import logging
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from distkg.config import RunConfig, build, read_yaml, renamed_keys, save_config, to_dict
 from distkg.errors import ConfigError
@@ -82,17 +82,24 @@ def run_kind(run: Path) -> str:
     return "unknown"
 
 
-def write_metrics(run: Path, metrics: dict) -> None:
-    """RUN/metrics.json, the "finished" mark that resume and claims read, written atomically (a
-    temporary file of this process, flushed, then renamed): a run killed while writing it is
-    unfinished, never finished with half a file."""
-    path = run / "metrics.json"
-    tmp = path.with_name(f"metrics.json.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(metrics, indent=2))
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary name, flushed to disk, then rename: readers never see a half-written
+    file, and a crash of the machine right after the rename does not leave an empty one. The
+    temporary name is the process's own, so two processes writing one file (a grid's workers) never
+    write into the same temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_metrics(run: Path, metrics: dict) -> None:
+    """RUN/metrics.json, the "finished" mark that resume and claims read, written atomically: a run
+    killed while writing it is unfinished, never finished with half a file."""
+    atomic_write(run / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
 
 
 def read_metrics(run: Path) -> dict | None:

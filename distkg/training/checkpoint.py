@@ -9,7 +9,6 @@ best.pt, which holds only the weights of the best validation epoch.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,22 +16,15 @@ from typing import Any
 import torch
 
 from distkg.errors import DistkgError
+from distkg.runfolder import atomic_write
 
 log = logging.getLogger("distkg")
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, flushed to disk, then rename: readers never see a half-written
-    file, and a crash of the machine right after the rename does not leave an empty one. The
-    temporary name is the process's own, so two processes saving one file (a grid's workers) never
-    write into the same temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save, atomically (distkg.runfolder.atomic_write): a run killed while saving still resumes
+    from a complete file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class CheckpointError(DistkgError):
