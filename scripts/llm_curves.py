@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
             ax.plot(x, [p["test_mrr"] for p in curve], "--", lw=1.2, color=line.get_color(), label=f"{label}: test")
         ax.plot([x[-1]], [metrics["mrr"]], "o", color=line.get_color())
         lora = [i for i, p in enumerate(curve) if p["phase"] == "lora"]
-        if lora:
-            ax.axvline(x[lora[0]], color=line.get_color(), ls=":", lw=0.8)
+        if lora:  # LoRA starts where the head warm-up ended: the last point before the first LoRA round
+            ax.axvline(x[max(lora[0] - 1, 0)], color=line.get_color(), ls=":", lw=0.8)
         points[label] = {"run": run, "test_mrr": metrics["mrr"], "curve": curve}
     ax.set_xlabel("CPU minutes of fine-tuning (curve evaluations excluded)")
     ax.set_ylabel("MRR")
