@@ -83,7 +83,7 @@ def test_set_indexes_into_lists():
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    from distkg.experiments.grid import load_grid
+    from distkg.experiments.gridconfig import load_grid
     from distkg.distill.runner import check_method
 
     root = Path(__file__).resolve().parents[1] / "configs"

@@ -3,6 +3,8 @@
 Every ``import distkg.X`` / ``from distkg.X import ...`` in the package, at module level or inside a
 function, must point at the importer's own part of the package or at a lower layer (LAYERS, lowest
 first; parts in one layer do not import each other). A failure names the file, the line and the import.
+Inside a part, the files import each other without a circle (type-only imports count: a circle
+drawn by annotations still means two files that cannot be read apart).
 """
 
 from __future__ import annotations
@@ -77,6 +79,92 @@ def violations() -> list[str]:
 def test_imports_run_down_the_layers():
     bad = violations()
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def module_of(path: Path) -> str:
+    """distkg/llm/rounds.py -> distkg.llm.rounds; distkg/data/__init__.py -> distkg.data."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.AST, path: Path, modules: set[str]) -> set[str]:
+    """The distkg modules a file imports (``from distkg.llm import rounds`` reaches distkg.llm.rounds
+    when that is a module, else the package distkg.llm), at any depth of the file."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-node.level]
+                module = ".".join([*base, *([module] if module else [])])
+            names = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:  # import distkg.x.y.Name -> the module that holds it
+                name = name.rpartition(".")[0]
+            if name.startswith("distkg"):
+                found.add(name)
+    return found
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of two or more modules (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_of(p) for p in paths}
+    return {module_of(p): imported_modules(ast.parse(p.read_text(), str(p)), p, modules) - {module_of(p)}
+            for p in paths}
+
+
+def test_no_import_circles():
+    found = circles(import_graph())
+    assert not found, "import circles (each a group of modules that import one another):\n" + "\n".join(
+        " <-> ".join(group) for group in found)
+
+
+def test_the_circle_check_finds_a_circle_through_a_type_only_import():
+    # the check itself: report.py taking GridConfig from grid.py under TYPE_CHECKING, while grid.py
+    # imports report.py, was one of the two circles this test was written against
+    modules = {"distkg.experiments.grid", "distkg.experiments.report", "distkg.experiments"}
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from distkg.experiments.grid import GridConfig\n"
+    report = imported_modules(ast.parse(source), PACKAGE / "experiments" / "report.py", modules)
+    assert report == {"distkg.experiments.grid"}
+    graph = {"distkg.experiments.report": report, "distkg.experiments.grid": {"distkg.experiments.report"}}
+    assert circles(graph) == [["distkg.experiments.grid", "distkg.experiments.report"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_check_finds_an_import_inside_a_function(tmp_path):

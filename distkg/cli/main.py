@@ -122,7 +122,8 @@ def _jobs(value: str) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from distkg.experiments.grid import load_grid, reproduce
+    from distkg.experiments.grid import reproduce
+    from distkg.experiments.gridconfig import load_grid
     from distkg.experiments.jobs import default_jobs, run_jobs
 
     grid = load_grid(args.config, args.set, data_root=args.data_root)

@@ -16,6 +16,7 @@ Facts are stored per split as an int64 array of shape [n, 6]:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,6 +74,16 @@ class TKGDataset:
     def all_facts(self) -> np.ndarray:
         """Train, valid and test stacked: the set of known true facts the filter removes."""
         return np.concatenate([self.splits[s] for s in SPLITS], axis=0)
+
+    def with_queries(self, split: str, n: int, seed: int) -> TKGDataset:
+        """The dataset with a deterministic sample of ``split`` holding n queries (n // 2 facts, each
+        asked in both directions); n = 0 or n >= the split's queries: the dataset itself. How the LLM
+        teacher's validation stays cheap (``llm.valid_queries``)."""
+        facts = self.splits[split]
+        if not n or n >= len(facts):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(facts), n // 2, replace=False))
+        return dataclasses.replace(self, splits={**self.splits, split: facts[rows]})
 
     def stats(self) -> dict:
         """The figures `distkg data stats` prints; the keys are a stable, documented interface."""

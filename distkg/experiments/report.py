@@ -24,7 +24,7 @@ from distkg.runfolder import read_metrics
 from distkg.training.curves import valid_curve
 
 if TYPE_CHECKING:
-    from distkg.experiments.grid import GridConfig
+    from distkg.experiments.gridconfig import GridConfig
     from distkg.experiments.parts import Part
 
 METRIC_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
@@ -162,7 +162,7 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
 
 def write_grid_report(rows: list[dict], grid: GridConfig, out: Path, methods: list[str] | None = None) -> None:
     """``methods``: the cells' method labels in grid order (METHOD+SECOND in a strength sweep;
-    distkg.experiments.grid.method_labels), else the grid's methods."""
+    distkg.experiments.gridconfig.method_labels), else the grid's methods."""
     if not rows:
         return
     methods = list(grid.methods) if methods is None else methods

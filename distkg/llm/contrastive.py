@@ -113,11 +113,9 @@ def cache_valid_mrr(teacher: LLMTeacher, feats: dict[str, torch.Tensor], cfg: Ru
                     index: FilterIndex | None, split: str = "valid") -> float:
     """Validation MRR (the subsample; ``split="test"``: the whole test split) with E(p) read from the
     refreshed cache: no extra LLM work (but a teacher reading queries as text encodes their texts)."""
-    from distkg.llm.finetune import _valid_view
-
     device = teacher.device
     teacher.use_tables(**{k: torch.sigmoid(teacher.head(v.to(device))) for k, v in feats.items() if k != "query"})
-    data = _valid_view(ds, cfg.llm.valid_queries, cfg.seed) if split == "valid" else ds
+    data = ds.with_queries("valid", cfg.llm.valid_queries, cfg.seed) if split == "valid" else ds
     try:
         return evaluate(teacher, data, split=split, index=index, options=eval_options(cfg, device).replace(progress=False))["mrr"]
     finally:

@@ -23,7 +23,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distkg.config import RunConfig
@@ -143,15 +142,6 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     return teacher.eval()
 
 
-def _valid_view(ds: TKGDataset, n: int, seed: int) -> TKGDataset:
-    """The dataset with a deterministic subsample of its validation facts (n = 0: all)."""
-    valid = ds.splits["valid"]
-    if not n or n >= len(valid):
-        return ds
-    rows = np.sort(np.random.default_rng(seed).choice(len(valid), n // 2, replace=False))
-    return dataclasses.replace(ds, splits={**ds.splits, "valid": valid[rows]})
-
-
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
     """Fine-tune the teacher in OUT as phases of distkg.training.loop (distkg.llm.rounds), save the
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints."""
@@ -223,7 +213,7 @@ def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: P
     t = time.perf_counter()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
     options = eval_options(cfg, teacher.device)
-    valid = evaluate(teacher, _valid_view(ds, cfg.llm.valid_queries, cfg.seed), split="valid", options=options,
+    valid = evaluate(teacher, ds.with_queries("valid", cfg.llm.valid_queries, cfg.seed), split="valid", options=options,
                      index=index)
     test = evaluate(teacher, ds, split="test", options=options, index=index)
     stats = teacher.encoder.stats

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from distkg.experiments import claims, jobs
+from distkg.errors import ConfigError
 from distkg.experiments import grid as rp
+from distkg.experiments import gridconfig as gc
 from distkg.distill import runner
 from tests.helpers import tiny_dataset
 
@@ -29,7 +31,7 @@ def grid(tmp_path, monkeypatch):
               "teacher_config": str(tmp_path / "teacher.yaml"), "student_config": str(tmp_path / "student.yaml"),
               "student_set": ["distill.stages.0.epochs=1"]}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(values))
-    return rp.load_grid(str(tmp_path / "grid.yaml"), [])
+    return gc.load_grid(str(tmp_path / "grid.yaml"), [])
 
 
 def test_grid_runs_each_cell_once_and_resumes(grid, tmp_path, monkeypatch):
@@ -161,9 +163,9 @@ def test_a_strength_sweep_runs_each_llm_method_once_per_second_teacher(grid, tmp
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     grid.backbones, grid.methods, grid.seeds, grid.student_set = ["tadistmult", "ttranse"], ["bkd", "bkd-l2"], [0, 1], []
     grid.method_config = str(tmp_path / "{method}.yaml")
-    grid.seconds = [rp.SecondConfig("other", "kg", backbone="other"), rp.SecondConfig("same", "kg", backbone="same"),
-                    rp.SecondConfig("mix", "ensemble", members=["other", "same"])]
-    rp.check_seconds(grid)
+    grid.seconds = [gc.SecondConfig("other", "kg", backbone="other"), gc.SecondConfig("same", "kg", backbone="same"),
+                    gc.SecondConfig("mix", "ensemble", members=["other", "same"])]
+    gc.check_seconds(grid)
     rows = rp.reproduce(grid, out)
     labels = ["bkd", "bkd-l2+other", "bkd-l2+same", "bkd-l2+mix"]
     assert [r["method"] for r in rows] == [m for b in grid.backbones for m in labels for s in (0, 1)]
@@ -182,12 +184,12 @@ def test_a_strength_sweep_runs_each_llm_method_once_per_second_teacher(grid, tmp
 
 
 def test_a_sweep_with_a_bad_second_teacher_is_refused_by_name(grid):
-    grid.seconds = [rp.SecondConfig("mix", "ensemble", members=["nope", "mix"])]
-    with pytest.raises(rp.ConfigError, match=r"seconds\[0\] \(mix\): an ensemble names two other entries"):
-        rp.check_seconds(grid)
-    grid.seconds = [rp.SecondConfig("k", "kg", backbone="other")]  # one backbone: no other
-    with pytest.raises(rp.ConfigError, match="backbone 'other' needs exactly two backbones"):
-        rp.check_seconds(grid)
+    grid.seconds = [gc.SecondConfig("mix", "ensemble", members=["nope", "mix"])]
+    with pytest.raises(ConfigError, match=r"seconds\[0\] \(mix\): an ensemble names two other entries"):
+        gc.check_seconds(grid)
+    grid.seconds = [gc.SecondConfig("k", "kg", backbone="other")]  # one backbone: no other
+    with pytest.raises(ConfigError, match="backbone 'other' needs exactly two backbones"):
+        gc.check_seconds(grid)
 
 
 def test_an_llm_second_teacher_trains_its_recipe_with_its_own_overrides(grid, tmp_path, monkeypatch):
@@ -196,7 +198,7 @@ def test_an_llm_second_teacher_trains_its_recipe_with_its_own_overrides(grid, tm
     seen = []
     monkeypatch.setattr(ft, "finetune", lambda cfg, run, **kw: seen.append((cfg, run)) or
                         (run.mkdir(parents=True, exist_ok=True), (run / "metrics.json").write_text("{}"), {})[2])
-    grid.seconds = [rp.SecondConfig("text", "llm", run="{out}/llm-text/{dataset}", set=["llm.query=text", "llm.layers=2"])]
+    grid.seconds = [gc.SecondConfig("text", "llm", run="{out}/llm-text/{dataset}", set=["llm.query=text", "llm.layers=2"])]
     g = rp.Grid(grid, tmp_path / "out")
     run = g.second_run("text", "tadistmult", "yago11k")
     assert run == tmp_path / "out" / "llm-text" / "yago11k"
