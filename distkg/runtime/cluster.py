@@ -12,18 +12,26 @@ there), so those nodes are started through ``python -m distkg.runtime.cluster st
 is ``ray start`` with only that refusal lifted. Its processes run with ``RAY_AUTH_MODE=disabled``
 unless the caller set a mode: a local ``ray.init`` writes ~/.ray/auth_token, after which a plain
 ``ray start --head`` turns token auth on while a joining node does not send the token.
+
+Why worker niceness 0: Ray starts its workers (actors, Ray Train workers) at niceness 15, so on a
+machine shared with any other work they get almost no CPU: a scoring actor beside three busy
+processes on 2 cores imported torch at 2.7% of a core and the run had not started after 4 minutes.
+Here the workers do the run's work, so a Ray that distkg starts (local, or a loopback cluster) runs
+them at the driver's priority. A cluster started elsewhere keeps its own setting (cluster/SCALING.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distkg.errors import DistkgError
@@ -32,6 +40,7 @@ log = logging.getLogger("distkg")
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+WORKER_NICENESS = 0  # module docstring
 
 
 def is_loopback(address: str | None) -> bool:
@@ -63,7 +72,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         # the dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls;
         # address "local": a new Ray of this command's own, not a `ray start` cluster found on the machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, log_to_driver=True, _system_config={"worker_niceness": WORKER_NICENESS})
         return True
     ray.init(address=address, logging_level=logging.WARNING)
     return False
@@ -74,7 +83,9 @@ class LoopbackCluster:
     """A real Ray cluster of several nodes on 127.0.0.1 (tests, benchmarks), started and stopped here.
 
     ``nodes``: one dict of custom resources per node (the first is the head), e.g.
-    ``[{"teacher": 2}, {"student": 2}]``; ``cpus``: CPUs each node declares.
+    ``[{"teacher": 2}, {"student": 2}]``; ``cpus``: CPUs each node declares. ``temp_dir``: the
+    nodes' Ray temp dir (None: a new one, removed by ``stop``); ``stop`` ends the processes that
+    name it, and only those.
     """
 
     nodes: list[dict[str, float]]
@@ -82,7 +93,7 @@ class LoopbackCluster:
     port: int = 6390
     dashboard_port: int = 8265
     temp_dir: Path | None = None
-    started: list[int] = field(default_factory=list)
+    made_temp_dir: bool = False
 
     @property
     def address(self) -> str:
@@ -97,7 +108,8 @@ class LoopbackCluster:
         """Environment of the cluster's processes and of the clients that talk to it."""
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         # PATH: a job's `python` entrypoint runs with the PATH of the process that ran `ray start`
-        return {"RAY_AUTH_MODE": "disabled", **os.environ, **LOOPBACK_ENV, "PATH": path}
+        return {"RAY_AUTH_MODE": "disabled", **os.environ, **LOOPBACK_ENV, "PATH": path,
+                "RAY_worker_niceness": str(WORKER_NICENESS)}
 
     def _ray(self, *args: str, head: bool = False) -> subprocess.CompletedProcess:
         """The head through the plain ``ray`` CLI, further nodes through this module (docstring)."""
@@ -110,14 +122,17 @@ class LoopbackCluster:
 
     def start(self) -> LoopbackCluster:
         head, *others = self.nodes
-        extra = ["--temp-dir", str(self.temp_dir)] if self.temp_dir else []
+        if self.temp_dir is None:  # short: Ray's socket paths under it must stay under 108 characters
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="distkg-ray-"))
+            self.made_temp_dir = True
+        extra = ["--temp-dir", str(self.temp_dir)]
         self._ray("start", "--head", "--node-ip-address", LOOPBACK, "--port", str(self.port),
                   "--dashboard-host", LOOPBACK, "--dashboard-port", str(self.dashboard_port),
                   "--num-cpus", str(self.cpus), "--resources", json.dumps(head), "--disable-usage-stats", *extra,
                   head=True)
         for resources in others:
             self._ray("start", "--address", self.address, "--node-ip-address", LOOPBACK, "--num-cpus",
-                      str(self.cpus), "--resources", json.dumps(resources), "--disable-usage-stats")
+                      str(self.cpus), "--resources", json.dumps(resources), "--disable-usage-stats", *extra)
         self._wait_for_nodes()
         return self
 
@@ -135,10 +150,39 @@ class LoopbackCluster:
                 raise DistkgError(f"Ray loopback cluster: {alive} of {len(self.nodes)} nodes up after {timeout}s")
             time.sleep(1)
 
-    def stop(self) -> None:
-        """``ray stop`` (what the Ray docs prescribe), then the temp dir."""
-        subprocess.run([_ray_cli(), "stop", "--force"], env=self.env(), capture_output=True, timeout=120)
-        if self.temp_dir:
+    def processes(self) -> list:
+        """This cluster's processes: those whose command line names its temp dir (GCS, raylets,
+        dashboard, monitors) and all their children (workers, agents: their titles drop the path)."""
+        import psutil
+
+        if self.temp_dir is None:
+            return []
+        mark = str(self.temp_dir)
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(mark in arg for arg in proc.info["cmdline"] or ()):
+                    for p in [proc, *proc.children(recursive=True)]:
+                        found[p.pid] = p
+            except psutil.Error:
+                continue
+        return list(found.values())
+
+    def stop(self, timeout: float = 30) -> None:
+        """End this cluster's processes (``processes``: SIGTERM, then SIGKILL after ``timeout``), then
+        the temp dir it made. Not ``ray stop``, which ends every Ray on the machine, other users' too."""
+        import psutil
+
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=timeout)
+        if self.made_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LoopbackCluster:

@@ -65,7 +65,7 @@ def tiny_runs(tmp_path_factory) -> TinyRuns:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """A real 2-node Ray cluster on 127.0.0.1: the head declares {teacher: 4}, the second node
-    {student: 2}, one CPU each; the test process is its driver. Stopped (``ray stop``) afterwards."""
+    {student: 2}, one CPU each; the test process is its driver. Its processes are stopped afterwards (LoopbackCluster.stop)."""
     import ray
 
     from distkg.runtime.cluster import LoopbackCluster, connect

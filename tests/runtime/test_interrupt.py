@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
-    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=50", "distill.stages.1.epochs=50", "runtime.backend=ray",
-                            "runtime.teacher_actors=1", "runtime.num_cpus=2")
+    # long enough to be running when the signal comes, also on a fast idle machine (2 x 50 epochs there
+    # stopped early and exited 0 first): no early stop
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=5000", "distill.stages.1.epochs=5000", "train.patience=10000",
+                            "runtime.backend=ray", "runtime.teacher_actors=1", "runtime.num_cpus=2")
     save_config(cfg, tmp_path / "job.yaml")
     # the command starts a Ray of its own, also while the suite's loopback cluster runs (not inherited)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
