@@ -136,15 +136,18 @@ def test_renamed_llm_keys_are_read_under_their_new_names_with_a_warning(tmp_path
 
 def test_the_llm_recipes_of_yago11k_and_wikidata12k_are_one_recipe():
     """configs/llm/smollm2-{yago11k,wikidata12k}.yaml (issue 17's goal: one recipe meeting both
-    datasets' goals) differ in data.dataset only, as do the smollm2-text-* pair (llm.query: text); what differs by dataset is decided from the data
+    datasets' goals) differ in data.dataset only, as do the three smollm2-text-* recipes (llm.query: text, ICEWS14 too); what differs by dataset is decided from the data
     (llm.text_folds: auto)."""
     from dataclasses import asdict, replace
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs" / "llm"
-    for recipe, query in (("smollm2", "composed"), ("smollm2-text", "text")):
-        yago, wiki = (load_config(root / f"{recipe}-{ds}.yaml") for ds in ("yago11k", "wikidata12k"))
-        assert (yago.data.dataset, wiki.data.dataset) == ("yago11k", "wikidata12k")
-        assert asdict(replace(wiki, data=yago.data)) == asdict(yago)
-        assert yago.llm.query == query
+    for recipe, query, datasets in (("smollm2", "composed", ("wikidata12k",)),
+                                    ("smollm2-text", "text", ("wikidata12k", "icews14"))):
+        yago = load_config(root / f"{recipe}-yago11k.yaml")
+        assert yago.data.dataset == "yago11k" and yago.llm.query == query
+        for ds in datasets:
+            other = load_config(root / f"{recipe}-{ds}.yaml")
+            assert other.data.dataset == ds
+            assert asdict(replace(other, data=yago.data)) == asdict(yago), ds
     assert load_config(root / "smollm2-yago11k.yaml").llm.text_folds == "auto"
