@@ -27,7 +27,8 @@ import torch
 
 from distkg.data import TKGDataset
 from distkg.distill.fused import Rows
-from distkg.distill.teachers import SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed, _sha1
+from distkg.distill.teachers import (SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed, _sha1,
+                                     derived_folder)
 from distkg.errors import ConfigError, DistkgError
 from distkg.runfolder import read_metrics, run_kind
 from distkg.training.checkpoint import atomic_save
@@ -60,8 +61,9 @@ class KGProbs:
 
 class EnsembleProbs:
     """A `distkg ensemble` run as a second teacher: w P_a + (1 - w) P_b, both at temperature T. The
-    mixture of every training query is kept in RUN/outputs (the ensemble's own folder), so the
-    members are opened only to make it, or where it does not fit in memory."""
+    mixture of every training query is kept in the derived folder of RUN/ensemble.json
+    (distkg.distill.teachers.derived_folder), so the members are opened only to make it, or where it
+    does not fit in memory."""
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0) -> None:
         run = Path(run)
@@ -85,12 +87,12 @@ class EnsembleProbs:
         return [float(t) for t in self.spec.get("temperatures", [1.0, 1.0])]
 
     def _mixture(self) -> torch.Tensor | None:
-        """The mixture of every training query, read from or written to RUN/outputs under a key of the
-        members' weights files and the ensemble's weight; None where it does not fit in memory."""
+        """The mixture of every training query, read from or written to the ensemble's derived folder under
+        a key of the members' weights files and the ensemble's weight; None where it does not fit in memory."""
         n, e = len(self.queries), self.ds.num_entities
         if n * e * 4 > SCORE_CACHE_BYTES:
             return None
-        path = self.run / "outputs" / f"probs-T{self.temperature:g}.pt"
+        path = derived_folder(_sha1(self.run / ENSEMBLE_FILE)) / f"probs-T{self.temperature:g}.pt"
         key = {"members": [_member_key(Path(m)) for m in self.spec["members"]], "weight": self.weight,
                "member_temperatures": self.member_temperatures, "queries": n, "entities": e,
                "temperature": float(self.temperature)}

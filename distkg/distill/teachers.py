@@ -7,10 +7,17 @@ Why representations and not scores: a 1-vs-all soft target is a [queries, entiti
 (or, where the whole matrix fits in SCORE_CACHE_BYTES, one row gather from it, built at start-up).
 
   KGTeacher   a `distkg train` run: its best weights' query representation of every training
-              query (both directions) and its candidate table, cached in RUN/outputs/.
+              query (both directions) and its candidate table.
   LLMTables   a `distkg llm finetune` run: E(p) of every entity, relation and time text plus the
-              scoring form, written once to RUN/teacher/tables.pt (the LLM runs only then);
-              P_LLM of any query is then a lookup, a product and a softmax.
+              scoring form, which the fine-tuning wrote to RUN/teacher/tables.pt; P_LLM of any
+              query is then a lookup, a product and a softmax.
+
+Where the caches live (``derived_folder``): not in the teacher's folder, which belongs to the run
+that made it, but under the user's cache root (distkg.cachedir: $DISTKG_CACHE, else
+~/.cache/distkg) in derived/SHA1, SHA1 being the digest of the file they derive from (the best
+weights, the exported tables). So a student writes only its own folder, every student of one
+teacher shares the caches, and a retrained teacher gets new ones. The folder can be deleted at
+any time; what is missing is rebuilt.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from distkg.cachedir import cache_root
 from distkg.data import TKGDataset
 from distkg.distill.fused import Rows
 from distkg.distill.losses import TemperedTargets, temper
@@ -77,8 +85,8 @@ class KGTeacher:
 
     Nothing [queries, entities]-sized is built until a loss asks for it: FitNet and RKD read only
     the query and candidate tables. The score matrix is built on the first ``scores`` call, and
-    the tempered soft targets (``temper``) are read from RUN/outputs/soft-targets-T*.pt, written
-    once per (teacher weights, temperature) by whichever run needs them first.
+    the tempered soft targets (``temper``) are read from soft-targets-T*.pt in the teacher's
+    derived folder, written once per (teacher weights, temperature) by whichever run needs them first.
     """
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor) -> None:
@@ -95,8 +103,9 @@ class KGTeacher:
         self.model.eval().requires_grad_(False)
         # every cache of this teacher is keyed by the weights' bytes themselves: a retrained or copied-over
         # teacher differs there even where the file's size and mtime agree
-        key = {"best_sha1": _sha1(run / "checkpoints" / "best.pt"), "queries": len(queries)}
-        path = run / "outputs" / "train_queries.pt"
+        best = _sha1(run / "checkpoints" / "best.pt")
+        key = {"best_sha1": best, "queries": len(queries)}
+        path = derived_folder(best) / "train_queries.pt"
         cached = torch.load(path, weights_only=True) if path.is_file() else None
         if cached is not None and cached["key"] == key:
             self.query, self.table = cached["query"], cached["table"]
@@ -104,7 +113,7 @@ class KGTeacher:
             log.info("computing teacher outputs for %d training queries -> %s (once per teacher run)", len(queries), path)
             self._compute_tables(queries)
             atomic_save({"key": key, "query": self.query, "table": self.table}, path)
-        self._start(ds, run / "outputs", {**key, "entities": ds.num_entities})
+        self._start(ds, path.parent, {**key, "entities": ds.num_entities})
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, ds: TKGDataset, queries: torch.Tensor) -> KGTeacher:
@@ -145,8 +154,8 @@ class KGTeacher:
     def temper(self, temperature: float) -> bool:
         """Soft targets softmax(scores / T) of every training query, so a run whose only reader of
         teacher scores is kd at T gathers them instead of computing them each step: read from the
-        teacher run's cache when its key matches, else computed (in place of the score matrix) and
-        written there. Scores are then recomputed per batch if asked for; False when the matrix
+        teacher's derived folder when the key matches, else computed (in place of the score matrix)
+        and written there. Scores are then recomputed per batch if asked for; False when the matrix
         does not fit in SCORE_CACHE_BYTES."""
         if len(self.query) * self.num_entities * 4 > SCORE_CACHE_BYTES:
             return False
@@ -178,6 +187,11 @@ class KGTeacher:
         return self.table[ids]
 
 
+def derived_folder(sha1: str) -> Path:
+    """The folder of the caches derived from the file whose digest is ``sha1`` (module docstring)."""
+    return cache_root() / "derived" / sha1
+
+
 def _sha1(path: Path) -> str:
     import hashlib
 
@@ -206,11 +220,14 @@ class LLMTables:
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor | None = None,
                  temperature: float = 1.0, cache: bool = True) -> None:
-        """``cache``: keep P_LLM of every training query in RUN/teacher/probs-T*.pt (False: in memory only)."""
+        """``cache``: keep P_LLM of every training query in the tables' derived folder, probs-T*.pt
+        (False: in memory only)."""
         run = Path(run)
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
-            export_llm_tables(run, ds)
+            _finished(run, "distill.llm_run", "distkg llm finetune")
+            raise DistkgError(f"distill.llm_run={str(run)!r}: {path} is missing (`distkg llm finetune` writes it "
+                              "before metrics.json); fine-tune that teacher again with --restart")
         t = torch.load(path, weights_only=True)
         _check_dataset(run, "distill.llm_run", t["dataset"], ds)
         if t["entity"].shape[0] != ds.num_entities:
@@ -241,11 +258,12 @@ class LLMTables:
         self.all_probs = self._all_probs(path, queries, ds.num_entities) if queries is not None else None
 
     def _all_probs(self, tables: Path | None, queries: torch.Tensor, num_entities: int) -> torch.Tensor | None:
-        """P_LLM of every training query, read from RUN/teacher/probs-T*.pt when it was made from these
-        tables, these queries and this temperature, else computed and written there."""
-        path = tables.with_name(f"probs-T{self.temperature:g}.pt") if tables is not None else None
-        key = {"tables_sha1": _sha1(tables), "queries": len(queries), "entities": num_entities,
-               "temperature": float(self.temperature)} if tables is not None else {}
+        """P_LLM of every training query, read from probs-T*.pt in the tables' derived folder when it was
+        made from these tables, these queries and this temperature, else computed and written there."""
+        digest = _sha1(tables) if tables is not None else None
+        path = derived_folder(digest) / f"probs-T{self.temperature:g}.pt" if digest is not None else None
+        key = {"tables_sha1": digest, "queries": len(queries), "entities": num_entities,
+               "temperature": float(self.temperature)} if digest is not None else {}
         if path is not None and (cached := _load_keyed(path, key)) is not None:
             return cached["probs"]
         if self.query_mode == "text":  # training queries by their rows (each text leaves its own fact out)
@@ -303,15 +321,3 @@ class QueryTable:
                               "a teacher that reads queries as text needs the LLM for any other query "
                               "(distkg.llm.finetune.load_teacher)")
         return self.vectors[at]
-
-
-def export_llm_tables(run: Path, ds: TKGDataset) -> Path:
-    """Load a saved LLM teacher and write RUN/teacher/tables.pt (every entity text through the LLM once)."""
-    from distkg.config import load_config
-    from distkg.llm.finetune import load_teacher, save_tables
-
-    trained = _finished(run, "distill.llm_run", "distkg llm finetune")
-    _check_dataset(run, "distill.llm_run", trained["dataset"], ds)
-    cfg = load_config(run / "config.yaml")
-    log.info("exporting the LLM teacher's embedding tables from %s (once per LLM run)", run)
-    return save_tables(load_teacher(run / "teacher", cfg, ds), ds, run / "teacher")

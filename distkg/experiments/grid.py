@@ -9,7 +9,7 @@ seeds, and templates for the config files of each part. The grid runs, in order:
      as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
 Each part runs through distkg.experiments.parts, as the parts of ``distkg run`` do: skipped when its
 metrics.json exists and resumed from its checkpoints otherwise, so an interrupted grid continues
-where it stopped. Teacher outputs are cached in the teacher's run (distkg.distill.teachers), so every
+where it stopped. Teacher outputs are cached once per teacher (distkg.distill.teachers.derived_folder), so every
 method and seed reuses them.
 
 Several processes may run one grid at once (one per core, or per node on a shared filesystem;

@@ -182,10 +182,11 @@ def test_bad_method_configs_fail_by_name(teachers, tmp_path):
 def test_soft_targets_are_read_from_one_cache_per_teacher_and_temperature(teachers, monkeypatch):
     q, _ = training_queries(DS.splits["train"], DS.num_relations)
     idx = torch.arange(0, len(q), 3)
-    for f in (teachers / "kg" / "outputs").glob("soft-targets-*"):
+    folder = KGTeacher(teachers / "kg", DS, q).targets_folder  # the teacher's derived folder (cache root)
+    for f in folder.glob("soft-targets-*"):
         f.unlink()
     first = KGTeacher(teachers / "kg", DS, q)
-    assert first.temper(4.0) and (teachers / "kg" / "outputs" / "soft-targets-T4.pt").is_file()
+    assert first.temper(4.0) and (folder / "soft-targets-T4.pt").is_file()
     expected = first.targets(idx)
 
     def no_rebuild(*args, **kwargs):

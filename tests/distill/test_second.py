@@ -101,8 +101,15 @@ def test_a_finished_ensemble_is_read_and_one_of_other_members_refused(runs):
         ensemble([runs / "tadistmult", runs / "nowhere"], runs / "mix2", dataset=DS)
 
 
-@pytest.mark.parametrize("second", ["ttranse", "mix"])
+def _files(root) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("second", ["ttranse", "mix", "llm"])
 def test_the_llm_terms_and_llm_kd_train_a_student_from_any_second_teacher(runs, second, tmp_path):
+    # and the student writes only its own folder: its caches of the teachers' outputs go to the cache
+    # root (distkg.distill.teachers.derived_folder), not into the teachers' runs
+    before = _files(runs)
     for name in ("bkd-l2", "bkd2"):
         cfg = load_config([f"configs/distill/{name}.yaml"],
                           ["model.name=tadistmult", "model.args.dim=4", *FAST, f"distill.teacher_run={runs / 'tadistmult'}",
@@ -113,6 +120,8 @@ def test_the_llm_terms_and_llm_kd_train_a_student_from_any_second_teacher(runs, 
         log = [json.loads(x) for x in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         term = "loss_llm_huber" if name == "bkd-l2" else "loss_llm_kd"
         assert m["llm_run"] == str(runs / second) and term in log[-1] and log[-1][term] >= 0
+    assert _files(runs) == before
+    assert not [f for f in before if "probs-T" in f or "soft-targets" in f or "train_queries" in f]
 
 
 def test_llm_kd_reads_p_llm_at_its_own_temperature(runs):
