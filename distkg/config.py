@@ -48,6 +48,8 @@ def parse_yaml(text: str) -> Any:
 class EvalConfig:
     """The evaluation protocol (docs/PROTOCOL.md); the defaults are distkg's default protocol."""
 
+    # what every command that evaluates scores at its end (distkg.evaluation.splits); metrics.json's top
+    # level is test when listed, else the last (its "split" says which)
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
     filter: Literal["time", "static", "none"] = "time"
     ties: Literal["realistic", "optimistic", "pessimistic"] = "realistic"

@@ -7,6 +7,7 @@ from distkg.evaluation.options import EvalOptions, eval_options
 from distkg.evaluation.queries import QuerySet, build_queries
 from distkg.evaluation.ranking import SCORE_BUDGET_BYTES, Ranks, default_query_chunk, evaluate, rank
 from distkg.evaluation.scorer import DotProductScorer, Scorer
+from distkg.evaluation.splits import evaluate_splits
 
 __all__ = [
     "FILTER_MODES",
@@ -24,6 +25,7 @@ __all__ = [
     "default_query_chunk",
     "eval_options",
     "evaluate",
+    "evaluate_splits",
     "rank",
     "ranking_metrics",
 ]

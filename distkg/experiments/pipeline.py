@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
-from distkg.evaluation import eval_options, evaluate
+from distkg.evaluation import eval_options, evaluate_splits
 from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
@@ -37,19 +37,8 @@ def llm_training(cfg: RunConfig) -> str:
 
 
 def evaluate_model(cfg: RunConfig, ds: TKGDataset, model, out: Path) -> dict:
-    """Evaluate on every configured split; metrics.json holds the test split at the top level."""
-    results: dict = {}
-    options = eval_options(cfg)
-    for split in cfg.eval.splits:
-        t = time.perf_counter()
-        m = evaluate(model, ds, split=split, options=options)
-        m["seconds"] = round(time.perf_counter() - t, 3)
-        results[split] = m
-        log.info("%s %s: MRR %.4f  MR %.1f  H@1 %.4f  H@3 %.4f  H@10 %.4f", ds.name, split,
-                 m["mrr"], m["mr"], m["hits@1"], m["hits@3"], m["hits@10"])
-    main_split = "test" if "test" in results else cfg.eval.splits[-1]
-    metrics = {**results[main_split], "split": main_split, "dataset": ds.name, "model": cfg.model.name,
-               "splits": results}
+    """Evaluate on every configured split (eval.splits); metrics.json holds the test split at the top level."""
+    metrics = {**evaluate_splits(model, ds, cfg.eval.splits, eval_options(cfg)), "dataset": ds.name, "model": cfg.model.name}
     write_metrics(out, metrics)
     return metrics
 

@@ -29,7 +29,7 @@ from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import encode_batch, placement
 from distkg.errors import ConfigError, DistkgError
-from distkg.evaluation import FilterIndex, eval_options, evaluate
+from distkg.evaluation import FilterIndex, eval_options, evaluate_splits
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
@@ -209,19 +209,19 @@ def process_group() -> tuple[int, int]:
 
 
 def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict) -> dict:
-    """Validation (subsampled) and test under the default protocol; OUT/metrics.json."""
+    """The splits of eval.splits under the run's protocol (validation: the ``llm.valid_queries`` sample);
+    OUT/metrics.json."""
     t = time.perf_counter()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
-    options = eval_options(cfg, teacher.device)
-    valid = evaluate(teacher, ds.with_queries("valid", cfg.llm.valid_queries, cfg.seed), split="valid", options=options,
-                     index=index)
-    test = evaluate(teacher, ds, split="test", options=options, index=index)
+    final = evaluate_splits(teacher, ds, cfg.eval.splits, eval_options(cfg, teacher.device), index,
+                            views={"valid": ds.with_queries("valid", cfg.llm.valid_queries, cfg.seed)})
+    valid = final["splits"].get("valid", {})
     stats = teacher.encoder.stats
-    metrics = {**test, "split": "test", "dataset": ds.name, "model": f"llm:{cfg.llm.model}", "dim": cfg.llm.dim,
-               "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid["mrr"],
-               "valid_queries": valid["queries"], "eval_seconds": round(time.perf_counter() - t, 1),
+    metrics = {**final, "dataset": ds.name, "model": f"llm:{cfg.llm.model}", "dim": cfg.llm.dim,
+               "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid.get("mrr"),
+               "valid_queries": valid.get("queries"), "eval_seconds": round(time.perf_counter() - t, 1),
                "encoder": {**dataclasses.asdict(stats), "padding_share": round(stats.padding_share, 4)}, **extra}
     write_metrics(out, metrics)
-    log.info("LLM teacher test MRR %.4f H@1 %.4f H@10 %.4f (valid MRR %.4f on %d queries) -> %s", test["mrr"],
-             test["hits@1"], test["hits@10"], valid["mrr"], valid["queries"], out / "metrics.json")
+    log.info("LLM teacher %s MRR %.4f H@1 %.4f H@10 %.4f -> %s", final["split"], final["mrr"], final["hits@1"],
+             final["hits@10"], out / "metrics.json")
     return metrics

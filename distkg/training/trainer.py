@@ -21,7 +21,6 @@ the last good checkpoint, which is never overwritten by a bad state.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -40,7 +39,7 @@ from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import Placement, placement
 from distkg.errors import DistkgError
-from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
+from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate, evaluate_splits
 from distkg.models import MODELS, TKGModel
 from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
@@ -218,16 +217,16 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
 
     state = loop.run([Phase(s.name, s.epochs, partial(run_epoch, s)) for s in stages], state)
     raw_model.eval()
-    test = evaluate(raw_model, ds, split="test", options=options)
-    metrics = {**test, "split": "test", "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
+    final = evaluate_splits(raw_model, ds, cfg.eval.splits, options)  # the best weights, on eval.splits
+    metrics = {**final, "dataset": ds.name, "model": cfg.model.name, "dim": raw_model.dim,
                "parameters": n_params, "best_epoch": state["best_epoch"], "best_valid_mrr": state["best_mrr"],
                "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1), "seed": cfg.seed,
                **(extra or {})}
     if main:
         write_metrics(out, metrics)
         plot_curves(state["history"], out / "curves.png", title=f"{cfg.model.name} {raw_model.dim}-d on {ds.name}")
-    log.info("test MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", test["mrr"], test["hits@1"],
-             test["hits@10"], state["best_epoch"], out / "metrics.json")
+    log.info("%s MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", final["split"], final["mrr"], final["hits@1"],
+             final["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
 
 

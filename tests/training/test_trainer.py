@@ -89,9 +89,15 @@ def test_cli_train_then_evaluate_run(data_root, tmp_path):
             "--set", "train.epochs=1", "--set", "train.batch_size=4000", "--set", "train.progress=false"]
     assert main(["train", *args]) == 0
     trained = json.loads((out / "metrics.json").read_text())
+    assert set(trained["splits"]) == {"valid", "test"} and trained["split"] == "test"
     assert main(["evaluate", "--run", str(out), "--set", "eval.splits=[test]"]) == 0
     rescored = json.loads((out / "rescore" / "metrics.json").read_text())
     assert rescored["mrr"] == pytest.approx(trained["mrr"], abs=1e-9)
+    # eval.splits is honoured by train as by evaluate (it was ignored: train always scored test alone)
+    assert main(["train", *args, "--out", str(tmp_path / "valid-only"), "--set", "eval.splits=[valid]"]) == 0
+    valid_only = json.loads((tmp_path / "valid-only" / "metrics.json").read_text())
+    assert list(valid_only["splits"]) == ["valid"] and valid_only["split"] == "valid"
+    assert valid_only["mrr"] == pytest.approx(trained["splits"]["valid"]["mrr"], abs=1e-9)
     assert main(["train", *args, "--set", "train.epoks=2"]) == 2  # a typo is rejected by name
 
 
