@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from distkg.cachedir import derived_folders
 from distkg.config import RunConfig, build, read_yaml, renamed_keys, save_config, to_dict
 from distkg.errors import ConfigError
 
@@ -200,8 +201,12 @@ def check_folder(cfg: RunConfig, out: Path) -> None:
 
 
 def clear(out: Path) -> None:
-    """Remove what distkg wrote into OUT (RUN_ENTRIES), keeping anything else the user put there."""
+    """Remove what distkg wrote into OUT (RUN_ENTRIES), keeping anything else the user put there, and
+    the caches students derived from it (distkg.cachedir.derived_folders)."""
     removed = []
+    for folder in derived_folders(out):
+        shutil.rmtree(folder)
+        removed.append(str(folder))
     for name in RUN_ENTRIES:
         path = out / name
         if path.is_dir() and not path.is_symlink():

@@ -27,8 +27,8 @@ import torch
 
 from distkg.data import TKGDataset
 from distkg.distill.fused import Rows
-from distkg.distill.teachers import (SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed, _sha1,
-                                     derived_folder)
+from distkg.cachedir import DERIVED_SOURCES, derived_folder, file_sha1
+from distkg.distill.teachers import SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed
 from distkg.errors import ConfigError, DistkgError
 from distkg.runfolder import read_metrics, run_kind
 from distkg.training.checkpoint import atomic_save
@@ -62,7 +62,7 @@ class KGProbs:
 class EnsembleProbs:
     """A `distkg ensemble` run as a second teacher: w P_a + (1 - w) P_b, both at temperature T. The
     mixture of every training query is kept in the derived folder of RUN/ensemble.json
-    (distkg.distill.teachers.derived_folder), so the members are opened only to make it, or where it
+    (distkg.cachedir.derived_folder), so the members are opened only to make it, or where it
     does not fit in memory."""
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0) -> None:
@@ -92,7 +92,7 @@ class EnsembleProbs:
         n, e = len(self.queries), self.ds.num_entities
         if n * e * 4 > SCORE_CACHE_BYTES:
             return None
-        path = derived_folder(_sha1(self.run / ENSEMBLE_FILE)) / f"probs-T{self.temperature:g}.pt"
+        path = derived_folder(file_sha1(self.run / ENSEMBLE_FILE)) / f"probs-T{self.temperature:g}.pt"
         key = {"members": [_member_key(Path(m)) for m in self.spec["members"]], "weight": self.weight,
                "member_temperatures": self.member_temperatures, "queries": n, "entities": e,
                "temperature": float(self.temperature)}
@@ -118,9 +118,9 @@ class EnsembleProbs:
 
 def _member_key(run: Path) -> str:
     """What identifies a member's outputs: its best weights (KG) or its exported tables (LLM)."""
-    for path in (run / "checkpoints" / "best.pt", run / "teacher" / "tables.pt", run / ENSEMBLE_FILE):
-        if path.is_file():
-            return _sha1(path)
+    for name in DERIVED_SOURCES:
+        if (run / name).is_file():
+            return file_sha1(run / name)
     return str(run)
 
 

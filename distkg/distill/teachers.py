@@ -12,12 +12,11 @@ Why representations and not scores: a 1-vs-all soft target is a [queries, entiti
               scoring form, which the fine-tuning wrote to RUN/teacher/tables.pt; P_LLM of any
               query is then a lookup, a product and a softmax.
 
-Where the caches live (``derived_folder``): not in the teacher's folder, which belongs to the run
-that made it, but under the user's cache root (distkg.cachedir: $DISTKG_CACHE, else
-~/.cache/distkg) in derived/SHA1, SHA1 being the digest of the file they derive from (the best
-weights, the exported tables). So a student writes only its own folder, every student of one
-teacher shares the caches, and a retrained teacher gets new ones. The folder can be deleted at
-any time; what is missing is rebuilt.
+Where the caches live (distkg.cachedir.derived_folder): not in the teacher's folder, which belongs
+to the run that made it, but under the user's cache root in derived/SHA1, SHA1 being the digest of
+the file they derive from (the best weights, the exported tables). So a student writes only its own
+folder, every student of one teacher shares the caches, a retrained teacher gets new ones, and the
+teacher's ``--restart`` removes them.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from distkg.cachedir import cache_root
+from distkg.cachedir import derived_folder, file_sha1
 from distkg.data import TKGDataset
 from distkg.distill.fused import Rows
 from distkg.distill.losses import TemperedTargets, temper
@@ -103,7 +102,7 @@ class KGTeacher:
         self.model.eval().requires_grad_(False)
         # every cache of this teacher is keyed by the weights' bytes themselves: a retrained or copied-over
         # teacher differs there even where the file's size and mtime agree
-        best = _sha1(run / "checkpoints" / "best.pt")
+        best = file_sha1(run / "checkpoints" / "best.pt")
         key = {"best_sha1": best, "queries": len(queries)}
         path = derived_folder(best) / "train_queries.pt"
         cached = torch.load(path, weights_only=True) if path.is_file() else None
@@ -187,21 +186,6 @@ class KGTeacher:
         return self.table[ids]
 
 
-def derived_folder(sha1: str) -> Path:
-    """The folder of the caches derived from the file whose digest is ``sha1`` (module docstring)."""
-    return cache_root() / "derived" / sha1
-
-
-def _sha1(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_keyed(path: Path, key: dict) -> dict | None:
     """A cache file's contents when its key is ``key``, memory-mapped (processes of a grid share the
     pages); None when it is missing, unreadable or stale."""
@@ -260,7 +244,7 @@ class LLMTables:
     def _all_probs(self, tables: Path | None, queries: torch.Tensor, num_entities: int) -> torch.Tensor | None:
         """P_LLM of every training query, read from probs-T*.pt in the tables' derived folder when it was
         made from these tables, these queries and this temperature, else computed and written there."""
-        digest = _sha1(tables) if tables is not None else None
+        digest = file_sha1(tables) if tables is not None else None
         path = derived_folder(digest) / f"probs-T{self.temperature:g}.pt" if digest is not None else None
         key = {"tables_sha1": digest, "queries": len(queries), "entities": num_entities,
                "temperature": float(self.temperature)} if digest is not None else {}
