@@ -159,6 +159,19 @@ def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> lis
     return out
 
 
+def raised_budgets(out: Path, cfg: RunConfig, budgets: tuple[str, ...]) -> list[str]:
+    """``key: old -> new`` for every key matching ``budgets`` (patterns of a run's epoch or step budgets,
+    "larger" keys of SAFE_KEYS) that ``cfg`` raises over the config saved in OUT: a finished run asked
+    for more is not finished for ``cfg``."""
+    saved = saved_config(out)
+    if saved is None:
+        return []
+    old_flat, new_flat = flatten(to_dict(saved)), flatten(to_dict(cfg))
+    return [f"{k}: {old_flat[k]!r} -> {v!r}" for k, v in sorted(new_flat.items())
+            if any(fnmatch.fnmatchcase(k, p) for p in budgets) and k in old_flat
+            and isinstance(v, (int, float)) and isinstance(old_flat[k], (int, float)) and v > old_flat[k]]
+
+
 def config_digest(cfg: RunConfig, exclude: tuple[str, ...] = ()) -> str:
     """A digest of every key that may not change under a run (all but SAFE_KEYS, AFTER_DIVERGENCE and
     ``exclude``), stored in each checkpoint so that a resume verifies the checkpoint belongs to this

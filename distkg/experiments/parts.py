@@ -1,8 +1,11 @@
 """Run this part unless it is finished: the one mechanism of ``distkg run`` and ``distkg reproduce``.
 
 A part is a run folder and the work that fills it (train a teacher, fine-tune the LLM teacher,
-distil a student). It is finished when its metrics.json exists (distkg.runfolder.read_metrics): then
-it is read, never run again. Otherwise this process claims it (distkg.experiments.claims) so that
+distil a student). It is finished when its metrics.json exists (distkg.runfolder.read_metrics) and
+the part's config raises no budget of the one it ran with (epochs, LoRA steps: distkg.runfolder.
+raised_budgets): then it is read, never run again. A raised budget runs it on from its checkpoints,
+as `distkg train` continues a finished run; reading it instead would leave a folder whose
+config.yaml no longer says what its metrics are of. Otherwise this process claims it (distkg.experiments.claims) so that
 processes sharing the folders never run one part twice, and runs it; the work resumes from the part's
 own checkpoints, so an interrupted part continues where it stopped. A part another live process
 holds is waited for (``wait``: a teacher everything after it needs) or left to its holder (a student).
@@ -16,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from distkg.config import RunConfig
 from distkg.experiments.claims import claim, holding, wait_for
-from distkg.runfolder import read_metrics
+from distkg.runfolder import raised_budgets, read_metrics
 
 log = logging.getLogger("distkg")
 
@@ -30,6 +34,24 @@ class Part:
     name: str
     folder: Path
     work: Callable[[], dict]
+    config: RunConfig | None = None  # what the work runs with (None: finished whenever metrics.json exists)
+    budgets: tuple[str, ...] = ()  # its budget keys in ``config`` (KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS)
+
+
+KG_BUDGETS = ("train.epochs",)
+LLM_BUDGETS = ("llm.steps", "llm.max_minutes")
+STUDENT_BUDGETS = ("distill.stages.*.epochs",)
+
+
+def finished(part: Part, say: bool = True) -> dict | None:
+    """The part's metrics when it is finished for its config (module docstring), else None."""
+    done = read_metrics(part.folder)
+    if done is not None and part.config is not None and (raised := raised_budgets(part.folder, part.config, part.budgets)):
+        if say:
+            log.info("%s %s finished with a smaller budget (%s): it continues from its checkpoints", part.name,
+                     part.folder, "; ".join(raised))
+        return None
+    return done
 
 
 @dataclass(frozen=True)
@@ -44,14 +66,14 @@ class Outcome:
 def run_part(part: Part, wait: bool = True) -> Outcome | None:
     """The part's metrics, running its work first unless it is finished (module docstring). None when
     another live process holds it and ``wait`` is false: it is left to that process."""
-    if read_metrics(part.folder) is None:
+    if finished(part) is None:
         if wait:
             wait_for(part.folder, part.name)
         elif (holder := claim(part.folder)) is not None:
             log.info("%s %s is being trained by %s; left to it", part.name, part.folder, holder)
             return None
     with holding(part.folder):  # released however the work ends, so a failed part may be retried at once
-        if (done := read_metrics(part.folder)) is not None:
+        if (done := finished(part)) is not None:
             return Outcome(done, None)
         started = time.perf_counter()
         metrics = part.work()

@@ -22,10 +22,10 @@ from pathlib import Path
 from distkg.config import ModelConfig, RunConfig, save_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import eval_options, evaluate_splits
-from distkg.experiments.parts import Part, run_part
+from distkg.experiments.parts import KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS, Part, finished, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import check_folder, clear, read_metrics, write_metrics
+from distkg.runfolder import check_folder, clear, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -107,21 +107,22 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, config
     teacher_run, llm_run = teacher_folders(cfg, out)
     students = {m: configs[out / "students" / m] for m in pipeline_cfg.students}
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
-                  lambda: train(cfg, teacher_run, dataset=ds))]
+                  lambda: train(cfg, teacher_run, dataset=ds), cfg, KG_BUDGETS)]
     if llm_run:
         parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, {llm_training(cfg)})", llm_run,
-                          lambda: finetune(cfg, llm_run, dataset=ds)))
+                          lambda: finetune(cfg, llm_run, dataset=ds), cfg, LLM_BUDGETS))
     for method, student_cfg in students.items():
         parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
                           lambda student_cfg=student_cfg, method=method:
-                          distill(student_cfg, out / "students" / method, dataset=ds)))
+                          distill(student_cfg, out / "students" / method, dataset=ds), student_cfg,
+                          STUDENT_BUDGETS))
     rows: dict[str, dict] = {}
     walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it
     walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     started = time.perf_counter()
     for i, part in enumerate(parts):
         log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), part.name, part.folder,
-                 time.perf_counter() - started, " (done before; reading it)" if read_metrics(part.folder) else "")
+                 time.perf_counter() - started, " (done before; reading it)" if finished(part, say=False) else "")
         outcome = run_part(part)
         if outcome.seconds is not None:
             walls[part.folder.relative_to(out).as_posix()] = outcome.seconds

@@ -43,6 +43,20 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
     again = pipeline.run(cfg, out)
     assert json.dumps(again["parts"], sort_keys=True) == json.dumps(summary["parts"], sort_keys=True)
 
+    # a finished student's budget raised: it continues from its checkpoints (as `distkg train` does), the
+    # teachers are read, and every config.yaml says what its metrics are of (it was skipped before,
+    # and the top-level config.yaml then said 2 epochs over a 1-epoch student)
+    from distkg.config import read_yaml
+
+    more = load_config(out / "config.yaml", ["pipeline.students.plain.stages.0.epochs=2"])
+    third = pipeline.run(more, out)
+    plain = json.loads((out / "students" / "plain" / "metrics.json").read_text())
+    assert plain["epochs_run"] == 2
+    assert read_yaml(out / "students" / "plain" / "config.yaml")["distill"]["stages"][0]["epochs"] == 2
+    assert read_yaml(out / "config.yaml")["pipeline"]["students"]["plain"]["stages"][0]["epochs"] == 2
+    unchanged = [n for n in summary["parts"] if not n.endswith(": plain")]
+    assert all(third["parts"][n] == summary["parts"][n] for n in unchanged)
+
 
 def test_pipeline_rejects_a_bad_student_method_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
