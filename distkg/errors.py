@@ -17,3 +17,10 @@ class ConfigError(DistkgError):
 
 class QueryError(DistkgError):
     """A query names an entity, relation or time the dataset does not have."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one short line for an error message, also when its message is empty (torch.load
+    of a 0-byte file raises an EOFError with no message: its first line was an IndexError)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__

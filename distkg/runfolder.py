@@ -83,6 +83,21 @@ def run_kind(run: Path) -> str:
     return "unknown"
 
 
+def one_run(run: Path) -> Path:
+    """RUN, when it is one run; a folder of several (a `distkg run` pipeline, a `distkg reproduce` grid)
+    is refused naming its parts and their kinds, so that a command taking ``--run`` never reports
+    "no checkpoint" for a folder whose parts would answer."""
+    grid = (run / "grid.json").is_file()
+    if not grid and run_kind(run) != "pipeline":
+        return run
+    parts = sorted(p.parent for p in run.rglob("metrics.json") if p.parent != run)
+    listing = "; ".join(f"{p} ({run_kind(p)})" for p in parts[:12])
+    more = f"; and {len(parts) - 12} more" if len(parts) > 12 else ""
+    what = "a `distkg reproduce` grid" if grid else "a `distkg run` pipeline"
+    raise ConfigError(f"{run} is {what}, a folder of several runs; name one of its finished parts with --run: "
+                      f"{listing or '(none finished yet)'}{more}")
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """``write`` into a temporary name, flushed to disk, then rename: readers never see a half-written
     file, and a crash of the machine right after the rename does not leave an empty one. The

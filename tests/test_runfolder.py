@@ -232,3 +232,24 @@ def test_restart_removes_the_caches_students_derived_from_the_run(tmp_path, monk
     clear(run)
     assert not derived.exists() and other.is_dir()
     assert not (run / "checkpoints").exists() and (run / "notes.txt").is_file()
+
+
+def test_empty_checkpoints_fall_back_or_stop_in_one_line(tmp_path, monkeypatch):
+    # 0-byte files, as a full disk or a crash during a copy leaves: torch.load raises an EOFError with
+    # no message, and building the error's one line raised an IndexError (a traceback) instead
+    monkeypatch.setattr(trainer, "load_dataset", lambda data: DS)
+    straight = trainer.train(cfg("train.epochs=3"), tmp_path / "a", dataset=DS)
+    out = tmp_path / "b"
+    trainer.train(cfg("train.epochs=2", "train.keep_checkpoints=2"), out, dataset=DS)
+    (out / "checkpoints" / "epoch_0002.pt").write_bytes(b"")
+    resumed = trainer.train(cfg("train.epochs=3", "train.keep_checkpoints=2"), out, dataset=DS)
+    assert resumed["mrr"] == straight["mrr"]
+    best = out / "checkpoints" / "best.pt"
+    best.write_bytes(b"")
+    trainer.load_trained(out)  # falls back to the best epoch's own checkpoint
+    for p in Checkpoints(out / "checkpoints").epochs():
+        p.write_bytes(b"")
+    best.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"(best|epoch_0003)\.pt cannot be read \(EOFError\); it is truncated or corrupt"):
+        trainer.load_trained(out)
+    assert main(["evaluate", "--run", str(out)]) == 2

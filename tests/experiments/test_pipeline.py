@@ -16,7 +16,7 @@ from tests.llm.conftest import make_tiny_llama
 DS = tiny_dataset("interval", n_ent=30, n_facts=300)
 
 
-def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
+def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
     llm = make_tiny_llama(tmp_path / "tiny-llama")
     cfg = load_config("configs/quickstart.yaml", [
@@ -56,6 +56,17 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch):
     assert read_yaml(out / "config.yaml")["pipeline"]["students"]["plain"]["stages"][0]["epochs"] == 2
     unchanged = [n for n in summary["parts"] if not n.endswith(": plain")]
     assert all(third["parts"][n] == summary["parts"][n] for n in unchanged)
+
+    # a command taking --run, given the pipeline's folder, names the parts that would answer (it said
+    # "best.pt not found: the run has no evaluated epoch yet")
+    from distkg.cli.main import main
+
+    capsys.readouterr()
+    for command in (["predict", "--query", "a|b|?|2000"], ["evaluate"], ["export", "--out", str(tmp_path / "x")]):
+        assert main([command[0], "--run", str(out), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "is a `distkg run` pipeline" in err and f"{out / 'students' / 'bkd'} (kg)" in err, err
+        assert f"{out / 'llm'} (llm)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_pipeline_rejects_a_bad_student_method_before_training(tmp_path, monkeypatch):
