@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import logging
 import re
 import types
 import typing
@@ -271,50 +270,6 @@ RANGES: dict[type, dict[str, tuple]] = {
 }
 SPLIT_NAMES = ("train", "valid", "test")
 
-# Keys renamed in distkg 0.1.0, old name -> new name per section: "batch size" meant four things, now
-# each name says what it counts (train.batch_size, the one left, counts training queries per pass).
-# An old name is still read, as its new name, with a warning naming the new one; refused from 0.2.0
-# on. A run folder written under an old name resumes: its config.yaml is read the same way, and a
-# checkpoint's config digest is taken under the old names (distkg.runfolder.config_digest).
-RENAMED: dict[type, dict[str, str]] = {
-    LLMConfig: {"encode_batch": "texts_per_forward", "batch_size": "queries_per_step",
-                "head_batch_size": "head_queries_per_step"},
-}
-log = logging.getLogger("distkg")
-_warned: set[str] = set()
-
-
-def _renamed(cls: type, values: dict, where: str) -> dict:
-    """``values`` with the old names of RENAMED[cls] read as their new names (a warning, once per
-    key); both names given at once is an error, since one would silently win."""
-    renames = RENAMED.get(cls, {})
-    if not renames or not renames.keys() & values.keys():
-        return values
-    out = dict(values)
-    for old, new in renames.items():
-        if old not in out:
-            continue
-        if new in out:
-            raise ConfigError(f"{_join(where, old)} and {_join(where, new)} are both set: {old!r} is the old "
-                              f"name of {new!r} (renamed in distkg 0.1.0); keep only {_join(where, new)}")
-        out[new] = out.pop(old)
-        section = next(name for name, tp in typing.get_type_hints(RunConfig).items() if tp is cls)
-        if (key := f"{section}.{old}") not in _warned:  # once per process: every part's saved config repeats it
-            _warned.add(key)
-            source = f" (in {where.removesuffix('.' + section)})" if where != section else ""
-            log.warning("%s%s is renamed %s.%s in distkg 0.1.0: read as that now, refused from 0.2.0 on; "
-                        "rename it", key, source, section, new)
-    return out
-
-
-def renamed_keys() -> dict[str, str]:
-    """RENAMED as dotted keys of a run config, new name -> old name (``llm.texts_per_forward`` ->
-    ``llm.encode_batch``)."""
-    hints = typing.get_type_hints(RunConfig)
-    return {f"{section}.{new}": f"{section}.{old}" for section, tp in hints.items()
-            for old, new in RENAMED.get(tp, {}).items()}
-
-
 def _check_range(cls: type, key: str, value: Any, where: str) -> None:
     """Raise ConfigError naming ``where`` when ``value`` is outside RANGES[cls][key]."""
     bounds = RANGES.get(cls, {}).get(key)
@@ -334,7 +289,6 @@ def build(cls: type[T], values: Any, where: str = "config") -> T:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(values).__name__} {values!r}")
-    values = _renamed(cls, values, where)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
     kwargs = {}

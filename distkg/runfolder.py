@@ -6,6 +6,12 @@ another, a 200-d run reported with a 400-d model's parameters), or crashes half-
 old config was overwritten. So before anything is written, the folder's saved ``config.yaml`` is
 compared key by key with the new config; any difference outside ``SAFE_KEYS`` stops the command
 (rc 2) naming the keys, and ``--restart`` (or a new folder) is the way out.
+
+Each kind of run owns a slice of the run config (SLICES): a KG run (`distkg train`) its data, model,
+train, eval and seed; an LLM run its data, llm, eval, seed, device and runtime; a student (`distkg
+distill`) the KG fields plus distill and runtime; a pipeline or grid folder the whole. A folder saves,
+compares and digests its own slice only, so adding a student to a pipeline, or changing the LLM's
+head epochs, leaves the trained KG teacher's folder the same configuration it was.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from distkg.cachedir import derived_folders
-from distkg.config import RunConfig, build, read_yaml, renamed_keys, save_config, to_dict
+import yaml
+
+from distkg.config import RunConfig, build, read_yaml, to_dict
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -53,14 +61,37 @@ AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stag
 # The LLM teacher's rates, lowerable after its fine-tuning diverged too; left out of the digest of the
 # LLM loop's checkpoints only (distkg.llm.finetune): the KG trainer's checkpoints have carried them.
 LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")
-# Keys added since checkpoints carry a digest, at their default: they enter the digest only when set
-# otherwise, so a checkpoint written before they existed still verifies.
-DIGEST_ADDED = {"llm.patience": 5, "llm.entity_text": "name", "llm.entity_facts": 8, "llm.feature_cache": False,
-                "llm.text_folds": 1, "llm.own_text_share": 0.0, "llm.head_weight_decay": 0.0, "llm.head_label_smoothing": 0.0,
-                "runtime.tail_samples": 0, "runtime.rank": 254, "llm.query": "composed", "llm.query_facts": 6,
-                "llm.query_tokens": 48}
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
+# What each kind of run reads of a run config: sections, or section.key (module docstring). None: all.
+SLICES: dict[str, tuple[str, ...] | None] = {
+    "kg": ("data", "model", "eval", "train", "seed"),
+    "student": ("data", "model", "eval", "train", "distill", "runtime", "seed"),
+    "llm": ("data", "eval", "llm", "runtime", "seed", "train.device", "train.mixed_precision"),
+    "pipeline": None,
+}
+
+
+def config_slice(cfg: RunConfig, kind: str) -> dict:
+    """The part of ``cfg`` a run of ``kind`` reads (SLICES), as the nested mapping config.yaml holds."""
+    full = to_dict(cfg)
+    if SLICES[kind] is None:
+        return full
+    out: dict = {}
+    for name in full:  # the run config's own order
+        for entry in SLICES[kind]:
+            section, _, key = entry.partition(".")
+            if section == name:
+                if key:
+                    out.setdefault(section, {})[key] = full[section][key]
+                else:
+                    out[section] = full[section]
+    return out
+
+
+def save_slice(cfg: RunConfig, kind: str, path: Path) -> None:
+    """PATH (a run's config.yaml): the slice of ``cfg`` its kind reads; a loader fills the rest with defaults."""
+    path.write_text(yaml.safe_dump(config_slice(cfg, kind), sort_keys=False))
 
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
 RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
@@ -159,10 +190,10 @@ def _same(key: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-def differences(saved: RunConfig, new: RunConfig, diverged: bool = False) -> list[str]:
-    """``key: old -> new`` for every key that differs and is not safe to change (SAFE_KEYS, and
-    AFTER_DIVERGENCE when the saved run diverged)."""
-    old_flat, new_flat = flatten(to_dict(saved)), flatten(to_dict(new))
+def differences(saved: RunConfig, new: RunConfig, kind: str, diverged: bool = False) -> list[str]:
+    """``key: old -> new`` for every key of the ``kind`` slice that differs and is not safe to change
+    (SAFE_KEYS, and AFTER_DIVERGENCE when the saved run diverged)."""
+    old_flat, new_flat = flatten(config_slice(saved, kind)), flatten(config_slice(new, kind))
     missing = object()
     out = []
     for key in sorted(old_flat.keys() | new_flat.keys()):
@@ -187,18 +218,14 @@ def raised_budgets(out: Path, cfg: RunConfig, budgets: tuple[str, ...]) -> list[
             and isinstance(v, (int, float)) and isinstance(old_flat[k], (int, float)) and v > old_flat[k]]
 
 
-def config_digest(cfg: RunConfig, exclude: tuple[str, ...] = ()) -> str:
-    """A digest of every key that may not change under a run (all but SAFE_KEYS, AFTER_DIVERGENCE and
-    ``exclude``), stored in each checkpoint so that a resume verifies the checkpoint belongs to this
-    config. Renamed keys enter under their old names (distkg.config.RENAMED) and added keys at their
-    default not at all (DIGEST_ADDED), so checkpoints written before a rename or an addition still verify."""
+def config_digest(cfg: RunConfig, kind: str, exclude: tuple[str, ...] = ()) -> str:
+    """A digest of every key of the ``kind`` slice that may not change under a run (all but SAFE_KEYS,
+    AFTER_DIVERGENCE and ``exclude``), stored in each checkpoint so that a resume verifies the
+    checkpoint belongs to this config."""
     import hashlib
 
-    old_names = renamed_keys()
-    flat = {old_names.get(k, k): v for k, v in flatten(to_dict(cfg)).items()}
-    kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flat.items()
-            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *exclude))
-            and not (k in DIGEST_ADDED and DIGEST_ADDED[k] == v)}
+    kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flatten(config_slice(cfg, kind)).items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *exclude))}
     return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
 
 
@@ -214,13 +241,13 @@ def saved_config(out: Path) -> RunConfig | None:
                              "over in it, or choose another --out") from None
 
 
-def check_folder(cfg: RunConfig, out: Path) -> None:
-    """Stop (RunFolderError, rc 2) when OUT holds a run of a configuration that differs from ``cfg``."""
+def check_folder(cfg: RunConfig, out: Path, kind: str) -> None:
+    """Stop (RunFolderError, rc 2) when OUT holds a run whose ``kind`` slice differs from ``cfg``'s."""
     saved = saved_config(out)
     if saved is None:
         return
     diverged = (out / DIVERGED).is_file()
-    diffs = differences(saved, cfg, diverged)
+    diffs = differences(saved, cfg, kind, diverged)
     if diffs:
         raise RunFolderError(
             f"{out} holds a run of a different configuration ({'; '.join(diffs)}); nothing was written. Pass "
@@ -248,18 +275,19 @@ def clear(out: Path) -> None:
         log.info("--restart: removed %s from %s", ", ".join(removed), out)
 
 
-def prepare_folder(cfg: RunConfig, out: Path, restart: bool = False, write: bool = True) -> None:
-    """Make OUT the folder of ``cfg``: check it (or clear it with ``restart``), then save config.yaml.
+def prepare_folder(cfg: RunConfig, out: Path, kind: str, restart: bool = False, write: bool = True) -> None:
+    """Make OUT the folder of a ``kind`` run of ``cfg``: check it (or clear it with ``restart``), then
+    save its slice as config.yaml.
 
     ``write`` False: only check (ranks other than 0 of a multi-process run).
     """
     if restart and write:
         clear(out)
     elif not restart:
-        check_folder(cfg, out)
+        check_folder(cfg, out, kind)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        save_slice(cfg, kind, out / "config.yaml")
         (out / DIVERGED).unlink(missing_ok=True)  # the changed rates are now this run's config
 
 

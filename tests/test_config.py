@@ -104,34 +104,11 @@ def test_shipped_configs_parse():
                     check_method(student_config(cfg, method, Path("teacher"), Path("llm")))
 
 
-def test_renamed_llm_keys_are_read_under_their_new_names_with_a_warning(tmp_path, caplog):
-    # "batch size" meant four things; the LLM's three are renamed (distkg.config.RENAMED). For one
-    # release the old names are read as the new ones, in a file and in --set, with a warning naming
-    # the new key; both names at once, or a typo of either, is an error naming the key
-    import logging
-    import re
-
-    from distkg import config as config_module
-
-    config_module._warned.clear()
-    path = tmp_path / "old.yaml"
-    path.write_text("llm:\n  encode_batch: 256\n  head_batch_size: 500\n")
-    with caplog.at_level(logging.WARNING, logger="distkg"):
-        cfg = load_config(path, ["llm.batch_size=4"])
-    assert (cfg.llm.texts_per_forward, cfg.llm.head_queries_per_step, cfg.llm.queries_per_step) == (256, 500, 4)
-    warned = caplog.text
-    for old, new in (("encode_batch", "texts_per_forward"), ("head_batch_size", "head_queries_per_step"),
-                     ("batch_size", "queries_per_step")):
-        assert re.search(rf"llm\.{old}( \(in [^)]*\))? is renamed llm\.{new} ", warned), (old, warned)
-    with pytest.raises(ConfigError, match=r"llm.encode_batch and llm.texts_per_forward are both set"):
-        load_config(path, ["llm.texts_per_forward=8"])
-    with pytest.raises(ConfigError, match=r"unknown key 'encode_bach'"):
-        load_config(None, ["llm.encode_bach=8"])
-    with pytest.raises(ConfigError, match=r"llm.queries_per_step: 0 is out of range"):
-        load_config(None, ["llm.batch_size=0"])  # the old name's value is checked as the new key's
-    assert config_module.renamed_keys() == {"llm.texts_per_forward": "llm.encode_batch",
-                                            "llm.queries_per_step": "llm.batch_size",
-                                            "llm.head_queries_per_step": "llm.head_batch_size"}
+def test_the_old_names_of_renamed_llm_keys_are_refused_like_any_unknown_key():
+    # no release has been made, so the renames carry no compatibility (docs/CHANGELOG.md)
+    for old in ("encode_batch", "batch_size", "head_batch_size"):
+        with pytest.raises(ConfigError, match=rf"llm: unknown key '{old}'"):
+            load_config(None, [f"llm.{old}=8"])
 
 
 def test_the_llm_recipes_of_yago11k_and_wikidata12k_are_one_recipe():

@@ -92,8 +92,11 @@ def test_distkg_run_checks_the_folder_and_every_part(tmp_path, monkeypatch):
     walls = json.loads((out / "walls.json").read_text())
     assert set(walls) == {"teacher", "students/plain"} and all(w > 0 for w in walls.values())
     before = snapshot(out)
-    for change in ("model.args.dim=6", "pipeline.student_dim=2", "train.lr=0.2"):
-        with pytest.raises(ConfigError, match=change.split("=")[0].replace(".", r"\.")):
+    # each part is checked on its own slice: the student's dim is its model.args.dim
+    for change, named in (("model.args.dim=6", r"teacher .*model\.args\.dim: 8 -> 6"),
+                          ("pipeline.student_dim=2", r"students/plain .*model\.args\.dim: 4 -> 2"),
+                          ("train.lr=0.2", r"train\.lr")):
+        with pytest.raises(ConfigError, match=named):
             pipeline.run(load_config("configs/quickstart.yaml", sets + [change]), out)
     assert snapshot(out) == before
     # a part whose folder holds another config (changed by hand) is not reused either
@@ -165,28 +168,31 @@ def test_a_damaged_best_checkpoint(tmp_path, monkeypatch):
     assert issubclass(CheckpointError, DistkgError)  # the CLI prints it as one line, rc 2
 
 
-def test_a_folder_written_under_the_old_key_names_resumes(tmp_path, caplog):
-    # a run folder from before the renames of distkg.config.RENAMED (llm.encode_batch,
-    # llm.batch_size, llm.head_batch_size) holds those names in config.yaml: it is read under the new
-    # names and the run continues instead of stopping as "a config that cannot be read"
+def test_a_kg_run_owns_its_slice_of_the_config(tmp_path):
+    # a KG run's folder saves, compares and digests data, model, train, eval and seed only: the LLM's
+    # or a pipeline's keys are not its configuration (they made a trained teacher "a different
+    # configuration" when a student was added to a pipeline)
     import yaml
 
     from distkg.runfolder import config_digest
 
     out = tmp_path / "run"
-    first = trainer.train(cfg("llm.texts_per_forward=32", "llm.queries_per_step=8"), out, dataset=DS)
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    llm = saved["llm"]
-    llm["encode_batch"], llm["batch_size"], llm["head_batch_size"] = (
-        llm.pop("texts_per_forward"), llm.pop("queries_per_step"), llm.pop("head_queries_per_step"))
-    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    more = trainer.train(cfg("train.epochs=3", "llm.texts_per_forward=32", "llm.queries_per_step=8"), out, dataset=DS)
+    first = trainer.train(cfg(), out, dataset=DS)
+    assert set(yaml.safe_load((out / "config.yaml").read_text())) == {"data", "model", "eval", "train", "seed"}
+    other_parts = ["llm.head_epochs=7", "pipeline.students={}", "distill.method=bkd", "runtime.workers=3"]
+    more = trainer.train(cfg("train.epochs=3", *other_parts), out, dataset=DS)  # continues
     assert first["epochs_run"] == 2 and more["epochs_run"] == 3
-    with pytest.raises(ConfigError, match=r"different configuration \(llm.queries_per_step: 8 -> 16\)"):
-        trainer.train(cfg("train.epochs=4", "llm.texts_per_forward=32"), out, dataset=DS)  # still compared, key by key
-    # checkpoints carry a digest of the config taken under the old names: main computed this one for
-    # the default config at 2fbf740, before the renames, so its checkpoints still verify
-    assert config_digest(load_config(None)) == "8791885d3d57f6c1"
+    assert config_digest(cfg(*other_parts), "kg") == config_digest(cfg(), "kg")
+    assert config_digest(cfg(*other_parts), "student") != config_digest(cfg(), "student")
+    with pytest.raises(ConfigError, match=r"different configuration \(train.lr: "):
+        trainer.train(cfg("train.epochs=4", "train.lr=0.5"), out, dataset=DS)  # its own keys still count
+    # a checkpoint whose digest is not this slice's (one from before the slices): rc 2 naming --restart
+    latest = Checkpoints(out / "checkpoints").latest()
+    state = torch.load(latest, weights_only=False)
+    state["state"]["config_digest"] = "0123456789abcdef"
+    torch.save(state, latest)
+    with pytest.raises(CheckpointError, match=r"another configuration .*--restart"):
+        trainer.train(cfg("train.epochs=5"), out, dataset=DS)
 
 
 def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

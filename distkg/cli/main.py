@@ -37,15 +37,15 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _prepare_out(cfg, args: argparse.Namespace) -> None:
-    """--out of another configuration stops the command before anything is read or written; with
-    --restart the run there is discarded instead (distkg.runfolder)."""
+def _prepare_out(cfg, args: argparse.Namespace, kind: str) -> None:
+    """--out of another configuration (of a ``kind`` run: distkg.runfolder.SLICES) stops the command
+    before anything is read or written; with --restart the run there is discarded instead."""
     from distkg.runfolder import check_folder, clear
 
     if args.restart:
         clear(Path(args.out))
     else:
-        check_folder(cfg, Path(args.out))
+        check_folder(cfg, Path(args.out), kind)
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
     cfg = _load(args)
-    _prepare_out(cfg, args)
+    _prepare_out(cfg, args, "kg")
     train(cfg, Path(args.out), resume=not args.restart)
     return 0
 
@@ -105,7 +105,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    _prepare_out(cfg, args)
+    _prepare_out(cfg, args, "student")
     if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
@@ -146,7 +146,7 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    _prepare_out(cfg, args)
+    _prepare_out(cfg, args, "llm")
     if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.students import finetune_on_ray
 

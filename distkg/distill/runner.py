@@ -92,7 +92,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     distill_cfg = cfg.distill
     needs = check_method(cfg)
     if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
-        check_folder(cfg, out)
+        check_folder(cfg, out, "student")
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = remote or {}
@@ -129,7 +129,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
              ", ".join(f"{s.name} {s.epochs}" for s in distill_cfg.stages), cfg.train.epochs)
     extra = {"method": distill_cfg.method, "teacher_run": distill_cfg.teacher_run, "llm_run": distill_cfg.llm_run,
              "stages": [{"name": s.name, "epochs": s.epochs, "losses": s.losses} for s in distill_cfg.stages]}
-    metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra)
+    metrics = fit(cfg, out, ds, student, stages, aux=aux, resume=resume, extra=extra, kind="student")
     if remote:
         report_targets(remote, out, metrics["epochs_run"])
     return metrics

@@ -19,13 +19,13 @@ import logging
 import time
 from pathlib import Path
 
-from distkg.config import ModelConfig, RunConfig, save_config
+from distkg.config import ModelConfig, RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import eval_options, evaluate_splits
 from distkg.experiments.parts import KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS, Part, finished, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import check_folder, clear, write_metrics
+from distkg.runfolder import check_folder, clear, save_slice, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -52,10 +52,13 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = 
     parts = part_configs(cfg, out) if trainable and cfg.pipeline.students else {}
     if restart:
         clear(out)
-    for folder, part_cfg in {out: cfg, **parts}.items():
-        check_folder(part_cfg, folder)
+    # each part's folder against its own slice of the config (distkg.runfolder.SLICES): a new student
+    # leaves the teachers' folders the configuration they were. A folder of parts holds no run of its
+    # own: its config.yaml is the job's config as last run, its report is rebuilt from the parts.
+    for folder, (part_cfg, kind) in (parts or {out: (cfg, "kg")}).items():
+        check_folder(part_cfg, folder, kind)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_slice(cfg, "pipeline" if parts else "kg", out / "config.yaml")
     ds = load_dataset(cfg.data)
     log.info("%s", ds.describe())
     (out / "data_stats.json").write_text(json.dumps(ds.stats(), indent=2))
@@ -87,25 +90,28 @@ def teacher_folders(cfg: RunConfig, out: Path) -> tuple[Path, Path | None]:
     return out / "teacher", (out / "llm" if cfg.pipeline.llm else None)
 
 
-def part_configs(cfg: RunConfig, out: Path) -> dict[Path, RunConfig]:
-    """The folder and config of every part of a pipeline with students; each method's losses checked."""
+def part_configs(cfg: RunConfig, out: Path) -> dict[Path, tuple[RunConfig, str]]:
+    """The folder, config and kind (distkg.runfolder.SLICES) of every part of a pipeline with students;
+    each method's losses checked."""
     from distkg.distill.runner import check_method
 
     teacher_run, llm_run = teacher_folders(cfg, out)
-    parts = {teacher_run: cfg, **({llm_run: cfg} if llm_run else {})}
+    parts = {teacher_run: (cfg, "kg"), **({llm_run: (cfg, "llm")} if llm_run else {})}
     for method in cfg.pipeline.students:
-        parts[out / "students" / method] = student_config(cfg, method, teacher_run, llm_run)
-        check_method(parts[out / "students" / method])  # before anything is trained
+        student = student_config(cfg, method, teacher_run, llm_run)
+        check_method(student)  # before anything is trained
+        parts[out / "students" / method] = (student, "student")
     return parts
 
 
-def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str, configs: dict[Path, RunConfig]) -> dict:
+def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
+                 configs: dict[Path, tuple[RunConfig, str]]) -> dict:
     from distkg.distill.runner import distill
     from distkg.llm.finetune import finetune
 
     pipeline_cfg = cfg.pipeline
     teacher_run, llm_run = teacher_folders(cfg, out)
-    students = {m: configs[out / "students" / m] for m in pipeline_cfg.students}
+    students = {m: configs[out / "students" / m][0] for m in pipeline_cfg.students}
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
                   lambda: train(cfg, teacher_run, dataset=ds), cfg, KG_BUDGETS)]
     if llm_run:

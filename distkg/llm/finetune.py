@@ -147,7 +147,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints."""
     llm_cfg = cfg.llm
     rank, world = process_group()
-    prepare_folder(cfg, out, restart=not resume, write=rank == 0)  # one run folder, one config
+    prepare_folder(cfg, out, "llm", restart=not resume, write=rank == 0)  # one run folder, one config
     old = out / "checkpoints" / "latest" / "state.pt"
     if resume and old.is_file():
         raise CheckpointError(f"{old} was written by the LLM fine-tuning loop of distkg before its one training loop "
@@ -165,7 +165,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     log.info("LLM teacher %s (%s), LoRA r=%d: %d trainable of %d parameters (%.2f%%)", llm_cfg.model, llm_cfg.quantization,
              llm_cfg.lora_r, n_lora, n_all, 100 * n_lora / n_all)
     loop = Loop(out, Checkpoints(out / "checkpoints", write=rank == 0, prefix="round"), TrainableWeights(teacher),
-                optimizers, lambda: rounds.validate(state), llm_cfg.patience, config_digest(cfg, LLM_RATES), main=rank == 0,
+                optimizers, lambda: rounds.validate(state), llm_cfg.patience, config_digest(cfg, "llm", LLM_RATES), main=rank == 0,
                 barrier=_barrier if world > 1 else lambda: None, what="LLM fine-tuning", unit="round",
                 hint="lower llm.lr or llm.head_lr, then run again to resume from it",
                 budget_s=60 * llm_cfg.max_minutes if llm_cfg.max_minutes is not None else None, validation_counts=False)

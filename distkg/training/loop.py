@@ -133,10 +133,11 @@ class Loop:
                  "evals_without_gain": 0, "seconds": 0.0, "history": []}
         if resume and (found := self.ckpts.resume(self.weights, self.optimizer, self.aux)) is not None:
             latest, state = found
-            if state.get("config_digest", self.digest) != self.digest:  # checkpoints from before the digest carry none
+            if state.get("config_digest") != self.digest:
                 raise CheckpointError(f"{latest} was written by a run of another configuration than "
-                                      f"{self.out / 'config.yaml'} (a checkpoint copied in, or config.yaml edited); "
-                                      "pass --restart to start over")
+                                      f"{self.out / 'config.yaml'} (a checkpoint copied in, config.yaml edited, or a "
+                                      "run of a distkg before each kind of run had its own config); pass --restart "
+                                      "to start over")
             state.setdefault("stage", 0)  # checkpoints written before stages existed
             state.setdefault("stage_epoch", state["epoch"])
             log.info("resumed from %s (%s %d done)", latest, self.unit, state["epoch"])

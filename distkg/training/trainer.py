@@ -136,12 +136,13 @@ def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | 
     def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
         return batch_loss(cfg, model, q, a, gen), {}
 
-    return fit(cfg, out, ds, model, [Stage("train", cfg.train.epochs, loss)], resume=resume)
+    return fit(cfg, out, ds, model, [Stage("train", cfg.train.epochs, loss)], resume=resume, kind="kg")
 
 
 def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list[Stage],
-        aux: torch.nn.Module | None = None, resume: bool = True, extra: dict | None = None) -> dict:
-    """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor).
+        aux: torch.nn.Module | None = None, resume: bool = True, extra: dict | None = None, kind: str = "kg") -> dict:
+    """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor);
+    OUT is a run of ``kind`` ("kg", or "student" for a distillation: distkg.runfolder.SLICES).
 
     Each stage is a phase of distkg.training.loop (one round = one epoch): it trains until its epoch
     budget or until validation MRR has not risen for ``train.patience`` evaluations; the next stage
@@ -152,7 +153,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("%s", ds.describe())
     where = placement(cfg)
     accelerator = make_accelerator(cfg, where)
-    prepare_folder(cfg, out, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
+    prepare_folder(cfg, out, kind, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
     device = where.device
     options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
@@ -169,7 +170,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         return evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)["mrr"]
 
     loop = Loop(out, Checkpoints(out / "checkpoints", keep=train_cfg.keep_checkpoints, write=main), raw_model, optimizer,
-                validate, train_cfg.patience, config_digest(cfg), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
+                validate, train_cfg.patience, config_digest(cfg, kind), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
     state = loop.resume(resume)
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     n_batches = math.ceil(len(queries) / train_cfg.batch_size)

@@ -57,6 +57,19 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch, c
     unchanged = [n for n in summary["parts"] if not n.endswith(": plain")]
     assert all(third["parts"][n] == summary["parts"][n] for n in unchanged)
 
+    # one more student: the teachers' folders are read untouched (byte for byte) and only it trains (the
+    # teacher's folder was "a different configuration" before: every part saved the whole config)
+    def files(folder):
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    teachers = {name: files(out / name) for name in ("teacher", "llm", "students/plain")}
+    wider = load_config(out / "config.yaml", ["pipeline.students.fitnet={stages: [{name: fitnet, epochs: 1, "
+                                              "losses: {ce: {}, fitnet: {weight: 0.5}}}]}"])
+    fourth = pipeline.run(wider, out)
+    assert [n.split(": ")[1] for n in list(fourth["parts"])[2:]] == ["plain", "bkd", "ours", "fitnet"]
+    assert all(files(out / name) == before for name, before in teachers.items())
+    assert (out / "students" / "fitnet" / "metrics.json").is_file()
+
     # a command taking --run, given the pipeline's folder, names the parts that would answer (it said
     # "best.pt not found: the run has no evaluated epoch yet")
     from distkg.cli.main import main
