@@ -10,7 +10,8 @@ CPU, a model on cuda:0). ``placement(cfg)`` resolves, once per process and confi
                    matmuls are several times slower than fp32 on the CPUs we run on)
   llm_device       where the LLM teacher runs (``llm.device``)
   llm_dtype        the LLM's weights and 4-bit compute dtype: bf16 on CUDA, fp32 on CPU
-  on_cuda / encode_batch (llm.texts_per_forward) and friends are derived from these, never from the weights.
+  on_cuda and the LLM's batch sizes (distkg.llm.encoder.encode_batch) are derived from these, never
+  from the weights.
 
 ``cuda`` resolves to the GPU this process was given: Ray Train and Accelerate name it in
 ACCELERATE_TORCH_DEVICE, torchrun in LOCAL_RANK; a Ray actor sees only its own GPU (cuda:0).
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distkg.config import RunConfig, RuntimeConfig
+from distkg.config import RunConfig
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -62,17 +63,6 @@ def resolve_device(choice: str, key: str) -> torch.device:
     return torch.device("cuda", _cuda_index())
 
 
-def on_resources(cfg: RunConfig, resources: dict[str, float]) -> RunConfig:
-    """``cfg`` with its devices set for a Ray actor or worker that declared ``resources``: ``cuda``
-    when it asked for a GPU (Ray then shows it only its own), ``cpu`` when it asked for none, so a
-    CPU actor on a GPU node never computes on a card the scheduler gave to someone else."""
-    import dataclasses
-
-    choice = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=choice),
-                               llm=dataclasses.replace(cfg.llm, device=choice))
-
-
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The LLM's dtype on ``device``: bf16 on CUDA, fp32 on CPU (bf16 matmuls are ~6x slower there)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -81,18 +71,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 def as_device(device: torch.device | str, key: str = "llm.device") -> torch.device:
     """A resolved device, or a config value (auto/cpu/cuda) resolved here."""
     return device if isinstance(device, torch.device) else resolve_device(device, key)
-
-
-# Texts per LLM forward call under ``llm.texts_per_forward: auto``. CPU: 64 (the value before ``auto``
-# existed; the CPU path batches by exact token length, so batch size matters little). CUDA: thousands of entity names (<= llm.max_tokens tokens each) per call,
-# so bitsandbytes dequantizes each weight once per call for many texts, not for a few dozen;
-# SmolLM2-135M's activations for 4096 x 32 tokens are ~150 MB a layer.
-ENCODE_BATCH = {"cpu": 64, "cuda": 4096}
-
-
-def encode_batch(value: int | str, device: torch.device) -> int:
-    """``llm.texts_per_forward`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
-    return ENCODE_BATCH.get(device.type, ENCODE_BATCH["cpu"]) if value == "auto" else int(value)
 
 
 @dataclass(frozen=True)
@@ -127,29 +105,3 @@ def _resolve(train_device: str, mixed_precision: str, llm_device: str) -> Placem
 def placement(cfg: RunConfig) -> Placement:
     """The device and dtypes of ``cfg`` in this process (resolved once per distinct setting)."""
     return _resolve(cfg.train.device, cfg.train.mixed_precision, cfg.llm.device)
-
-
-# Model families whose injected kernels gave wrong outputs on padded batches (DeepSpeed issue 3960:
-# Llama); every batch distkg's encoder sends on a GPU is padded, so ``auto`` never injects them.
-NO_INJECTION_ON_PADDED = frozenset({"llama"})
-
-
-def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool,
-                       model_type: str | None = None) -> tuple[torch.dtype, bool]:
-    """DeepSpeed inference dtype and kernel injection (cluster/SCALING.md, "Kernel injection").
-
-    dtype auto: bf16 for an unquantized LM on CUDA; fp32 otherwise (a bitsandbytes 4-bit model
-    computes in its own compute dtype, and DeepSpeed's cast would only widen its norms).
-    kernel_inject auto: on only for an unquantized LM on CUDA whose family is not in
-    NO_INJECTION_ON_PADDED; never for a 4-bit one (DeepSpeed cannot inject into bitsandbytes
-    layers, DeepSpeed issue 4410). ``on`` forces it; the output check after wrapping
-    (distkg.runtime.pool.wrap_deepspeed) stops an actor whose wrapped outputs differ.
-    """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime_cfg.dtype)
-    if dtype is None:  # auto
-        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
-    inject = runtime_cfg.kernel_inject == "on" or (runtime_cfg.kernel_inject == "auto" and on_cuda and not quantized
-                                          and model_type not in NO_INJECTION_ON_PADDED)
-    if inject and not on_cuda:
-        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
-    return dtype, inject

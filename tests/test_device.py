@@ -120,7 +120,7 @@ def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentine
 
 def test_encode_batch_auto_reads_back_and_follows_the_device(tmp_path):
     from distkg.config import save_config
-    from distkg.device import encode_batch
+    from distkg.llm.encoder import encode_batch
 
     cfg = load_config(None)
     save_config(cfg, tmp_path / "config.yaml")  # every run folder's config.yaml holds `texts_per_forward: auto`

@@ -29,6 +29,18 @@ from distkg.llm.loading import LoadedLM
 PROGRESS_TEXTS = 2048  # encodings of at least this many texts show a progress bar
 
 
+# Texts per LLM forward call under ``llm.texts_per_forward: auto``. CPU: 64 (the value before ``auto``
+# existed; the CPU path batches by exact token length, so batch size matters little). CUDA: thousands of entity names (<= llm.max_tokens tokens each) per call,
+# so bitsandbytes dequantizes each weight once per call for many texts, not for a few dozen;
+# SmolLM2-135M's activations for 4096 x 32 tokens are ~150 MB a layer.
+ENCODE_BATCH = {"cpu": 64, "cuda": 4096}
+
+
+def encode_batch(value: int | str, device: torch.device) -> int:
+    """``llm.texts_per_forward`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
+    return ENCODE_BATCH.get(device.type, ENCODE_BATCH["cpu"]) if value == "auto" else int(value)
+
+
 @dataclass
 class EncoderStats:
     texts_encoded: int = 0

@@ -27,9 +27,10 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.device import encode_batch, placement
+from distkg.device import placement
 from distkg.errors import ConfigError, DistkgError, first_line
 from distkg.evaluation import FilterIndex, eval_options, evaluate_splits
+from distkg.llm.encoder import encode_batch
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts

@@ -27,11 +27,12 @@ import torch
 
 from distkg.config import RunConfig, RuntimeConfig
 from distkg.data import TKGDataset
-from distkg.device import compute_dtype, inference_settings, on_resources, placement
+from distkg.device import compute_dtype, placement
 from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
+from distkg.runtime.resources import on_resources
 from distkg.training.trainer import training_queries
 
 log = logging.getLogger("distkg")
@@ -119,6 +120,32 @@ def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
     """Largest per-row relative L2 difference between two [n, d] outputs."""
     plain, wrapped = plain.float().cpu(), wrapped.float().cpu()
     return float(((wrapped - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max())
+
+
+# Model families whose injected kernels gave wrong outputs on padded batches (DeepSpeed issue 3960:
+# Llama); every batch distkg's encoder sends on a GPU is padded, so ``auto`` never injects them.
+NO_INJECTION_ON_PADDED = frozenset({"llama"})
+
+
+def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool,
+                       model_type: str | None = None) -> tuple[torch.dtype, bool]:
+    """DeepSpeed inference dtype and kernel injection (cluster/SCALING.md, "Kernel injection").
+
+    dtype auto: bf16 for an unquantized LM on CUDA; fp32 otherwise (a bitsandbytes 4-bit model
+    computes in its own compute dtype, and DeepSpeed's cast would only widen its norms).
+    kernel_inject auto: on only for an unquantized LM on CUDA whose family is not in
+    NO_INJECTION_ON_PADDED; never for a 4-bit one (DeepSpeed cannot inject into bitsandbytes
+    layers, DeepSpeed issue 4410). ``on`` forces it; the output check after wrapping
+    (distkg.runtime.pool.wrap_deepspeed) stops an actor whose wrapped outputs differ.
+    """
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime_cfg.dtype)
+    if dtype is None:  # auto
+        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
+    inject = runtime_cfg.kernel_inject == "on" or (runtime_cfg.kernel_inject == "auto" and on_cuda and not quantized
+                                          and model_type not in NO_INJECTION_ON_PADDED)
+    if inject and not on_cuda:
+        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
+    return dtype, inject
 
 
 def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: bool, device: torch.device,

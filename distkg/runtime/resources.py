@@ -17,7 +17,7 @@ import logging
 import math
 import os
 
-from distkg.config import RuntimeConfig
+from distkg.config import RunConfig, RuntimeConfig
 from distkg.errors import DistkgError
 
 log = logging.getLogger("distkg")
@@ -67,3 +67,14 @@ def check_fits(runtime_cfg: RuntimeConfig, pools: list[str]) -> None:
             "--resources on `ray start` for a cluster)")
     log.info("Ray resources: the run asks for %s of the cluster's %s", need,
              {k: v for k, v in ray.cluster_resources().items() if k in need})
+
+
+def on_resources(cfg: RunConfig, resources: dict[str, float]) -> RunConfig:
+    """``cfg`` with its devices set for a Ray actor or worker that declared ``resources``: ``cuda``
+    when it asked for a GPU (Ray then shows it only its own), ``cpu`` when it asked for none, so a
+    CPU actor on a GPU node never computes on a card the scheduler gave to someone else."""
+    import dataclasses
+
+    choice = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=choice),
+                               llm=dataclasses.replace(cfg.llm, device=choice))

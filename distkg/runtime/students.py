@@ -25,13 +25,12 @@ from pathlib import Path
 
 from distkg.config import RunConfig, build, to_dict
 from distkg.data import load_dataset, resolve_data_root
-from distkg.device import on_resources
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.runfolder import read_metrics, run_kind
 from distkg.runtime.cluster import connect
 from distkg.runtime.pool import TeacherPool, soft_targets
-from distkg.runtime.resources import check_fits, local_cpus
+from distkg.runtime.resources import check_fits, local_cpus, on_resources
 
 log = logging.getLogger("distkg")
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from distkg.config import RuntimeConfig
-from distkg.device import inference_settings
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
 from distkg.llm.loading import load_lm
-from distkg.runtime.pool import wrap_deepspeed
+from distkg.runtime.pool import inference_settings, wrap_deepspeed
 
 PROBE = ["a", "entity 12", "a much longer entity name, padded in one batch", "x y"]
 

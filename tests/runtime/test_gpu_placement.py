@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from distkg.config import RuntimeConfig, load_config
-from distkg.device import on_resources
+from distkg.runtime.resources import on_resources
 from distkg.runtime.students import worker_scaling
 from tests.conftest import REPO
 
