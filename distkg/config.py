@@ -43,6 +43,11 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+# The protocol's vocabulary, one home (docs/PROTOCOL.md): distkg.evaluation reads these.
+FilterMode = Literal["time", "static", "none"]
+Ties = Literal["realistic", "optimistic", "pessimistic"]
+
+
 @dataclass
 class EvalConfig:
     """The evaluation protocol (docs/PROTOCOL.md); the defaults are distkg's default protocol."""
@@ -50,8 +55,8 @@ class EvalConfig:
     # what every command that evaluates scores at its end (distkg.evaluation.splits); metrics.json's top
     # level is test when listed, else the last (its "split" says which)
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
-    filter: Literal["time", "static", "none"] = "time"
-    ties: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
+    filter: FilterMode = "time"
+    ties: Ties = "realistic"
     query_chunk: int | None = None  # None: chosen from a memory budget
     cand_chunk: int | None = None  # None: all candidates at once
     progress: bool = True

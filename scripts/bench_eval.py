@@ -17,7 +17,7 @@ import torch
 
 from benchlib import bench_data_root, machine, write_result
 from distkg.data import load_dataset
-from distkg.evaluation import DotProductScorer, build_queries, default_query_chunk, evaluate
+from distkg.evaluation import DotProductScorer, EvalOptions, build_queries, default_query_chunk, evaluate
 
 DIM = 400
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def run_eval() -> tuple[float, dict]:
         t = time.perf_counter()
-        m = evaluate(scorer, ds, "test", query_chunk=args.query_chunk, progress=False)
+        m = evaluate(scorer, ds, "test", EvalOptions(query_chunk=args.query_chunk, progress=False))
         return time.perf_counter() - t, m
 
     @torch.inference_mode()

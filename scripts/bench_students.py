@@ -90,12 +90,13 @@ def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches,
 
 def eval_seconds(cfg, ds) -> float:
     """CPU seconds of one validation evaluation of a fresh student (what every epoch adds)."""
-    from distkg.evaluation import FilterIndex, evaluate
+    from distkg.evaluation import EvalOptions, FilterIndex, evaluate
 
     model = build_model(cfg, ds).eval()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter)
     t = time.process_time()
-    evaluate(model, ds, split="valid", filter=cfg.eval.filter, ties=cfg.eval.ties, progress=False, index=index)
+    evaluate(model, ds, split="valid", options=EvalOptions(filter=cfg.eval.filter, ties=cfg.eval.ties, progress=False),
+             index=index)
     return time.process_time() - t
 
 

@@ -22,7 +22,7 @@ import torch
 
 from distkg.config import RunConfig, load_config
 from distkg.data import TKGDataset, load_dataset
-from distkg.evaluation import FilterIndex, evaluate
+from distkg.evaluation import EvalOptions, FilterIndex, evaluate
 from distkg.llm.contrastive import cache_valid_mrr
 from distkg.llm.features import frozen_features
 from distkg.llm.finetune import build_teacher
@@ -73,8 +73,8 @@ def test_metrics(teacher: LLMTeacher, ds: TKGDataset, cfg: RunConfig, index: Fil
     under each set: the "mean of the fold encodings" reading of a fold-trained teacher at test."""
     teacher.use_tables(**{k: torch.cat([torch.sigmoid(teacher.head(f[k])) for f in sets], dim=1) for k in sets[0]})
     try:
-        return evaluate(teacher, ds, split="test", filter=cfg.eval.filter, ties=cfg.eval.ties, progress=False,
-                        index=index)
+        return evaluate(teacher, ds, split="test", options=EvalOptions(filter=cfg.eval.filter, ties=cfg.eval.ties,
+                        progress=False), index=index)
     finally:
         teacher.use_tables()
 

@@ -12,15 +12,15 @@ query chunk keep the filter off the profile, with no Python object per fact.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
+from distkg.config import FilterMode
 from distkg.data import KEY, O, R, S, TKGDataset
 from distkg.evaluation.queries import QuerySet
 
-FilterMode = Literal["time", "static", "none"]
-FILTER_MODES: tuple[str, ...] = ("time", "static", "none")
+FILTER_MODES: tuple[str, ...] = get_args(FilterMode)
 
 
 class FilterIndex:

@@ -3,12 +3,13 @@ rank of 1.5 (the answer tied with one other candidate) is not a hit@1: ties neve
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
-Ties = Literal["optimistic", "pessimistic", "realistic"]
-TIES: tuple[str, ...] = ("optimistic", "pessimistic", "realistic")
+from distkg.config import Ties
+
+TIES: tuple[str, ...] = get_args(Ties)
 HITS_AT = (1, 3, 10)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distkg.evaluation.filters import FilterMode
-from distkg.evaluation.metrics import Ties
+from distkg.config import FilterMode, Ties
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from distkg.data import TKGDataset
-from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode
+from distkg.evaluation.filters import FILTER_MODES, FilterIndex
 from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
 from distkg.evaluation.options import EvalOptions
 from distkg.evaluation.queries import QuerySet, build_queries
@@ -195,26 +195,13 @@ def rank(
     return Ranks(greater=greater, equal=equal)
 
 
-def evaluate(
-    scorer: Scorer,
-    dataset: TKGDataset,
-    split: str = "test",
-    filter: FilterMode = "time",
-    ties: Ties = "realistic",
-    query_chunk: int | None = None,
-    cand_chunk: int | None = None,
-    progress: bool = True,
-    index: FilterIndex | None = None,
-    device: torch.device | str = "cpu",
-    options: EvalOptions | None = None,
-) -> dict:
+def evaluate(scorer: Scorer, dataset: TKGDataset, split: str = "test", options: EvalOptions = EvalOptions(),
+             index: FilterIndex | None = None) -> dict:
     """Metrics of one split under the named protocol (both directions); see docs/PROTOCOL.md.
 
-    ``options`` (built once from the config, distkg.evaluation.options) replaces the six keyword
-    settings before it; ``index`` lets a trainer build the FilterIndex once and reuse it."""
-    if options is not None:
-        filter, ties, query_chunk, cand_chunk = options.filter, options.ties, options.query_chunk, options.cand_chunk
-        progress, device = options.progress, options.device
+    ``options``: the protocol, chunking, progress and device, one object built from the config
+    (distkg.evaluation.options.eval_options); ``index`` lets a trainer build the FilterIndex once and reuse it."""
+    filter, ties, device = options.filter, options.ties, options.device
     if filter not in FILTER_MODES:
         raise ValueError(f"filter must be one of {FILTER_MODES}, got {filter!r}")
     if ties not in TIES:
@@ -230,7 +217,8 @@ def evaluate(
         index = FilterIndex.from_dataset(dataset, filter)
     elif index.mode != filter:
         raise ValueError(f"index was built for filter {index.mode!r}, asked for {filter!r}")
-    ranks = rank(scorer, qs, index, query_chunk, cand_chunk, progress, desc=f"{dataset.name}/{split}", device=device)
+    ranks = rank(scorer, qs, index, options.query_chunk, options.cand_chunk, options.progress,
+                 desc=f"{dataset.name}/{split}", device=device)
     chosen = ranks.get(ties)
     protocol: dict = {
         "dataset": dataset.name,

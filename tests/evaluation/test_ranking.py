@@ -17,6 +17,7 @@ from distkg.evaluation import (
     FILTER_MODES,
     TIES,
     DotProductScorer,
+    EvalOptions,
     FilterIndex,
     build_queries,
     evaluate,
@@ -25,6 +26,7 @@ from distkg.evaluation import (
 )
 
 N_ENT, N_REL, N_TIME = 30, 4, 6
+QUIET = EvalOptions(progress=False)
 
 
 def make_dataset(facts: dict[str, np.ndarray], n_ent: int = N_ENT, n_rel: int = N_REL,
@@ -130,8 +132,8 @@ def test_ranks_match_brute_force(interval: bool, mode: str) -> None:
         np.testing.assert_array_equal(ranks.realistic, (opt + pes) / 2)
     for ties in TIES:
         ref = {"optimistic": opt, "pessimistic": pes, "realistic": (opt + pes) / 2}[ties]
-        out = evaluate(TableScorer(table), ds, "test", filter=mode, ties=ties,  # type: ignore[arg-type]
-                       query_chunk=7, cand_chunk=5, progress=False)
+        out = evaluate(TableScorer(table), ds, "test", EvalOptions(filter=mode, ties=ties,  # type: ignore[arg-type]
+                       query_chunk=7, cand_chunk=5, progress=False))
         expected = ranking_metrics(ref)
         for key in ("mrr", "mr", "hits@1", "hits@3", "hits@10"):
             assert out[key] == pytest.approx(expected[key])
@@ -241,7 +243,7 @@ def test_nan_scores_raise_naming_the_query(qchunk: int | None, cchunk: int | Non
     facts = np.array([[i, 0, (i + 1) % 10, 0, 0, 0] for i in range(6)] + [[9, 0, 1, 0, 0, 0]], dtype=np.int64)
     ds = make_dataset({"train": facts[:0], "valid": facts[:0], "test": facts}, n_ent=10, n_rel=1, n_time=1, n_keys=1)
     with pytest.raises(ValueError, match=r"NaN score for query 6 \(candidate entity 3\)"):
-        evaluate(NaNScorer(10), ds, query_chunk=qchunk, cand_chunk=cchunk, progress=False)
+        evaluate(NaNScorer(10), ds, options=EvalOptions(query_chunk=qchunk, cand_chunk=cchunk, progress=False))
 
 
 def test_inf_target_does_not_tie_with_filtered_candidates() -> None:
@@ -271,7 +273,7 @@ def test_bad_shape_raises() -> None:
 
     ds = leakage_dataset()
     with pytest.raises(ValueError, match="returned shape"):
-        evaluate(Wrong(5), ds, progress=False)
+        evaluate(Wrong(5), ds, options=QUIET)
 
 
 def test_metrics_hand_computed() -> None:
@@ -294,15 +296,15 @@ def test_default_query_chunk_bounds_memory() -> None:
     table = tie_table(seed=0)
     scorer = TableScorer(table)
     ds = random_dataset(seed=1, interval=False)
-    evaluate(scorer, ds, query_chunk=8, cand_chunk=11, progress=False)
+    evaluate(scorer, ds, options=EvalOptions(query_chunk=8, cand_chunk=11, progress=False))
     assert max(b for b, _, _ in scorer.calls) <= 8
     assert max(stop - start for _, start, stop in scorer.calls) <= 11
 
 
 def test_progress_goes_to_stderr_and_can_be_disabled(capsys: pytest.CaptureFixture[str]) -> None:
     ds = leakage_dataset()
-    evaluate(ByIdScorer(5), ds, progress=False)
+    evaluate(ByIdScorer(5), ds, options=QUIET)
     assert capsys.readouterr().err == ""
-    evaluate(ByIdScorer(5), ds, progress=True)
+    evaluate(ByIdScorer(5), ds, options=EvalOptions(progress=True))
     captured = capsys.readouterr()
     assert "toy/test" in captured.err and "2/2" in captured.err and captured.out == ""
