@@ -148,7 +148,7 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _prepare_out(cfg, args, "llm")
     if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
-        from distkg.runtime.students import finetune_on_ray
+        from distkg.runtime.finetune import finetune_on_ray
 
         finetune_on_ray(cfg, Path(args.out))
     else:

@@ -1,5 +1,5 @@
 """``distkg distill`` with ``runtime.backend: ray``: a teacher scoring pool plus Ray Train students
-(and ``distkg llm finetune`` with ``runtime.backend: ray``: a Ray Train job under DeepSpeed ZeRO).
+(the Ray Train runner they share with the LLM's fine-tuning job: distkg.runtime.raytrain).
 
 Read top to bottom: connect to Ray (a local one on 127.0.0.1, or the cluster of
 ``runtime.address`` / ``ray job submit``); start the LLM teacher's scoring pool (and the KG
@@ -16,32 +16,19 @@ filesystem (cluster/SCALING.md).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
-from distkg.config import RunConfig, build, to_dict
-from distkg.data import load_dataset, resolve_data_root
+from distkg.config import RunConfig, to_dict
+from distkg.data import load_dataset
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.runfolder import read_metrics, run_kind
-from distkg.runtime.cluster import connect
+from distkg.runfolder import run_kind
 from distkg.runtime.pool import TeacherPool, soft_targets
-from distkg.runtime.resources import check_fits, local_cpus, on_resources
+from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
 
 log = logging.getLogger("distkg")
-
-
-def absolute(cfg: RunConfig) -> RunConfig:
-    """The config with every path the workers read made absolute."""
-    distill_cfg = cfg.distill
-    distill = dataclasses.replace(distill_cfg, teacher_run=distill_cfg.teacher_run and str(Path(distill_cfg.teacher_run).resolve()),
-                                  llm_run=distill_cfg.llm_run and str(Path(distill_cfg.llm_run).resolve()))
-    data = dataclasses.replace(cfg.data, root=str(resolve_data_root(cfg.data.root).resolve()))
-    return dataclasses.replace(cfg, distill=distill, data=data)
 
 
 def pool_names(runtime_cfg, needs: set[str]) -> list[str]:
@@ -87,7 +74,7 @@ def _worker(config: dict) -> None:
 
     from distkg.distill.runner import distill
 
-    cfg = _worker_setup(config)
+    cfg = worker_setup(config)
     rank = ray.train.get_context().get_world_rank()
     where = Path(config["out"]) / "runtime"
     where.mkdir(parents=True, exist_ok=True)
@@ -97,16 +84,6 @@ def _worker(config: dict) -> None:
         _fail_once(rank, **config["fail_once"])
     ds = load_dataset(cfg.data)
     distill(cfg, Path(config["out"]), resume=True, dataset=ds, remote=soft_targets(config["pools"], cfg, ds))
-
-
-def _worker_setup(config: dict) -> RunConfig:
-    """A Ray Train worker's threads (its CPU share) and log format; the run config it was sent."""
-    import torch
-
-    torch.set_num_threads(max(1, int(config["threads"])))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    cfg = build(RunConfig, config["cfg"])
-    return on_resources(cfg, cfg.runtime.worker_resources)  # a worker computes where Ray placed it
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
@@ -119,102 +96,6 @@ def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) 
             raise RuntimeError(f"injected student worker failure at epoch {e + 1}, step {s + 1}")
 
     trainer._after_step = crash
-
-
-def _finetune_worker(config: dict) -> None:
-    from distkg.llm.finetune import finetune
-
-    finetune(_worker_setup(config), Path(config["out"]), resume=True)
-
-
-def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
-    """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
-    (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
-    cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
-    with ray_session(runtime_cfg, []):
-        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")
-    return _written_metrics(out)
-
-
-@contextmanager
-def ray_session(runtime_cfg, pools: list[str]):
-    """Connected to Ray for the block, which runs only when the cluster can hold the run's ``pools``
-    and workers (distkg.runtime.resources); a local Ray started here is shut down after it, also
-    when the block is interrupted (Ctrl-C)."""
-    started = connect(runtime_cfg.address, local_cpus(runtime_cfg, pools))
-    try:
-        check_fits(runtime_cfg, pools)
-        yield
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-def _written_metrics(out: Path) -> dict:
-    metrics = read_metrics(out)
-    if metrics is None:
-        raise DistkgError(f"{out}: the Ray Train workers finished but wrote no metrics.json")
-    return metrics
-
-
-def worker_scaling(runtime_cfg) -> dict:
-    """How Ray Train runs the workers of ``runtime``: the resources each declares (a GPU fraction
-    included: {GPU: 0.5} puts two workers on one card), whether they get GPUs, and the process
-    group's backend: NCCL when the workers have GPUs, gloo otherwise."""
-    resources = {k: v for k, v in runtime_cfg.worker_resources.items() if k != "GPU" or v > 0}
-    use_gpu = "GPU" in resources
-    return {"num_workers": runtime_cfg.workers, "use_gpu": use_gpu, "resources_per_worker": resources,
-            "backend": "nccl" if use_gpu else "gloo"}
-
-
-def run_workers(fn, config: dict, runtime_cfg, out: Path, name: str) -> None:
-    """``fn(config)`` on ``runtime.workers`` Ray Train workers (worker_scaling: their resources and
-    process group), restarted up to ``runtime.max_failures`` times; Ray Train state in OUT/ray."""
-    from ray.train import FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    scaling = worker_scaling(runtime_cfg)
-    backend = scaling.pop("backend")
-    trainer = TorchTrainer(
-        fn, train_loop_config={**config, "threads": scaling["resources_per_worker"].get("CPU", 1)},
-        scaling_config=ScalingConfig(**scaling), torch_config=TorchConfig(backend=backend),
-        run_config=RayRunConfig(name=name, storage_path=str(out / "ray"),
-                                # controller failures (a worker group that cannot start) are bounded
-                                # too: Ray's default retries them without end
-                                failure_config=FailureConfig(max_failures=runtime_cfg.max_failures,
-                                                             controller_failure_limit=runtime_cfg.max_failures)))
-    result = interruptible(trainer.fit)
-    if result.error is not None:
-        raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
-
-
-def interruptible(fit):
-    """``fit()`` in a thread, so that Ctrl-C reaches this (main) thread and stops the run: Ray Train's
-    own handler, installed when fit runs in the main thread, only asks its controller to abort, which
-    a worker group still waiting for resources never does. The caller's ``ray_session`` then shuts
-    the local Ray down (the workers and actors with it)."""
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fit()
-        except BaseException as e:  # handed to the main thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.5)
-    except KeyboardInterrupt:
-        log.warning("interrupted: stopping the Ray Train workers, the scoring actors and a local Ray")
-        raise
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
@@ -244,4 +125,4 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
         finally:
             for pool in pools.values():
                 pool.shutdown()
-    return _written_metrics(out)
+    return written_metrics(out)

@@ -12,7 +12,7 @@ def test_llm_finetune_runs_as_a_zero_job(cluster, tiny_runs, tmp_path):
     from safetensors.torch import load_file
 
     from distkg.config import load_config
-    from distkg.runtime.students import finetune_on_ray
+    from distkg.runtime.finetune import finetune_on_ray
     from distkg.training.checkpoint import Checkpoints
 
     llm_cfg = load_config(tiny_runs.llm / "config.yaml", [

@@ -17,7 +17,7 @@ import pytest
 
 from distkg.config import RuntimeConfig, load_config
 from distkg.runtime.resources import on_resources
-from distkg.runtime.students import worker_scaling
+from distkg.runtime.raytrain import worker_scaling
 from tests.conftest import REPO
 
 PROBE = r"""

@@ -1,0 +1,24 @@
+"""``distkg llm finetune`` with ``runtime.backend: ray``: a Ray Train job under DeepSpeed ZeRO
+(``runtime.zero_stage``) over the LoRA and head parameters, on the runner of distkg.runtime.raytrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distkg.config import RunConfig, to_dict
+from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
+
+
+def _finetune_worker(config: dict) -> None:
+    from distkg.llm.finetune import finetune
+
+    finetune(worker_setup(config), Path(config["out"]), resume=True)
+
+
+def finetune_on_ray(cfg: RunConfig, out: Path) -> dict:
+    """`distkg llm finetune` as a Ray Train job: ``runtime.workers`` workers, DeepSpeed ZeRO
+    (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates."""
+    cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
+    with ray_session(runtime_cfg, []):
+        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")
+    return written_metrics(out)
