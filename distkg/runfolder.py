@@ -94,32 +94,63 @@ def save_slice(cfg: RunConfig, kind: str, path: Path) -> None:
     path.write_text(yaml.safe_dump(config_slice(cfg, kind), sort_keys=False))
 
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
-RUN_ENTRIES = ("config.yaml", "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
+RUN_FILE = "run.json"  # the run's kind, written when the folder is made (``write_kind``), read by ``run_kind``
+RUN_ENTRIES = ("config.yaml", RUN_FILE, "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
                "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore",
                "ensemble.json", "weights.png", "outputs")
+# The kinds a folder records: SLICES' run kinds (kg: `distkg train`, student: `distkg distill`, llm: `distkg
+# llm finetune`, pipeline: `distkg run` with students), and ensemble (`distkg ensemble`), grid (`distkg
+# reproduce`), baseline (a training-free model `distkg run` evaluated). MODEL_KINDS hold a KG model's weights.
+KINDS = ("kg", "student", "llm", "pipeline", "ensemble", "grid", "baseline")
+MODEL_KINDS = ("kg", "student")
+
+
+def write_kind(out: Path, kind: str) -> None:
+    """OUT/run.json: what kind of run the folder holds, so that no reader has to guess it from its files."""
+    assert kind in KINDS, kind
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps({"kind": kind}) + "\n")
 
 
 def run_kind(run: Path) -> str:
-    """What a finished run folder holds: "ensemble" (`distkg ensemble`: ensemble.json), "llm" (`distkg llm
-    finetune`: teacher/teacher.json), "pipeline" (`distkg run` with students), "kg" (`distkg train` or
-    `distkg distill`: a KG model's checkpoints), else "unknown"."""
-    if (run / "ensemble.json").is_file():
-        return "ensemble"
-    if (run / "teacher" / "teacher.json").is_file():
-        return "llm"
-    if (run / "students").is_dir() and not (run / "checkpoints").is_dir():
-        return "pipeline"
-    if (run / "checkpoints").is_dir() and (run / "config.yaml").is_file():
-        return "kg"
-    return "unknown"
+    """The kind OUT/run.json records (KINDS), or "unknown" for a folder without one (not a run, or one
+    written by a distkg from before the kind was recorded: docs/CHANGELOG.md)."""
+    try:
+        kind = json.loads((run / RUN_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return kind if kind in KINDS else "unknown"
+
+
+KIND_MADE_BY = {"kg": "distkg train", "student": "distkg distill", "llm": "distkg llm finetune",
+                "pipeline": "distkg run", "ensemble": "distkg ensemble", "grid": "distkg reproduce",
+                "baseline": "distkg run"}
+
+
+def open_finished(run: Path, what: str, kinds: tuple[str, ...]) -> tuple[str, dict]:
+    """The kind and metrics of the finished run in RUN, one of ``kinds``; else one clear error naming
+    ``what`` (the key or option that named RUN), the folder and what it holds. Every reader of a
+    finished run opens it here."""
+    expected = " or ".join(f"`{KIND_MADE_BY[k]}`" for k in dict.fromkeys(kinds))
+    metrics = read_metrics(run)
+    if metrics is None:
+        raise ConfigError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from {expected})")
+    kind = run_kind(run)
+    if kind == "unknown":
+        raise ConfigError(f"{what}={str(run)!r}: {run / RUN_FILE} is missing or unreadable: not a distkg run, or one "
+                          "written before distkg recorded a run's kind (docs/CHANGELOG.md); run it again with --restart")
+    if kind not in kinds:
+        raise ConfigError(f"{what}={str(run)!r} holds a {kind} run (`{KIND_MADE_BY[kind]}`); expected a run of {expected}")
+    return kind, metrics
 
 
 def one_run(run: Path) -> Path:
     """RUN, when it is one run; a folder of several (a `distkg run` pipeline, a `distkg reproduce` grid)
     is refused naming its parts and their kinds, so that a command taking ``--run`` never reports
     "no checkpoint" for a folder whose parts would answer."""
-    grid = (run / "grid.json").is_file()
-    if not grid and run_kind(run) != "pipeline":
+    kind = run_kind(run)
+    grid = kind == "grid"
+    if kind not in ("pipeline", "grid"):
         return run
     parts = sorted(p.parent for p in run.rglob("metrics.json") if p.parent != run)
     listing = "; ".join(f"{p} ({run_kind(p)})" for p in parts[:12])
@@ -286,7 +317,7 @@ def prepare_folder(cfg: RunConfig, out: Path, kind: str, restart: bool = False, 
     elif not restart:
         check_folder(cfg, out, kind)
     if write:
-        out.mkdir(parents=True, exist_ok=True)
+        write_kind(out, kind)
         save_slice(cfg, kind, out / "config.yaml")
         (out / DIVERGED).unlink(missing_ok=True)  # the changed rates are now this run's config
 

@@ -86,6 +86,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ds = load_dataset(cfg.data)
         model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
         out = Path(args.out)
+        from distkg.runfolder import save_slice, write_kind
+
+        write_kind(out, "baseline")  # a run `distkg predict --run` can open
+        save_slice(cfg, "pipeline", out / "config.yaml")
     out.mkdir(parents=True, exist_ok=True)
     evaluate_model(cfg, ds, model, out)
     return 0

@@ -29,8 +29,8 @@ from distkg.data import TKGDataset
 from distkg.distill.fused import Rows
 from distkg.cachedir import DERIVED_SOURCES, derived_folder, file_sha1
 from distkg.distill.teachers import SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed
-from distkg.errors import ConfigError, DistkgError
-from distkg.runfolder import read_metrics, run_kind
+from distkg.errors import DistkgError
+from distkg.runfolder import MODEL_KINDS, open_finished
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")
@@ -142,18 +142,12 @@ def read_ensemble(run: Path) -> dict:
 def open_second(run: str | Path, ds: TKGDataset, queries: torch.Tensor, temperature: float = 1.0,
                 what: str = "distill.llm_run", cache: bool = True):
     """The second teacher in ``run`` (module docstring), or an error naming the folder and what it holds.
-    ``cache``: keep its [queries, entities] matrix in the run's folder (False: in memory only)."""
+    ``cache``: keep its [queries, entities] matrix in its derived folder (False: in memory only)."""
     run = Path(run)
-    if read_metrics(run) is None:
-        raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `distkg llm "
-                          "finetune`, `distkg train` or `distkg ensemble`)")
-    kind = run_kind(run)
+    kind, _ = open_finished(run, what, ("llm", *MODEL_KINDS, "ensemble"))
     log.info("second teacher (P_LLM of the LLM terms): %s run %s", kind, run)
     if kind == "llm":
         return LLMTables(run, ds, queries, temperature, cache=cache)
-    if kind == "kg":
+    if kind in MODEL_KINDS:
         return KGProbs(run, ds, queries, temperature, cache=cache)
-    if kind == "ensemble":
-        return EnsembleProbs(run, ds, queries, temperature)
-    raise ConfigError(f"{what}={str(run)!r}: a {kind} run cannot be a second teacher (an LLM teacher, a KG model "
-                      "or an ensemble of them can)")
+    return EnsembleProbs(run, ds, queries, temperature)

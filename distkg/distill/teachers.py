@@ -34,7 +34,7 @@ from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import scaled_match
 from distkg.models import scoring_form
-from distkg.runfolder import read_metrics
+from distkg.runfolder import MODEL_KINDS, open_finished
 from distkg.training.checkpoint import atomic_save
 
 log = logging.getLogger("distkg")
@@ -43,14 +43,6 @@ log = logging.getLogger("distkg")
 # teacher's whole score matrix is kept in memory for the run, computed from the cached tables in
 # seconds; above it (ICEWS18) each batch's scores are one matmul.
 SCORE_CACHE_BYTES = 4 * 2**30
-
-
-def _finished(run: Path, what: str, made_by: str) -> dict:
-    """A finished run's metrics.json (which names the dataset it was trained on), or a clear error."""
-    metrics = read_metrics(run)
-    if metrics is None:
-        raise DistkgError(f"{what}={str(run)!r}: no finished run there (expected metrics.json from `{made_by}`)")
-    return metrics
 
 
 def score_matrix(score: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
@@ -94,7 +86,7 @@ class KGTeacher:
         from distkg.training.trainer import build_model
 
         run = Path(run)
-        trained = _finished(run, "distill.teacher_run", "distkg train")
+        _, trained = open_finished(run, "distill.teacher_run", MODEL_KINDS)
         _check_dataset(run, "distill.teacher_run", trained["dataset"], ds)
         cfg = load_config(run / "config.yaml")
         self.model = build_model(cfg, ds)
@@ -209,7 +201,7 @@ class LLMTables:
         run = Path(run)
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
-            _finished(run, "distill.llm_run", "distkg llm finetune")
+            open_finished(run, "distill.llm_run", ("llm",))
             raise DistkgError(f"distill.llm_run={str(run)!r}: {path} is missing (`distkg llm finetune` writes it "
                               "before metrics.json); fine-tune that teacher again with --restart")
         t = torch.load(path, weights_only=True)

@@ -33,7 +33,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.distill.second import ENSEMBLE_FILE
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
-from distkg.runfolder import read_metrics, run_kind, write_metrics
+from distkg.runfolder import MODEL_KINDS, open_finished, read_metrics, write_kind, write_metrics
 
 log = logging.getLogger("distkg")
 
@@ -45,21 +45,19 @@ class Member:
     """A finished run's log P(o | q) over all entities for [B, 4] queries, computed in this process."""
 
     def __init__(self, run: Path, ds: TKGDataset) -> None:
-        self.run, self.kind = run, run_kind(run)
-        if self.kind == "kg":  # on the CPU: the mixture and the ranking run there
+        self.kind, metrics = open_finished(run, "distkg ensemble --runs", (*MODEL_KINDS, "llm"))
+        self.run = run
+        if self.kind in MODEL_KINDS:  # on the CPU: the mixture and the ranking run there
             from distkg.training.checkpoint import Checkpoints
             from distkg.training.trainer import build_model
 
             model = build_model(load_config(run / "config.yaml"), ds)
-            Checkpoints(run / "checkpoints").load_best(model, read_metrics(run).get("best_epoch"))
+            Checkpoints(run / "checkpoints").load_best(model, metrics.get("best_epoch"))
             self._scores = model.eval()
-        elif self.kind == "llm":
+        else:
             from distkg.distill.teachers import LLMTables
 
             self._scores = LLMTables(run, ds).scores
-        else:
-            raise ConfigError(f"distkg ensemble: {run} holds a {self.kind} run; members are `distkg train`, "
-                              "`distkg distill` or `distkg llm finetune` runs")
 
         self.temperature = 1.0
 
@@ -158,7 +156,7 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
     for w in sorted({best["weight"], 1.0, 0.0}):
         mixture.weight = w
         test[w] = evaluate(mixture, ds, "test", options=options, index=index)
-    out.mkdir(parents=True, exist_ok=True)
+    write_kind(out, "ensemble")
     spec = {"members": [str(r) for r in runs], "kinds": [a.kind, b.kind], "temperatures": [a.temperature, b.temperature],
             "weight": best["weight"], "dataset": ds.name, "valid_curve": curve}
     spec_path.write_text(json.dumps(spec, indent=2))

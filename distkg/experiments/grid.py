@@ -38,7 +38,7 @@ from distkg.experiments.claims import held_elsewhere
 from distkg.experiments.gridconfig import GridConfig, SecondConfig, cell_method, method_labels, needs_llm, second_names
 from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import METRIC_KEYS, write_grid_report, write_sweep_report
-from distkg.runfolder import read_metrics
+from distkg.runfolder import read_metrics, write_kind
 
 log = logging.getLogger("distkg")
 
@@ -174,7 +174,7 @@ def second_strengths(g: Grid, rows: list[dict]) -> dict[tuple[str, str, str], fl
 
 
 def reproduce(grid: GridConfig, out: Path, only_report: bool = False) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
+    write_kind(out, "grid")
     (out / "grid.json").write_text(json.dumps(dataclasses.asdict(grid), indent=2))
     g = Grid(grid, out)
     cells = [(b, d, dim, m, s, second) for d in grid.datasets for b in grid.backbones for dim in grid.dims

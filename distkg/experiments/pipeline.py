@@ -25,7 +25,7 @@ from distkg.evaluation import eval_options, evaluate_splits
 from distkg.experiments.parts import KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS, Part, finished, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import check_folder, clear, save_slice, write_metrics
+from distkg.runfolder import check_folder, clear, save_slice, write_kind, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -59,6 +59,8 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = 
         check_folder(part_cfg, folder, kind)
     out.mkdir(parents=True, exist_ok=True)
     save_slice(cfg, "pipeline" if parts else "kg", out / "config.yaml")
+    if parts or not trainable:  # a trainable model alone is a KG run: its training records that
+        write_kind(out, "pipeline" if parts else "baseline")
     ds = load_dataset(cfg.data)
     log.info("%s", ds.describe())
     (out / "data_stats.json").write_text(json.dumps(ds.stats(), indent=2))

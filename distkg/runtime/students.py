@@ -24,7 +24,7 @@ from distkg.config import RunConfig, to_dict
 from distkg.data import load_dataset
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.runfolder import run_kind
+from distkg.runfolder import MODEL_KINDS, open_finished
 from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
 
@@ -41,11 +41,11 @@ def pool_names(runtime_cfg, needs: set[str]) -> list[str]:
 def second_kind(run: str) -> str:
     """The scoring pool's kind for the second teacher (distkg.distill.second): an LLM teacher's pool, or a
     KG model's; an ensemble is mixed in the students' processes, not served."""
-    kind = run_kind(Path(run))
-    if kind not in ("llm", "kg"):
-        raise DistkgError(f"distill.llm_run={run}: a {kind} run as the second teacher is read in-process; set "
+    kind, _ = open_finished(Path(run), "distill.llm_run", ("llm", *MODEL_KINDS, "ensemble"))
+    if kind == "ensemble":
+        raise DistkgError(f"distill.llm_run={run}: an ensemble run as the second teacher is read in-process; set "
                           "runtime.backend=local (a pool serves an LLM teacher or a KG model)")
-    return kind
+    return "llm" if kind == "llm" else "kg"
 
 
 def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:

@@ -169,14 +169,12 @@ class Predictor:
 def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predictor:
     """The Predictor of a finished run folder (module docstring says which runs)."""
     from distkg.config import load_config
-    from distkg.errors import DistkgError
+    from distkg.runfolder import MODEL_KINDS, open_finished
 
     run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise DistkgError(f"{run}: not a run folder (no config.yaml); expected a `distkg train`, `distkg distill` "
-                          "or `distkg llm finetune` output")
+    kind, _ = open_finished(run, "--run", (*MODEL_KINDS, "llm", "baseline"))
     cfg = load_config(run / "config.yaml", overrides)
-    if (run / "teacher" / "teacher.json").is_file():  # an LLM teacher run
+    if kind == "llm":
         ds = load_dataset(cfg.data)
         if cfg.llm.query == "text":  # any query's text goes through the LLM (tables hold the splits' queries only)
             from distkg.llm.finetune import load_teacher
@@ -190,8 +188,7 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
         return Predictor(ds, tables.scores, cfg.data.max_year, "llm", tables)
     from distkg.models import MODELS
 
-    cls = MODELS.get(cfg.model.name)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+    if kind == "baseline":
         ds = load_dataset(cfg.data)  # a training-free model (the frequency baseline): nothing to load
         model = MODELS.create(cfg.model.name, cfg.model.args, "model.args", dataset=ds)
         return Predictor(ds, lambda q: model.score_candidates(q, 0, ds.num_entities), cfg.data.max_year, "kg", model)

@@ -256,10 +256,11 @@ def load_trained(run_dir: Path, cfg: RunConfig | None = None,
     """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
     ``device`` (default: the config's resolved training device, distkg.device)."""
     from distkg.config import load_config
-    from distkg.runfolder import read_metrics
+    from distkg.runfolder import MODEL_KINDS, open_finished
 
+    _, metrics = open_finished(run_dir, "--run", MODEL_KINDS)
     cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
-    Checkpoints(run_dir / "checkpoints").load_best(model, (read_metrics(run_dir) or {}).get("best_epoch"))
+    Checkpoints(run_dir / "checkpoints").load_best(model, metrics.get("best_epoch"))
     return cfg, ds, model.to(device if device is not None else placement(cfg).device).eval()

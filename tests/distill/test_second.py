@@ -153,7 +153,10 @@ def test_llm_kd_is_hintons_kd_against_p_llm_fused_or_not():
 
 def test_a_run_that_is_no_teacher_is_refused_by_name(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match="unknown run cannot be a second teacher"):
+    with pytest.raises(ConfigError, match=r"run\.json is missing or unreadable: not a distkg run.*--restart"):
+        open_second(tmp_path, DS, QUERIES)
+    (tmp_path / "run.json").write_text('{"kind": "pipeline"}')  # the kind is read, never guessed from files
+    with pytest.raises(ConfigError, match=r"holds a pipeline run \(`distkg run`\); expected a run of `distkg llm finetune`"):
         open_second(tmp_path, DS, QUERIES)
     with pytest.raises(DistkgError, match="no finished run there"):
         open_second(tmp_path / "none", DS, QUERIES)

@@ -78,7 +78,7 @@ def test_pipeline_trains_every_part_reports_and_resumes(tmp_path, monkeypatch, c
     for command in (["predict", "--query", "a|b|?|2000"], ["evaluate"], ["export", "--out", str(tmp_path / "x")]):
         assert main([command[0], "--run", str(out), *command[1:]]) == 2
         err = capsys.readouterr().err
-        assert "is a `distkg run` pipeline" in err and f"{out / 'students' / 'bkd'} (kg)" in err, err
+        assert "is a `distkg run` pipeline" in err and f"{out / 'students' / 'bkd'} (student)" in err, err
         assert f"{out / 'llm'} (llm)" in err and len(err.strip().splitlines()) == 1
 
 
