@@ -68,6 +68,14 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def inference_dtype(choice: str, on_cuda: bool, quantized: bool) -> torch.dtype:
+    """DeepSpeed inference's dtype (``runtime.dtype``); auto: bf16 for an unquantized LM on CUDA, fp32
+    otherwise (a bitsandbytes 4-bit model computes in its own compute dtype, and a cast would only widen
+    its norms). The rest of the inference policy is distkg.runtime.pool.inference_settings."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(choice)
+    return dtype if dtype is not None else (torch.bfloat16 if on_cuda and not quantized else torch.float32)
+
+
 def as_device(device: torch.device | str, key: str = "llm.device") -> torch.device:
     """A resolved device, or a config value (auto/cpu/cuda) resolved here."""
     return device if isinstance(device, torch.device) else resolve_device(device, key)

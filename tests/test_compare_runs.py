@@ -19,8 +19,8 @@ def write(folder, mrr: float, seconds: float) -> None:
     (folder / "report.md").write_text(f"# run\n\n## Metrics\n\n| plain | {mrr} |\n\n## Size and cost\n\n{seconds} s\n")
 
 
-def compare(a, b) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(a), str(b)],
+def compare(a, b, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(a), str(b), *extra],
                           capture_output=True, text=True)
 
 
@@ -39,3 +39,14 @@ def test_a_different_metric_or_a_missing_part_is_reported(tmp_path):
     (tmp_path / "after" / "students" / "plain" / "metrics.json").unlink()
     done = compare(tmp_path / "before", tmp_path / "after")
     assert done.returncode == 1 and "DIFFERENT students/plain/metrics.json (in one folder only)" in done.stdout
+
+
+def test_a_key_added_on_purpose_is_left_out_only_when_named(tmp_path):
+    # a change that adds a key (eval.splits honoured: every metrics.json gained "splits") is compared on
+    # the rest with --ignore splits; without it the added key counts as a difference
+    write(tmp_path / "before", 0.25, 10.0)
+    write(tmp_path / "after", 0.25, 10.0)
+    part = tmp_path / "after" / "students" / "plain" / "metrics.json"
+    part.write_text(json.dumps({**json.loads(part.read_text()), "splits": {"test": {"mrr": 0.25}}}))
+    assert compare(tmp_path / "before", tmp_path / "after").returncode == 1
+    assert compare(tmp_path / "before", tmp_path / "after", "--ignore", "splits").returncode == 0

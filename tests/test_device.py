@@ -91,7 +91,7 @@ def test_training_and_its_evaluations_use_the_resolved_device_and_options(on_sen
     cfg = load_config(None, ["model.name=tadistmult", "model.args.dim=6", "train.epochs=2", "train.progress=false",
                              "eval.progress=false", "eval.cand_chunk=7", "eval.query_chunk=5"])
     train(cfg, tmp_path, dataset=tiny_dataset("interval", n_ent=40, n_facts=300))
-    assert on_sentinel == [(SENTINEL, 7, 5)] * 3  # two validations and the test
+    assert on_sentinel == [(SENTINEL, 7, 5)] * 4  # two validations, then eval.splits: valid and test
 
 
 def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):

@@ -27,7 +27,7 @@ import torch
 
 from distkg.config import RunConfig, RuntimeConfig
 from distkg.data import TKGDataset
-from distkg.device import compute_dtype, placement
+from distkg.device import compute_dtype, inference_dtype, placement
 from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
@@ -138,9 +138,7 @@ def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: boo
     layers, DeepSpeed issue 4410). ``on`` forces it; the output check after wrapping
     (distkg.runtime.pool.wrap_deepspeed) stops an actor whose wrapped outputs differ.
     """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime_cfg.dtype)
-    if dtype is None:  # auto
-        dtype = torch.bfloat16 if on_cuda and not quantized else torch.float32
+    dtype = inference_dtype(runtime_cfg.dtype, on_cuda, quantized)
     inject = runtime_cfg.kernel_inject == "on" or (runtime_cfg.kernel_inject == "auto" and on_cuda and not quantized
                                           and model_type not in NO_INJECTION_ON_PADDED)
     if inject and not on_cuda:
