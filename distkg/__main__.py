@@ -1,3 +1,3 @@
-from distkg.cli.main import main
+from distkg.cli.main import entry
 
-raise SystemExit(main())
+entry()
