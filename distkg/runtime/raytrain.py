@@ -9,11 +9,8 @@ filesystem (cluster/SCALING.md).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,9 +48,6 @@ def ray_session(runtime_cfg, pools: list[str]):
             import ray
 
             ray.shutdown()
-        for watchdog in _WATCHDOGS:  # the stop after a Ctrl-C finished in time
-            watchdog.cancel()
-        _WATCHDOGS.clear()
 
 
 def written_metrics(out: Path) -> dict:
@@ -105,28 +99,6 @@ def run_workers(fn, config: dict, runtime_cfg, out: Path, name: str) -> None:
         raise DistkgError(f"the Ray Train {name} workers failed: {result.error}")
 
 
-# After Ctrl-C the stop (the pools' shutdown, then the local Ray's) is given this long; then this
-# process ends its own children and itself (``_stop_hard``). Seen in the full suite, now and then: the
-# interrupted command had not exited 60 s after the signal; where it hung was not caught.
-STOP_SECONDS = 30.0
-_WATCHDOGS: list[threading.Timer] = []
-
-
-def _stop_hard() -> None:
-    """The stop after Ctrl-C took more than STOP_SECONDS: end this process's children (the local Ray it
-    started: raylet, GCS, workers) and the process, rc 130, saying so."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    print(f"distkg: interrupted; the stop took over {STOP_SECONDS:.0f}s, so {len(children)} processes this command "
-          "started are killed; run the same command again to resume from the last checkpoint", file=sys.stderr, flush=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(children, timeout=10)
-    os._exit(130)
-
-
 def interruptible(fit):
     """``fit()`` in a thread, so that Ctrl-C reaches this (main) thread and stops the run: Ray Train's
     own handler, installed when fit runs in the main thread, only asks its controller to abort, which
@@ -147,10 +119,6 @@ def interruptible(fit):
             thread.join(0.5)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping the Ray Train workers, the scoring actors and a local Ray")
-        watchdog = threading.Timer(STOP_SECONDS, _stop_hard)
-        watchdog.daemon = True
-        watchdog.start()
-        _WATCHDOGS.append(watchdog)  # cancelled by ray_session once the stop is done
         raise
     if "error" in box:
         raise box["error"]
