@@ -1,3 +1,3 @@
-from distkg.cli.main import entry
+from distkg.cli.main import main
 
-entry()
+raise SystemExit(main())

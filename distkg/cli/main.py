@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -340,18 +339,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what was started (a local Ray, its workers) has been stopped
         print("distkg: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-
-
-def entry() -> None:
-    """The `distkg` command (console script and ``python -m distkg``): ``main``, then the process's exit.
-    After Ctrl-C, once what the command started is stopped (a local Ray, its workers), the process
-    ends at once: threads a library left behind (Ray Train's driver side) could otherwise hold the
-    interpreter's exit until the interrupted run would have finished (seen: the suite's Ctrl-C test
-    printed "interrupted" and had not exited 60 s later)."""
-    rc = main()
-    if rc == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(rc)
-    raise SystemExit(rc)
