@@ -27,8 +27,12 @@ def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
     # the command starts a Ray of its own, also while the suite's loopback cluster runs (not inherited)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
+    # SIGINT at its default in the child, as a terminal gives a foreground command: a suite started as
+    # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler (the
+    # signal was ignored and the test timed out: seen with `bash .ci/run &`)
     proc = subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(tmp_path / "job.yaml"),
-                             "--out", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                             "--out", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not list((tmp_path / "out" / "runtime").glob("worker-*.json")):  # a Ray Train worker runs
