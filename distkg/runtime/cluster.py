@@ -152,16 +152,19 @@ class LoopbackCluster:
 
     def processes(self) -> list:
         """This cluster's processes: those whose command line names its temp dir (GCS, raylets,
-        dashboard, monitors) and all their children (workers, agents: their titles drop the path)."""
+        dashboard, monitors) or its GCS address (the Ray Client server), and all their children
+        (workers, agents: their titles drop the path)."""
         import psutil
 
         if self.temp_dir is None:
             return []
-        mark = str(self.temp_dir)
+        # the temp dir names the GCS, raylets, dashboard and monitors; the Ray Client server of the head
+        # (started by `ray start`, orphaned when it exits) names only the cluster's GCS address
+        marks = (str(self.temp_dir), f"--address={self.address}")
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(mark in arg for arg in proc.info["cmdline"] or ()):
+                if any(mark in arg for arg in proc.info["cmdline"] or () for mark in marks):
                     for p in [proc, *proc.children(recursive=True)]:
                         found[p.pid] = p
             except psutil.Error:

@@ -45,6 +45,8 @@ def test_a_loopback_cluster_stops_its_own_processes_and_no_other_ray(tmp_path):
             assert "niceness 0" in run_driver(f"import ray\nray.init(address='{cluster.address}')\n" + NICENESS, cluster.env())
             mine = cluster.processes()
             assert mine and not {p.pid for p in mine} & {p.pid for p in others}
+            # the head's Ray Client server is one of them (its command line names only the GCS address)
+            assert any("ray.util.client.server" in " ".join(p.cmdline()) for p in mine)
         finally:
             cluster.stop()
         gone, alive = psutil.wait_procs(mine, timeout=30)
