@@ -24,9 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from distkg.cachedir import derived_folders
 import yaml
 
+from distkg.cachedir import derived_folders
 from distkg.config import RunConfig, build, read_yaml, to_dict
 from distkg.errors import ConfigError
 
@@ -98,10 +98,13 @@ RUN_FILE = "run.json"  # the run's kind, written when the folder is made (``writ
 RUN_ENTRIES = ("config.yaml", RUN_FILE, "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
                "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore",
                "ensemble.json", "weights.png", "outputs")
-# The kinds a folder records: SLICES' run kinds (kg: `distkg train`, student: `distkg distill`, llm: `distkg
-# llm finetune`, pipeline: `distkg run` with students), and ensemble (`distkg ensemble`), grid (`distkg
-# reproduce`), baseline (a training-free model `distkg run` evaluated). MODEL_KINDS hold a KG model's weights.
-KINDS = ("kg", "student", "llm", "pipeline", "ensemble", "grid", "baseline")
+# The kinds a folder records, each with the command that makes it: SLICES' run kinds, and ensemble, grid,
+# baseline (a training-free model `distkg run` or `distkg evaluate --config` evaluated). MODEL_KINDS hold a
+# KG model's weights.
+KIND_MADE_BY = {"kg": "distkg train", "student": "distkg distill", "llm": "distkg llm finetune",
+                "pipeline": "distkg run", "ensemble": "distkg ensemble", "grid": "distkg reproduce",
+                "baseline": "distkg run"}
+KINDS = tuple(KIND_MADE_BY)
 MODEL_KINDS = ("kg", "student")
 
 
@@ -120,11 +123,6 @@ def run_kind(run: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return "unknown"
     return kind if kind in KINDS else "unknown"
-
-
-KIND_MADE_BY = {"kg": "distkg train", "student": "distkg distill", "llm": "distkg llm finetune",
-                "pipeline": "distkg run", "ensemble": "distkg ensemble", "grid": "distkg reproduce",
-                "baseline": "distkg run"}
 
 
 def open_finished(run: Path, what: str, kinds: tuple[str, ...]) -> tuple[str, dict]:
