@@ -35,6 +35,17 @@ log = logging.getLogger("distkg")
 CPU = torch.device("cpu")
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of this process: the torch process group's (Ray Train initializes it before
+    the work starts), else torchrun's RANK / WORLD_SIZE (set before Accelerate initializes it), else (0, 1).
+    Only rank 0 writes a run folder."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """Whether torch sees a CUDA device; asked once per process (the only such question in distkg)."""

@@ -270,7 +270,7 @@ def saved_config(out: Path) -> RunConfig | None:
                              "over in it, or choose another --out") from None
 
 
-def check_folder(cfg: RunConfig, out: Path, kind: str) -> None:
+def _check_folder(cfg: RunConfig, out: Path, kind: str) -> None:
     """Stop (RunFolderError, rc 2) when OUT holds a run whose ``kind`` slice differs from ``cfg``'s."""
     saved = saved_config(out)
     if saved is None:
@@ -304,20 +304,33 @@ def clear(out: Path) -> None:
         log.info("--restart: removed %s from %s", ", ".join(removed), out)
 
 
-def prepare_folder(cfg: RunConfig, out: Path, kind: str, restart: bool = False, write: bool = True) -> None:
-    """Make OUT the folder of a ``kind`` run of ``cfg``: check it (or clear it with ``restart``), then
-    save its slice as config.yaml.
+def prepare_folders(runs: list[tuple[RunConfig, Path, str]], restart: bool = False, check: bool = True,
+                    write: bool = True) -> None:
+    """Make each OUT of ``runs`` ((cfg, OUT, kind)) the folder of a ``kind`` run of ``cfg``: check them
+    all before any is written (or clear them with ``restart``), then save each one's slice as config.yaml.
 
-    ``write`` False: only check (ranks other than 0 of a multi-process run).
+    The one place a folder is checked, once per command and before any data is read: by distkg train,
+    distill and llm finetune at their start, by the Ray drivers before Ray starts, by a pipeline for all
+    its parts at once (``write`` False: a part's config is written when it runs, so a finished part
+    keeps the config it finished with). What is started after the check is told ``checked=True`` and
+    calls this with ``check`` False, to write only. ``write`` False also on ranks other than 0.
     """
-    if restart and write:
-        clear(out)
-    elif not restart:
-        check_folder(cfg, out, kind)
+    for cfg, out, kind in runs:
+        if restart and write:
+            clear(out)
+        elif check and not restart:
+            _check_folder(cfg, out, kind)
     if write:
-        write_kind(out, kind)
-        save_slice(cfg, kind, out / "config.yaml")
-        (out / DIVERGED).unlink(missing_ok=True)  # the changed rates are now this run's config
+        for cfg, out, kind in runs:
+            write_kind(out, kind)
+            save_slice(cfg, kind, out / "config.yaml")
+            (out / DIVERGED).unlink(missing_ok=True)  # the changed rates are now this run's config
+
+
+def prepare_folder(cfg: RunConfig, out: Path, kind: str, restart: bool = False, check: bool = True,
+                   write: bool = True) -> None:
+    """prepare_folders for one run."""
+    prepare_folders([(cfg, out, kind)], restart, check, write)
 
 
 def mark_diverged(out: Path, message: str) -> None:

@@ -259,3 +259,29 @@ def test_empty_checkpoints_fall_back_or_stop_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"(best|epoch_0003)\.pt cannot be read \(EOFError\); it is truncated or corrupt"):
         trainer.load_trained(out)
     assert main(["evaluate", "--run", str(out)]) == 2
+
+
+def test_each_command_checks_a_folder_once(tmp_path, monkeypatch):
+    """distkg.runfolder.prepare_folders is the one check: train and distill check their folder once,
+    a pipeline each part's folder once (a part it runs only writes its config)."""
+    from distkg import runfolder
+
+    checked = []
+    real = runfolder._check_folder
+    monkeypatch.setattr(runfolder, "_check_folder", lambda cfg, out, kind: (checked.append((out.name, kind)),
+                                                                          real(cfg, out, kind))[1])
+    teacher = tmp_path / "teacher"
+    trainer.train(cfg("model.args.dim=8"), teacher, dataset=DS)
+    assert checked == [("teacher", "kg")]
+    bkd = cfg(f"distill.teacher_run={teacher}", "model.args.dim=4", files=["configs/distill/bkd.yaml"])
+    bkd.distill.stages[0].epochs = 1
+    checked.clear()
+    runner.distill(bkd, tmp_path / "bkd", dataset=DS)
+    assert checked == [("bkd", "student")]
+    monkeypatch.setattr(pipeline, "load_dataset", lambda data: DS)
+    sets = ["model.args.dim=8", "train.epochs=1", "train.progress=false", "eval.progress=false", "pipeline.llm=false",
+            "pipeline.students={plain: {stages: [{name: train, epochs: 1}]}}", "pipeline.student_dim=4"]
+    checked.clear()
+    pipeline.run(load_config("configs/quickstart.yaml", sets), tmp_path / "run")
+    assert checked == [("teacher", "kg"), ("plain", "student")]
+    assert runfolder.saved_config(tmp_path / "run" / "students" / "plain").model.args["dim"] == 4

@@ -37,17 +37,6 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _prepare_out(cfg, args: argparse.Namespace, kind: str) -> None:
-    """--out of another configuration (of a ``kind`` run: distkg.runfolder.SLICES) stops the command
-    before anything is read or written; with --restart the run there is discarded instead."""
-    from distkg.runfolder import check_folder, clear
-
-    if args.restart:
-        clear(Path(args.out))
-    else:
-        check_folder(cfg, Path(args.out), kind)
-
-
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from distkg.config import DataConfig, apply_overrides, build
     from distkg.data import load_dataset
@@ -98,9 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
-    cfg = _load(args)
-    _prepare_out(cfg, args, "kg")
-    train(cfg, Path(args.out), resume=not args.restart)
+    train(_load(args), Path(args.out), resume=not args.restart)  # OUT checked (or cleared) before data is read
     return 0
 
 
@@ -109,11 +96,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    _prepare_out(cfg, args, "student")
     if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
         from distkg.runtime.students import distill_on_ray
 
-        distill_on_ray(cfg, Path(args.out))
+        distill_on_ray(cfg, Path(args.out), restart=args.restart)
     else:
         distill(cfg, Path(args.out), resume=not args.restart)
     return 0
@@ -150,11 +136,10 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    _prepare_out(cfg, args, "llm")
     if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
         from distkg.runtime.finetune import finetune_on_ray
 
-        finetune_on_ray(cfg, Path(args.out))
+        finetune_on_ray(cfg, Path(args.out), restart=args.restart)
     else:
         finetune(cfg, Path(args.out), resume=not args.restart)
     return 0

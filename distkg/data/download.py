@@ -26,7 +26,6 @@ import urllib.request
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 from distkg.data import registry
 from distkg.data.registry import DatasetSpec, FileEntry

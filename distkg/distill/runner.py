@@ -26,12 +26,13 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
+from distkg.device import process_group
 from distkg.distill.fused import Rows
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
 from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
-from distkg.runfolder import check_folder
+from distkg.runfolder import prepare_folder
 from distkg.training.trainer import Stage, build_model, fit, training_queries
 
 log = logging.getLogger("distkg")
@@ -85,14 +86,15 @@ def kd_temperature(cfg: RunConfig) -> float | None:
 
 
 def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
-            remote: dict | None = None) -> dict:
+            remote: dict | None = None, checked: bool = False) -> dict:
     """``remote``: {"llm": ..., "kg": ...} clients that serve those teachers' scores by training-query
     index (distkg.runtime.pool.soft_targets builds them from Ray scoring pools; optional). They are
-    handed in, so distillation never imports the runtime that runs it."""
+    handed in, so distillation never imports the runtime that runs it. ``checked``: the caller has
+    checked OUT (distkg.runfolder.prepare_folders), it is only written here; else it is checked here,
+    before a teacher is read."""
     distill_cfg = cfg.distill
     needs = check_method(cfg)
-    if resume:  # before the teachers are read: OUT must hold this method's run (distkg.runfolder)
-        check_folder(cfg, out, "student")
+    prepare_folder(cfg, out, "student", restart=not resume, write=process_group()[0] == 0, check=not checked)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = remote or {}

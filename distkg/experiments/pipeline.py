@@ -25,7 +25,7 @@ from distkg.evaluation import eval_options, evaluate_splits
 from distkg.experiments.parts import KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS, Part, finished, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import check_folder, clear, save_slice, write_kind, write_metrics
+from distkg.runfolder import clear, prepare_folders, save_slice, write_kind, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -52,14 +52,16 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = 
     parts = part_configs(cfg, out) if trainable and cfg.pipeline.students else {}
     if restart:
         clear(out)
-    # each part's folder against its own slice of the config (distkg.runfolder.SLICES): a new student
-    # leaves the teachers' folders the configuration they were. A folder of parts holds no run of its
-    # own: its config.yaml is the job's config as last run, its report is rebuilt from the parts.
-    for folder, (part_cfg, kind) in (parts or {out: (cfg, "kg")}).items():
-        check_folder(part_cfg, folder, kind)
+    # each part's folder against its own slice of the config (distkg.runfolder.SLICES), all before any
+    # is written, once (the parts are then told checked=True): a new student leaves the teachers'
+    # folders the configuration they were. A folder of parts holds no run of its own: its config.yaml
+    # is the job's config as last run, its report is rebuilt from the parts.
+    prepare_folders([(part_cfg, folder, kind) for folder, (part_cfg, kind) in (parts or {out: (cfg, "kg")}).items()],
+                    write=not trainable)  # a part's config is written when it runs
     out.mkdir(parents=True, exist_ok=True)
-    save_slice(cfg, "pipeline" if parts else "kg", out / "config.yaml")
-    if parts or not trainable:  # a trainable model alone is a KG run: its training records that
+    if parts:
+        save_slice(cfg, "pipeline", out / "config.yaml")
+    if parts or not trainable:
         write_kind(out, "pipeline" if parts else "baseline")
     ds = load_dataset(cfg.data)
     log.info("%s", ds.describe())
@@ -69,7 +71,7 @@ def run(cfg: RunConfig, out: Path, command: str = "distkg run", restart: bool = 
         metrics = evaluate_model(cfg, ds, model, out)
         rows = {f"{cfg.model.name} ({split})": m for split, m in metrics["splits"].items()}
     elif not cfg.pipeline.students:  # one trainable model: train, then test
-        metrics = train(cfg, out, dataset=ds)
+        metrics = train(cfg, out, dataset=ds, checked=True)
         rows = {f"{cfg.model.name} {metrics['dim']}-d (test, best epoch {metrics['best_epoch']})": metrics}
     else:
         return run_pipeline(cfg, ds, out, command, parts)
@@ -115,14 +117,14 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
     teacher_run, llm_run = teacher_folders(cfg, out)
     students = {m: configs[out / "students" / m][0] for m in pipeline_cfg.students}
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
-                  lambda: train(cfg, teacher_run, dataset=ds), cfg, KG_BUDGETS)]
+                  lambda: train(cfg, teacher_run, dataset=ds, checked=True), cfg, KG_BUDGETS)]
     if llm_run:
         parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, {llm_training(cfg)})", llm_run,
-                          lambda: finetune(cfg, llm_run, dataset=ds), cfg, LLM_BUDGETS))
+                          lambda: finetune(cfg, llm_run, dataset=ds, checked=True), cfg, LLM_BUDGETS))
     for method, student_cfg in students.items():
         parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
                           lambda student_cfg=student_cfg, method=method:
-                          distill(student_cfg, out / "students" / method, dataset=ds), student_cfg,
+                          distill(student_cfg, out / "students" / method, dataset=ds, checked=True), student_cfg,
                           STUDENT_BUDGETS))
     rows: dict[str, dict] = {}
     walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it

@@ -27,7 +27,7 @@ import torch
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.device import placement
+from distkg.device import placement, process_group
 from distkg.errors import ConfigError, DistkgError, first_line
 from distkg.evaluation import FilterIndex, eval_options, evaluate_splits
 from distkg.llm.encoder import encode_batch
@@ -143,12 +143,14 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     return teacher.eval()
 
 
-def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
+def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
+             checked: bool = False) -> dict:
     """Fine-tune the teacher in OUT as phases of distkg.training.loop (distkg.llm.rounds), save the
-    best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints."""
+    best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints.
+    ``checked``: the caller has checked OUT (distkg.runfolder.prepare_folders); it is only written here."""
     llm_cfg = cfg.llm
     rank, world = process_group()
-    prepare_folder(cfg, out, "llm", restart=not resume, write=rank == 0)  # one run folder, one config
+    prepare_folder(cfg, out, "llm", restart=not resume, write=rank == 0, check=not checked)  # one run folder, one config
     old = out / "checkpoints" / "latest" / "state.pt"
     if resume and old.is_file():
         raise CheckpointError(f"{old} was written by the LLM fine-tuning loop of distkg before its one training loop "
@@ -200,13 +202,6 @@ def _barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
-
-
-def process_group() -> tuple[int, int]:
-    """(rank, world size) of the torch process group this process is in (Ray Train), else (0, 1)."""
-    import torch.distributed as dist
-
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict) -> dict:

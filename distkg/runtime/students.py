@@ -24,7 +24,7 @@ from distkg.config import RunConfig, to_dict
 from distkg.data import load_dataset
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
-from distkg.runfolder import MODEL_KINDS, open_finished
+from distkg.runfolder import MODEL_KINDS, open_finished, prepare_folder
 from distkg.runtime.pool import TeacherPool, soft_targets
 from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
 
@@ -83,7 +83,7 @@ def _worker(config: dict) -> None:
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
     ds = load_dataset(cfg.data)
-    distill(cfg, Path(config["out"]), resume=True, dataset=ds, remote=soft_targets(config["pools"], cfg, ds))
+    distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True)
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
@@ -98,8 +98,9 @@ def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) 
     trainer._after_step = crash
 
 
-def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> dict:
-    """Run the distillation of ``cfg`` on Ray into OUT (module docstring); its metrics.
+def distill_on_ray(cfg: RunConfig, out: Path, restart: bool = False, fail_once: dict | None = None) -> dict:
+    """Run the distillation of ``cfg`` on Ray into OUT (module docstring); its metrics. OUT is prepared
+    here, before Ray starts (distkg.runfolder.prepare_folders; ``restart`` clears it), the workers resume in it.
 
     ``fail_once``: {epoch, step, marker[, on_rank]} makes one worker fail once (fault tests).
     """
@@ -109,6 +110,7 @@ def distill_on_ray(cfg: RunConfig, out: Path, fail_once: dict | None = None) -> 
     needs = check_method(cfg)
     if "llm" in pool_names(runtime_cfg, needs):
         second_kind(cfg.distill.llm_run)  # before Ray starts
+    prepare_folder(cfg, out, "student", restart=restart)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}
     with ray_session(runtime_cfg, pool_names(runtime_cfg, needs)):

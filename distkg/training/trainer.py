@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
-from distkg.device import Placement, placement
+from distkg.device import Placement, placement, process_group
 from distkg.errors import DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate, evaluate_splits
 from distkg.models import MODELS, TKGModel
@@ -128,8 +128,12 @@ class Stage:
     on_epoch: Callable[[int, list[torch.Tensor]], None] | None = None  # (epoch index, its batches), told ahead
 
 
-def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None) -> dict:
-    """Plain training: one stage of the configured loss (1-vs-all or negative sampling)."""
+def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
+          checked: bool = False) -> dict:
+    """Plain training: one stage of the configured loss (1-vs-all or negative sampling). ``checked``:
+    the caller has checked OUT (distkg.runfolder.prepare_folders), it is only written here; else it is
+    checked here, first."""
+    prepare_folder(cfg, out, "kg", restart=not resume, write=process_group()[0] == 0, check=not checked)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     model = build_model(cfg, ds)
 
@@ -141,8 +145,9 @@ def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | 
 
 def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list[Stage],
         aux: torch.nn.Module | None = None, resume: bool = True, extra: dict | None = None, kind: str = "kg") -> dict:
-    """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor);
-    OUT is a run of ``kind`` ("kg", or "student" for a distillation: distkg.runfolder.SLICES).
+    """Run ``stages`` in order on ``model`` (plus trainable ``aux`` modules, e.g. a FitNet regressor) in
+    OUT, a run of ``kind`` ("kg", or "student" for a distillation: distkg.runfolder.SLICES) that the
+    caller has prepared (distkg.runfolder.prepare_folders: train, distill).
 
     Each stage is a phase of distkg.training.loop (one round = one epoch): it trains until its epoch
     budget or until validation MRR has not risen for ``train.patience`` evaluations; the next stage
@@ -153,7 +158,6 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("%s", ds.describe())
     where = placement(cfg)
     accelerator = make_accelerator(cfg, where)
-    prepare_folder(cfg, out, kind, restart=not resume, write=accelerator.is_main_process)  # one run folder, one config
     device = where.device
     options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
