@@ -24,10 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import yaml
-
 from distkg.cachedir import derived_folders
-from distkg.config import RunConfig, build, read_yaml, to_dict
+from distkg.config import RunConfig, build, read_yaml, save_config, to_dict
 from distkg.errors import ConfigError
 
 log = logging.getLogger("distkg")
@@ -91,7 +89,7 @@ def config_slice(cfg: RunConfig, kind: str) -> dict:
 
 def save_slice(cfg: RunConfig, kind: str, path: Path) -> None:
     """PATH (a run's config.yaml): the slice of ``cfg`` its kind reads; a loader fills the rest with defaults."""
-    path.write_text(yaml.safe_dump(config_slice(cfg, kind), sort_keys=False))
+    save_config(config_slice(cfg, kind), path)
 
 # What distkg writes into a run folder; ``--restart`` removes exactly these.
 RUN_FILE = "run.json"  # the run's kind, written when the folder is made (``write_kind``), read by ``run_kind``

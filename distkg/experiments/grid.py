@@ -7,9 +7,10 @@ seeds, and templates for the config files of each part. The grid runs, in order:
   3. every student: (backbone, dataset, dim, method, seed) -> STUDENTS/BACKBONE-DATASET-DIMd/METHOD-seedN,
      STUDENTS being ``student_root`` (OUT/students unless a grid points at another grid's students,
      as the size sweep and the ablation do, to reuse the cells they share with the paper's grid)
-Each part runs through distkg.experiments.parts, as the parts of ``distkg run`` do: skipped when its
-metrics.json exists and resumed from its checkpoints otherwise, so an interrupted grid continues
-where it stopped. Teacher outputs are cached once per teacher (distkg.distill.teachers.derived_folder), so every
+Each part runs through distkg.experiments.parts, as the parts of ``distkg run`` do: its folder must
+hold the part's config (else rc 2, nothing run: a changed grid is a new --out), it is skipped when
+its metrics.json exists and raises no budget, and resumed from its checkpoints otherwise, so an
+interrupted grid continues where it stopped. Teacher outputs are cached once per teacher (distkg.distill.teachers.derived_folder), so every
 method and seed reuses them.
 
 Several processes may run one grid at once (one per core, or per node on a shared filesystem;
@@ -64,14 +65,14 @@ class Grid:
         from distkg.training.trainer import train
 
         run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
+        cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
+                          self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
 
         def work() -> dict:
-            cfg = load_config(self._fill(self.grid.teacher_config, backbone=backbone, dataset=dataset),
-                              self.root + self.grid.teacher_set + ["train.progress=false", "eval.progress=false"])
             log.info("== teacher %s on %s -> %s", backbone, dataset, run)
-            return train(cfg, run, dataset=self.dataset(cfg))
+            return train(cfg, run, dataset=self.dataset(cfg), checked=True)
 
-        run_part(Part("teacher", run, work))
+        run_part(Part("teacher", run, work, cfg, "kg"))
         return run
 
     def llm(self, dataset: str, second: SecondConfig | None = None) -> Path:
@@ -80,13 +81,14 @@ class Grid:
         config = second.config if second is not None and second.config else self.grid.llm_config
         run = Path(self._fill(second.run if second is not None and second.run else self.grid.llm_run, dataset=dataset))
 
-        def work() -> dict:
-            sets = self.root + self.grid.llm_set + (second.set if second is not None else [])
-            cfg = load_config(self._fill(config, dataset=dataset), sets)
-            log.info("== LLM teacher on %s -> %s", dataset, run)
-            return finetune(cfg, run, dataset=self.dataset(cfg))
+        cfg = load_config(self._fill(config, dataset=dataset),
+                          self.root + self.grid.llm_set + (second.set if second is not None else []))
 
-        run_part(Part("LLM teacher", run, work))
+        def work() -> dict:
+            log.info("== LLM teacher on %s -> %s", dataset, run)
+            return finetune(cfg, run, dataset=self.dataset(cfg), checked=True)
+
+        run_part(Part("LLM teacher", run, work, cfg, "llm"))
         return run
 
     def _second(self, name: str) -> SecondConfig:
@@ -142,19 +144,22 @@ class Grid:
         from distkg.distill.runner import distill
 
         run = self.student_run(backbone, dataset, dim, method, seed, second)
+        reads_llm = needs_llm(self.grid, method)
+        teacher_run = Path(self._fill(self.grid.teacher_run, backbone=backbone, dataset=dataset))
+        sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}", f"distill.teacher_run={teacher_run}",
+                *([f"distill.llm_run={self.second_run(second, backbone, dataset, make=False)}"] if reads_llm else []),
+                "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
+        cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
+                           self._fill(self.grid.method_config, method=method)], sets)
 
         def work() -> dict:
-            reads_llm = needs_llm(self.grid, method)
-            sets = [f"model.args.dim={dim}", f"seed={seed}", f"distill.method={method}",
-                    f"distill.teacher_run={self.teacher(backbone, dataset)}",
-                    *([f"distill.llm_run={self.second_run(second, backbone, dataset)}"] if reads_llm else []),
-                    "train.progress=false", "eval.progress=false", *self.root, *self.grid.student_set]
-            cfg = load_config([self._fill(self.grid.student_config, backbone=backbone, dataset=dataset),
-                               self._fill(self.grid.method_config, method=method)], sets)
+            self.teacher(backbone, dataset)  # the teachers first (each a part of its own)
+            if reads_llm:
+                self.second_run(second, backbone, dataset)
             log.info("== student %s %d-d on %s, %s, seed %d -> %s", backbone, dim, dataset, method, seed, run)
-            return distill(cfg, run, dataset=self.dataset(cfg))
+            return distill(cfg, run, dataset=self.dataset(cfg), checked=True)
 
-        if (outcome := run_part(Part("student", run, work), wait=False)) is None:
+        if (outcome := run_part(Part("student", run, work, cfg, "student"), wait=False)) is None:
             return None
         metrics = outcome.metrics
         return {"backbone": backbone, "dataset": dataset, "dim": dim, "method": cell_method(method, second), "seed": seed,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distkg.config import RunConfig
 from distkg.experiments.claims import claim, holding, wait_for
-from distkg.runfolder import raised_budgets, read_metrics
+from distkg.runfolder import prepare_folder, raised_budgets, read_metrics
 
 log = logging.getLogger("distkg")
 
@@ -35,12 +35,15 @@ class Part:
     folder: Path
     work: Callable[[], dict]
     config: RunConfig | None = None  # what the work runs with (None: finished whenever metrics.json exists)
-    budgets: tuple[str, ...] = ()  # its budget keys in ``config`` (KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS)
+    kind: str = "kg"  # of the run in ``folder`` (distkg.runfolder.SLICES), when ``config`` is given
+
+    @property
+    def budgets(self) -> tuple[str, ...]:
+        return BUDGETS.get(self.kind, ())
 
 
-KG_BUDGETS = ("train.epochs",)
-LLM_BUDGETS = ("llm.steps", "llm.max_minutes")
-STUDENT_BUDGETS = ("distill.stages.*.epochs",)
+# The budget keys of each kind of run: raised, a finished run of that kind runs on.
+BUDGETS = {"kg": ("train.epochs",), "llm": ("llm.steps", "llm.max_minutes"), "student": ("distill.stages.*.epochs",)}
 
 
 def finished(part: Part, say: bool = True) -> dict | None:
@@ -63,10 +66,14 @@ class Outcome:
     seconds: float | None
 
 
-def run_part(part: Part, wait: bool = True) -> Outcome | None:
+def run_part(part: Part, wait: bool = True, checked: bool = False) -> Outcome | None:
     """The part's metrics, running its work first unless it is finished (module docstring). None when
-    another live process holds it and ``wait`` is false: it is left to that process."""
-    if finished(part) is None:
+    another live process holds it and ``wait`` is false: it is left to that process. A part with a
+    config has its folder checked first (distkg.runfolder.prepare_folders), unless ``checked`` (a
+    pipeline checks all its parts before any runs); its work is then to be told checked=True."""
+    if part.config is not None and not checked:
+        prepare_folder(part.config, part.folder, part.kind, write=False)
+    if finished(part, say=False) is None:
         if wait:
             wait_for(part.folder, part.name)
         elif (holder := claim(part.folder)) is not None:

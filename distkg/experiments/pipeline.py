@@ -22,7 +22,7 @@ from pathlib import Path
 from distkg.config import ModelConfig, RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import eval_options, evaluate_splits
-from distkg.experiments.parts import KG_BUDGETS, LLM_BUDGETS, STUDENT_BUDGETS, Part, finished, run_part
+from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
 from distkg.runfolder import clear, prepare_folders, save_slice, write_kind, write_metrics
@@ -117,24 +117,26 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
     teacher_run, llm_run = teacher_folders(cfg, out)
     students = {m: configs[out / "students" / m][0] for m in pipeline_cfg.students}
     parts = [Part(f"teacher: {cfg.model.name} {cfg.model.args.get('dim', '')}-d", teacher_run,
-                  lambda: train(cfg, teacher_run, dataset=ds, checked=True), cfg, KG_BUDGETS)]
+                  lambda: train(cfg, teacher_run, dataset=ds, checked=True), cfg, "kg")]
     if llm_run:
         parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, {llm_training(cfg)})", llm_run,
-                          lambda: finetune(cfg, llm_run, dataset=ds, checked=True), cfg, LLM_BUDGETS))
+                          lambda: finetune(cfg, llm_run, dataset=ds, checked=True), cfg, "llm"))
     for method, student_cfg in students.items():
         parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
                           lambda student_cfg=student_cfg, method=method:
                           distill(student_cfg, out / "students" / method, dataset=ds, checked=True), student_cfg,
-                          STUDENT_BUDGETS))
+                          "student"))
     rows: dict[str, dict] = {}
     walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it
     walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     started = time.perf_counter()
     for i, part in enumerate(parts):
-        log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)%s", i + 1, len(parts), part.name, part.folder,
-                 time.perf_counter() - started, " (done before; reading it)" if finished(part, say=False) else "")
-        outcome = run_part(part)
-        if outcome.seconds is not None:
+        log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)", i + 1, len(parts), part.name, part.folder,
+                 time.perf_counter() - started)
+        outcome = run_part(part, checked=True)
+        if outcome.seconds is None:
+            log.info("[pipeline %d/%d] done before: read %s", i + 1, len(parts), part.folder / "metrics.json")
+        else:
             walls[part.folder.relative_to(out).as_posix()] = outcome.seconds
             walls_path.write_text(json.dumps(walls, indent=2))
         rows[part.name] = outcome.metrics

@@ -205,3 +205,22 @@ def test_an_llm_second_teacher_trains_its_recipe_with_its_own_overrides(grid, tm
     (cfg, where), = seen
     assert where == run and cfg.llm.query == "text" and cfg.llm.layers == 2
     assert g.second_run(None, "tadistmult", "yago11k", make=False) == tmp_path / "out" / "llm" / "yago11k"
+
+
+def test_a_changed_grid_is_refused_and_a_raised_budget_runs_on(grid, tmp_path):
+    """A finished cell is reused only for its own config: another student lr stops the grid (rc 2,
+    the cell and key named, nothing retrained), a larger epoch budget continues the cell."""
+    from distkg.runfolder import saved_config
+
+    out = tmp_path / "out"
+    grid.methods = ["plain"]
+    grid.seeds = [0]
+    first = rp.reproduce(grid, out)
+    grid.student_set = ["distill.stages.0.epochs=1", "distill.stages.0.lr=0.5"]
+    with pytest.raises(ConfigError, match=r"plain-seed0 holds a run of a different configuration .*lr"):
+        rp.reproduce(grid, out)
+    grid.student_set = ["distill.stages.0.epochs=2"]
+    rows = rp.reproduce(grid, out)
+    [cell] = (out / "students").glob("tadistmult-yago11k-*d/plain-seed0")
+    assert rows[0]["epochs_run"] == 2 and first[0]["epochs_run"] == 1
+    assert saved_config(cell).distill.stages[0].epochs == 2
