@@ -412,8 +412,10 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} not found")
     try:
         values = parse_yaml(path.read_text()) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return values

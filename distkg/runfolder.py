@@ -16,6 +16,7 @@ head epochs, leaves the trained KG teacher's folder the same configuration it wa
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO, Callable
 
 from distkg.cachedir import derived_folders
 from distkg.config import RunConfig, build, read_yaml, save_config, to_dict
-from distkg.errors import ConfigError
+from distkg.errors import ConfigError, first_line
 
 log = logging.getLogger("distkg")
 
@@ -140,6 +141,38 @@ def open_finished(run: Path, what: str, kinds: tuple[str, ...]) -> tuple[str, di
     return kind, metrics
 
 
+def run_config(run: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config RUN was made with (its config.yaml, then ``overrides``). Every reader of a finished
+    run's config reads it here: a missing, empty or cut-short file is one clear error, never a run
+    rebuilt from defaults (an empty file is an empty mapping to YAML, and every key would default)."""
+    from distkg.config import load_config
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {run} holds no finished distkg run (or its config was removed)")
+    values = read_yaml(path)
+    kind = run_kind(run)
+    if kind in SLICES:
+        lost = missing_keys(values, kind)
+        if lost:
+            raise ConfigError(f"{path} is damaged: it lacks {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''} "
+                              f"(empty or cut short, as a full disk or an interrupted copy leaves it); make the run "
+                              "again with --restart")
+    return load_config(path, overrides)
+
+
+def missing_keys(values: dict, kind: str) -> list[str]:
+    """The sections and section keys of a ``kind`` run's config.yaml (SLICES) that VALUES lacks."""
+    lost = []
+    for section, keys in config_slice(RunConfig(), kind).items():
+        if section not in values:
+            lost.append(section)
+        elif isinstance(keys, dict):
+            got = values[section] if isinstance(values[section], dict) else {}
+            lost += [f"{section}.{key}" for key in keys if key not in got]
+    return lost
+
+
 def one_run(run: Path) -> Path:
     """RUN, when it is one run; a folder of several (a `distkg run` pipeline, a `distkg reproduce` grid)
     is refused naming its parts and their kinds, so that a command taking ``--run`` never reports
@@ -163,11 +196,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     write into the same temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # the file at PATH, if any, is the last whole one
+        if not isinstance(e, OSError) and isinstance(e, Exception) and disk_full(path.parent):
+            # torch.save reports a full disk as "unexpected pos ..." (a RuntimeError without errno)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
     os.replace(tmp, path)
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem of FOLDER has less than ``margin`` bytes left for this user."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < margin
 
 
 def write_metrics(run: Path, metrics: dict) -> None:
@@ -176,10 +222,28 @@ def write_metrics(run: Path, metrics: dict) -> None:
     atomic_write(run / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
 
 
+def read_json(path: Path) -> Any:
+    """The JSON in PATH; a damaged file (empty, cut short, not text) is one ConfigError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path} is damaged ({type(e).__name__}: {first_line(e)}): empty, cut short or not "
+                          "JSON, as a full disk or an interrupted copy leaves it") from None
+
+
 def read_metrics(run: Path) -> dict | None:
-    """A run's metrics.json, or None while the run has not finished (how resumable jobs skip done parts)."""
+    """A run's metrics.json, or None while the run has not finished (how resumable jobs skip done parts).
+    A damaged one (metrics.json is written atomically, so only by hand or by a copy) counts as not
+    finished, with a warning: the run resumes from its checkpoints and writes it again."""
     path = run / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        metrics = read_json(path)
+    except ConfigError as e:
+        log.warning("%s; the run counts as unfinished", e)
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 class RunFolderError(ConfigError):
@@ -248,11 +312,13 @@ def raised_budgets(out: Path, cfg: RunConfig, budgets: tuple[str, ...]) -> list[
 def config_digest(cfg: RunConfig, kind: str, exclude: tuple[str, ...] = ()) -> str:
     """A digest of every key of the ``kind`` slice that may not change under a run (all but SAFE_KEYS,
     AFTER_DIVERGENCE and ``exclude``), stored in each checkpoint so that a resume verifies the
-    checkpoint belongs to this config."""
+    checkpoint belongs to this config. The teachers' folders (PATH_KEYS) are left out: where a run
+    lives is not what it computes, so a folder moved elsewhere (or a copy) still resumes; which
+    teacher a student reads is checked by the folder check, against its config.yaml."""
     import hashlib
 
-    kept = {k: str(Path(v).resolve()) if k in PATH_KEYS and v else v for k, v in flatten(config_slice(cfg, kind)).items()
-            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *exclude))}
+    kept = {k: v for k, v in flatten(config_slice(cfg, kind)).items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *PATH_KEYS, *exclude))}
     return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
 
 
@@ -262,7 +328,10 @@ def saved_config(out: Path) -> RunConfig | None:
     if not path.is_file():
         return None
     try:
-        return build(RunConfig, read_yaml(path), str(path))
+        values = read_yaml(path)
+        if run_kind(out) in SLICES and (lost := missing_keys(values, run_kind(out))):
+            raise ConfigError(f"it lacks {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}: empty or cut short")
+        return build(RunConfig, values, str(path))
     except ConfigError as e:
         raise RunFolderError(f"{out} holds a run whose config.yaml cannot be read ({e}); pass --restart to start "
                              "over in it, or choose another --out") from None

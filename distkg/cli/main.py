@@ -7,6 +7,7 @@ Errors a user can fix (a bad data line, a config typo, a missing file) print one
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -57,15 +58,15 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score a trained run (--run DIR), or evaluate the configured training-free model (--config)."""
-    from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.models import MODELS
     from distkg.experiments.pipeline import evaluate_model
 
     if args.run:
+        from distkg.runfolder import run_config
         from distkg.training.trainer import load_trained
 
-        cfg = load_config(Path(args.run) / "config.yaml", args.set)  # overrides apply before anything is built
+        cfg = run_config(Path(args.run), args.set)  # overrides apply before anything is built
         cfg, ds, model = load_trained(Path(args.run), cfg)
         out = Path(args.out) if args.out else Path(args.run) / "rescore"
     else:
@@ -147,13 +148,14 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
 
 def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     """Load a fine-tuned teacher (adapter + head) in this process and score it; no retraining."""
-    from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.llm.finetune import build_teacher, evaluate_teacher, load_teacher
 
     if args.run:
+        from distkg.runfolder import run_config
+
         run = Path(args.run)
-        cfg = load_config(run / "config.yaml", args.set)
+        cfg = run_config(run, args.set)
         ds = load_dataset(cfg.data)
         teacher, extra = load_teacher(run / "teacher", cfg, ds), {"loaded_from": str(run / "teacher")}
     else:  # zero-shot: the base LM with no adapters and an untrained projection
@@ -309,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(e: OSError) -> str | None:
+    """One line for an OSError about a named file (a full disk, a folder not writable), or None: one
+    without a file name is a fault of distkg and keeps its traceback."""
+    if not e.filename:
+        return None
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"no space left on the device writing {e.filename}: free space (or choose another --out) and run "
+                "the same command again; what was written before is whole (checkpoints and metrics.json are "
+                "written whole or not at all)")
+    return f"{e.strerror or e}: {e.filename}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
@@ -320,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DistkgError as e:
         print(f"distkg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if (message := os_error_line(e)) is None:
+            raise
+        print(f"distkg: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what was started (a local Ray, its workers) has been stopped
         print("distkg: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

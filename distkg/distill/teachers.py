@@ -81,14 +81,14 @@ class KGTeacher:
     """
 
     def __init__(self, run: str | Path, ds: TKGDataset, queries: torch.Tensor) -> None:
-        from distkg.config import load_config
+        from distkg.runfolder import run_config
         from distkg.training.checkpoint import Checkpoints
         from distkg.training.trainer import build_model
 
         run = Path(run)
         _, trained = open_finished(run, "distill.teacher_run", MODEL_KINDS)
         _check_dataset(run, "distill.teacher_run", trained["dataset"], ds)
-        cfg = load_config(run / "config.yaml")
+        cfg = run_config(run)
         self.model = build_model(cfg, ds)
         Checkpoints(run / "checkpoints").load_best(self.model)
         self.model.eval().requires_grad_(False)

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from distkg.config import load_config
 from distkg.data import TKGDataset, load_dataset
 from distkg.distill.second import ENSEMBLE_FILE
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import FilterIndex, build_queries, eval_options, evaluate
-from distkg.runfolder import MODEL_KINDS, open_finished, read_metrics, write_kind, write_metrics
+from distkg.runfolder import MODEL_KINDS, open_finished, read_json, read_metrics, run_config, write_kind, write_metrics
 
 log = logging.getLogger("distkg")
 
@@ -51,7 +50,7 @@ class Member:
             from distkg.training.checkpoint import Checkpoints
             from distkg.training.trainer import build_model
 
-            model = build_model(load_config(run / "config.yaml"), ds)
+            model = build_model(run_config(run), ds)
             Checkpoints(run / "checkpoints").load_best(model, metrics.get("best_epoch"))
             self._scores = model.eval()
         else:
@@ -112,7 +111,7 @@ def _same_data(runs: list[Path], overrides: list[str]):
     for run in runs:
         if read_metrics(run) is None:
             raise DistkgError(f"distkg ensemble: {run} is not a finished run (no metrics.json)")
-        cfgs.append(load_config(run / "config.yaml", overrides))
+        cfgs.append(run_config(run, overrides))
     if cfgs[0].data != cfgs[1].data:
         raise ConfigError(f"distkg ensemble: {runs[0]} and {runs[1]} were trained on different data "
                           f"({cfgs[0].data} vs {cfgs[1].data})")
@@ -128,7 +127,7 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
         raise ConfigError(f"distkg ensemble: --runs takes two runs, got {len(runs)}")
     spec_path = out / ENSEMBLE_FILE
     if spec_path.is_file():
-        held = json.loads(spec_path.read_text()).get("members")
+        held = read_json(spec_path).get("members")
         if held != [str(r) for r in runs]:
             raise ConfigError(f"{out} holds an ensemble of {held}; choose another --out (or delete it) for {runs}")
         if (done := read_metrics(out)) is not None:

@@ -39,7 +39,7 @@ from distkg.experiments.claims import held_elsewhere
 from distkg.experiments.gridconfig import GridConfig, SecondConfig, cell_method, method_labels, needs_llm, second_names
 from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import METRIC_KEYS, write_grid_report, write_sweep_report
-from distkg.runfolder import read_metrics, write_kind
+from distkg.runfolder import read_metrics, run_config, write_kind
 
 log = logging.getLogger("distkg")
 
@@ -115,7 +115,7 @@ class Grid:
             members = [self.second_run(m, backbone, dataset) for m in second.members]
 
             def work() -> dict:
-                data = self.dataset(load_config(members[0] / "config.yaml", self.root))
+                data = self.dataset(run_config(members[0], self.root))
                 log.info("== ensemble %s of %s -> %s", name, " and ".join(map(str, members)), run)
                 return ensemble(members, run, self.grid.data_root, dataset=data)
 

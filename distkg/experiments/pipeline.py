@@ -21,11 +21,12 @@ from pathlib import Path
 
 from distkg.config import ModelConfig, RunConfig
 from distkg.data import TKGDataset, load_dataset
+from distkg.errors import ConfigError
 from distkg.evaluation import eval_options, evaluate_splits
 from distkg.experiments.parts import Part, run_part
 from distkg.experiments.report import pipeline_sections, write_report
 from distkg.models import MODELS, TKGModel
-from distkg.runfolder import clear, prepare_folders, save_slice, write_kind, write_metrics
+from distkg.runfolder import clear, prepare_folders, read_json, save_slice, write_kind, write_metrics
 from distkg.training.trainer import train
 
 log = logging.getLogger("distkg")
@@ -128,7 +129,11 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
                           "student"))
     rows: dict[str, dict] = {}
     walls_path = out / "walls.json"  # each part's wall time when it ran, so a report that reuses it keeps it
-    walls: dict[str, float] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
+    walls: dict[str, float] = {}
+    try:
+        walls = read_json(walls_path) if walls_path.is_file() else {}
+    except ConfigError as e:  # only the report's wall column is lost
+        log.warning("%s; the wall times of parts run before are not reported", e)
     started = time.perf_counter()
     for i, part in enumerate(parts):
         log.info("[pipeline %d/%d] %s -> %s (%.0fs elapsed)", i + 1, len(parts), part.name, part.folder,

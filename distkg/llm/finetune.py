@@ -36,7 +36,7 @@ from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
 from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_optimizer, head_params
 from distkg.llm.teacher import LLMTeacher
-from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, write_metrics
+from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, read_json, write_metrics
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Optimizers
@@ -116,7 +116,7 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     meta_path = folder / "teacher.json"
     if not meta_path.is_file():
         raise DistkgError(f"{folder}: not a saved LLM teacher (no teacher.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     if meta["model"] != cfg.llm.model:
         raise ConfigError(f"{folder}: the adapter was trained on llm.model={meta['model']!r}, "
                           f"but the config names {cfg.llm.model!r}")

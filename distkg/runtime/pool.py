@@ -187,13 +187,13 @@ class ScoringShard:
     """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg")."""
 
     def __init__(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None = None) -> None:
-        from distkg.config import load_config
+        from distkg.runfolder import run_config
         from distkg.data import load_dataset
 
         torch.set_num_threads(max(1, int(runtime_cfg.teacher_resources.get("CPU", 1))))
         self.kind, self.lo, self.hi = kind, lo, hi
         run_path = Path(run)
-        cfg = on_resources(load_config(run_path / "config.yaml"), runtime_cfg.teacher_resources)
+        cfg = on_resources(run_config(run_path), runtime_cfg.teacher_resources)
         if data_root is not None:
             cfg.data.root = data_root
         ds = load_dataset(cfg.data)
@@ -470,10 +470,9 @@ class SoftTargets:
 
 def _reads_text(run: Path) -> bool:
     """Whether the LLM teacher run in ``run`` reads queries as text (``llm.query: text``)."""
-    import yaml
+    from distkg.runfolder import run_config
 
-    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    return (saved.get("llm") or {}).get("query", "composed") == "text"
+    return run_config(run).llm.query == "text"
 
 
 def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:

@@ -168,12 +168,11 @@ class Predictor:
 
 def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predictor:
     """The Predictor of a finished run folder (module docstring says which runs)."""
-    from distkg.config import load_config
-    from distkg.runfolder import MODEL_KINDS, open_finished
+    from distkg.runfolder import MODEL_KINDS, open_finished, run_config
 
     run = Path(run)
     kind, _ = open_finished(run, "--run", (*MODEL_KINDS, "llm", "baseline"))
-    cfg = load_config(run / "config.yaml", overrides)
+    cfg = run_config(run, overrides)
     if kind == "llm":
         ds = load_dataset(cfg.data)
         if cfg.llm.query == "text":  # any query's text goes through the LLM (tables hold the splits' queries only)

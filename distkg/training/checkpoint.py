@@ -120,16 +120,19 @@ class Checkpoints:
         atomic_save(model.state_dict(), self.folder / "best.pt")
 
     def load_best(self, model: torch.nn.Module, best_epoch: int | None = None) -> None:
-        """The best weights; when best.pt cannot be read and the checkpoint of ``best_epoch`` (which
-        holds the same weights) is intact, from that checkpoint, rewriting best.pt."""
+        """The best weights; when best.pt is missing or cannot be read and the checkpoint of
+        ``best_epoch`` (which holds the same weights) is intact, from that checkpoint, rewriting best.pt."""
         path = self.folder / "best.pt"
-        if not path.is_file():
-            raise DistkgError(f"{path} not found: the run has no evaluated epoch yet")
+        epoch = self.folder / f"{self.prefix}_{best_epoch or 0:04d}.pt"
         try:
+            if not path.is_file():
+                raise CheckpointError(f"{path} not found")
             load_weights(model, read_checkpoint(path), path)
         except CheckpointError as e:
-            epoch = self.folder / f"{self.prefix}_{best_epoch or 0:04d}.pt"
             if "does not fit" in str(e) or not best_epoch or not epoch.is_file():
+                if not path.is_file():
+                    raise DistkgError(f"{path} not found: the run has no evaluated epoch yet"
+                                      + (f", and its best epoch's checkpoint {epoch.name} is gone too" if best_epoch else "")) from None
                 raise
             log.warning("%s; using the weights of the best epoch's checkpoint %s", e, epoch)
             load_weights(model, read_checkpoint(epoch)["model"], epoch)

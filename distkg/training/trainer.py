@@ -259,11 +259,10 @@ def load_trained(run_dir: Path, cfg: RunConfig | None = None,
                  device: torch.device | None = None) -> tuple[RunConfig, TKGDataset, TKGModel]:
     """A finished run's config (or ``cfg``, e.g. with overrides), dataset and best weights, on
     ``device`` (default: the config's resolved training device, distkg.device)."""
-    from distkg.config import load_config
-    from distkg.runfolder import MODEL_KINDS, open_finished
+    from distkg.runfolder import MODEL_KINDS, open_finished, run_config
 
     _, metrics = open_finished(run_dir, "--run", MODEL_KINDS)
-    cfg = cfg if cfg is not None else load_config(run_dir / "config.yaml")
+    cfg = cfg if cfg is not None else run_config(run_dir)
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds)
     Checkpoints(run_dir / "checkpoints").load_best(model, metrics.get("best_epoch"))
