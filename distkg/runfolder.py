@@ -203,6 +203,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
     except BaseException as e:
         tmp.unlink(missing_ok=True)  # the file at PATH, if any, is the last whole one
+        if isinstance(e, OSError) and not e.filename:  # a failed flush names no file: name PATH
+            raise OSError(e.errno, e.strerror, str(path)) from e
         if not isinstance(e, OSError) and isinstance(e, Exception) and disk_full(path.parent):
             # torch.save reports a full disk as "unexpected pos ..." (a RuntimeError without errno)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e

@@ -25,6 +25,7 @@ import torch
 
 from distkg.data import TKGDataset
 from distkg.errors import DistkgError
+from distkg.runfolder import atomic_write
 
 OPSET = 17
 IR_VERSION = 8  # the ONNX IR that opset 17 came with: readable by every onnxruntime since 1.11
@@ -214,8 +215,9 @@ def export_onnx(run: str | Path, out: str | Path | None = None, overrides: list[
     onnx.checker.check_model(m, full_check=True)
     folder = Path(out) if out else run / "export"
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(folder / "model.onnx"))
-    (folder / "maps.json").write_text(json.dumps(id_maps(pred.ds, pred.times.max_year)))
+    # each file whole or not at all (a full disk leaves the previous export, or none)
+    atomic_write(folder / "maps.json", lambda f: f.write(json.dumps(id_maps(pred.ds, pred.times.max_year)).encode()))
+    atomic_write(folder / "model.onnx", lambda f: f.write(m.SerializeToString()))
     return folder
 
 

@@ -98,10 +98,10 @@ def check(rc: int, err: str) -> str:
 
 
 def same_results(a: dict, b: dict, path: str = "") -> None:
-    """Metrics equal key by key, wall times (keys naming seconds) aside."""
+    """Metrics equal key by key, wall times (keys naming seconds) and the paths of runs read aside."""
     assert set(a) == set(b), (path, set(a) ^ set(b))
     for key in a:
-        if "seconds" in key:
+        if "seconds" in key or key.endswith("_run"):
             continue
         if isinstance(a[key], dict):
             same_results(a[key], b[key], f"{path}{key}.")
@@ -130,6 +130,10 @@ def run_distkg(args: list[str], env: dict | None = None, wrapper: list[str] | No
     """``python -m distkg ARGS`` in its own process at one thread (``wrapper``: a module run instead,
     handed ARGS after ``--``), from the repository root."""
     cmd = [sys.executable, *(wrapper or ["-m", "distkg"]), *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-                "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=child_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """A distkg process's environment here: one thread, this checkout importable, no hub access."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1", **(extra or {})}
