@@ -3,6 +3,7 @@ never copied into the repository."""
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -60,3 +61,16 @@ def _cached(name: str, root: str):
 def load(data_root):
     """load(name) -> TKGDataset read once per session with the default options."""
     return lambda name: _cached(name, str(data_root))
+
+
+@pytest.fixture()
+def record(request):
+    """record(command, fault, outcome): one row of docs/FAULTS.md, the fault lane's table (appended to
+    the JSONL file DISTKG_FAULT_TABLE names, when set: scripts/fault_table.py)."""
+    def write(command: str, fault: str, outcome: str) -> None:
+        table = os.environ.get("DISTKG_FAULT_TABLE")
+        if table:
+            with open(table, "a") as f:
+                f.write(json.dumps({"test": request.node.nodeid, "command": command, "fault": fault,
+                                    "outcome": outcome}) + "\n")
+    return write

@@ -86,13 +86,19 @@ def _worker(config: dict) -> None:
     distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True)
 
 
-def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0) -> None:
-    """Fault tests: the worker of ``on_rank`` raises after (epoch, step) the first time only (``marker``)."""
+def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0, kill: bool = False) -> None:
+    """Fault tests: the worker of ``on_rank`` raises (``kill``: is killed by SIGKILL) after (epoch, step),
+    the first time only (``marker``)."""
     from distkg.training import trainer
 
     def crash(e: int, s: int) -> None:
         if rank == on_rank and (e, s) == (epoch, step) and not Path(marker).exists():
             Path(marker).write_text("failed once\n")
+            if kill:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected student worker failure at epoch {e + 1}, step {s + 1}")
 
     trainer._after_step = crash

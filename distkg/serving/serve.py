@@ -114,6 +114,22 @@ def stop(started_ray: bool) -> None:
         ray.shutdown()
 
 
+def check_before_start(run: str | Path, host: str, port: int, overrides: list[str]) -> None:
+    """What would fail inside Ray, in one line before it starts: the port taken, the run unreadable
+    (the replica loads the same predictor)."""
+    import socket
+
+    from distkg.serving.predict import load_predictor
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds it
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise DistkgError(f"cannot serve on {host}:{port}: {e.strerror} (another server there? choose --port)") from None
+    load_predictor(run, overrides)
+
+
 def serve_forever(run: str | Path, host: str, port: int, overrides: list[str], max_batch: int, batch_wait_s: float) -> None:
     """`distkg serve`: start, print the address, wait for Ctrl-C or SIGTERM, then shut Serve and Ray down
     (a shell's background job ignores SIGINT, so SIGTERM must also end it cleanly)."""
@@ -122,6 +138,7 @@ def serve_forever(run: str | Path, host: str, port: int, overrides: list[str], m
 
     if host not in ("127.0.0.1", "localhost"):
         log.warning("serving on %s: reachable from other machines, with no authentication", host)
+    check_before_start(run, host, port, overrides)
     started = start(run, host, port, overrides, max_batch, batch_wait_s)
     signal.signal(signal.SIGTERM, interrupt)  # after start: ray.init installs its own handlers
     signal.signal(signal.SIGINT, interrupt)

@@ -9,6 +9,7 @@ best.pt, which holds only the weights of the best validation epoch.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
-        raise CheckpointError(f"{path} cannot be read ({first_line(e)}); it is truncated or corrupt") from None
+        # a weights-only UnpicklingError's first line is a paragraph about torch 2.6's defaults
+        why = "UnpicklingError: not a file torch.save wrote" if isinstance(e, pickle.UnpicklingError) else first_line(e)
+        raise CheckpointError(f"{path} cannot be read ({why}); it is truncated or corrupt") from None
 
 
 def load_weights(module: torch.nn.Module, weights: dict, path: Path) -> None:

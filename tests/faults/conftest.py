@@ -113,18 +113,6 @@ def metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-@pytest.fixture()
-def record(request):
-    """record(command, fault, outcome): one row of docs/FAULTS.md (when DISTKG_FAULT_TABLE is set)."""
-    def write(command: str, fault: str, outcome: str) -> None:
-        table = os.environ.get("DISTKG_FAULT_TABLE")
-        if table:
-            with open(table, "a") as f:
-                f.write(json.dumps({"test": request.node.nodeid, "command": command, "fault": fault,
-                                    "outcome": outcome}) + "\n")
-    return write
-
-
 def run_distkg(args: list[str], env: dict | None = None, wrapper: list[str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m distkg ARGS`` in its own process at one thread (``wrapper``: a module run instead,

@@ -129,3 +129,29 @@ def test_train_on_a_damaged_data_file(finished, tmp_path, capsys, record, how):
     rc = cli("train", "--out", tmp_path / "run", "--data-root", data, *COMMON, *KG)
     outcome = check(rc, capsys.readouterr().err)
     record("train", f"{how} train.txt", outcome)
+
+
+@pytest.mark.parametrize("fault", ["missing config.yaml", "garbage run.json", "port in use"])
+def test_serve_refuses_before_starting_ray(finished, tmp_path, record, fault):
+    """`distkg serve` checks the run and the port before Ray starts: one line, rc 2, in seconds."""
+    import socket
+    import time
+
+    from tests.faults.conftest import run_distkg
+
+    run = finished.copy("kg", tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        if fault == "port in use":
+            args = ["serve", "--run", run, "--port", port, "--data-root", finished.data]
+        else:
+            damage(run / fault.split()[1], fault.split()[0])
+            args = ["serve", "--run", run, "--port", port + 1 if port < 65535 else port - 1, "--data-root", finished.data]
+        started = time.perf_counter()
+        done = run_distkg(args, timeout=120)
+        seconds = time.perf_counter() - started
+    outcome = check(done.returncode, done.stderr)
+    assert done.returncode == 2 and "ray" not in done.stderr.lower(), done.stderr[-2000:]
+    record("serve", fault, f"{outcome} ({seconds:.1f} s, Ray not started)")

@@ -5,6 +5,7 @@ with metrics identical to an uninterrupted run's, everything at one thread in it
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -19,7 +20,8 @@ from tests.llm.conftest import make_tiny_llama
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 LONG_KG = [*KG, "--set", "train.epochs=8"]
-FOLDER = {"train": "train", "distill": "distill", "llm finetune": "llm", "run": "run"}  # each reference's --out
+FOLDER = {"train": "train", "distill": "distill", "llm finetune": "llm", "run": "run", "reproduce": "grid",
+          "evaluate": "rescore"}  # each reference's --out
 
 
 def llm_args(model, data) -> list[str]:
@@ -39,6 +41,9 @@ def references(finished, tmp_path_factory):
         "distill": ["distill", "--out", base / FOLDER["distill"], *student_args(finished.kg, finished.data)],
         "llm finetune": ["llm", "finetune", "--out", base / FOLDER["llm finetune"], *llm_args(model, finished.data)],
         "run": ["run", *PIPELINE, "--out", base / FOLDER["run"], "--data-root", finished.data, *COMMON],
+        "reproduce": ["reproduce", "--config", finished.grid_config, "--out", base / FOLDER["reproduce"], "--data-root",
+                      finished.data, "--jobs", "1"],
+        "evaluate": ["evaluate", "--run", finished.kg, "--out", base / FOLDER["evaluate"], "--data-root", finished.data],
     }
     walls = {}
     for name, args in commands.items():
@@ -72,6 +77,11 @@ def rerun_after(command: str, references, tmp_path, where: str | None = None, de
     assert again.returncode == 0
     if command == "run":
         same_results(metrics(tmp_path / "out")["parts"], metrics(reference)["parts"])
+    elif command == "reproduce":
+        cells = sorted(p.relative_to(reference) for p in reference.rglob("metrics.json"))
+        assert cells == sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("metrics.json"))
+        for cell in cells:
+            same_results(json.loads((tmp_path / "out" / cell).read_text()), json.loads((reference / cell).read_text()))
     else:
         same_results(metrics(tmp_path / "out"), metrics(reference))
     return f"killed {landed}; rerun {outcome}, metrics identical"
@@ -104,3 +114,14 @@ def test_llm_finetune_killed_while_writing_a_round(references, tmp_path, record)
 def test_pipeline_killed_while_a_student_finishes(references, tmp_path, record):
     where = "metrics.json:2"  # the teacher's is the first, the student's the second
     record("run", f"kill -9 at {where}", rerun_after("run", references, tmp_path, where=where))
+
+
+def test_grid_killed_while_a_cell_finishes(references, tmp_path, record):
+    """The dead process's claim on the cell is taken over by the rerun (distkg.experiments.claims)."""
+    where = "metrics.json:3"  # the teacher's, the plain cell's, then the bkd cell's
+    record("reproduce", f"kill -9 at {where}", rerun_after("reproduce", references, tmp_path, where=where))
+
+
+def test_evaluate_killed_while_writing(references, tmp_path, record):
+    where = "metrics.json:1:torn"
+    record("evaluate", f"kill -9 at {where}", rerun_after("evaluate", references, tmp_path, where=where))
