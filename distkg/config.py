@@ -81,7 +81,7 @@ class TrainConfig:
     loss: Literal["1vsall", "negative_sampling"] = "1vsall"
     negatives: int = 64  # per query, for loss=negative_sampling
     label_smoothing: float = 0.0
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches of train.batch_size per optimizer step (weighted by size; an epoch ends a step)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = 1  # epochs between validation evaluations

@@ -26,7 +26,7 @@ The paper (docs/METHOD.md) leaves several choices open; ours, written down:
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from distkg.distill import fused as fz
 from distkg.distill.fused import Rows, dense
 from distkg.registry import Registry
-from distkg.training.objective import cross_entropy
+from distkg.training.objective import at_least_float32, cross_entropy, float32_losses
 
 LOSSES: Registry = Registry("loss")
 INPUTS: dict[str, tuple[str, ...]] = {}  # loss name -> the DistillBatch fields it reads
@@ -360,12 +360,23 @@ def fused_terms(spec: dict[str, dict], batch: DistillBatch) -> list[fz.Term] | N
     return terms
 
 
+FLOAT_FIELDS = ("student_scores", "teacher_scores", "llm_probs", "student_repr", "teacher_repr", "student_emb",
+                "teacher_emb")  # what a batch's losses read in float32 at least (targets follow the scores' dtype)
+
+
 def combine(spec: dict[str, dict], batch: DistillBatch, where: str = "losses") -> tuple[torch.Tensor, dict[str, float]]:
     """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}; in
-    one fused pass (distill.fused) when every loss of the spec is a fusable softmax term."""
+    one fused pass (distill.fused) when every loss of the spec is a fusable softmax term. In float32
+    under any autocast (distkg.training.objective.at_least_float32): the gradient reaches a bf16
+    model through the cast, rounded to bf16 only there."""
     for name, args in spec.items():
         LOSSES.get(name)
         LOSSES.check(name, {k: v for k, v in args.items() if k != "weight"}, f"{where}.{name}", runtime=("batch",))
+    with float32_losses(batch.student_scores.device):
+        return _combine(spec, replace(batch, _probs={}, **{f: at_least_float32(getattr(batch, f)) for f in FLOAT_FIELDS}))
+
+
+def _combine(spec: dict[str, dict], batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
     terms = fused_terms(spec, batch)
     if terms is not None:
         total, values = fz.fused(batch.student_scores, batch.answers, terms)

@@ -50,6 +50,24 @@ class _CrossEntropy(torch.autograd.Function):
         return g.mul_(grad / len(g)), None, None
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def at_least_float32(x):
+    """``x`` in float32 when it is a 16-bit float tensor, else as it is (float64 stays: gradient tests).
+    Under Accelerate's bf16 autocast (the GPU default) a model's scores come out in bf16; a loss sums
+    over every entity of a row, where 8 bits of mantissa lose whole terms (a small KD rounds to 0), so
+    every loss reads its inputs through this and runs with autocast off (``float32_losses``)."""
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in LOW_PRECISION else x
+
+
+def float32_losses(device: torch.device):
+    """Autocast off on ``device``: what a loss computes stays in its inputs' float32."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """F.cross_entropy(s, a, label_smoothing=...) with the gradient written out (_CrossEntropy)."""
-    return _CrossEntropy.apply(s, a, float(label_smoothing))
+    """F.cross_entropy(s, a, label_smoothing=...) with the gradient written out (_CrossEntropy), in
+    float32 under any autocast."""
+    with float32_losses(s.device):
+        return _CrossEntropy.apply(at_least_float32(s), a, float(label_smoothing))

@@ -10,11 +10,12 @@ and moves to the next stage when validation MRR stops rising or the stage's epoc
 Then score the test split with the best weights and write OUT/metrics.json.
 
 The device and mixed precision come from distkg.device (bf16 on GPU, fp32 on CPU); Accelerate
-places the model there, runs the autocast and accumulates gradients, and the batch fetch is the
+places the model there and runs the autocast (the losses then compute in float32: distkg.training.objective),
+gradients of ``train.grad_accum`` micro-batches are summed weighted by their sizes (``micro_weights``), and the batch fetch is the
 one place training moves tensors (evaluation moves its own chunks, distkg.evaluation.ranking). Under several processes (Ray Train workers, torchrun) every global batch is split
 across them by rank and their gradients are averaged over the process group before each step,
-so the updates are those of one process with the whole batch (exactly so when the shares are
-equal); all ranks evaluate (identical weights, so identical decisions) and only rank 0 writes
+so the updates are those of one process with the whole batch (each share's loss weighted by its
+size, so also when the shares are unequal); all ranks evaluate (identical weights, so identical decisions) and only rank 0 writes
 checkpoints, logs and metrics. A non-finite loss or weight stops training with a message naming
 the last good checkpoint, which is never overwritten by a bad state.
 """
@@ -45,7 +46,7 @@ from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
-from distkg.training.objective import cross_entropy
+from distkg.training.objective import at_least_float32, cross_entropy, float32_losses
 
 log = logging.getLogger("distkg")
 
@@ -59,8 +60,9 @@ def training_queries(facts: np.ndarray, num_relations: int) -> tuple[torch.Tenso
 def make_accelerator(cfg: RunConfig, where: Placement | None = None) -> Accelerator:
     """Accelerate on the resolved device and precision (distkg.device); an error if it disagrees."""
     where = where if where is not None else placement(cfg)
-    accelerator = Accelerator(cpu=not where.on_cuda, mixed_precision=where.mixed_precision,
-                              gradient_accumulation_steps=cfg.train.grad_accum)
+    # gradient accumulation is the trainer's own (run_epoch): Accelerate divides every micro-loss by the
+    # count, which mis-weights an epoch's smaller last micro-batches
+    accelerator = Accelerator(cpu=not where.on_cuda, mixed_precision=where.mixed_precision)
     if not same_device(accelerator.device, where.device):
         raise DistkgError(f"Accelerate chose {accelerator.device} but train.device resolved to {where.device} "
                           "(ACCELERATE_TORCH_DEVICE / LOCAL_RANK disagree with this process's GPU)")
@@ -96,7 +98,8 @@ def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor
         qr = model.query_repr(q)
         pos = model.match_pairs(qr, model.candidate_table()[a])
         negs = model.match_pairs(qr.repeat_interleave(k, 0), model.candidate_table()[neg.reshape(-1)]).view(-1, k)
-        loss = F.softplus(-pos).mean() + F.softplus(negs).mean()
+        with float32_losses(q.device):
+            loss = F.softplus(-at_least_float32(pos)).mean() + F.softplus(at_least_float32(negs)).mean()
     return loss + model.regularizer(q, a)
 
 
@@ -164,7 +167,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     aux.to(device)
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model: TKGModel = accelerator.unwrap_model(model)
+    raw_model: TKGModel = model  # not wrapped (gradients are averaged by hand); unwrap_model would import deepspeed
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     trained = [p for p in [*raw_model.parameters(), *aux.parameters()] if p.requires_grad]
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
@@ -191,6 +194,8 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)
         batches = [b[rank::world] for b in perm.split(train_cfg.batch_size)]  # this rank's share of each batch
+        weights = micro_weights([len(b) for b in perm.split(train_cfg.batch_size)], [len(b) for b in batches],
+                                train_cfg.grad_accum, world)
         if stage.on_epoch is not None:
             stage.on_epoch(epoch, batches)
         model.train()
@@ -199,13 +204,13 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
                    disable=not (train_cfg.progress and main), leave=False, mininterval=2)
         for step, idx in enumerate(bar):
             q, a = queries[idx].to(device), answers[idx].to(device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, named = stage.loss(idx, q, a, gen)
-                if not torch.isfinite(loss):
-                    raise loop.diverged("loss", loss.item(), f"epoch {epoch + 1}, step {step + 1}")
-                accelerator.backward(loss)
-                if world > 1 and accelerator.sync_gradients:
+            with accelerator.autocast():
+                loss, named = stage.loss(idx, q, a, gen)
+            if not torch.isfinite(loss):
+                raise loop.diverged("loss", loss.item(), f"epoch {epoch + 1}, step {step + 1}")
+            accelerator.backward(loss if weights is None else loss * weights[step])
+            if (step + 1) % train_cfg.grad_accum == 0 or step + 1 == len(batches):  # an epoch ends with a step
+                if world > 1:
                     average_gradients(trained, world)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -233,6 +238,21 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     log.info("%s MRR %.4f H@1 %.4f H@10 %.4f (best epoch %d) -> %s", final["split"], final["mrr"], final["hits@1"],
              final["hits@10"], state["best_epoch"], out / "metrics.json")
     return metrics
+
+
+def micro_weights(sizes: list[int], shares: list[int], accum: int, world: int) -> list[float] | None:
+    """What each of this rank's micro-batch losses (batch means) is multiplied by so that the gradient
+    of an optimiser step, summed over its ``accum`` micro-batches and averaged over ``world`` ranks,
+    is that of the mean over all the step's queries: share * world / (queries in the step). ``sizes``:
+    each micro-batch's queries over all ranks, ``shares``: this rank's. None: every weight is 1 (one
+    rank, no accumulation)."""
+    if accum == 1 and world == 1:
+        return None
+    weights = []
+    for first in range(0, len(sizes), accum):
+        total = sum(sizes[first: first + accum])
+        weights += [share * world / total for share in shares[first: first + accum]]
+    return weights
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:

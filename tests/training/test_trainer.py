@@ -111,3 +111,57 @@ def test_progress_bar_counts_steps_and_keeps_to_its_interval(tmp_path, capsys):
     assert n_steps > 50
     assert len(frames) < n_steps // 2, f"{len(frames)} bar frames for {n_steps} steps"
     assert not [f for f in frames if f" 0/{n_steps} " in f]
+
+
+def test_gradient_accumulation_equals_the_large_batch_with_an_uneven_last_step(tmp_path, monkeypatch):
+    """grad_accum=2 of B queries against one batch of 2B, where an epoch's last step is B + r queries
+    (r < B): each micro-loss is weighted by its size (trainer.micro_weights), so every step's gradient
+    is the large batch's. Accelerate's accumulation divided each by 2 (relative L2 5.2e-3 there)."""
+    n = 2 * len(DS.splits["train"])
+    size = next(b for b in range(40, n) if n % (2 * b) > b)  # the last step: a full micro-batch and a short one
+    grads: dict[str, list[torch.Tensor]] = {}
+    real = trainer.make_optimizer
+
+    def recording(name):
+        def make(cfg, params):
+            optimizer = real(cfg, params)
+            step = optimizer.step
+
+            def record(*args, **kwargs):
+                grads.setdefault(name, []).append(
+                    torch.cat([p.grad.reshape(-1).clone() for g in optimizer.param_groups for p in g["params"]]))
+                return step(*args, **kwargs)
+
+            optimizer.step = record
+            return optimizer
+        return make
+
+    for name, sets in {"large": {"batch_size": 2 * size}, "accumulated": {"batch_size": size, "grad_accum": 2}}.items():
+        monkeypatch.setattr(trainer, "make_optimizer", recording(name))
+        run(config(epochs=2, **sets), tmp_path / name)
+    large, accumulated = grads["large"], grads["accumulated"]
+    assert len(large) == len(accumulated) == 2 * -(-n // (2 * size))  # one step per group, the epoch's last included
+    worst = max(float((a - b).norm() / b.norm()) for a, b in zip(accumulated, large))
+    assert worst <= 1e-5, worst
+
+
+def test_micro_weights_make_the_mean_over_a_step_and_its_ranks():
+    # 2 ranks, accum 2, micro-batches of 5, 5, 3 queries: rank shares 3+2, 3+2, 2+1
+    weights = trainer.micro_weights([5, 5, 3], [3, 3, 2], accum=2, world=2)
+    assert weights == pytest.approx([3 * 2 / 10, 3 * 2 / 10, 2 * 2 / 3])
+    assert trainer.micro_weights([5, 5, 3], [5, 5, 3], accum=1, world=1) is None
+
+
+def test_training_does_not_import_deepspeed(tmp_path):
+    """Only the paths that use DeepSpeed import it (0.4-0.5 s a process): not plain training, whose
+    Accelerate unwrap_model imported it to check for its engine."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from distkg.training import trainer; from tests.helpers import tiny_dataset; "
+              "from tests.training.test_trainer import config; "
+              f"trainer.train(config(epochs=1), Path({str(tmp_path)!r}), dataset=tiny_dataset('interval', n_ent=60, n_facts=600)); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'deepspeed'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
