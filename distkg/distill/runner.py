@@ -86,15 +86,17 @@ def kd_temperature(cfg: RunConfig) -> float | None:
 
 
 def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
-            remote: dict | None = None, checked: bool = False) -> dict:
+            remote: dict | None = None, checked: bool = False, written: bool = False) -> dict:
     """``remote``: {"llm": ..., "kg": ...} clients that serve those teachers' scores by training-query
     index (distkg.runtime.pool.soft_targets builds them from Ray scoring pools; optional). They are
     handed in, so distillation never imports the runtime that runs it. ``checked``: the caller has
     checked OUT (distkg.runfolder.prepare_folders), it is only written here; else it is checked here,
-    before a teacher is read."""
+    before a teacher is read. ``written``: the caller wrote it too (a Ray driver: its workers' devices,
+    resolved to where Ray placed them, are not the run's config)."""
     distill_cfg = cfg.distill
     needs = check_method(cfg)
-    prepare_folder(cfg, out, "student", restart=not resume, write=process_group()[0] == 0, check=not checked)
+    prepare_folder(cfg, out, "student", restart=not resume, write=process_group()[0] == 0 and not written,
+                   check=not checked)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     queries, _ = training_queries(ds.splits["train"], ds.num_relations)
     remote = remote or {}

@@ -144,13 +144,15 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
 
 
 def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
-             checked: bool = False) -> dict:
+             checked: bool = False, written: bool = False) -> dict:
     """Fine-tune the teacher in OUT as phases of distkg.training.loop (distkg.llm.rounds), save the
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints.
-    ``checked``: the caller has checked OUT (distkg.runfolder.prepare_folders); it is only written here."""
+    ``checked``: the caller has checked OUT (distkg.runfolder.prepare_folders); it is only written here.
+    ``written``: the caller wrote it too (a Ray driver: its workers' devices, resolved to where Ray
+    placed them, are not the run's config, which says what the command said)."""
     llm_cfg = cfg.llm
     rank, world = process_group()
-    prepare_folder(cfg, out, "llm", restart=not resume, write=rank == 0, check=not checked)  # one run folder, one config
+    prepare_folder(cfg, out, "llm", restart=not resume, write=rank == 0 and not written, check=not checked)
     old = out / "checkpoints" / "latest" / "state.pt"
     if resume and old.is_file():
         raise CheckpointError(f"{old} was written by the LLM fine-tuning loop of distkg before its one training loop "

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from distkg.llm import contrastive
 from distkg.llm.features import frozen_features, held_out_features
 from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, own_text_rows, repeat_share
 from distkg.llm.teacher import LLMTeacher
+from distkg.training.checkpoint import atomic_save, read_checkpoint
 from distkg.training.loop import Loop, Optimizers, Phase
 from distkg.training.trainer import training_queries
 
@@ -357,6 +359,7 @@ class TeacherRounds:
             self.set_rates()
         if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
             self.engine = zero_engine(self.teacher, opt, self.cfg)
+            load_zero_state(self.engine, self.loop.out, state, self.rank, self.world)
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
@@ -378,7 +381,10 @@ class TeacherRounds:
                 self.teacher.mark_updated()
             return loss, self.teacher.encoder.stats.texts_encoded - texts
 
-        return self._steps(state, "LLM sampled softmax", step)
+        row = self._steps(state, "LLM sampled softmax", step)
+        if self.engine is not None:  # before the loop writes the round's checkpoint (round state["epoch"] + 1)
+            save_zero_state(self.engine, self.loop.out, state["epoch"] + 1, self.rank, self.world)
+        return row
 
     def infonce_round(self, state: dict) -> dict:
         """InfoNCE against every entity through the cache (distkg.llm.contrastive); the round ends on a
@@ -436,3 +442,36 @@ def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunC
     log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
              engine.world_size)
     return engine
+
+
+def zero_state_path(out: Path, round_: int, rank: int, world: int) -> Path:
+    """Rank ``rank``'s partition of the ZeRO optimiser state after round ``round_`` (one file per rank:
+    each holds only its partition, so no rank gathers the whole state)."""
+    return out / "checkpoints" / "zero" / f"round_{round_:04d}.rank{rank}-of-{world}.pt"
+
+
+def save_zero_state(engine, out: Path, round_: int, rank: int, world: int) -> None:
+    """Every rank writes its partition (moments, fp32 master copy) before rank 0 writes the round's
+    checkpoint, so a round checkpoint on disk always has its partitions; a rank's files of rounds
+    whose checkpoint is gone (kept: distkg.training.checkpoint) are removed."""
+    atomic_save(engine.optimizer.state_dict(), zero_state_path(out, round_, rank, world))
+    rounds = {int(p.name[6:10]) for p in (out / "checkpoints").glob("round_*.pt")} | {round_}
+    for old in (out / "checkpoints" / "zero").glob(f"round_*.rank{rank}-of-{world}.pt"):
+        if int(old.name[6:10]) not in rounds:
+            old.unlink(missing_ok=True)
+
+
+def load_zero_state(engine, out: Path, state: dict, rank: int, world: int) -> None:
+    """The partition of the round the loop resumed from (``state["epoch"]``), into a new engine: the
+    Adam moments continue where they were. None was written before any LoRA step (nothing to load)."""
+    if state["llm"]["step"] == 0:
+        return
+    path = zero_state_path(out, state["epoch"], rank, world)
+    if not path.is_file():
+        log.warning("resuming ZeRO without the LoRA optimiser's moments: %s is missing (a run written before "
+                    "distkg kept them, or with another runtime.workers)", path)
+        return
+    partitions = [None] * world
+    partitions[rank] = read_checkpoint(path, weights_only=False)  # the same world: each rank reads its own
+    engine.optimizer.load_state_dict(partitions, load_from_fp32_weights=True)
+    log.info("resumed the LoRA optimiser's ZeRO partition from %s", path)

@@ -13,7 +13,7 @@ from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_s
 def _finetune_worker(config: dict) -> None:
     from distkg.llm.finetune import finetune
 
-    finetune(worker_setup(config), Path(config["out"]), checked=True)
+    finetune(worker_setup(config), Path(config["out"]), checked=True, written=True)  # the driver wrote OUT
 
 
 def finetune_on_ray(cfg: RunConfig, out: Path, restart: bool = False) -> dict:

@@ -83,7 +83,8 @@ def _worker(config: dict) -> None:
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
     ds = load_dataset(cfg.data)
-    distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True)
+    distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True,
+            written=True)
 
 
 def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0, kill: bool = False) -> None:

@@ -32,10 +32,12 @@ class CheckpointError(DistkgError):
     """A checkpoint file that cannot be read (truncated, corrupt) or does not fit the model."""
 
 
-def read_checkpoint(path: Path) -> Any:
-    """torch.load, with a file that cannot be read reported as a CheckpointError naming it."""
+def read_checkpoint(path: Path, weights_only: bool = True) -> Any:
+    """torch.load, with a file that cannot be read reported as a CheckpointError naming it.
+    ``weights_only=False`` only for a file the run wrote itself holding a library's objects (a
+    DeepSpeed ZeRO partition: its loss scaler, stage enum and version)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
         # a weights-only UnpicklingError's first line is a paragraph about torch 2.6's defaults
         why = "UnpicklingError: not a file torch.save wrote" if isinstance(e, pickle.UnpicklingError) else first_line(e)

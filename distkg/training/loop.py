@@ -51,8 +51,8 @@ class Stateful(Protocol):
 class Optimizers:
     """Several optimisers checkpointed as one (the LLM teacher's head warm-up and LoRA steps).
 
-    ``unsaved``: names whose state is not written (DeepSpeed ZeRO partitions it across workers);
-    a resume then continues without their moments, with a warning.
+    ``unsaved``: names whose state is not written here: DeepSpeed ZeRO partitions it across workers,
+    and each worker keeps its own partition (distkg.llm.rounds.save_zero_state).
     """
 
     def __init__(self, unsaved: tuple[str, ...] = (), **optimizers: torch.optim.Optimizer) -> None:
@@ -68,8 +68,8 @@ class Optimizers:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, opt in self.optimizers.items():
             if state.get(name) is None:
-                log.warning("resuming without the moments of optimiser %r (the checkpoint holds none: written "
-                            "under ZeRO, whose optimiser state is partitioned across the workers)", name)
+                log.info("optimiser %r: its state is not in this checkpoint (under ZeRO each worker keeps its "
+                         "partition, checkpoints/zero)", name)
             else:
                 opt.load_state_dict(state[name])
 

@@ -81,6 +81,8 @@ def test_a_killed_student_worker_resumes_from_its_checkpoint(cluster, tiny_runs,
     assert epochs == [1, 2, 3, 4]  # epoch 3 was not logged twice: the restarted group resumed after epoch 2
     for key in ("mrr", "mr", "hits@1", "hits@10"):
         assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)
-    assert yaml.safe_load((out / "config.yaml").read_text())["runtime"]["workers"] == 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["runtime"]["workers"] == 2
+    assert saved["train"]["device"] == cfg.train.device == "auto"  # as the command said, not as a worker resolved it
     record("distill (Ray, 2 workers)", "kill -9 of a student worker mid-epoch (loopback cluster)",
            "the worker group restarts from the last checkpoint: rc 0, no epoch logged twice, metrics within 1e-6")
