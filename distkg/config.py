@@ -216,6 +216,9 @@ class RuntimeConfig:
     teacher_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per actor, e.g. {GPU: 1}
     kg_teacher: Literal["local", "pool"] = "local"  # the 400-d KG teacher next to each student, or in actors
     tp_size: int = 1  # DeepSpeed inference tensor-parallel degree per actor
+    # DeepSpeed inference in the LLM actors: auto only where it does work (kernel injection or tp_size > 1,
+    # an unquantized LM on CUDA); on: always (the engine and its output check, e.g. on CPU); off: never
+    deepspeed_inference: Literal["auto", "on", "off"] = "auto"
     kernel_inject: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA and an unquantized LM
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     workers: int = 1  # Ray Train workers, data parallel (gradients averaged over gloo on CPU, NCCL on GPU)

@@ -146,6 +146,23 @@ def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: boo
     return dtype, inject
 
 
+def deepspeed_skipped(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool, model_type: str | None = None) -> str | None:
+    """Why an LLM actor runs its LM without DeepSpeed inference, or None to wrap it
+    (``runtime.deepspeed_inference``). ``auto`` wraps only where the engine does work: injected
+    kernels or tensor parallelism. Elsewhere it is a pass-through that costs an import and a probe."""
+    choice = runtime_cfg.deepspeed_inference
+    if choice != "auto":
+        return None if choice == "on" else "runtime.deepspeed_inference=off"
+    if quantized:
+        return ("a 4-bit LM: DeepSpeed injects no kernels into bitsandbytes layers (DeepSpeed issue 4410) and "
+                "shards none of their weights")
+    _, inject = inference_settings(runtime_cfg, on_cuda, quantized, model_type)
+    if not inject and runtime_cfg.tp_size == 1:
+        where = "on CPU" if not on_cuda else f"kernel_inject {runtime_cfg.kernel_inject} for model type {model_type}"
+        return f"no injected kernels ({where}) and runtime.tp_size 1: the engine would only wrap the LM"
+    return None
+
+
 def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: bool, device: torch.device,
                    probe: list[str]) -> dict:
     """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
@@ -202,10 +219,16 @@ class ScoringShard:
             from distkg.llm.finetune import load_teacher
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
-            probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
-            ds_info = wrap_deepspeed(self.model.encoder, runtime_cfg, cfg.llm.quantization != "none", self.model.device, probe)
-            self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
-            self.info.update(ds_info)
+            quantized, on_cuda = cfg.llm.quantization != "none", self.model.device.type == "cuda"
+            model_type = getattr(getattr(self.model.encoder.lm.model, "config", None), "model_type", None)
+            if (skipped := deepspeed_skipped(runtime_cfg, on_cuda, quantized, model_type)) is not None:
+                log.info("LLM actor [%d, %d): no DeepSpeed inference: %s", lo, hi, skipped)
+                self.info.update(engine=None, deepspeed_skipped=skipped)
+            else:
+                probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
+                ds_info = wrap_deepspeed(self.model.encoder, runtime_cfg, quantized, self.model.device, probe)
+                self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
+                self.info.update(ds_info)
             self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
         else:
             from distkg.training.trainer import load_trained

@@ -58,7 +58,7 @@ def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str,
     for name, pool in pools.items():
         for info in pool.ready(timeout=runtime_cfg.timeout_s):
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
-                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size") if k in info})
+                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size", "deepspeed_skipped") if k in info})
     if needs & KG_FIELDS and runtime_cfg.kg_teacher == "local":
         log.info("KG teacher: next to each student (runtime.kg_teacher=local)")
     return pools

@@ -52,6 +52,19 @@ def test_merged_shard_topk_keeps_the_rest_mass():
     assert (top.log_probs.exp().sum(1) < 1).all()
 
 
+def test_deepspeed_only_where_it_does_work():
+    from distkg.runtime.pool import deepspeed_skipped
+
+    rc = RuntimeConfig()
+    assert "4-bit" in deepspeed_skipped(rc, on_cuda=True, quantized=True)
+    assert "on CPU" in deepspeed_skipped(rc, on_cuda=False, quantized=False)
+    assert deepspeed_skipped(rc, on_cuda=True, quantized=False, model_type="qwen2") is None  # injected kernels
+    assert "llama" in deepspeed_skipped(rc, on_cuda=True, quantized=False, model_type="llama")  # padded: no injection
+    assert deepspeed_skipped(dataclasses.replace(rc, tp_size=2), on_cuda=True, quantized=False, model_type="llama") is None
+    assert deepspeed_skipped(dataclasses.replace(rc, deepspeed_inference="on"), on_cuda=False, quantized=True) is None
+    assert deepspeed_skipped(dataclasses.replace(rc, deepspeed_inference="off"), on_cuda=True, quantized=False) is not None
+
+
 def test_inference_settings_follow_the_device():
     rc = RuntimeConfig()
     assert inference_settings(rc, on_cuda=False, quantized=True) == (torch.float32, False)
@@ -78,7 +91,9 @@ def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
 
     ds, queries = graph
     rc = RuntimeConfig(teacher_actors=2, teacher_resources=TEACHER)
-    llm = TeacherPool("llm", tiny_runs.llm, ds.num_entities, rc, str(tiny_runs.data))
+    # "on": the real engine and its output check, which auto skips on a CPU (test_deepspeed_only_where_it_does_work)
+    llm = TeacherPool("llm", tiny_runs.llm, ds.num_entities, dataclasses.replace(rc, deepspeed_inference="on"),
+                      str(tiny_runs.data))
     kg = TeacherPool("kg", tiny_runs.teacher, ds.num_entities, dataclasses.replace(rc, soft_targets="topk", topk=5),
                      str(tiny_runs.data))
     try:
