@@ -13,6 +13,9 @@ Parts, each timed and each recorded even when it fails (its error is kept, the n
   qlora_step_text  the same for the teacher that reads each query as one text (llm.query: text)
   precision   the quickstart's teacher trained with bf16 autocast and without, two seeds each: the
               test MRR change from bf16 beside the change from the seed
+  big_teacher configs/llm/smollm2-1.7b-yago11k.yaml on a model of its shape with random weights
+              (scripts/bench_big_teacher.py): load time, NF4 weight bytes, peak CUDA memory, encoding
+              texts/s and seconds per LoRA step at the recipe's batch (64 queries + 256 entities)
 
 ``--smoke``: the same parts at tiny sizes on the CPU (under two minutes), so the script itself is
 tested (tests/test_gpu_check.py) and cannot rot.
@@ -43,14 +46,16 @@ SIZES = {
     "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 170,
              "precision_sets": [], "precision_seeds": [0, 1],
              "main_job": [], "main_timeout": 150, "probe_n": 8192, "texts": 8192, "encode_layers": None,
-             "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10},
+             "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10,
+             "big_shape": "smollm2-1.7b", "big_texts": 512, "big_batches": [(64, 256)], "big_steps": 5},
     "smoke": {"tests": ["tests/test_device.py", "-k", "rules or only_the_owner"], "tests_timeout": 60,
               "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=negative_sampling"], "precision_seeds": [0],
               "main_job": ["--set", "train.epochs=1", "--set", "model.args.dim=16", "--set", "pipeline.llm=false",
                            "--set", "pipeline.students={}", "--set", "eval.splits=[test]", "--set", "eval.progress=false",
                            "--set", "train.progress=false"],  # the teacher alone
               "main_timeout": 60, "probe_n": 512, "texts": 64, "encode_layers": 1, "qlora_layers": 1,
-              "qlora_batches": [(4, 8)], "qlora_steps": 2},
+              "qlora_batches": [(4, 8)], "qlora_steps": 2,
+              "big_shape": "tiny", "big_texts": 8, "big_batches": [(2, 4)], "big_steps": 1},
 }
 
 
@@ -249,6 +254,13 @@ def precision(size: dict, work: Path) -> dict:
             "seed_change": [round(mrr[f"{mp}/seed{seeds[-1]}"] - mrr[f"{mp}/seed{seeds[0]}"], 5) for mp in ("no", "bf16")]}
 
 
+def big_teacher(size: dict) -> dict:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_big_teacher
+
+    return bench_big_teacher.run(size["big_shape"], size["big_texts"], size["big_batches"], size["big_steps"], [])
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="the JSON file to write")
@@ -273,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_part(result, "qlora_step", qlora_step, size)
         run_part(result, "qlora_step_text", qlora_step, size, "text")
         run_part(result, "precision", precision, size, work)
+        run_part(result, "big_teacher", big_teacher, size)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
