@@ -231,7 +231,7 @@ class RuntimeConfig:
     prefetch: int = 2  # batches of queries in flight ahead of the step
     cache: bool = True  # each distinct training query reaches the LLM once per teacher version
     max_failures: int = 1  # student worker-group restarts (each resumes from the last checkpoint)
-    zero_stage: Literal[0, 1, 2] = 2  # `distkg llm finetune` on Ray: DeepSpeed ZeRO stage over `workers`
+    zero_stage: Literal[0, 1, 2, 3] = 2  # `distkg llm finetune` on Ray: DeepSpeed ZeRO stage over `workers`
     timeout_s: float = 600.0  # longest wait for one batch of soft targets
 
 

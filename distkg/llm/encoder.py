@@ -101,9 +101,9 @@ class TextEncoder:
     def _digest(self) -> str:
         h = hashlib.sha1(self.lm.name.encode())
         for name, p in self.lm.model.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad:  # under ZeRO-3 a parameter is an empty placeholder: its partition changes
                 h.update(name.encode())
-                h.update(p.detach().float().cpu().numpy().tobytes())
+                h.update(getattr(p, "ds_tensor", p).detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def __post_init__(self) -> None:

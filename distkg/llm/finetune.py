@@ -34,7 +34,7 @@ from distkg.llm.encoder import encode_batch
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
-from distkg.llm.rounds import TeacherRounds, TrainableWeights, head_optimizer, head_params
+from distkg.llm.rounds import TeacherRounds, TrainableWeights, gathered, head_optimizer, head_params
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, read_json, write_metrics
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
@@ -178,10 +178,12 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
     rounds = TeacherRounds(teacher, cfg, ds, optimizers, loop, rank, world)
     state = loop.run(rounds.phases(state), state)
     teacher.eval()
-    if rank != 0:  # the workers hold the same weights; rank 0 saves and evaluates them
-        return {}
     llm = state["llm"]
-    save_teacher(teacher, cfg, out / "teacher", {"steps": llm["step"], "workers": world})
+    with gathered(p for p in teacher.parameters() if p.requires_grad):  # under ZeRO-3 every rank takes part
+        if rank == 0:
+            save_teacher(teacher, cfg, out / "teacher", {"steps": llm["step"], "workers": world})
+    if rank != 0:  # the workers hold the same weights; rank 0 saved them and evaluates them
+        return {}
     plot_curves(state["history"], out / "curves.png", f"LLM teacher {llm_cfg.model} on {ds.name}", xlabel="round")
     # scored as saved: bitsandbytes' CPU path (AVX512-BF16) repacks 4-bit weights with bf16 scales on
     # an inference forward and back again on saving, a lossy round trip, so the weights in memory
@@ -195,7 +197,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
         "steps": llm["step"], "finetune_seconds": round(state["seconds"], 1), "head_warmup": llm.get("head"),
         "objective": llm_cfg.objective, "curve": llm["curve"], "llm_texts": llm["llm_texts"], "rounds_run": state["epoch"],
         "best_round": state["best_epoch"], "best_round_step": best.get("step", 0), "best_valid_mrr": state["best_mrr"],
-        "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head})
+        "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head,
+        **({"zero": llm["zero"]} if "zero" in llm else {})})
     save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
     return metrics
 

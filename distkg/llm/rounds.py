@@ -25,6 +25,7 @@ adapters, head, logit scale); the frozen base LM is rebuilt from ``llm.model``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -67,20 +68,42 @@ class TrainableWeights:
         self.teacher = teacher
         self.params = {n: p for n, p in teacher.named_parameters() if p.requires_grad}
 
+    @property
+    def collective(self) -> bool:
+        """Under ZeRO-3 the weights are partitioned: reading or writing them gathers, on every rank."""
+        return partitioned(self.params.values())
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.params.items()}
+        with gathered(self.params.values()):
+            return {n: p.detach().clone() for n, p in self.params.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy the saved values in; a RuntimeError (named by the checkpoint reader) when they do not fit."""
         if set(state) != set(self.params):
             missing, extra = sorted(set(self.params) - set(state)), sorted(set(state) - set(self.params))
             raise RuntimeError(f"trainable parameters differ: missing {missing[:3]}, unexpected {extra[:3]}")
-        with torch.no_grad():
+        with torch.no_grad(), gathered(self.params.values(), modifier_rank=0):  # every rank read the same file
             for n, p in self.params.items():
                 if p.shape != state[n].shape:
                     raise RuntimeError(f"size mismatch for {n}: {tuple(state[n].shape)} saved, {tuple(p.shape)} here")
                 p.copy_(state[n])
         self.teacher.mark_updated()
+
+
+def partitioned(params) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds any of these parameters partitioned across the workers."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def gathered(params, modifier_rank: int | None = None):
+    """The full values of the ZeRO-3-partitioned ones of ``params`` inside the block (a collective:
+    every rank enters it; with ``modifier_rank`` that rank's changes are kept); else nothing to do."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
 
 def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -203,10 +226,13 @@ class TeacherRounds:
         self.feats_from_disk = False  # read from llm.feature_cache (distkg.llm.features)
         self.head_data: HeadData | None = None  # what the warm-up trains on, made at its first epoch
         self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
+        self.scale_opt = None  # under ZeRO-3: the logit scale's own optimiser (zero_engine)
         self.cpu_mark = time.process_time()  # CPU seconds of this process already in state["llm"]["cpu_seconds"]
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
         self.step_calls = llm_cfg.step_calls if llm_cfg.step_calls != "auto" else auto
+        if world > 1:
+            check_zero(cfg)
         if llm_cfg.objective == "infonce":
             if world > 1:
                 raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
@@ -358,8 +384,17 @@ class TeacherRounds:
         if self.engine is None:
             self.set_rates()
         if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
-            self.engine = zero_engine(self.teacher, opt, self.cfg)
-            load_zero_state(self.engine, self.loop.out, state, self.rank, self.world)
+            full = lm_bytes(self.teacher.lm_model)
+            self.engine, self.scale_opt = zero_engine(self.teacher, opt, self.cfg)
+            if self.cfg.runtime.zero_stage == 3:  # the base weights too: every forward call is a collective
+                for encoder in {id(e): e for e in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)) if e is not None}.values():
+                    encoder.exact_lengths = False  # one padded call per step on every rank, not one per token length
+                held = lm_bytes(self.teacher.lm_model)
+                state["llm"]["zero"] = {"stage": 3, "lm_bytes_full": full, "lm_bytes_held": held,
+                                        "share": round(held / full, 4)}
+                log.info("ZeRO-3: this worker holds %.1f MB of the LM's %.1f MB (%.0f%%)", held / 2**20, full / 2**20,
+                         100 * held / full)
+            load_zero_state(self.engine, self.scale_opt, self.loop.out, state, self.rank, self.world)
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
@@ -374,6 +409,8 @@ class TeacherRounds:
                 if self.engine is not None:
                     self.engine.backward(loss)
                     self.engine.step()
+                    if self.scale_opt is not None:  # outside the engine: its gradient averaged here
+                        step_replicated(self.scale_opt, self.world)
                 else:
                     opt.zero_grad()
                     loss.backward()
@@ -383,7 +420,7 @@ class TeacherRounds:
 
         row = self._steps(state, "LLM sampled softmax", step)
         if self.engine is not None:  # before the loop writes the round's checkpoint (round state["epoch"] + 1)
-            save_zero_state(self.engine, self.loop.out, state["epoch"] + 1, self.rank, self.world)
+            save_zero_state(self.engine, self.scale_opt, self.loop.out, state["epoch"] + 1, self.rank, self.world)
         return row
 
     def infonce_round(self, state: dict) -> dict:
@@ -430,18 +467,58 @@ def _agreed(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
+def lm_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the LM's parameters this process holds (under ZeRO-3: its partitions)."""
+    return sum((t := getattr(p, "ds_tensor", p)).numel() * t.element_size() for p in model.parameters())
+
+
+def check_zero(cfg: RunConfig) -> None:
+    """What ZeRO-3 fine-tuning needs, before any work (distkg.runtime.finetune checks it before Ray)."""
+    if cfg.runtime.zero_stage == 3 and cfg.runtime.workers > 1 and cfg.llm.quantization != "none":
+        raise ConfigError(f"runtime.zero_stage=3 shards the base LM's weights across the workers, but "
+                          f"llm.quantization={cfg.llm.quantization!r}: DeepSpeed cannot partition bitsandbytes 4-bit "
+                          "weights; set llm.quantization=none (a bf16 base on a GPU) or runtime.zero_stage=2")
+
+
 def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
-    """DeepSpeed ZeRO (``runtime.zero_stage``) over the trainable LoRA and head parameters, in the
-    process group Ray Train set up: each worker steps on its own batch of ``llm.queries_per_step``."""
+    """DeepSpeed ZeRO (``runtime.zero_stage``) in the process group Ray Train set up, and under stage 3
+    the logit scale's own optimiser (else None). Each worker steps on its own batch of
+    ``llm.queries_per_step``. Stages 1-2 partition the optimiser state (and gradients) of the LoRA and
+    head parameters; stage 3 partitions the parameters of the LM (its frozen base included) and of the
+    heads, each gathered by DeepSpeed's hooks for the forward call that needs it. The logit scale is
+    read outside any module's forward, so under stage 3 it stays whole on every worker, outside the
+    engine, with an optimiser of the same settings (``step_replicated``)."""
     import deepspeed
 
+    stage, engine_optimizer, scale_opt, module = cfg.runtime.zero_stage, optimizer, None, teacher
+    if stage == 3:
+        scale = teacher.logit_scale
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        engine_optimizer = type(optimizer)([{**h, "params": [p for p in g["params"] if p is not scale]}
+                                            for h, g in zip(settings, optimizer.param_groups)])
+        scale_opt = type(optimizer)([{**h, "params": [scale]} for h, g in zip(settings, optimizer.param_groups)
+                                     if any(p is scale for p in g["params"])])
+        heads = {"head": teacher.head, **({"qhead": teacher.qhead} if teacher.query_mode == "text" else {})}
+        module = torch.nn.ModuleDict({"lm": teacher.lm_model, **heads})
     config = {"train_micro_batch_size_per_gpu": cfg.llm.queries_per_step, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": cfg.runtime.zero_stage}, "zero_allow_untested_optimizer": True,
+              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
               "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
-    engine, *_ = deepspeed.initialize(model=teacher, optimizer=optimizer, config=config, dist_init_required=False)
-    log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", cfg.runtime.zero_stage,
-             engine.world_size)
-    return engine
+    engine, *_ = deepspeed.initialize(model=module, optimizer=engine_optimizer, config=config, dist_init_required=False)
+    log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", stage, engine.world_size)
+    return engine, scale_opt
+
+
+def step_replicated(optimizer: torch.optim.Optimizer, world: int) -> None:
+    """A step of parameters every worker holds whole: gradients averaged over the process group first."""
+    import torch.distributed as dist
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+    optimizer.step()
+    optimizer.zero_grad()
 
 
 def zero_state_path(out: Path, round_: int, rank: int, world: int) -> Path:
@@ -450,18 +527,20 @@ def zero_state_path(out: Path, round_: int, rank: int, world: int) -> Path:
     return out / "checkpoints" / "zero" / f"round_{round_:04d}.rank{rank}-of-{world}.pt"
 
 
-def save_zero_state(engine, out: Path, round_: int, rank: int, world: int) -> None:
-    """Every rank writes its partition (moments, fp32 master copy) before rank 0 writes the round's
-    checkpoint, so a round checkpoint on disk always has its partitions; a rank's files of rounds
-    whose checkpoint is gone (kept: distkg.training.checkpoint) are removed."""
-    atomic_save(engine.optimizer.state_dict(), zero_state_path(out, round_, rank, world))
+def save_zero_state(engine, scale_opt, out: Path, round_: int, rank: int, world: int) -> None:
+    """Every rank writes its partition (moments, fp32 master copy; under ZeRO-3 also the logit scale's
+    optimiser) before rank 0 writes the round's checkpoint, so a round checkpoint on disk always has
+    its partitions; a rank's files of rounds whose checkpoint is gone (kept: distkg.training.checkpoint)
+    are removed."""
+    atomic_save({"zero": engine.optimizer.state_dict(), "scale": scale_opt.state_dict() if scale_opt else None},
+                zero_state_path(out, round_, rank, world))
     rounds = {int(p.name[6:10]) for p in (out / "checkpoints").glob("round_*.pt")} | {round_}
     for old in (out / "checkpoints" / "zero").glob(f"round_*.rank{rank}-of-{world}.pt"):
         if int(old.name[6:10]) not in rounds:
             old.unlink(missing_ok=True)
 
 
-def load_zero_state(engine, out: Path, state: dict, rank: int, world: int) -> None:
+def load_zero_state(engine, scale_opt, out: Path, state: dict, rank: int, world: int) -> None:
     """The partition of the round the loop resumed from (``state["epoch"]``), into a new engine: the
     Adam moments continue where they were. None was written before any LoRA step (nothing to load)."""
     if state["llm"]["step"] == 0:
@@ -471,7 +550,10 @@ def load_zero_state(engine, out: Path, state: dict, rank: int, world: int) -> No
         log.warning("resuming ZeRO without the LoRA optimiser's moments: %s is missing (a run written before "
                     "distkg kept them, or with another runtime.workers)", path)
         return
+    saved = read_checkpoint(path, weights_only=False)
     partitions = [None] * world
-    partitions[rank] = read_checkpoint(path, weights_only=False)  # the same world: each rank reads its own
+    partitions[rank] = saved["zero"]  # the same world: each rank reads its own
     engine.optimizer.load_state_dict(partitions, load_from_fp32_weights=True)
+    if scale_opt is not None:
+        scale_opt.load_state_dict(saved["scale"])
     log.info("resumed the LoRA optimiser's ZeRO partition from %s", path)

@@ -78,10 +78,11 @@ class Checkpoints:
              aux: torch.nn.Module | None = None) -> Path:
         """``aux``: extra trainable modules (a FitNet regressor); best.pt holds only ``model``."""
         path = self.folder / f"{self.prefix}_{epoch:04d}.pt"
+        weights = model.state_dict() if self.write or getattr(model, "collective", False) else None
         if not self.write:
             return path
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+        atomic_save({"model": weights, "optimizer": optimizer.state_dict(), "state": state,
                       "aux": aux.state_dict() if aux is not None else {}, "torch_rng": torch.get_rng_state()}, path)
         for old in self.epochs()[: -self.keep]:
             old.unlink()
@@ -119,10 +120,13 @@ class Checkpoints:
         return None
 
     def save_best(self, model: torch.nn.Module) -> None:
+        """``model.collective``: its state_dict is a collective call (ZeRO-3 gathers the weights), made
+        on every rank though only the writer writes."""
+        weights = model.state_dict() if self.write or getattr(model, "collective", False) else None
         if not self.write:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(model.state_dict(), self.folder / "best.pt")
+        atomic_save(weights, self.folder / "best.pt")
 
     def load_best(self, model: torch.nn.Module, best_epoch: int | None = None) -> None:
         """The best weights; when best.pt is missing or cannot be read and the checkpoint of

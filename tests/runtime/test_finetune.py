@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 
-def zero_config(cluster, tiny_runs, steps: int):
+def zero_config(cluster, tiny_runs, steps: int, stage: int = 2):
     from distkg.config import load_config
 
     return load_config(tiny_runs.llm / "config.yaml", [
         "llm.head_epochs=0", f"llm.steps={steps}", "llm.checkpoint_every=2", "runtime.backend=ray",
         f"runtime.address={cluster.address}", "runtime.workers=2", "runtime.worker_resources={CPU: 0.5, student: 1}",
-        "runtime.zero_stage=2"])
+        f"runtime.zero_stage={stage}"])
 
 
 def round_losses(out) -> list[float]:
@@ -47,3 +48,36 @@ def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_r
     assert resumed["steps"] == straight["steps"] == 6
     assert round_losses(out) == round_losses(tmp_path / "straight")  # rounds 1-2 before the resume, 3 after
     assert resumed["mrr"] == straight["mrr"]
+
+
+def test_zero3_shards_the_base_weights_and_resumes(cluster, tiny_runs, tmp_path):
+    """ZeRO-3 over 2 workers on the tiny unquantized LM: each worker holds about half of the LM's
+    weights (frozen base included; goal <= 0.55x), fine-tuning ends with a teacher gathered whole
+    (rank 0 saves and scores it), and 2 steps then 4 in one folder give the straight run's curve."""
+    from distkg.runtime.finetune import finetune_on_ray
+
+    straight = finetune_on_ray(zero_config(cluster, tiny_runs, 4, stage=3), tmp_path / "straight")
+    assert straight["zero"]["stage"] == 3 and straight["zero"]["share"] <= 0.55, straight["zero"]
+    assert 0 < straight["mrr"] <= 1 and straight["steps"] == 4
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "straight" / "teacher" / "adapter_model.safetensors")
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all(v.numel() > 0 for v in lora_b) and any(float(v.abs().sum()) > 0 for v in lora_b)  # gathered whole
+    out = tmp_path / "resumed"
+    finetune_on_ray(zero_config(cluster, tiny_runs, 2, stage=3), out)
+    resumed = finetune_on_ray(zero_config(cluster, tiny_runs, 4, stage=3), out)
+    assert round_losses(out) == round_losses(tmp_path / "straight")
+    assert resumed["mrr"] == straight["mrr"]
+
+
+def test_zero3_refuses_a_4bit_base_before_ray_starts(tiny_runs, tmp_path):
+    from distkg.config import load_config
+    from distkg.errors import ConfigError
+    from distkg.runtime.finetune import finetune_on_ray
+
+    cfg = load_config(tiny_runs.llm / "config.yaml", ["llm.quantization=nf4", "runtime.backend=ray", "runtime.workers=2",
+                                                      "runtime.zero_stage=3", "runtime.address=127.0.0.1:1"])
+    with pytest.raises(ConfigError, match="zero_stage=3 shards the base LM's weights.*quantization='nf4'"):
+        finetune_on_ray(cfg, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
