@@ -167,7 +167,9 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     aux.to(device)
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model: TKGModel = model  # not wrapped (gradients are averaged by hand); unwrap_model would import deepspeed
+    # DDP under several processes (gradients are still averaged by hand: average_gradients); Accelerate's
+    # unwrap_model would import deepspeed to check for its engine
+    raw_model: TKGModel = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     trained = [p for p in [*raw_model.parameters(), *aux.parameters()] if p.requires_grad]
     valid_index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
