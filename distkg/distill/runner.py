@@ -33,6 +33,7 @@ from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.runfolder import prepare_folder
+from distkg.training.objective import at_least_float32, float32_losses
 from distkg.training.trainer import Stage, build_model, fit, training_queries
 
 log = logging.getLogger("distkg")
@@ -148,7 +149,7 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
 
     def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
         qr = student.query_repr(q)
-        batch = DistillBatch(student_scores=student.match(qr, student.candidate_table()), answers=a)
+        batch = DistillBatch(student_scores=student_scores(student, qr), answers=a)
         on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distill.fused.Rows)
         if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
             batch.teacher_targets = kg.targets(idx, q.device, rows=on_cpu)
@@ -172,6 +173,15 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
         return total + student.regularizer(q, a), parts
 
     return loss
+
+
+def student_scores(student, qr: torch.Tensor) -> torch.Tensor:
+    """[B, E] scores of a batch's query representations against every entity, in float32 under any
+    autocast: the distillation losses read them in float32 (distkg.distill.losses.combine), and a bf16
+    score matrix would round their gradient on its way back (a 25-d student's scoring is a thin
+    matmul, bound by the [B, E] it writes, which a bf16 copy then widened only adds to)."""
+    with float32_losses(qr.device):
+        return student.match(at_least_float32(qr), at_least_float32(student.candidate_table()))
 
 
 def report_targets(remote: dict, out: Path, epoch: int) -> None:
