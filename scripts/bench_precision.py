@@ -1,7 +1,7 @@
 """Distillation losses under bf16 autocast against float32 arithmetic on the same scores (issue 28):
 the value and the gradient with respect to the scores, for each loss spec of tests/distill/test_precision.py,
-computed the old way (the loss functions on bf16 scores, bf16 arithmetic) and the way distkg computes
-them (``combine``: float32 under any autocast). Writes JSON.
+computed the old way (combine's body on the bf16 scores as given, bf16 arithmetic) and the way distkg
+computes them (``combine``: float32 under any autocast). Writes JSON.
 
     .venv/bin/python scripts/bench_precision.py --out docs/bench/bench_precision.json
 """
@@ -18,20 +18,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from distkg.distill.losses import LOSSES, DistillBatch, combine  # noqa: E402
+from distkg.distill.losses import DistillBatch, _combine, combine  # noqa: E402
 from tests.distill.test_precision import SPECS, STUDENT, inputs  # noqa: E402
-
-
-def bf16_arithmetic(spec: dict, batch: DistillBatch) -> tuple[torch.Tensor, dict]:
-    """What distkg computed before: each loss on the batch as given (bf16 scores) under the autocast."""
-    total, parts = 0, {}
-    for name, args in spec.items():
-        args = dict(args)
-        weight = args.pop("weight", 1.0)
-        value = LOSSES.get(name)(batch, **args)
-        parts[name] = float(value.detach())
-        total = total + weight * value
-    return total, parts
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
             ref_total, ref_parts = combine(spec, DistillBatch(**exact, regressor=regressor))
             ref_total.backward()
             row = {"spec": name, "student_spread": spread}
-            for how, fn in (("bf16 arithmetic (before)", bf16_arithmetic), ("combine, float32 (now)", combine)):
+            # before: what combine did until issue 28, its body without the float32 upcast (losses._combine)
+            for how, fn in (("bf16 arithmetic (before)", _combine), ("combine, float32 (now)", combine)):
                 low = {k: exact[k].detach().bfloat16().requires_grad_() if k in STUDENT else v for k, v in given.items()}
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     total, parts = fn(spec, DistillBatch(**low, regressor=regressor))
