@@ -231,12 +231,8 @@ class TeacherRounds:
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
         self.step_calls = llm_cfg.step_calls if llm_cfg.step_calls != "auto" else auto
-        if world > 1:
-            check_zero(cfg)
+        check_workers(cfg, world)
         if llm_cfg.objective == "infonce":
-            if world > 1:
-                raise ConfigError("llm.objective=infonce runs in one process (its entity cache is not sharded); "
-                                  "set runtime.workers=1 or llm.objective=sampled")
             self.train_qs = build_queries(ds.splits["train"], ds.num_relations)
             self.train_index = FilterIndex(ds.splits["train"], ds.num_relations, "time")
 
@@ -472,9 +468,17 @@ def lm_bytes(model: torch.nn.Module) -> int:
     return sum((t := getattr(p, "ds_tensor", p)).numel() * t.element_size() for p in model.parameters())
 
 
-def check_zero(cfg: RunConfig) -> None:
-    """What ZeRO-3 fine-tuning needs, before any work (distkg.runtime.finetune checks it before Ray)."""
-    if cfg.runtime.zero_stage == 3 and cfg.runtime.workers > 1 and cfg.llm.quantization != "none":
+def check_workers(cfg: RunConfig, workers: int | None = None) -> None:
+    """What fine-tuning on several processes (``workers``; default ``runtime.workers``) needs, in one
+    line before any work: the Ray driver (distkg.runtime.finetune) checks it before Ray starts, and
+    every process of the group again."""
+    workers = workers if workers is not None else cfg.runtime.workers
+    if workers <= 1:
+        return
+    if cfg.llm.objective == "infonce":
+        raise ConfigError(f"llm.objective=infonce runs in one process (its entity cache is not sharded), but "
+                          f"{workers} workers were asked for: set runtime.workers=1 or llm.objective=sampled")
+    if cfg.runtime.zero_stage == 3 and cfg.llm.quantization != "none":
         raise ConfigError(f"runtime.zero_stage=3 shards the base LM's weights across the workers, but "
                           f"llm.quantization={cfg.llm.quantization!r}: DeepSpeed cannot partition bitsandbytes 4-bit "
                           "weights; set llm.quantization=none (a bf16 base on a GPU) or runtime.zero_stage=2")

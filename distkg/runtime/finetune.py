@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distkg.config import RunConfig, to_dict
-from distkg.llm.rounds import check_zero
+from distkg.llm.rounds import check_workers
 from distkg.runfolder import prepare_folder
 from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
 
@@ -22,7 +22,7 @@ def finetune_on_ray(cfg: RunConfig, out: Path, restart: bool = False) -> dict:
     (``runtime.zero_stage``) over the LoRA and head parameters; rank 0 saves and evaluates. OUT is
     prepared here, before Ray starts (``restart`` clears it); the workers resume in it."""
     cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
-    check_zero(cfg)
+    check_workers(cfg)
     prepare_folder(cfg, out, "llm", restart=restart)
     with ray_session(runtime_cfg, []):
         run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")

@@ -81,3 +81,17 @@ def test_zero3_refuses_a_4bit_base_before_ray_starts(tiny_runs, tmp_path):
     with pytest.raises(ConfigError, match="zero_stage=3 shards the base LM's weights.*quantization='nf4'"):
         finetune_on_ray(cfg, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_infonce_on_several_workers_is_refused_before_ray_starts(tiny_runs, tmp_path):
+    """The shipped recipes' objective on runtime.workers=2: one line, rc 2 from the CLI, before Ray (it
+    failed after about a minute with a traceback from inside Ray Train)."""
+    from distkg.config import load_config
+    from distkg.errors import ConfigError
+    from distkg.runtime.finetune import finetune_on_ray
+
+    cfg = load_config(tiny_runs.llm / "config.yaml", ["llm.objective=infonce", "runtime.backend=ray", "runtime.workers=2",
+                                                      "runtime.address=127.0.0.1:1"])
+    with pytest.raises(ConfigError, match="llm.objective=infonce runs in one process.*2 workers"):
+        finetune_on_ray(cfg, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
