@@ -56,3 +56,30 @@ def test_run_trains_a_trainable_model(data_root, tmp_path):
     report = (out / "report.md").read_text()
     assert "curves.png" in report and "filter=time" in report
     assert (out / "curves.png").is_file() and (out / "config.yaml").is_file()
+
+
+def test_a_folder_another_live_process_trains_is_refused(tmp_path, capsys):
+    """Two `distkg train` on one --out: the second stops with one line (OUT/claim names the first) and
+    writes nothing; once that process is gone, its claim is taken over and the run trains."""
+    import socket
+
+    from tests.runtime.conftest import write_tiny_icews
+
+    data = write_tiny_icews(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--data-root", str(data), "--set", "data.dataset=icews14", "--set",
+            "model.name=tadistmult", "--set", "model.args.dim=4", "--set", "train.epochs=1", "--set", "train.progress=false",
+            "--set", "eval.progress=false"]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        out.mkdir()
+        (out / "claim").write_text(f"{socket.gethostname()} {other.pid}")
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"being trained by another process ({socket.gethostname()} {other.pid})" in err[0]
+        assert sorted(p.name for p in out.iterdir()) == ["claim"]  # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    assert main(args) == 0  # the holder is gone: its claim is taken over
+    assert (out / "metrics.json").is_file() and not (out / "claim").exists()  # released at the end

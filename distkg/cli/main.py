@@ -11,6 +11,8 @@ import errno
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.errors import DistkgError
@@ -85,10 +87,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def claimed(out: Path) -> Iterator[None]:
+    """OUT for this process alone while a command trains in it, claimed as a grid's parts are
+    (distkg.experiments.claims: OUT/claim, "host pid"; a dead process's claim on this host is taken
+    over): a second `distkg train|distill|llm finetune` on the same --out stops with one line instead
+    of training the folder twice."""
+    from distkg.experiments.claims import claim, holding
+
+    if (holder := claim(out)) is not None:
+        raise DistkgError(f"{out} is being trained by another process ({holder}); wait for it to finish, or choose "
+                          f"another --out (if that process is gone, remove {out / 'claim'})")
+    with holding(out):
+        yield
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from distkg.training.trainer import train
 
-    train(_load(args), Path(args.out), resume=not args.restart)  # OUT checked (or cleared) before data is read
+    cfg = _load(args)
+    with claimed(Path(args.out)):
+        train(cfg, Path(args.out), resume=not args.restart)  # OUT checked (or cleared) before data is read
     return 0
 
 
@@ -97,12 +116,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
-    if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
-        from distkg.runtime.students import distill_on_ray
+    with claimed(Path(args.out)):
+        if cfg.runtime.backend == "ray":  # teacher scoring pool + Ray Train students (distkg.runtime)
+            from distkg.runtime.students import distill_on_ray
 
-        distill_on_ray(cfg, Path(args.out), restart=args.restart)
-    else:
-        distill(cfg, Path(args.out), resume=not args.restart)
+            distill_on_ray(cfg, Path(args.out), restart=args.restart)
+        else:
+            distill(cfg, Path(args.out), resume=not args.restart)
     return 0
 
 
@@ -137,12 +157,13 @@ def cmd_llm_finetune(args: argparse.Namespace) -> int:
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
-    if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
-        from distkg.runtime.finetune import finetune_on_ray
+    with claimed(Path(args.out)):
+        if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
+            from distkg.runtime.finetune import finetune_on_ray
 
-        finetune_on_ray(cfg, Path(args.out), restart=args.restart)
-    else:
-        finetune(cfg, Path(args.out), resume=not args.restart)
+            finetune_on_ray(cfg, Path(args.out), restart=args.restart)
+        else:
+            finetune(cfg, Path(args.out), resume=not args.restart)
     return 0
 
 

@@ -62,8 +62,12 @@ def claim(run: Path) -> str | None:
                 path.unlink(missing_ok=True)
                 continue
             return holder or "a process that is writing its claim"
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+        except BaseException:  # a full disk: an empty claim would read as "being written" forever
+            path.unlink(missing_ok=True)
+            raise
         return None
 
 

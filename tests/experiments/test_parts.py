@@ -56,3 +56,20 @@ def test_a_part_that_raises_releases_its_claim(tmp_path):
     with pytest.raises(FloatingPointError):
         run_part(part, wait=False)
     assert not (part.folder / "claim").exists()  # free to retry at once
+
+
+def test_a_claim_that_cannot_be_written_leaves_no_claim(tmp_path, monkeypatch):
+    """A full disk while writing OUT/claim: the error is raised and no empty claim is left (one would
+    read as "a process that is writing its claim" to every later command)."""
+    import errno
+
+    def full(fd, mode):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claims.os, "fdopen", full)
+    with pytest.raises(OSError, match="No space"):
+        claims.claim(tmp_path / "run")
+    assert not (tmp_path / "run" / "claim").exists()
+    monkeypatch.undo()
+    assert claims.claim(tmp_path / "run") is None
