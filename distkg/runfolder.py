@@ -62,6 +62,10 @@ AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stag
 LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
+# Devices: a Ray worker or actor runs its config with them resolved to where Ray placed it
+# (distkg.runtime.resources.on_resources), so a checkpoint's digest leaves them out; the folder
+# check compares them as the command gave them (config.yaml)
+DEVICE_KEYS = ("train.device", "llm.device")
 # What each kind of run reads of a run config: sections, or section.key (module docstring). None: all.
 SLICES: dict[str, tuple[str, ...] | None] = {
     "kg": ("data", "model", "eval", "train", "seed"),
@@ -316,11 +320,13 @@ def config_digest(cfg: RunConfig, kind: str, exclude: tuple[str, ...] = ()) -> s
     AFTER_DIVERGENCE and ``exclude``), stored in each checkpoint so that a resume verifies the
     checkpoint belongs to this config. The teachers' folders (PATH_KEYS) are left out: where a run
     lives is not what it computes, so a folder moved elsewhere (or a copy) still resumes; which
-    teacher a student reads is checked by the folder check, against its config.yaml."""
+    teacher a student reads is checked by the folder check, against its config.yaml. So are the
+    devices (DEVICE_KEYS), which Ray workers resolve: a run started on Ray resumes without it."""
     import hashlib
 
     kept = {k: v for k, v in flatten(config_slice(cfg, kind)).items()
-            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *PATH_KEYS, *exclude))}
+            if not any(fnmatch.fnmatchcase(k, p) for p in (*SAFE_KEYS, *AFTER_DIVERGENCE, *PATH_KEYS, *DEVICE_KEYS,
+                                                            *exclude))}
     return hashlib.sha1(repr(sorted(kept.items())).encode()).hexdigest()[:16]
 
 

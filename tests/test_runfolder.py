@@ -285,3 +285,22 @@ def test_each_command_checks_a_folder_once(tmp_path, monkeypatch):
     pipeline.run(load_config("configs/quickstart.yaml", sets), tmp_path / "run")
     assert checked == [("teacher", "kg"), ("plain", "student")]
     assert runfolder.saved_config(tmp_path / "run" / "students" / "plain").model.args["dim"] == 4
+
+
+def test_a_run_resolved_on_ray_has_the_digest_of_the_command(tmp_path):
+    """A Ray worker runs its config with the devices resolved (runtime.resources.on_resources); its
+    checkpoints' digest is the command's, so the same run resumes without Ray (issue 33), while the
+    folder check still compares the devices the command gave."""
+    from distkg.runfolder import config_digest
+    from distkg.runtime.resources import on_resources
+
+    given = cfg()
+    assert given.train.device == given.llm.device == "auto"
+    for kind in ("kg", "student", "llm"):
+        assert config_digest(on_resources(given, {"CPU": 1}), kind) == config_digest(given, kind)
+        assert config_digest(on_resources(given, {"GPU": 1}), kind) == config_digest(given, kind)
+        assert config_digest(cfg("seed=3"), kind) != config_digest(given, kind)  # other keys still count
+    out = tmp_path / "run"
+    trainer.train(cfg(), out, dataset=DS)
+    with pytest.raises(ConfigError, match=r"train.device: 'auto' -> 'cpu'"):
+        trainer.train(cfg("train.device=cpu"), out, dataset=DS)
