@@ -94,3 +94,20 @@ def test_infonce_on_several_workers_is_refused_before_ray_starts(tiny_runs, tmp_
     with pytest.raises(ConfigError, match="llm.objective=infonce runs in one process.*2 workers"):
         finetune_on_ray(cfg, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_a_failure_inside_the_workers_is_one_line_naming_its_cause(cluster, tiny_runs, tmp_path):
+    """An error raised in every Ray Train worker (a model the workers cannot load) ends the command
+    with the workers' own message in one line, and Ray's whole report in OUT/ray (it was a traceback
+    of Ray Train's, tens of lines, issue 33 item 3)."""
+    from distkg.errors import DistkgError
+    from distkg.runtime.finetune import finetune_on_ray
+
+    cfg = zero_config(cluster, tiny_runs, 2)
+    cfg.llm.model = str(tmp_path / "no-such-model")
+    cfg.runtime.max_failures = 0
+    with pytest.raises(DistkgError) as raised:
+        finetune_on_ray(cfg, tmp_path / "run")
+    message = str(raised.value)
+    assert "\n" not in message and "ConfigError: llm.model=" in message and "cannot be loaded" in message, message
+    assert (tmp_path / "run" / "ray" / "llm-finetune-error.log").is_file()
