@@ -154,14 +154,9 @@ def run_config(run: Path, overrides: list[str] | None = None) -> RunConfig:
     path = run / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found: {run} holds no finished distkg run (or its config was removed)")
-    values = read_yaml(path)
-    kind = run_kind(run)
-    if kind in SLICES:
-        lost = missing_keys(values, kind)
-        if lost:
-            raise ConfigError(f"{path} is damaged: it lacks {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''} "
-                              f"(empty or cut short, as a full disk or an interrupted copy leaves it); make the run "
-                              "again with --restart")
+    if lacking := lacks(read_yaml(path), run_kind(run)):
+        raise ConfigError(f"{path} is damaged: {lacking} (empty or cut short, as a full disk or an interrupted copy "
+                          "leaves it); make the run again with --restart")
     return load_config(path, overrides)
 
 
@@ -175,6 +170,13 @@ def missing_keys(values: dict, kind: str) -> list[str]:
             got = values[section] if isinstance(values[section], dict) else {}
             lost += [f"{section}.{key}" for key in keys if key not in got]
     return lost
+
+
+def lacks(values: dict, kind: str | None) -> str | None:
+    """"it lacks KEYS" when VALUES, a ``kind`` run's config.yaml, misses keys its kind writes; else None
+    (also for kinds without a slice)."""
+    lost = missing_keys(values, kind) if kind in SLICES else []
+    return f"it lacks {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}" if lost else None
 
 
 def one_run(run: Path) -> Path:
@@ -337,8 +339,8 @@ def saved_config(out: Path) -> RunConfig | None:
         return None
     try:
         values = read_yaml(path)
-        if run_kind(out) in SLICES and (lost := missing_keys(values, run_kind(out))):
-            raise ConfigError(f"it lacks {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}: empty or cut short")
+        if lacking := lacks(values, run_kind(out)):
+            raise ConfigError(f"{lacking}: empty or cut short")
         return build(RunConfig, values, str(path))
     except ConfigError as e:
         raise RunFolderError(f"{out} holds a run whose config.yaml cannot be read ({e}); pass --restart to start "

@@ -383,8 +383,9 @@ class TeacherRounds:
             full = lm_bytes(self.teacher.lm_model)
             self.engine, self.scale_opt = zero_engine(self.teacher, opt, self.cfg)
             if self.cfg.runtime.zero_stage == 3:  # the base weights too: every forward call is a collective
-                for encoder in {id(e): e for e in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)) if e is not None}.values():
-                    encoder.exact_lengths = False  # one padded call per step on every rank, not one per token length
+                for encoder in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)):
+                    if encoder is not None:  # one padded call per step on every rank, not one per token length
+                        encoder.exact_lengths = False
                 held = lm_bytes(self.teacher.lm_model)
                 state["llm"]["zero"] = {"stage": 3, "lm_bytes_full": full, "lm_bytes_held": held,
                                         "share": round(held / full, 4)}

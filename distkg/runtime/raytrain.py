@@ -94,14 +94,15 @@ def run_workers(fn, config: dict, runtime_cfg, out: Path, name: str) -> None:
                                 # too: Ray's default retries them without end
                                 failure_config=FailureConfig(max_failures=runtime_cfg.max_failures,
                                                              controller_failure_limit=runtime_cfg.max_failures)))
+    report = out / "ray" / f"{name}-error.log"
     try:
         result = interruptible(trainer.fit)
     except Exception as e:
         if not type(e).__module__.startswith("ray."):
             raise
-        raise DistkgError(worker_failure(e, out / "ray" / f"{name}-error.log", name)) from None
+        raise DistkgError(worker_failure(e, report, name)) from None
     if result.error is not None:
-        raise DistkgError(worker_failure(result.error, out / "ray" / f"{name}-error.log", name))
+        raise DistkgError(worker_failure(result.error, report, name))
 
 
 def worker_failure(error: BaseException, log_file: Path, name: str) -> str:
@@ -114,7 +115,10 @@ def worker_failure(error: BaseException, log_file: Path, name: str) -> str:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text(f"{type(error).__name__}: {text}\n")
     causes = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt)): (.+)$", text, flags=re.M)
-    cause = f"{causes[-1][0]}: {causes[-1][1].strip()}" if causes else text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if causes:
+        cause = f"{causes[-1][0]}: {causes[-1][1].strip()}"
+    else:
+        cause = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return f"the Ray Train {name} workers failed: {cause} (the workers' report: {log_file})"
 
 

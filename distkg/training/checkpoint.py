@@ -78,7 +78,7 @@ class Checkpoints:
              aux: torch.nn.Module | None = None) -> Path:
         """``aux``: extra trainable modules (a FitNet regressor); best.pt holds only ``model``."""
         path = self.folder / f"{self.prefix}_{epoch:04d}.pt"
-        weights = model.state_dict() if self.write or getattr(model, "collective", False) else None
+        weights = self._weights(model)
         if not self.write:
             return path
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -119,10 +119,13 @@ class Checkpoints:
                                   "read); pass --restart to start over")
         return None
 
+    def _weights(self, model: torch.nn.Module) -> dict | None:
+        """``model.state_dict()`` where it is written, and on every rank when it is a collective call
+        (``model.collective``: ZeRO-3 gathers the weights), though only the writer writes."""
+        return model.state_dict() if self.write or getattr(model, "collective", False) else None
+
     def save_best(self, model: torch.nn.Module) -> None:
-        """``model.collective``: its state_dict is a collective call (ZeRO-3 gathers the weights), made
-        on every rank though only the writer writes."""
-        weights = model.state_dict() if self.write or getattr(model, "collective", False) else None
+        weights = self._weights(model)
         if not self.write:
             return
         self.folder.mkdir(parents=True, exist_ok=True)

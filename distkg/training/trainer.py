@@ -195,9 +195,9 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)
-        batches = [b[rank::world] for b in perm.split(train_cfg.batch_size)]  # this rank's share of each batch
-        weights = micro_weights([len(b) for b in perm.split(train_cfg.batch_size)], [len(b) for b in batches],
-                                train_cfg.grad_accum, world)
+        whole = perm.split(train_cfg.batch_size)
+        batches = [b[rank::world] for b in whole]  # this rank's share of each batch
+        weights = micro_weights([len(b) for b in whole], [len(b) for b in batches], train_cfg.grad_accum, world)
         if stage.on_epoch is not None:
             stage.on_epoch(epoch, batches)
         model.train()
