@@ -100,18 +100,18 @@ def run_workers(fn, config: dict, runtime_cfg, out: Path, name: str) -> None:
     except Exception as e:
         if not type(e).__module__.startswith("ray."):
             raise
-        raise DistkgError(worker_failure(e, report, name)) from None
+        raise DistkgError(ray_failure(e, report, f"the Ray Train {name} workers")) from None
     if result.error is not None:
-        raise DistkgError(worker_failure(result.error, report, name))
+        raise DistkgError(ray_failure(result.error, report, f"the Ray Train {name} workers"))
 
 
-def worker_failure(error: BaseException, log_file: Path, name: str) -> str:
-    """One line for a failed Ray Train worker group: the workers' own error (the last ``Name: message``
-    line of what Ray reports, a DistkgError's message as distkg words it), the whole report in
-    ``log_file``."""
+def ray_failure(error: BaseException, log_file: Path, who: str) -> str:
+    """One line for an error raised inside Ray processes (a worker group, a pool's actors): their own
+    error (the last ``Name: message`` line of what Ray reports, a DistkgError's message as distkg
+    words it), Ray's whole report, tracebacks included, in ``log_file``."""
     import re
 
-    text = str(error)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Ray colours its process names
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text(f"{type(error).__name__}: {text}\n")
     causes = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt)): (.+)$", text, flags=re.M)
@@ -119,7 +119,7 @@ def worker_failure(error: BaseException, log_file: Path, name: str) -> str:
         cause = f"{causes[-1][0]}: {causes[-1][1].strip()}"
     else:
         cause = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"the Ray Train {name} workers failed: {cause} (the workers' report: {log_file})"
+    return f"{who} failed: {cause} (Ray's report: {log_file})"
 
 
 def interruptible(fit):

@@ -26,7 +26,7 @@ from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.runfolder import MODEL_KINDS, open_finished, prepare_folder
 from distkg.runtime.pool import TeacherPool, soft_targets
-from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
+from distkg.runtime.raytrain import absolute, ray_failure, ray_session, run_workers, worker_setup, written_metrics
 
 log = logging.getLogger("distkg")
 
@@ -48,15 +48,27 @@ def second_kind(run: str) -> str:
     return "llm" if kind == "llm" else "kg"
 
 
-def start_pools(cfg: RunConfig, needs: set[str], num_entities: int) -> dict[str, TeacherPool]:
-    """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged."""
+def start_pools(cfg: RunConfig, needs: set[str], num_entities: int, out: Path) -> dict[str, TeacherPool]:
+    """The scoring pools a method reading ``needs`` uses, loaded and ready; their placement is logged.
+    An actor that cannot load its teacher (or a pool not ready within ``runtime.timeout_s``) stops
+    the command with one line naming the cause, Ray's report in OUT/ray/NAME-pool-error.log."""
+    import ray.exceptions
+
     runtime_cfg, distill_cfg = cfg.runtime, cfg.distill
     runs = {"llm": distill_cfg.llm_run, "kg": distill_cfg.teacher_run}
     kinds = {"llm": second_kind(distill_cfg.llm_run) if "llm_probs" in needs else "llm", "kg": "kg"}
     pools = {name: TeacherPool(kinds[name], runs[name], num_entities, runtime_cfg, cfg.data.root)
              for name in pool_names(runtime_cfg, needs)}
     for name, pool in pools.items():
-        for info in pool.ready(timeout=runtime_cfg.timeout_s):
+        try:
+            infos = pool.ready(timeout=runtime_cfg.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise DistkgError(f"the {name} teacher's scoring actors ({runs[name]}) were not ready within "
+                              f"runtime.timeout_s={runtime_cfg.timeout_s} s") from None
+        except ray.exceptions.RayError as e:
+            raise DistkgError(ray_failure(e, out / "ray" / f"{name}-pool-error.log",
+                                          f"the {name} teacher's scoring actors ({runs[name]})")) from None
+        for info in infos:
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
                      info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size", "deepspeed_skipped") if k in info})
     if needs & KG_FIELDS and runtime_cfg.kg_teacher == "local":
@@ -122,7 +134,7 @@ def distill_on_ray(cfg: RunConfig, out: Path, restart: bool = False, fail_once: 
     pools: dict[str, TeacherPool] = {}
     with ray_session(runtime_cfg, pool_names(runtime_cfg, needs)):
         try:
-            pools = start_pools(cfg, needs, num_entities)
+            pools = start_pools(cfg, needs, num_entities, out)
             run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
                         runtime_cfg, out, "students")
             record = {"pools": {n: {"actors": p.ready(), "stats": p.stats()} for n, p in pools.items()},

@@ -4,6 +4,7 @@ worker group waiting for resources never did, and the command hung)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,3 +51,52 @@ def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _command(cfg_file: Path, out: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(cfg_file), "--out", str(out)],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_then_the_same_command_resumes_bit_identically(tiny_runs, tmp_path):
+    """Issue 33 item 1: a Ray run stopped by Ctrl-C after its first epochs, then the identical command
+    line: it resumes (the devices a worker resolved are not part of the folder's config) and ends
+    with the metrics and losses of an uninterrupted run, bit for bit at one thread."""
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=8", "distill.stages.1.epochs=8", "train.patience=10000",
+                            "runtime.backend=ray", "runtime.teacher_actors=1", "runtime.num_cpus=2")
+    assert cfg.train.device == "auto"  # what the command says; a worker resolves it to cpu
+    save_config(cfg, tmp_path / "job.yaml")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    proc = _command(tmp_path / "job.yaml", out, env)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list((out / "checkpoints").glob("epoch_*.pt"))) < 2:  # two epochs done, more to come
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "metrics.json").exists()  # stopped before the end: the next command resumes
+    for folder in (out, tmp_path / "straight"):  # the same command again; an uninterrupted run
+        proc = _command(tmp_path / "job.yaml", folder, env)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    losses = [[json.loads(line)["loss"] for line in (f / "log.jsonl").read_text().splitlines()]
+              for f in (out, tmp_path / "straight")]
+    assert len(losses[0]) == 16 and losses[0] == losses[1]
+    metrics = [_timeless(json.loads((f / "metrics.json").read_text())) for f in (out, tmp_path / "straight")]
+    assert metrics[0] == metrics[1] and metrics[0]["mrr"] > 0
+
+
+def _timeless(value):
+    """A metrics.json without its wall times (keys naming seconds)."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value

@@ -86,3 +86,28 @@ def test_a_killed_student_worker_resumes_from_its_checkpoint(cluster, tiny_runs,
     assert saved["train"]["device"] == cfg.train.device == "auto"  # as the command said, not as a worker resolved it
     record("distill (Ray, 2 workers)", "kill -9 of a student worker mid-epoch (loopback cluster)",
            "the worker group restarts from the last checkpoint: rc 0, no epoch logged twice, metrics within 1e-6")
+
+
+def test_a_scoring_actor_that_cannot_load_its_teacher_is_one_line(cluster, tiny_runs, tmp_path):
+    """An error inside the pool's actors (here an LLM teacher whose teacher.json names other layers:
+    only the actor loads it) ends the command with the actors' own message in one line, Ray's
+    report, tracebacks included, in OUT/ray/llm-pool-error.log (it was a Ray traceback, issue 33)."""
+    import shutil
+
+    from distkg.errors import DistkgError
+    from distkg.runtime.students import distill_on_ray
+
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_runs.llm, llm)
+    meta = json.loads((llm / "teacher" / "teacher.json").read_text())
+    (llm / "teacher" / "teacher.json").write_text(json.dumps({**meta, "layers": 99}))
+    cfg = tiny_runs.student("ours", *RAY_SETTINGS, f"runtime.address={cluster.address}", f"distill.llm_run={llm}")
+    t = time.monotonic()
+    with pytest.raises(DistkgError) as raised:
+        distill_on_ray(cfg, tmp_path / "run")
+    message = str(raised.value)
+    assert "\n" not in message and "llm.layers=99" in message and "scoring actors" in message, message
+    report = tmp_path / "run" / "ray" / "llm-pool-error.log"
+    assert report.is_file() and 'in load_teacher' not in message
+    assert 'in load_teacher' in report.read_text() and "\x1b[" not in report.read_text()
+    assert time.monotonic() - t < 120
