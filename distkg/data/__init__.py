@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from distkg.cachedir import cache_root
 from distkg.data.dataset import KEY, O, R, S, SPLITS, T0, T1, TKGDataset
 from distkg.data.options import DataConfig
 from distkg.data.readers import READERS
@@ -14,13 +15,13 @@ __all__ = ["DataConfig", "TKGDataset", "load_dataset", "resolve_data_root", "S",
 
 
 def default_cache_root() -> Path:
-    """Per-user cache folder: $XDG_CACHE_HOME/distkg/data, else ~/.cache/distkg/data."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "distkg" / "data"
+    """The default data root: the cache's data/ folder (distkg.cachedir.cache_root: $DISTKG_CACHE, else
+    $XDG_CACHE_HOME/distkg, else ~/.cache/distkg), so that DISTKG_CACHE moves it with every other cache."""
+    return cache_root() / "data"
 
 
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """The data root: the explicit value (--data-root / data.root), else $DISTKG_DATA, else the cache."""
+    """The data root: the explicit value (--data-root, else data.root), else $DISTKG_DATA, else the cache's data/."""
     if explicit:
         return Path(explicit).expanduser()
     if os.environ.get("DISTKG_DATA"):

@@ -161,10 +161,11 @@ class LoopbackCluster:
         # the temp dir names the GCS, raylets, dashboard and monitors; the Ray Client server of the head
         # (started by `ray start`, orphaned when it exits) names only the cluster's GCS address
         marks = (str(self.temp_dir), f"--address={self.address}")
+        me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}  # `distkg ray-stop --temp-dir DIR` names it too
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(mark in arg for arg in proc.info["cmdline"] or () for mark in marks):
+                if proc.pid not in me and any(mark in arg for arg in proc.info["cmdline"] or () for mark in marks):
                     for p in [proc, *proc.children(recursive=True)]:
                         found[p.pid] = p
             except psutil.Error:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -132,21 +133,40 @@ def check_before_start(run: str | Path, host: str, port: int, overrides: list[st
 
 def serve_forever(run: str | Path, host: str, port: int, overrides: list[str], max_batch: int, batch_wait_s: float) -> None:
     """`distkg serve`: start, print the address, wait for Ctrl-C or SIGTERM, then shut Serve and Ray down
-    (a shell's background job ignores SIGINT, so SIGTERM must also end it cleanly)."""
+    (a shell's background job ignores SIGINT, so SIGTERM must also end it cleanly). A signal while
+    Serve starts is kept and acted on once it has started (raised inside Ray's start-up, a
+    KeyboardInterrupt was swallowed there and the server ran on); a second one stops at once."""
+    signals: list[int] = []
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+
+    def during_start(signum, frame):
+        if signals:
+            raise KeyboardInterrupt
+        signals.append(signum)
+        log.warning("stopping once Serve has started (again to stop now)")
 
     if host not in ("127.0.0.1", "localhost"):
         log.warning("serving on %s: reachable from other machines, with no authentication", host)
     check_before_start(run, host, port, overrides)
-    started = start(run, host, port, overrides, max_batch, batch_wait_s)
-    signal.signal(signal.SIGTERM, interrupt)  # after start: ray.init installs its own handlers
-    signal.signal(signal.SIGINT, interrupt)
-    print(f"serving {run} at http://{host}:{port}/ (POST {{\"query\": \"s|r|?|t\"}}); Ctrl-C stops", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, during_start)
+    started = False
     try:
+        started = start(run, host, port, overrides, max_batch, batch_wait_s)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after start: ray.init installs its own SIGTERM handler
+            signal.signal(sig, interrupt)
+        if signals:
+            raise KeyboardInterrupt
+        print(f"serving {run} at http://{host}:{port}/ (POST {{\"query\": \"s|r|?|t\"}}); Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        if not started:  # stopped inside start: did it start a local Ray?
+            import ray
+
+            started = ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
         stop(started)

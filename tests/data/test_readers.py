@@ -187,5 +187,18 @@ def test_data_root_resolution(monkeypatch, tmp_path):
     assert resolve_data_root(tmp_path / "x") == tmp_path / "x"
     assert resolve_data_root(None) == tmp_path / "env"
     monkeypatch.delenv("DISTKG_DATA")
+    monkeypatch.delenv("DISTKG_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert resolve_data_root(None) == tmp_path / "cache" / "distkg" / "data"
+
+
+def test_the_default_data_root_moves_with_distkg_cache(monkeypatch, tmp_path):
+    # one cache rule (distkg.cachedir.cache_root): $DISTKG_CACHE moves the default data root with the other caches
+    from distkg.data import resolve_data_root
+
+    monkeypatch.delenv("DISTKG_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("DISTKG_CACHE", str(tmp_path / "cache"))
+    assert resolve_data_root(None) == tmp_path / "cache" / "data"
+    with pytest.raises(DataError, match=r"cache/data/yago11k not found; .*--data-root / \$DISTKG_DATA"):
+        load_dataset("yago11k")

@@ -59,3 +59,15 @@ def test_a_loopback_cluster_stops_its_own_processes_and_no_other_ray(tmp_path):
             p.kill()
         bystander.kill()
         bystander.wait()
+
+
+def test_ray_stop_does_not_end_itself(tmp_path):
+    """`distkg ray-stop --temp-dir DIR` names DIR on its own command line, as the Ray processes it
+    ends do: it ended itself (rc 143) before its head's processes (README lane)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "distkg", "ray-stop", "--temp-dir", str(tmp_path / "no-ray-here"),
+                           "--port", "6399"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopped 0 processes" in proc.stdout

@@ -89,3 +89,36 @@ def test_only_post(server):
 def test_cli_binds_loopback_by_default():
     args = build_parser().parse_args(["serve", "--run", "r"])
     assert args.host == "127.0.0.1"
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_serve_starts_stops_it_once_started(monkeypatch):
+    """Ctrl-C that comes while Serve starts (Ray's start-up caught the KeyboardInterrupt and the
+    server ran on: seen in the README lane) stops the server as soon as it has started. Stand-ins
+    (no Ray here): ``start`` is Serve's start-up, receiving SIGINT and swallowing what it raises."""
+    import os
+    import signal
+    import time
+
+    from distkg.serving import serve as serving
+
+    stopped = []
+
+    def start(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        return True
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(serving, "check_before_start", lambda *args: None)
+    monkeypatch.setattr(serving, "start", start)
+    monkeypatch.setattr(serving, "stop", stopped.append)
+    try:
+        serving.serve_forever("run", "127.0.0.1", 8000, [], 64, 0.005)  # returns: it did not serve forever
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert stopped == [True]
