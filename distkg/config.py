@@ -215,7 +215,7 @@ class RuntimeConfig:
     teacher_actors: int = 2  # LLM scoring actors; each encodes and scores 1/N of the entities
     teacher_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per actor, e.g. {GPU: 1}
     kg_teacher: Literal["local", "pool"] = "local"  # the 400-d KG teacher next to each student, or in actors
-    tp_size: int = 1  # DeepSpeed inference tensor-parallel degree per actor
+    tp_size: int = 1  # an unquantized LLM teacher's shard as tp_size actors (teacher_resources each), its layers sharded by DeepSpeed AutoTP
     # DeepSpeed inference in the LLM actors: auto only where it does work (kernel injection or tp_size > 1,
     # an unquantized LM on CUDA); on: always (the engine and its output check, e.g. on CPU); off: never
     deepspeed_inference: Literal["auto", "on", "off"] = "auto"

@@ -197,26 +197,109 @@ def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: 
             "tp_size": runtime_cfg.tp_size, "device": str(device), "output_check": check, "module": engine.module}
 
 
+def check_tensor_parallel(runtime_cfg: RuntimeConfig, kind: str, run: str | Path) -> None:
+    """What ``runtime.tp_size`` > 1 needs, in one line before Ray starts: an LLM teacher, unquantized
+    (DeepSpeed shards no bitsandbytes layer, DeepSpeed issue 4410), under DeepSpeed inference."""
+    from distkg.errors import ConfigError
+    from distkg.runfolder import run_config
+
+    n = runtime_cfg.tp_size
+    if n == 1:
+        return
+    if kind != "llm":
+        raise ConfigError(f"runtime.tp_size={n} shards an LLM teacher's layers, but {run} is a KG model's run: "
+                          "set runtime.tp_size=1")
+    if runtime_cfg.deepspeed_inference == "off":
+        raise ConfigError(f"runtime.tp_size={n} runs through DeepSpeed inference, but runtime.deepspeed_inference=off")
+    quantization = run_config(Path(run)).llm.quantization
+    if quantization != "none":
+        raise ConfigError(f"runtime.tp_size={n}: the LLM teacher in {run} is 4-bit (llm.quantization={quantization}) "
+                          "and DeepSpeed shards no bitsandbytes layer: set runtime.tp_size=1, or train the teacher "
+                          "with llm.quantization=none")
+
+
 PROBE_TEXTS = 64  # entity texts of its shard each LLM actor checks the DeepSpeed wrap on
 
 
 class ScoringShard:
-    """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg")."""
+    """Scores queries against entities [lo, hi) of one teacher run ("llm" or "kg").
 
-    def __init__(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None = None) -> None:
-        from distkg.runfolder import run_config
-        from distkg.data import load_dataset
+    With ``runtime.tp_size`` N > 1 (an unquantized LLM teacher), a shard is N actors, one per
+    device: DeepSpeed inference shards the LM's layers over them (tensor parallelism; DeepSpeed
+    runs one process per device, so "an actor's GPUs" are the N actors of its group). They load
+    only once the group has joined (``tp_start``); the first (the leader) is the only one the pool
+    calls, and it forwards every call to the others first, so all N run the same forward passes in
+    the same order (their collectives pair up; calls of several students reach the group through
+    the leader alone, in its order)."""
 
+    def __init__(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None = None,
+                 tp_rank: int = 0) -> None:
         torch.set_num_threads(max(1, int(runtime_cfg.teacher_resources.get("CPU", 1))))
-        self.kind, self.lo, self.hi = kind, lo, hi
-        run_path = Path(run)
-        cfg = on_resources(run_config(run_path), runtime_cfg.teacher_resources)
-        if data_root is not None:
-            cfg.data.root = data_root
-        ds = load_dataset(cfg.data)
+        self.kind, self.run, self.lo, self.hi, self.runtime_cfg, self.data_root = kind, run, lo, hi, runtime_cfg, data_root
+        self.tp_rank, self.tp_size = tp_rank, runtime_cfg.tp_size if kind == "llm" else 1
+        self.followers: list = []
         self.info: dict = {"kind": kind, "run": run, "shard": [lo, hi]}
+        if self.tp_size == 1:
+            self._load()
+
+    def tp_address(self) -> tuple[str, int]:
+        """Where this group's process group meets: the leader's node and a free port there."""
+        import socket
+
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+    def tp_start(self, address: str, port: int, one_node: bool) -> None:
+        """Join the group's process group (NCCL on GPUs, gloo on CPUs), then load: DeepSpeed shards the
+        LM over the group while every member loads it (all in the same steps). On CPUs DeepSpeed's
+        all-reduce goes through shared memory when every member is on one node (LOCAL_SIZE, read by
+        its C op, which crashes when it is unset); otherwise through gloo."""
+        import os
+
+        import deepspeed
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # LOCAL_RANK 0: each member sees only its own device (Ray sets CUDA_VISIBLE_DEVICES per actor)
+        os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(self.tp_rank),
+                          WORLD_SIZE=str(self.tp_size), LOCAL_RANK="0", LOCAL_SIZE=str(self.tp_size if one_node else 1))
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.tp_rank,
+                                world_size=self.tp_size)
+        deepspeed.init_distributed(dist_backend=backend)
+        if backend == "gloo" and not one_node:
+            from deepspeed import comm
+
+            comm.cdb.shm_vector_kernel_level = 0  # its shared-memory all-reduce cannot span nodes
+        self._load()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def follow(self, followers: list) -> None:
+        """The leader's handles of the group's other members (TeacherPool.ready)."""
+        self.followers = followers
+
+    def _forward(self, method: str, *args) -> list:
+        return [getattr(f, method).remote(*args) for f in self.followers]
+
+    def _load(self) -> None:
+        from distkg.data import load_dataset
+        from distkg.runfolder import run_config
+
+        kind, lo, hi, runtime_cfg = self.kind, self.lo, self.hi, self.runtime_cfg
+        run_path = Path(self.run)
+        cfg = on_resources(run_config(run_path), runtime_cfg.teacher_resources)
+        if self.data_root is not None:
+            cfg.data.root = self.data_root
+        ds = load_dataset(cfg.data)
         if kind == "llm":
             from distkg.llm.finetune import load_teacher
+            from distkg.llm.rounds import lm_bytes
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
             quantized, on_cuda = cfg.llm.quantization != "none", self.model.device.type == "cuda"
@@ -225,9 +308,17 @@ class ScoringShard:
                 log.info("LLM actor [%d, %d): no DeepSpeed inference: %s", lo, hi, skipped)
                 self.info.update(engine=None, deepspeed_skipped=skipped)
             else:
+                if self.tp_size > 1 and hasattr(self.model.lm_model, "merge_and_unload"):
+                    # the LoRA adapter into the base weights first: AutoTP shards each base Linear, and
+                    # an unsharded adapter beside a sharded layer no longer fits it
+                    self.model.lm_model = self.model.encoder.lm.model = self.model.lm_model.merge_and_unload()
                 probe = self.model.texts["entity"][lo:hi][:PROBE_TEXTS]
+                full = lm_bytes(self.model.encoder.lm.model)
                 ds_info = wrap_deepspeed(self.model.encoder, runtime_cfg, quantized, self.model.device, probe)
                 self.model.lm_model = self.model.encoder.lm.model = ds_info.pop("module")
+                if self.tp_size > 1:  # what this member holds of the LM's weights
+                    ds_info["tp"] = {"rank": self.tp_rank, "lm_bytes_full": full,
+                                     "lm_bytes_held": lm_bytes(self.model.lm_model)}
                 self.info.update(ds_info)
             self.version = f"{self.model.encoder.weights_version()}-{_digest(self.model.head.weight)}"
         else:
@@ -253,14 +344,16 @@ class ScoringShard:
         ([D, r], the top right singular vectors of the whole candidate table; TeacherPool.ready)."""
         from distkg.models.base import DotProductModel
 
+        followed = self._forward("use_projection", basis)
         if not isinstance(self.model, DotProductModel):
             raise DistkgError(f"runtime.soft_targets=lowrank needs a dot-product teacher (score = query . entity); "
                               f"{type(self.model).__name__} is not one")
         self.basis = basis.to(self.device)
+        _wait(followed)
 
     def project(self, queries: torch.Tensor) -> torch.Tensor:
         """[B, r]: each query's representation on the basis (use_projection), cached per query."""
-        t0 = time.perf_counter()
+        t0, followed = time.perf_counter(), self._forward("project", queries)
         keys = [("lowrank", *row) for row in queries.tolist()]
         todo = [i for i, k in enumerate(keys) if not self.use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
@@ -273,13 +366,16 @@ class ScoringShard:
             if self.use_cache:
                 self.cache.update((keys[i], r) for i, r in fresh.items())
         self.stats["seconds"] += time.perf_counter() - t0
+        _wait(followed)
         return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
 
     def use_entity_table(self, table: torch.Tensor) -> None:
         """Every entity's E(p), gathered from all shards: a query's entity is then a lookup, not an
         LLM call in this actor for an entity another shard owns. A restarted actor lacks it and
         encodes such entities itself (the same E(p), more LLM work) until given it again."""
+        followed = self._forward("use_entity_table", table)
         self.model.use_tables(entity=table)
+        _wait(followed)
 
     def score(self, queries: torch.Tensor, topk: int | None = None, temperature: float | None = None,
               samples: int = 0, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -288,7 +384,7 @@ class ScoringShard:
         client's rest bucket: the mass outside the global top k); with ``samples``, also that many
         draws from the shard's softmax(row / T) (generator seeded with ``seed``) and the mean of
         row / T under it (merge_topk_sampled). Draws are fresh every call, so those rows are not cached."""
-        t0 = time.perf_counter()
+        t0, followed = time.perf_counter(), self._forward("score", queries, topk, temperature, samples, seed)
         keys = [(topk, temperature, *row) for row in queries.tolist()]
         use_cache = self.use_cache and not samples
         todo = [i for i, k in enumerate(keys) if not use_cache or k not in self.cache]
@@ -308,6 +404,7 @@ class ScoringShard:
                 self.cache.update((keys[i], r) for i, r in fresh.items())
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
         self.stats["seconds"] += time.perf_counter() - t0
+        _wait(followed)
         if topk is not None:
             return tuple(torch.stack(column) for column in zip(*out))
         return torch.stack(out)
@@ -317,12 +414,24 @@ class ScoringShard:
 
         import ray
 
-        return {**self.info, "node_id": ray.get_runtime_context().get_node_id(),
-                "pid": os.getpid(), "version": self.version}
+        info = {**self.info, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "version": self.version}
+        if self.followers:
+            info["tp_members"] = [info.get("tp"), *(m.get("tp") for m in ray.get(self._forward("node")))]
+        return info
 
     def get_stats(self) -> dict:
         """Totals since this actor started: queries answered, cache hits, queries scored, seconds."""
         return dict(self.stats)
+
+
+def _wait(refs: list) -> None:
+    """The group's other members' answers to a forwarded call (discarded: the leader's is the same);
+    waited for, so their errors surface here."""
+    if refs:
+        import ray
+
+        ray.get(refs)
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -354,11 +463,18 @@ class TeacherPool:
         # an LLM teacher that reads queries as text is sent each training query's row too (its text
         # leaves that row's fact out; distkg.llm.teacher.LLMTeacher.with_rows)
         self.wants_rows = kind == "llm" and _reads_text(Path(run))
-        actor_cls = ray.remote(ScoringShard).options(
-            **actor_options(runtime_cfg.teacher_resources),
-            max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
-        self.actors = [actor_cls.remote(kind, str(Path(run).resolve()), lo, hi, runtime_cfg, data_root)
-                       for lo, hi in self.bounds]
+        run = str(Path(run).resolve())
+        self.tp = runtime_cfg.tp_size if kind == "llm" else 1
+        self.groups: list[list] = []  # tp_size > 1: each shard's actors, the leader first
+        self.placement_groups: list = []
+        if self.tp == 1:
+            actor_cls = ray.remote(ScoringShard).options(
+                **actor_options(runtime_cfg.teacher_resources),
+                max_restarts=-1, max_task_retries=-1)  # a killed actor is restarted and its pending calls retried
+            self.actors = [actor_cls.remote(kind, run, lo, hi, runtime_cfg, data_root) for lo, hi in self.bounds]
+        else:
+            self.groups = [self._group(kind, run, lo, hi, runtime_cfg, data_root) for lo, hi in self.bounds]
+            self.actors = [group[0] for group in self.groups]
         self.topk = runtime_cfg.topk if runtime_cfg.soft_targets == "topk" else None
         self.samples = runtime_cfg.tail_samples if self.topk else 0
         self.lowrank = runtime_cfg.soft_targets == "lowrank" and kind == "kg"  # an LLM pool sends full rows then
@@ -366,12 +482,39 @@ class TeacherPool:
         self._calls = 0
         self._shared = False
 
+    def _group(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None) -> list:
+        """The ``tp_size`` actors of one shard, packed on one node (a placement group: tensor
+        parallelism talks at every layer). A member that dies is not restarted: it cannot rejoin
+        its group's process group, so the pool's calls fail (one line, distkg.runtime.students)."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options = actor_options(runtime_cfg.teacher_resources)
+        bundle = {k: v for k, v in {"CPU": options["num_cpus"], "GPU": options["num_gpus"],
+                                    **(options["resources"] or {})}.items() if v}
+        if bundle:
+            group = placement_group([bundle] * self.tp, strategy="STRICT_PACK")
+            self.placement_groups.append(group)
+        actor_cls = ray.remote(ScoringShard)
+        return [actor_cls.options(**options, max_restarts=0, **({"scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=i)} if bundle else {})).remote(kind, run, lo, hi, runtime_cfg, data_root, i)
+                for i in range(self.tp)]
+
     def ready(self, timeout: float | None = None) -> list[dict]:
         """Wait until every actor has loaded its teacher and encoded its shard; for an LLM teacher
         give every actor the whole entity table (each text went through the LLM in one actor only).
-        Returns the actors' placement."""
+        Tensor-parallel groups meet (their leader's address), load together, and the leaders learn
+        their followers first. Returns the actors' placement."""
         import ray
 
+        if self.groups and not getattr(self, "_started", False):
+            addresses = ray.get([group[0].tp_address.remote() for group in self.groups], timeout=timeout)
+            one_node = [len(set(ray.get([m.node_id.remote() for m in group], timeout=timeout))) == 1 for group in self.groups]
+            ray.get([member.tp_start.remote(*address, local) for group, address, local in zip(self.groups, addresses, one_node)
+                     for member in group], timeout=timeout)
+            ray.get([group[0].follow.remote(group[1:]) for group in self.groups], timeout=timeout)
+            self._started = True
         infos = ray.get([a.node.remote() for a in self.actors], timeout=timeout)
         if self.lowrank and self.projected is None:
             table = torch.cat(ray.get([a.shard_table.remote() for a in self.actors], timeout=timeout)).float()
@@ -426,9 +569,12 @@ class TeacherPool:
 
     def shutdown(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
-        for a in self.actors:
+        for a in [member for group in self.groups for member in group] or self.actors:
             ray.kill(a, no_restart=True)
+        for group in self.placement_groups:
+            remove_placement_group(group)
 
 
 @dataclass

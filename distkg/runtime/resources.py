@@ -26,7 +26,11 @@ log = logging.getLogger("distkg")
 def demand(runtime_cfg: RuntimeConfig, pools: list[str]) -> tuple[dict[str, float], list[str]]:
     """Total resources the run asks for, and one line per group of actors or workers (for messages)."""
     total: dict[str, float] = {}
-    groups = [(f"{runtime_cfg.teacher_actors} {name} scoring actor(s)", runtime_cfg.teacher_actors, runtime_cfg.teacher_resources) for name in pools]
+    groups = []
+    for name in pools:  # an LLM pool's shard is runtime.tp_size actors (distkg.runtime.pool.ScoringShard)
+        count = runtime_cfg.teacher_actors * (runtime_cfg.tp_size if name == "llm" else 1)
+        what = f"{runtime_cfg.teacher_actors} {name} scoring actor(s)" + (f" x tp_size {runtime_cfg.tp_size}" if count > runtime_cfg.teacher_actors else "")
+        groups.append((what, count, runtime_cfg.teacher_resources))
     groups.append((f"{runtime_cfg.workers} Ray Train worker(s)", runtime_cfg.workers, runtime_cfg.worker_resources))
     for _, count, each in groups:
         for key, amount in each.items():

@@ -25,7 +25,7 @@ from distkg.data import load_dataset
 from distkg.distill.runner import KG_FIELDS, check_method
 from distkg.errors import DistkgError
 from distkg.runfolder import MODEL_KINDS, open_finished, prepare_folder
-from distkg.runtime.pool import TeacherPool, soft_targets
+from distkg.runtime.pool import TeacherPool, check_tensor_parallel, soft_targets
 from distkg.runtime.raytrain import absolute, ray_failure, ray_session, run_workers, worker_setup, written_metrics
 
 log = logging.getLogger("distkg")
@@ -70,7 +70,8 @@ def start_pools(cfg: RunConfig, needs: set[str], num_entities: int, out: Path) -
                                           f"the {name} teacher's scoring actors ({runs[name]})")) from None
         for info in infos:
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
-                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size", "deepspeed_skipped") if k in info})
+                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size", "tp_members", "deepspeed_skipped")
+                      if k in info})
     if needs & KG_FIELDS and runtime_cfg.kg_teacher == "local":
         log.info("KG teacher: next to each student (runtime.kg_teacher=local)")
     return pools
@@ -127,8 +128,8 @@ def distill_on_ray(cfg: RunConfig, out: Path, restart: bool = False, fail_once: 
 
     cfg, out, runtime_cfg = absolute(cfg), out.resolve(), cfg.runtime
     needs = check_method(cfg)
-    if "llm" in pool_names(runtime_cfg, needs):
-        second_kind(cfg.distill.llm_run)  # before Ray starts
+    if "llm" in pool_names(runtime_cfg, needs):  # before Ray starts
+        check_tensor_parallel(runtime_cfg, second_kind(cfg.distill.llm_run), cfg.distill.llm_run)
     prepare_folder(cfg, out, "student", restart=restart)
     num_entities = load_dataset(cfg.data).num_entities
     pools: dict[str, TeacherPool] = {}

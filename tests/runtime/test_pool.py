@@ -121,6 +121,55 @@ def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
         kg.shutdown()
 
 
+def test_a_tensor_parallel_group_scores_as_one_actor(cluster, tiny_runs, graph):
+    """runtime.tp_size=2 (issue 28 item 3): one shard is two actors in a gloo process group (NCCL on
+    GPUs); DeepSpeed inference shards the unquantized LM's layers over them (AutoTP), each holds
+    part of its weights, and the pool's scores equal the in-process teacher's (float32 on CPU)."""
+    from distkg.distill.teachers import LLMTables
+    from distkg.runtime.pool import TeacherPool
+
+    ds, queries = graph
+    rc = RuntimeConfig(teacher_actors=1, teacher_resources=TEACHER, tp_size=2)
+    pool = TeacherPool("llm", tiny_runs.llm, ds.num_entities, rc, str(tiny_runs.data))
+    try:
+        (info,) = pool.ready(timeout=300)  # the first run on a machine builds DeepSpeed's CPU all-reduce (~30 s)
+        assert info["engine"] == "InferenceEngine" and info["tp_size"] == 2
+        members = info["tp_members"]
+        assert [m["rank"] for m in members] == [0, 1]
+        for m in members:  # the embeddings stay whole; the attention and MLP projections are halved
+            assert 0.3 < m["lm_bytes_held"] / m["lm_bytes_full"] < 0.8, members
+        q = queries[:64]
+        torch.testing.assert_close(pool.score(q), LLMTables(tiny_runs.llm, ds).scores(q), atol=1e-5, rtol=1e-4)
+        pool.score(q)  # both members answer from their caches: the group stays in step
+        assert pool.stats()["cache_hits"] == 64
+    finally:
+        pool.shutdown()
+
+
+def test_tensor_parallel_is_checked_before_ray_starts(tiny_runs, tmp_path):
+    import shutil
+
+    import yaml
+
+    from distkg.errors import ConfigError
+    from distkg.runtime.pool import check_tensor_parallel
+
+    rc = RuntimeConfig(tp_size=2)
+    check_tensor_parallel(rc, "llm", tiny_runs.llm)  # unquantized: fine
+    check_tensor_parallel(RuntimeConfig(), "kg", tiny_runs.teacher)  # tp_size 1: nothing to check
+    with pytest.raises(ConfigError, match="KG model's run"):
+        check_tensor_parallel(rc, "kg", tiny_runs.teacher)
+    with pytest.raises(ConfigError, match="deepspeed_inference=off"):
+        check_tensor_parallel(dataclasses.replace(rc, deepspeed_inference="off"), "llm", tiny_runs.llm)
+    nf4 = tmp_path / "nf4"
+    shutil.copytree(tiny_runs.llm, nf4)
+    saved = yaml.safe_load((nf4 / "config.yaml").read_text())
+    saved["llm"]["quantization"] = "nf4"
+    (nf4 / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="4-bit"):
+        check_tensor_parallel(rc, "llm", nf4)
+
+
 def test_pool_low_rank_rows_and_tail_draws(cluster, tiny_runs, graph):
     from distkg.distill.teachers import KGTeacher
     from distkg.runtime.pool import TeacherPool, low_rank_basis
