@@ -46,7 +46,27 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     values = apply_overrides({"dataset": args.name, "root": args.data_root}, [s.removeprefix("data.") for s in args.set])
     ds = load_dataset(build(DataConfig, values, "data"))
+    if args.shape:
+        from distkg.data.synth import shape_stats
+
+        print(json.dumps(shape_stats(ds.splits["train"], ds.splits["test"], ds.num_entities), indent=2))
+        return 0
     print(json.dumps(ds.stats(), indent=2) if args.json else ds.describe())
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from distkg.data import load_dataset, resolve_data_root
+    from distkg.data.synth import shape_stats, write_synth
+
+    t0 = time.perf_counter()
+    folder = write_synth(resolve_data_root(args.data_root), args.name, args.entities, args.relations, args.times,
+                         args.facts, args.seed, args.alpha, args.recurrence, args.force)
+    ds = load_dataset(args.name, folder.parent)
+    stats = shape_stats(ds.splits["train"], ds.splits["test"], ds.num_entities)
+    print(json.dumps({"folder": str(folder), "seconds": round(time.perf_counter() - t0, 1), **stats}, indent=2))
     return 0
 
 
@@ -240,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("name")
     stats.add_argument("--data-root")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--shape", action="store_true", help="degree tail and recurrence as JSON "
+                                                           "(what `distkg data synth` imitates; cluster/SCALING.md)")
     stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="data option, e.g. --set min_bucket_size=100")
     stats.set_defaults(func=cmd_data_stats)
@@ -249,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--mirror", help="base URL serving NAME/FILE (else $DISTKG_DATA_MIRROR, else the public sources)")
     dl.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     dl.set_defaults(func=cmd_data_download)
+    sy = dsub.add_parser("synth", help="write a seeded synthetic temporal KG of any size (ICEWS18 layout, "
+                                       "heavy-tailed degrees, recurring facts) into the data root")
+    sy.add_argument("name", help="the dataset's name (data.dataset); not a benchmark's")
+    sy.add_argument("--entities", type=int, required=True)
+    sy.add_argument("--relations", type=int, default=256)
+    sy.add_argument("--times", type=int, default=365, help="time steps (days)")
+    sy.add_argument("--facts", type=int, required=True, help="facts in all three splits (80/10/10 by time)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--alpha", type=float, default=1.0, help="entity popularity exponent (weight (rank+1)^-alpha)")
+    sy.add_argument("--recurrence", type=float, default=0.4, help="share of facts repeating an earlier (s, r, o)")
+    sy.add_argument("--data-root")
+    sy.add_argument("--force", action="store_true", help="replace a graph of that name")
+    sy.set_defaults(func=cmd_data_synth)
 
     tr = sub.add_parser("train", help="train a KG model (checkpoints per epoch, resumes, metrics.json)")
     _add_config_args(tr)

@@ -33,13 +33,17 @@ def load_dataset(cfg: DataConfig | str, root: str | os.PathLike | None = None) -
     """Read a dataset by name from the data root (see resolve_data_root)."""
     if isinstance(cfg, str):
         cfg = DataConfig(dataset=cfg)
+    from distkg.data.synth import synth_reader
+
     name = cfg.dataset.lower()
-    if name not in READERS:
-        raise DataError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(READERS))}")
     folder = resolve_data_root(root or cfg.root) / name
+    reader = name if name in READERS else synth_reader(folder)  # a synthetic graph (distkg data synth)
+    if reader is None:
+        raise DataError(f"unknown dataset {cfg.dataset!r}: not a benchmark ({', '.join(sorted(READERS))}) and no "
+                        f"graph of `distkg data synth` at {folder}")
     if not folder.is_dir():
         raise DataError(
             f"dataset folder {folder} not found; run `distkg data download {name}` "
             "or point --data-root / $DISTKG_DATA at a folder that holds it"
         )
-    return READERS[name](folder, cfg)
+    return READERS[reader](folder, cfg)

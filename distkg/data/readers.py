@@ -245,7 +245,8 @@ def read_icews14(root: Path, cfg: DataConfig) -> TKGDataset:
 
 
 def read_icews18(root: Path, cfg: DataConfig) -> TKGDataset:
-    """RE-GCN layout: integer ids, t = hours since 2018-01-01 in steps of 24, CRLF maps."""
+    """RE-GCN layout: integer ids, t = hours since 2018-01-01 in steps of 24, CRLF maps (also the
+    layout of `distkg data synth`'s graphs, named by their folder)."""
     lines = LineReader(cfg.on_bad_line)
     entities = read_id_map(root / "entity2id.txt", 2, lines)
     relations = read_id_map(root / "relation2id.txt", 2, lines)
@@ -258,7 +259,7 @@ def read_icews18(root: Path, cfg: DataConfig) -> TKGDataset:
         return _int_in(f[0], n_ent, "entity"), _int_in(f[1], n_rel, "relation"), _int_in(f[2], n_ent, "entity"), hours // 24
 
     rows = {split: list(lines.rows(root / f"{split}.txt", 4, parse)) for split in SPLITS}
-    return _point_dataset("icews18", rows, dt.date(2018, 1, 1), entities, relations, lines)
+    return _point_dataset(root.name, rows, dt.date(2018, 1, 1), entities, relations, lines)  # a synthetic graph's too
 
 
 READERS: dict[str, Callable[[Path, DataConfig], TKGDataset]] = {
