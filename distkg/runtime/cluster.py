@@ -43,6 +43,15 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 WORKER_NICENESS = 0  # module docstring
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's choice)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
 def is_loopback(address: str | None) -> bool:
     """True for a local Ray (None) or an address on 127.0.0.1/localhost."""
     if address is None:
@@ -90,10 +99,14 @@ class LoopbackCluster:
 
     nodes: list[dict[str, float]]
     cpus: int = 1
-    port: int = 6390
-    dashboard_port: int = 8265
+    port: int | None = None  # the GCS port; None: a free one (two clusters on one machine do not meet)
+    dashboard_port: int | None = None  # None: a free one
     temp_dir: Path | None = None
     made_temp_dir: bool = False
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
+        self.dashboard_port = self.dashboard_port or free_port()
 
     @property
     def address(self) -> str:
@@ -128,8 +141,8 @@ class LoopbackCluster:
         extra = ["--temp-dir", str(self.temp_dir)]
         self._ray("start", "--head", "--node-ip-address", LOOPBACK, "--port", str(self.port),
                   "--dashboard-host", LOOPBACK, "--dashboard-port", str(self.dashboard_port),
-                  "--num-cpus", str(self.cpus), "--resources", json.dumps(head), "--disable-usage-stats", *extra,
-                  head=True)
+                  "--num-cpus", str(self.cpus), "--resources", json.dumps(head), "--disable-usage-stats",
+                  "--ray-client-server-port", str(free_port()), *extra, head=True)
         for resources in others:
             self._ray("start", "--address", self.address, "--node-ip-address", LOOPBACK, "--num-cpus",
                       str(self.cpus), "--resources", json.dumps(resources), "--disable-usage-stats", *extra)

@@ -70,7 +70,7 @@ def cluster(tmp_path_factory):
 
     from distkg.runtime.cluster import LoopbackCluster, connect
 
-    c = LoopbackCluster([{"teacher": 4}, {"student": 2}], cpus=1, port=6391, dashboard_port=8266)
+    c = LoopbackCluster([{"teacher": 4}, {"student": 2}], cpus=1)  # free ports
     saved = dict(os.environ)
     os.environ.update(c.env())  # this process is the cluster's driver
     try:

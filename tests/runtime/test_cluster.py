@@ -40,7 +40,7 @@ def test_a_loopback_cluster_stops_its_own_processes_and_no_other_ray(tmp_path):
         assert bystander.stdout.readline().strip() == "up"
         others = psutil.Process(bystander.pid).children(recursive=True)
         assert others
-        cluster = LoopbackCluster([{"teacher": 1}], cpus=1, port=6397, dashboard_port=8271).start()
+        cluster = LoopbackCluster([{"teacher": 1}], cpus=1).start()
         try:
             assert "niceness 0" in run_driver(f"import ray\nray.init(address='{cluster.address}')\n" + NICENESS, cluster.env())
             mine = cluster.processes()
