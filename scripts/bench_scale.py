@@ -63,15 +63,9 @@ def part(kind: str, root: str, name: str, steps: int) -> dict:
         opt = make_optimizer(cfg, list(model.parameters()))
         gen = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(queries), generator=gen)
-        times = []
-        for i in range(steps + 1):
-            idx = perm[i * bs: (i + 1) * bs]
-            t = time.process_time()
-            loss, _ = loss_fn(idx, queries[idx], answers[idx], gen)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            times.append(time.process_time() - t)
+        from benchlib import step_seconds
+
+        times = [step_seconds(loss_fn, opt, perm[i * bs: (i + 1) * bs], queries, answers, gen) for i in range(steps + 1)]
         step = statistics.median(times[1:])
         batches = math.ceil(len(queries) / bs)
         out.update(batch_size=bs, step_seconds=round(step, 3), batches_per_epoch=batches,

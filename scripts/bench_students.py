@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from benchlib import bench_data_root, machine, write_result
+from benchlib import bench_data_root, machine, step_seconds, write_result
 from distkg import kernels
 from distkg.config import load_config
 from distkg.data import load_dataset
@@ -79,12 +79,7 @@ def time_cell(cfg, ds, stage: int, kg: KGTeacher, llm: LLMTables, q, a, batches,
     times, bounds = [], []
     for idx in [batches[0], *batches]:
         bounds.append(bound.seconds())
-        t = time.process_time()
-        loss, _ = loss_fn(idx, q[idx], a[idx], gen)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.process_time() - t)
+        times.append(step_seconds(loss_fn, opt, idx, q, a, gen))
     return statistics.median(times[1:]), statistics.median(bounds[1:])
 
 

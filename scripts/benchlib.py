@@ -32,3 +32,16 @@ def write_result(result: dict, out: str | Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def step_seconds(loss_fn, opt, idx, q, a, gen) -> float:
+    """CPU seconds of one training step as `distkg distill` runs it (distkg.distill.runner.step_loss's
+    loss, backward, optimiser step): process time, as the machines are shared."""
+    import time
+
+    t = time.process_time()
+    loss, _ = loss_fn(idx, q[idx], a[idx], gen)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return time.process_time() - t
