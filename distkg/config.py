@@ -78,8 +78,11 @@ class TrainConfig:
     batch_size: int = 1000  # training queries per forward/backward pass (grad_accum passes per optimizer step)
     optimizer: Literal["adagrad", "adam"] = "adagrad"
     lr: float = 0.1
-    loss: Literal["1vsall", "negative_sampling"] = "1vsall"
-    negatives: int = 64  # per query, for loss=negative_sampling
+    # 1vsall: cross-entropy over every entity; sampled_softmax: over the batch's answers and `negatives`
+    # entities drawn for the batch (a step's cost does not grow with the entities); negative_sampling:
+    # logistic loss against `negatives` entities drawn per query
+    loss: Literal["1vsall", "sampled_softmax", "negative_sampling"] = "1vsall"
+    negatives: int = 64  # per query (negative_sampling) or per batch (sampled_softmax)
     label_smoothing: float = 0.0
     grad_accum: int = 1  # micro-batches of train.batch_size per optimizer step (weighted by size; an epoch ends a step)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

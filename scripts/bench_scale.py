@@ -13,6 +13,9 @@ at a fixed batch; an epoch has 10x more queries per 10x entities, so a full 1-vs
 as E^2). Run on one thread (OMP_NUM_THREADS=1):
 
     OMP_NUM_THREADS=1 python scripts/bench_scale.py --out docs/bench/bench_scale_cpu.json [--entities 10000,100000,1000000]
+
+--loss sampled_softmax (or negative_sampling) times the steps `distkg train` runs with that
+``train.loss`` and ``--negatives`` instead.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def part(kind: str, root: str, name: str, steps: int) -> dict:
+def part(kind: str, root: str, name: str, steps: int, loss: str = "1vsall", negatives: int = 1024) -> dict:
     """One part in this process (the child's side)."""
     import torch
 
@@ -39,11 +42,12 @@ def part(kind: str, root: str, name: str, steps: int) -> dict:
     from distkg.data import load_dataset
     from distkg.distill.runner import step_loss
     from distkg.evaluation import EvalOptions, FilterIndex, evaluate
-    from distkg.training.trainer import build_model, make_optimizer, training_queries
+    from distkg.training.trainer import batch_loss, build_model, make_optimizer, training_queries
 
     dim = 400 if kind == "teacher" else 25
     cfg = load_config(["configs/train/tadistmult-icews14-400.yaml", "configs/distill/plain.yaml"],
-                      [f"data.dataset={name}", f"data.root={root}", f"model.args.dim={dim}"])
+                      [f"data.dataset={name}", f"data.root={root}", f"model.args.dim={dim}", f"train.loss={loss}",
+                       f"train.negatives={negatives}"])
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data)
     read_s = time.perf_counter() - t0
@@ -59,7 +63,11 @@ def part(kind: str, root: str, name: str, steps: int) -> dict:
     else:
         queries, answers = training_queries(ds.splits["train"], ds.num_relations)
         bs = cfg.train.batch_size
-        loss_fn = step_loss(model, cfg.distill.stages[0].losses, "bench", cfg.distill)
+        if loss == "1vsall":  # the step `distkg distill` runs for the plain student (its `ce` loss)
+            loss_fn = step_loss(model, cfg.distill.stages[0].losses, "bench", cfg.distill)
+        else:  # the step `distkg train` runs with train.loss (distkg.training.trainer.batch_loss)
+            def loss_fn(idx, q, a, gen):
+                return batch_loss(cfg, model, q, a, gen), {}
         opt = make_optimizer(cfg, list(model.parameters()))
         gen = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(queries), generator=gen)
@@ -68,7 +76,7 @@ def part(kind: str, root: str, name: str, steps: int) -> dict:
         times = [step_seconds(loss_fn, opt, perm[i * bs: (i + 1) * bs], queries, answers, gen) for i in range(steps + 1)]
         step = statistics.median(times[1:])
         batches = math.ceil(len(queries) / bs)
-        out.update(batch_size=bs, step_seconds=round(step, 3), batches_per_epoch=batches,
+        out.update(loss=loss, batch_size=bs, step_seconds=round(step, 3), batches_per_epoch=batches,
                    epoch_seconds_estimate=round(step * batches, 1))
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return out
@@ -85,11 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--entities", default="10000,100000,1000000")
     ap.add_argument("--parts", default="student,eval,teacher")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--loss", default="1vsall", help="train.loss of the student and teacher steps: 1vsall (the "
+                    "plain student's ce, as distill runs it) or sampled_softmax / negative_sampling (as train runs it)")
+    ap.add_argument("--negatives", type=int, default=1024, help="train.negatives with --loss other than 1vsall")
     ap.add_argument("--data-root", help="where the synthetic graphs go (default: a temporary folder)")
     ap.add_argument("--child", nargs=3, metavar=("PART", "ROOT", "NAME"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(part(*args.child, args.steps)))
+        print(json.dumps(part(*args.child, args.steps, args.loss, args.negatives)))
         return {}
     from benchlib import machine, write_result
 
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
                         str(10 * n), "--data-root", str(root), "--force"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         synth_s = time.perf_counter() - t
         for kind in args.parts.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--out", "-", "--steps", str(args.steps), "--child", kind,
+            proc = subprocess.run([sys.executable, __file__, "--out", "-", "--steps", str(args.steps), "--loss", args.loss,
+                                   "--negatives", str(args.negatives), "--child", kind,
                                    str(root), name], cwd=REPO, capture_output=True, text=True)
             if proc.returncode != 0:  # a wall: say which, and how it ended (a kill by the OOM killer is -9)
                 row = {"part": kind, "entities": n, "failed": proc.returncode, "error": proc.stderr.strip()[-300:]}
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["synth_seconds"] = round(synth_s, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"results": rows, "steps": args.steps, "machine": machine(),
+    result = {"results": rows, "steps": args.steps, "loss": args.loss, "negatives": args.negatives, "machine": machine(),
               "exponents": {kind: {key: exponents([r for r in rows if r["part"] == kind], key)
                                    for key in ("step_seconds", "eval_seconds", "peak_rss_gb")}
                             for kind in args.parts.split(",")}}

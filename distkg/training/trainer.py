@@ -92,6 +92,11 @@ def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor
     """The configured training loss for one batch, plus the model's regulariser."""
     if cfg.train.loss == "1vsall":
         loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+    elif cfg.train.loss == "sampled_softmax":  # the batch's answers and k uniformly drawn entities, shared
+        neg = torch.randint(0, model.num_entities, (cfg.train.negatives,), generator=gen).to(q.device)
+        candidates, inverse = torch.unique(torch.cat([a, neg]), return_inverse=True)
+        scores = model.match(model.query_repr(q), model.candidate_table()[candidates])
+        loss = cross_entropy(scores, inverse[: len(a)], label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
         neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)

@@ -83,6 +83,25 @@ def test_negative_sampling_learns(tmp_path):
     assert log[1]["loss"] < log[0]["loss"] and m["mrr"] > 0
 
 
+def test_sampled_softmax_is_the_cross_entropy_over_the_drawn_candidates(tmp_path):
+    """train.loss=sampled_softmax: cross-entropy over the batch's answers and `negatives` entities drawn
+    for the batch (issue 29: a step whose cost does not grow with the entities); it learns."""
+    import torch.nn.functional as F
+
+    cfg = config(loss="sampled_softmax", negatives=16)
+    model = trainer.build_model(cfg, DS)
+    q, a = trainer.training_queries(DS.splits["train"], DS.num_relations)
+    q, a = q[:32], a[:32]
+    got = trainer.batch_loss(cfg, model, q, a, torch.Generator().manual_seed(5))
+    neg = torch.randint(0, DS.num_entities, (16,), generator=torch.Generator().manual_seed(5))
+    cands = torch.unique(torch.cat([a, neg]))
+    want = F.cross_entropy(model(q)[:, cands], torch.searchsorted(cands, a)) + model.regularizer(q, a)
+    torch.testing.assert_close(got, want)
+    m = run(config(loss="sampled_softmax", negatives=16, epochs=3), tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"] and m["mrr"] > 0
+
+
 def test_cli_train_then_evaluate_run(data_root, tmp_path):
     out = tmp_path / "run"
     args = ["--out", str(out), "--set", f"data.root={data_root}", "--set", "model.name=ttranse", "--set", "model.args.dim=6",
