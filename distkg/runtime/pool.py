@@ -27,7 +27,7 @@ import torch
 
 from distkg.config import RunConfig, RuntimeConfig
 from distkg.data import TKGDataset
-from distkg.device import compute_dtype, inference_dtype, placement
+from distkg.device import compute_dtype, cuda_available, inference_dtype, placement
 from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
@@ -262,7 +262,7 @@ class ScoringShard:
         import deepspeed
         import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if cuda_available() else "gloo"
         # LOCAL_RANK 0: each member sees only its own device (Ray sets CUDA_VISIBLE_DEVICES per actor)
         os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(self.tp_rank),
                           WORLD_SIZE=str(self.tp_size), LOCAL_RANK="0", LOCAL_SIZE=str(self.tp_size if one_node else 1))
