@@ -1,6 +1,6 @@
-"""Ctrl-C stops a Ray run: the command exits (rc 130) within seconds, and the local Ray it started
-goes with it (before, Ray Train's own SIGINT handler only asked its controller to abort, which a
-worker group waiting for resources never did, and the command hung)."""
+"""Ctrl-C stops a Ray run: the command exits (rc 130) within seconds, the local Ray it started goes
+with it (before, Ray Train's own SIGINT handler only asked its controller to abort, which a worker
+group waiting for resources never did, and the command hung), and the same command resumes it."""
 
 from __future__ import annotations
 
@@ -19,41 +19,9 @@ from distkg.config import save_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_ctrl_c_stops_the_run_and_the_local_ray(tiny_runs, tmp_path):
-    # long enough to be running when the signal comes, also on a fast idle machine (2 x 50 epochs there
-    # stopped early and exited 0 first): no early stop
-    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=5000", "distill.stages.1.epochs=5000", "train.patience=10000",
-                            "runtime.backend=ray", "runtime.teacher_actors=1", "runtime.num_cpus=2")
-    save_config(cfg, tmp_path / "job.yaml")
-    # the command starts a Ray of its own, also while the suite's loopback cluster runs (not inherited)
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
-    # SIGINT at its default in the child, as a terminal gives a foreground command: a suite started as
-    # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler (the
-    # signal was ignored and the test timed out: seen with `bash .ci/run &`)
-    proc = subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(tmp_path / "job.yaml"),
-                             "--out", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 240
-        while not list((tmp_path / "out" / "runtime").glob("worker-*.json")):  # a Ray Train worker runs
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
-            time.sleep(0.5)
-        ray_processes = psutil.Process(proc.pid).children(recursive=True)
-        assert ray_processes
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=60)
-        err = proc.stderr.read()
-        assert rc == 130, err[-3000:]
-        assert "distkg: interrupted" in err
-        gone, alive = psutil.wait_procs(ray_processes, timeout=30)
-        assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def _command(cfg_file: Path, out: Path, env: dict) -> subprocess.Popen:
+    # SIGINT at its default in the child, as a terminal gives a foreground command: a suite started as
+    # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler
     return subprocess.Popen([sys.executable, "-m", "distkg", "distill", "--config", str(cfg_file), "--out", str(out)],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -76,8 +44,14 @@ def test_ctrl_c_then_the_same_command_resumes_bit_identically(tiny_runs, tmp_pat
         while len(list((out / "checkpoints").glob("epoch_*.pt"))) < 2:  # two epochs done, more to come
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
             time.sleep(0.05)
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        assert ray_processes
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
+        assert "distkg: interrupted" in proc.stderr.read()
+        # the local Ray it started goes with it
+        gone, alive = psutil.wait_procs(ray_processes, timeout=30)
+        assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
     finally:
         if proc.poll() is None:
             proc.kill()
