@@ -43,12 +43,12 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 WORKER_NICENESS = 0  # module docstring
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS's choice)."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` now (the OS's choice; "" for every interface)."""
     import socket
 
     with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

@@ -32,7 +32,7 @@ from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
-from distkg.runtime.resources import on_resources
+from distkg.runtime.resources import on_resources, tp_degree
 from distkg.training.trainer import training_queries
 
 log = logging.getLogger("distkg")
@@ -236,7 +236,7 @@ class ScoringShard:
                  tp_rank: int = 0) -> None:
         torch.set_num_threads(max(1, int(runtime_cfg.teacher_resources.get("CPU", 1))))
         self.kind, self.run, self.lo, self.hi, self.runtime_cfg, self.data_root = kind, run, lo, hi, runtime_cfg, data_root
-        self.tp_rank, self.tp_size = tp_rank, runtime_cfg.tp_size if kind == "llm" else 1
+        self.tp_rank, self.tp_size = tp_rank, tp_degree(runtime_cfg, kind)
         self.followers: list = []
         self.info: dict = {"kind": kind, "run": run, "shard": [lo, hi]}
         if self.tp_size == 1:
@@ -244,13 +244,11 @@ class ScoringShard:
 
     def tp_address(self) -> tuple[str, int]:
         """Where this group's process group meets: the leader's node and a free port there."""
-        import socket
-
         import ray
 
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            return ray.util.get_node_ip_address(), sock.getsockname()[1]
+        from distkg.runtime.cluster import free_port
+
+        return ray.util.get_node_ip_address(), free_port("")
 
     def tp_start(self, address: str, port: int, one_node: bool) -> None:
         """Join the group's process group (NCCL on GPUs, gloo on CPUs), then load: DeepSpeed shards the
@@ -464,9 +462,10 @@ class TeacherPool:
         # leaves that row's fact out; distkg.llm.teacher.LLMTeacher.with_rows)
         self.wants_rows = kind == "llm" and _reads_text(Path(run))
         run = str(Path(run).resolve())
-        self.tp = runtime_cfg.tp_size if kind == "llm" else 1
+        self.tp = tp_degree(runtime_cfg, kind)
         self.groups: list[list] = []  # tp_size > 1: each shard's actors, the leader first
         self.placement_groups: list = []
+        self._started = False  # the groups have met and loaded (ready)
         if self.tp == 1:
             actor_cls = ray.remote(ScoringShard).options(
                 **actor_options(runtime_cfg.teacher_resources),
@@ -491,8 +490,7 @@ class TeacherPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         options = actor_options(runtime_cfg.teacher_resources)
-        bundle = {k: v for k, v in {"CPU": options["num_cpus"], "GPU": options["num_gpus"],
-                                    **(options["resources"] or {})}.items() if v}
+        bundle = {k: v for k, v in runtime_cfg.teacher_resources.items() if v}  # one member's share
         if bundle:
             group = placement_group([bundle] * self.tp, strategy="STRICT_PACK")
             self.placement_groups.append(group)
@@ -508,7 +506,7 @@ class TeacherPool:
         their followers first. Returns the actors' placement."""
         import ray
 
-        if self.groups and not getattr(self, "_started", False):
+        if self.groups and not self._started:
             addresses = ray.get([group[0].tp_address.remote() for group in self.groups], timeout=timeout)
             one_node = [len(set(ray.get([m.node_id.remote() for m in group], timeout=timeout))) == 1 for group in self.groups]
             ray.get([member.tp_start.remote(*address, local) for group, address, local in zip(self.groups, addresses, one_node)

@@ -23,12 +23,18 @@ from distkg.errors import DistkgError
 log = logging.getLogger("distkg")
 
 
+def tp_degree(runtime_cfg: RuntimeConfig, kind: str) -> int:
+    """Actors a shard of a ``kind`` pool is: ``runtime.tp_size`` for an LLM teacher, 1 for a KG model
+    (distkg.runtime.pool.ScoringShard)."""
+    return runtime_cfg.tp_size if kind == "llm" else 1
+
+
 def demand(runtime_cfg: RuntimeConfig, pools: list[str]) -> tuple[dict[str, float], list[str]]:
     """Total resources the run asks for, and one line per group of actors or workers (for messages)."""
     total: dict[str, float] = {}
     groups = []
-    for name in pools:  # an LLM pool's shard is runtime.tp_size actors (distkg.runtime.pool.ScoringShard)
-        count = runtime_cfg.teacher_actors * (runtime_cfg.tp_size if name == "llm" else 1)
+    for name in pools:  # the "llm" pool's shard is runtime.tp_size actors
+        count = runtime_cfg.teacher_actors * tp_degree(runtime_cfg, name)
         what = f"{runtime_cfg.teacher_actors} {name} scoring actor(s)" + (f" x tp_size {runtime_cfg.tp_size}" if count > runtime_cfg.teacher_actors else "")
         groups.append((what, count, runtime_cfg.teacher_resources))
     groups.append((f"{runtime_cfg.workers} Ray Train worker(s)", runtime_cfg.workers, runtime_cfg.worker_resources))
