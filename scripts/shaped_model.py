@@ -25,6 +25,10 @@ SHAPES = {
         "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
         "num_key_value_heads": 32, "max_position_embeddings": 8192, "rope_theta": 130000.0, "rms_norm_eps": 1e-5,
         "vocab_size": 49152, "tie_word_embeddings": True},
+    "smollm2-360m": {  # HuggingFaceTB/SmolLM2-360M-Instruct, Apache-2.0: 362 M parameters
+        "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+        "num_key_value_heads": 5, "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+        "vocab_size": 49152, "tie_word_embeddings": True},
     "tiny": {  # the same family at a size a CPU smoke run builds in a second
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "max_position_embeddings": 512, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
