@@ -68,9 +68,9 @@ class AnonPeak:
 
     def take(self) -> int | None:
         """The peak so far; sampling restarts from the present."""
-        peak, now = self.peak, self.now()
-        self.peak = max(peak or 0, now or 0) if peak is not None else None
-        result, self.peak = self.peak, now
+        now = self.now()
+        result = None if self.peak is None else max(self.peak, now or 0)
+        self.peak = now
         return result
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from distkg.llm.loading import LoadedLM
+from distkg.llm.loading import LoadedLM, partitioned
 
 PROGRESS_TEXTS = 2048  # encodings of at least this many texts show a progress bar
 
@@ -104,7 +104,7 @@ class TextEncoder:
         """The trainable weights' digest; under ZeRO-3 the count of updates instead: each rank holds
         only a partition, and a digest of it could stay put on one rank while it moves on another,
         which would send the ranks' forward calls (collectives there) out of step."""
-        if self.partitioned():
+        if partitioned(self.lm.model.parameters()):
             return f"update-{self._updates}"
         trainable = [(name, p) for name, p in self.lm.model.named_parameters() if p.requires_grad]
         h = hashlib.sha1(self.lm.name.encode())
@@ -112,10 +112,6 @@ class TextEncoder:
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
-
-    def partitioned(self) -> bool:
-        """Whether DeepSpeed ZeRO-3 holds the LM's weights as partitions (distkg.llm.rounds)."""
-        return any(hasattr(p, "ds_id") for p in self.lm.model.parameters())
 
     def __post_init__(self) -> None:
         if self.exact_lengths is None:
@@ -170,7 +166,7 @@ class TextEncoder:
             # not in inference mode under ZeRO-3, also when the caller is: DeepSpeed sets the weights'
             # data inside the forward call, and data made in inference mode cannot be saved for a
             # later training step's backward (RuntimeError "Inference tensors cannot be saved")
-            with torch.inference_mode(not self.partitioned()), torch.no_grad():
+            with torch.inference_mode(not partitioned(self.lm.model.parameters())), torch.no_grad():
                 for chunk in self._batches(missing, self.batch_size):
                     for text, vec in zip(chunk, self._run(chunk).cpu()):
                         self._cache[(version, text)] = vec

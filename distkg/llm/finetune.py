@@ -35,7 +35,8 @@ from distkg.llm.encoder import encode_batch
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
-from distkg.llm.rounds import TeacherRounds, TrainableWeights, gathered, head_optimizer, head_params, zero_config
+from distkg.llm.rounds import (TeacherRounds, TrainableWeights, gathered, head_optimizer, head_params, in_lockstep,
+                               zero_config)
 from distkg.llm.teacher import LLMTeacher
 from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, read_json, write_metrics
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
@@ -164,7 +165,7 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
                               "(distkg.training.loop, checkpoints round_NNNN.pt); this version cannot resume it. Pass "
                               f"--restart to start over in {out} (a finished teacher in {out / 'teacher'} still loads)")
     ds = dataset if dataset is not None else load_dataset(cfg.data)
-    lockstep = world > 1 and cfg.runtime.zero_stage == 3  # the LM as partitions: no process holds it whole
+    lockstep = in_lockstep(cfg, world)  # the LM as partitions: no process holds it whole
     if lockstep:
         return_freed_memory()  # gathered layers come and go at every call (distkg.allocator)
     teacher = build_teacher(cfg, ds, zero3=zero_config(cfg) if lockstep else None)

@@ -118,6 +118,11 @@ def keep_layers(model: torch.nn.Module, n: int | None) -> None:
         model.config.layer_types = model.config.layer_types[:n]
 
 
+def partitioned(params) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds any of these parameters partitioned across the workers."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
 def load_partitioned(folder: str | Path, dtype: torch.dtype, layers: int | None) -> torch.nn.Module:
     """The causal LM as ZeRO-3 partitions from the start (call while transformers' HfDeepSpeedConfig
     of stage 3 is alive, in the process group): built from its config under ``zero.Init`` with only
@@ -158,16 +163,13 @@ def load_partitioned(folder: str | Path, dtype: torch.dtype, layers: int | None)
     if missing:
         raise ValueError(f"{folder}: the checkpoint has no {missing[:3]}")
     rank0 = dist.get_rank() == 0
-    files: dict[str, object] = {}
-    try:
-        for name, param in named.items():
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
-                if rank0:
-                    if where[name] not in files:
-                        files[where[name]] = safe_open(folder / where[name], "pt")
-                    param.copy_(files[where[name]].get_tensor(name))
-    finally:
-        files.clear()
+    files: dict[str, object] = {}  # safetensors file -> its open handle (rank 0)
+    for name, param in named.items():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if rank0:
+                if where[name] not in files:
+                    files[where[name]] = safe_open(folder / where[name], "pt")
+                param.copy_(files[where[name]].get_tensor(name))
     return model
 
 
@@ -177,9 +179,8 @@ def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "
     on ``device`` (resolved by distkg.device; a config value is resolved there).
 
     ``zero3``: a DeepSpeed config of ZeRO stage 3, in a process group of several ranks: the model is
-    built under ``deepspeed.zero.Init`` and loaded partitioned (transformers' DeepSpeed path: rank 0
-    reads the checkpoint, one module at a time is gathered to take its values), so no process ever
-    holds the whole model; it must not be quantized (DeepSpeed cannot partition 4-bit weights)."""
+    loaded as partitions (``load_partitioned``), so no process ever holds it whole; it must not be
+    quantized (DeepSpeed cannot partition 4-bit weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = as_device(device)

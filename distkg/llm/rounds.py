@@ -46,6 +46,7 @@ from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm import contrastive
 from distkg.llm.encoder import transformer_body
 from distkg.llm.features import frozen_features, held_out_features
+from distkg.llm.loading import partitioned
 from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, own_text_rows, repeat_share
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save, read_checkpoint
@@ -89,11 +90,6 @@ class TrainableWeights:
                     raise RuntimeError(f"size mismatch for {n}: {tuple(state[n].shape)} saved, {tuple(p.shape)} here")
                 p.copy_(state[n])
         self.teacher.mark_updated()
-
-
-def partitioned(params) -> bool:
-    """Whether DeepSpeed ZeRO-3 holds any of these parameters partitioned across the workers."""
-    return any(hasattr(p, "ds_id") for p in params)
 
 
 def gathered(params, modifier_rank: int | None = None):
@@ -228,9 +224,7 @@ class TeacherRounds:
         self.head_data: HeadData | None = None  # what the warm-up trains on, made at its first epoch
         self.engine = None  # DeepSpeed ZeRO: made by start() under stage 3, else at the first LoRA round
         self.heads_opt = None  # under ZeRO-3: the heads' and logit scale's own optimiser (zero_engine)
-        # ZeRO-3 over several processes: the LM's weights are partitions, so every forward call of the
-        # LM is a collective that all ranks make in the same order (features included)
-        self.lockstep = world > 1 and cfg.runtime.zero_stage == 3
+        self.lockstep = in_lockstep(cfg, world)  # features, validation and scoring too: every rank in step
         self.cpu_mark = time.process_time()  # CPU seconds of this process already in state["llm"]["cpu_seconds"]
         llm_cfg = cfg.llm
         auto = "one" if teacher.device.type == "cuda" else "lengths"
@@ -357,11 +351,10 @@ class TeacherRounds:
 
     def start_zero(self, state: dict) -> None:
         """The ZeRO engine (zero_engine), with the optimiser partition of the round resumed from."""
-        opt = self.optimizers["lora"]
-        full = lm_bytes(self.teacher.lm_model, whole=True)
-        loaded = lm_bytes(self.teacher.lm_model)
-        self.engine, self.heads_opt = zero_engine(self.teacher, opt, self.cfg)
-        if self.cfg.runtime.zero_stage == 3:
+        loaded = lm_bytes(self.teacher.lm_model) if self.lockstep else 0  # before the adapters are partitioned
+        self.engine, self.heads_opt = zero_engine(self.teacher, self.optimizers["lora"], self.cfg)
+        if self.lockstep:
+            full = lm_bytes(self.teacher.lm_model, whole=True)
             for encoder in (self.teacher.encoder, getattr(self.teacher, "query_encoder", None)):
                 if encoder is not None:  # one padded call per step on every rank, not one per token length
                     encoder.exact_lengths = False
@@ -485,6 +478,12 @@ def _agreed(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
+def in_lockstep(cfg: RunConfig, world: int) -> bool:
+    """ZeRO-3 over several processes: the LM's weights are partitions (loaded so, distkg.llm.loading), so
+    every forward call of the LM is a collective that all ranks make in the same order."""
+    return world > 1 and cfg.runtime.zero_stage == 3
+
+
 def lm_bytes(model: torch.nn.Module, whole: bool = False) -> int:
     """Bytes of the LM's parameters this process holds (under ZeRO-3: its partitions); ``whole``:
     of the whole LM, as one process would hold it."""
@@ -575,9 +574,9 @@ def zero_state_path(out: Path, round_: int, rank: int, world: int) -> Path:
 
 def save_zero_state(engine, heads_opt, out: Path, round_: int, rank: int, world: int) -> None:
     """Every rank writes its partition (moments, fp32 master copy; under ZeRO-3 also the heads'
-    optimiser) and its random state (its batches differ, so its dropout draws do) before rank 0 writes the round's checkpoint, so a round checkpoint on disk always has
-    its partitions; a rank's files of rounds whose checkpoint is gone (kept: distkg.training.checkpoint)
-    are removed."""
+    optimiser) and its random state (its batches differ, so its dropout draws do) before rank 0 writes
+    the round's checkpoint, so a round checkpoint on disk always has its partitions; a rank's files of
+    rounds whose checkpoint is gone (kept: distkg.training.checkpoint) are removed."""
     atomic_save({"zero": engine.optimizer.state_dict(), "heads": heads_opt.state_dict() if heads_opt else None,
                  "heads_outside": heads_opt is not None, "torch_rng": torch.get_rng_state()},
                 zero_state_path(out, round_, rank, world))

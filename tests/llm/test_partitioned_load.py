@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-# nothing kept whole (tiny layers are under DeepSpeed's default persistence threshold)
+# DeepSpeed's default persistence threshold keeps these tiny layers whole once the engine starts: the
+# case in which evaluation-mode encoding used to leave them unfit for the LoRA step
 ZERO3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
 
 
