@@ -42,7 +42,7 @@ def part(kind: str, root: str, name: str, steps: int, loss: str = "1vsall", nega
     from distkg.data import load_dataset
     from distkg.distill.runner import step_loss
     from distkg.evaluation import EvalOptions, FilterIndex, evaluate
-    from distkg.training.trainer import batch_loss, build_model, make_optimizer, training_queries
+    from distkg.training.trainer import batch_loss, build_model, make_optimizer, sampling_log_q, sparse_rows, training_queries
 
     dim = 400 if kind == "teacher" else 25
     cfg = load_config(["configs/train/tadistmult-icews14-400.yaml", "configs/distill/plain.yaml"],
@@ -66,8 +66,12 @@ def part(kind: str, root: str, name: str, steps: int, loss: str = "1vsall", nega
         if loss == "1vsall":  # the step `distkg distill` runs for the plain student (its `ce` loss)
             loss_fn = step_loss(model, cfg.distill.stages[0].losses, "bench", cfg.distill)
         else:  # the step `distkg train` runs with train.loss (distkg.training.trainer.batch_loss)
+            log_q = sampling_log_q(cfg, ds)
+
             def loss_fn(idx, q, a, gen):
-                return batch_loss(cfg, model, q, a, gen), {}
+                return batch_loss(cfg, model, q, a, gen, log_q), {}
+        if sparse_rows(cfg):  # as fit does: the sampled losses update the rows they read
+            model.sparse_entities()
         opt = make_optimizer(cfg, list(model.parameters()))
         gen = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(queries), generator=gen)

@@ -33,8 +33,8 @@ from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.runfolder import prepare_folder
-from distkg.training.objective import at_least_float32, float32_losses
-from distkg.training.trainer import Stage, build_model, fit, training_queries
+from distkg.training.objective import at_least_float32, float32_losses, sampled_candidates
+from distkg.training.trainer import Stage, build_model, fit, sampling_log_q, training_queries
 
 log = logging.getLogger("distkg")
 
@@ -66,6 +66,12 @@ def check_method(cfg: RunConfig) -> set[str]:
     if "llm_probs" in needs and not distill_cfg.llm_run:
         raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder "
                           "(or any second teacher: a `distkg train` or `distkg ensemble` folder)")
+    if cfg.train.loss == "negative_sampling":
+        raise ConfigError("train.loss: distillation reads 1vsall (every entity) or sampled_softmax (the batch's "
+                          "candidates), not negative_sampling")
+    if cfg.train.loss == "sampled_softmax" and cfg.runtime.kg_teacher == "pool" and cfg.runtime.soft_targets == "topk":
+        raise ConfigError("runtime.soft_targets: topk has no teacher score for a sampled candidate outside the top k; "
+                          "with train.loss sampled_softmax use lowrank (or full)")
     for i, stage in enumerate(distill_cfg.stages):
         if "llm_kd" in stage.losses:
             default = inspect.signature(LOSSES.get("llm_kd")).parameters["temperature"].default
@@ -105,8 +111,8 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
     kg = KGTeacher(distill_cfg.teacher_run, ds, queries) if local_kg else None
     llm = (open_second(distill_cfg.llm_run, ds, queries, distill_cfg.llm_temperature)
            if "llm_probs" in needs and "llm" not in remote else None)
-    if kg is not None and "kg" not in remote and (t := kd_temperature(cfg)) is not None:
-        kg.temper(t)
+    if kg is not None and "kg" not in remote and (t := kd_temperature(cfg)) is not None and cfg.train.loss == "1vsall":
+        kg.temper(t)  # whole rows at T, read by kd; a sampled loss's softmax is over its candidates instead
 
     def make_plan(fields: set[str]):
         def plan(epoch: int, batches: list[torch.Tensor]) -> None:
@@ -120,13 +126,15 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         return plan
 
     student = build_model(cfg, ds)
+    log_q = sampling_log_q(cfg, ds)
     aux = torch.nn.ModuleDict()
     if "regressor" in needs:
         d_s = student.query_repr(queries[:1]).shape[1]
         aux["regressor"] = torch.nn.Linear(d_s, kg.query.shape[1])
 
     def make_loss(spec: dict[str, dict], where: str):
-        return step_loss(student, spec, where, distill_cfg, kg=kg, llm=llm, remote=remote, aux=aux)
+        return step_loss(student, spec, where, distill_cfg, kg=kg, llm=llm, remote=remote, aux=aux, train_cfg=cfg.train,
+                         log_q=log_q)
 
     stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(distill_cfg.stages)]
@@ -141,27 +149,41 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
 
 
 def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTeacher | None = None,
-              llm: LLMTables | None = None, remote: dict | None = None, aux: torch.nn.ModuleDict | None = None):
+              llm: LLMTables | None = None, remote: dict | None = None, aux: torch.nn.ModuleDict | None = None,
+              train_cfg=None, log_q: torch.Tensor | None = None):
     """The loss of one step of a stage with losses ``spec``: the batch fields those losses read,
-    from the teachers given (``remote``: pools serving "kg" / "llm" scores), combined as weighted."""
+    from the teachers given (``remote``: pools serving "kg" / "llm" scores), combined as weighted.
+    With ``train_cfg.loss`` sampled_softmax every term reads the batch's sampled candidates (its
+    answers and ``train.negatives`` drawn entities) instead of all entities: the student's and the
+    teachers' scores, P_LLM as a softmax over them, the answers as their columns; ``log_q``
+    (trainer.sampling_log_q) is then subtracted from every candidate's scores (P_LLM: divided by
+    its chance, renormalised), the same correction plain training makes."""
     needs = stage_fields(spec)  # this stage's losses only: stage 1 of Ours reads no P_LLM
     remote = remote or {}
+    negatives = train_cfg.negatives if train_cfg is not None and train_cfg.loss == "sampled_softmax" else 0
 
     def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
         qr = student.query_repr(q)
-        batch = DistillBatch(student_scores=student_scores(student, qr), answers=a)
+        columns = None  # every entity, or the sampled candidates (negatives): every [B, E] term is then [B, C]
+        if negatives:
+            columns, a = sampled_candidates(a, student.num_entities, negatives, gen)
+        shift = log_q[columns] if log_q is not None else None  # train.sampling_correction: on every term's scores
+        batch = DistillBatch(student_scores=corrected(student_scores(student, qr, columns), shift), answers=a)
         on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distill.fused.Rows)
-        if "teacher_scores" in needs and kg is not None and kg.tempered is not None:
+        cpu_columns = columns.cpu() if columns is not None else None
+        if "teacher_scores" in needs and kg is not None and kg.tempered is not None and columns is None:
             batch.teacher_targets = kg.targets(idx, q.device, rows=on_cpu)
         elif "teacher_scores" in needs:
-            got = remote["kg"].get(idx) if "kg" in remote else kg.scores(idx)
+            got = remote["kg"].get(idx, cpu_columns) if "kg" in remote else kg.scores(idx, cpu_columns)
             if isinstance(got, TopKTargets):
                 batch.teacher_topk = got.to(q.device)
             else:
-                batch.teacher_scores = got.to(q.device)
+                batch.teacher_scores = corrected(got.to(q.device), shift)
         if "llm_probs" in needs:
-            probs = (torch.softmax(remote["llm"].get(idx) / distill_cfg.llm_temperature, dim=1) if "llm" in remote
-                     else llm.probs(q.cpu(), distill_cfg.llm_temperature, idx, rows=on_cpu))
+            probs = (torch.softmax(remote["llm"].get(idx, cpu_columns) / distill_cfg.llm_temperature, dim=1) if "llm" in remote
+                     else llm.probs(q.cpu(), distill_cfg.llm_temperature, idx, rows=on_cpu, columns=cpu_columns))
+            if shift is not None:  # p / pi renormalised: the softmax of (log p - log pi)
+                probs = torch.softmax(probs.to(q.device).log() - shift, dim=1)
             batch.llm_probs = probs if isinstance(probs, Rows) else probs.to(q.device)
         if "regressor" in needs:
             batch.student_repr, batch.teacher_repr, batch.regressor = qr, kg.query[idx].to(q.device), aux["regressor"]
@@ -175,13 +197,20 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
     return loss
 
 
-def student_scores(student, qr: torch.Tensor) -> torch.Tensor:
-    """[B, E] scores of a batch's query representations against every entity, in float32 under any
+def corrected(scores: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Scores over sampled candidates minus each one's log chance of being drawn (or as they are)."""
+    return scores if shift is None else scores - shift.to(scores.dtype)
+
+
+def student_scores(student, qr: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, E] scores of a batch's query representations against every entity (``columns``: against
+    those, by lookup, so a sparse step touches only their rows), in float32 under any
     autocast: the distillation losses read them in float32 (distkg.distill.losses.combine), and a bf16
     score matrix would round their gradient on its way back (a 25-d student's scoring is a thin
     matmul, bound by the [B, E] it writes, which a bf16 copy then widened only adds to)."""
+    table = student.candidate_table() if columns is None else student.entity_embeddings(columns)
     with float32_losses(qr.device):
-        return student.match(at_least_float32(qr), at_least_float32(student.candidate_table()))
+        return student.match(at_least_float32(qr), at_least_float32(table))
 
 
 def report_targets(remote: dict, out: Path, epoch: int) -> None:

@@ -51,12 +51,13 @@ class KGProbs:
         self.all_probs = self.teacher.tempered.probs if fits else None
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
-              rows: bool = False) -> torch.Tensor | Rows:
+              rows: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor | Rows:
+        """``columns``: the softmax over those entities only (a sampled loss's candidates)."""
         if idx is None:
             raise ValueError("a KG second teacher answers training queries by their index (idx)")
-        if self.all_probs is not None and temperature == self.temperature:
+        if columns is None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
-        return torch.softmax(self.teacher.scores(idx) / temperature, dim=1)
+        return torch.softmax(self.teacher.scores(idx, columns) / temperature, dim=1)
 
 
 class EnsembleProbs:
@@ -109,7 +110,12 @@ class EnsembleProbs:
         return mix
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
-              rows: bool = False) -> torch.Tensor | Rows:
+              rows: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor | Rows:
+        """``columns``: the mixture restricted to those entities and renormalised (as a member's softmax
+        over them is its whole row restricted and renormalised)."""
+        if columns is not None:
+            p = self.probs(q, temperature, idx)[:, columns]
+            return p / p.sum(dim=1, keepdim=True)
         if idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
         a, b = (torch.as_tensor(m.probs(q, temperature * t, idx)) for m, t in zip(self.members, self.member_temperatures))

@@ -136,8 +136,11 @@ class KGTeacher:
         return self._all_scores
 
     @torch.no_grad()
-    def scores(self, idx: torch.Tensor) -> torch.Tensor:
-        """[B, E] teacher scores of the training queries ``idx`` over all entities."""
+    def scores(self, idx: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E] teacher scores of the training queries ``idx`` over all entities; ``columns``: over
+        those entities only, [B, C] (a sampled loss's candidates)."""
+        if columns is not None:
+            return self.model.match(self.query[idx], self.table[columns])
         if self.all_scores is not None:
             return self.all_scores[idx]
         return self.model.match(self.query[idx], self.table)
@@ -253,22 +256,24 @@ class LLMTables:
         return probs
 
     @torch.no_grad()
-    def scores(self, q: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, q: torch.Tensor, idx: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
         """[B, E] LLM teacher scores of queries ``q`` ([B, 4]), the interval rule included; ``idx``: their
-        rows among the training queries (a teacher that reads queries as text needs them for those)."""
+        rows among the training queries (a teacher that reads queries as text needs them for those);
+        ``columns``: over those entities only, [B, C]."""
         if self.query_mode == "text":
             query = self.train_query[idx] if idx is not None else self.query_table.lookup(q)
         else:
             query = self.scoring.table_query(self.entity, self.relation, self.time, q)
-        return scaled_match(self.scoring, self.log_scale, query, self.entity)
+        return scaled_match(self.scoring, self.log_scale, query, self.entity if columns is None else self.entity[columns])
 
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
-              rows: bool = False) -> torch.Tensor | Rows:
+              rows: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor | Rows:
         """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction
-        (``rows``: left unread there, as distill.fused.Rows, when they are cached)."""
-        if idx is not None and self.all_probs is not None and temperature == self.temperature:
+        (``rows``: left unread there, as distill.fused.Rows, when they are cached); ``columns``: the
+        softmax over those entities only (a sampled loss's candidates)."""
+        if columns is None and idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]
-        return torch.softmax(self.scores(q, idx) / temperature, dim=1)
+        return torch.softmax(self.scores(q, idx, columns) / temperature, dim=1)
 
 
 class QueryTable:

@@ -106,8 +106,22 @@ class TKGModel(nn.Module, ABC):
         return queries.new_zeros((), dtype=torch.float32)
 
     def entity_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """Entity vectors for relational distillation (RKD)."""
-        return self.candidate_table()[ids]
+        """Candidate rows ``ids``, [K, D]: RKD's entity vectors and the candidates of the sampled losses.
+        A lookup in the entity table where the model has one (``ent``), so with ``sparse_entities`` a
+        step's gradient touches these rows only."""
+        ent = getattr(self, "ent", None)
+        return ent(ids) if isinstance(ent, nn.Embedding) else self.candidate_table()[ids]
+
+    def sparse_entities(self) -> bool:
+        """Make the entity table's lookups give sparse gradients, so that a step whose losses read
+        entity rows only by lookup (queries' entities, ``entity_embeddings``: the sampled losses)
+        costs the optimiser those rows, not all E of them (Adagrad's update of untouched rows is zero).
+        False where the model has no entity table to do it on."""
+        ent = getattr(self, "ent", None)
+        if not isinstance(ent, nn.Embedding):
+            return False
+        ent.sparse = True
+        return True
 
     # ------------------------------------------------------------------------- built on the above
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
@@ -120,9 +134,7 @@ class TKGModel(nn.Module, ABC):
 
     def score_answers(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """Scores of one candidate per query, [B] (used by negative sampling)."""
-        q = self.query_repr(queries)
-        c = self.candidate_table()[answers]
-        return self.match_pairs(q, c)
+        return self.match_pairs(self.query_repr(queries), self.entity_embeddings(answers))
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Row-wise match, [B, D] x [B, D] -> [B]; override when cheaper than the diagonal."""

@@ -71,3 +71,26 @@ def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0
     float32 under any autocast."""
     with float32_losses(s.device):
         return _CrossEntropy.apply(at_least_float32(s), a, float(label_smoothing))
+
+
+def sampled_candidates(answers: torch.Tensor, num_entities: int, negatives: int,
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates of the sampled softmax (``train.loss: sampled_softmax``): the batch's answers and
+    ``negatives`` entities drawn uniformly for the whole batch, each once (sorted); and each answer's
+    column among them. A step then scores [B, C] with C <= B + negatives, whatever the entity count."""
+    neg = torch.randint(0, num_entities, (negatives,), generator=gen).to(answers.device)
+    candidates, inverse = torch.unique(torch.cat([answers, neg]), return_inverse=True)
+    return candidates, inverse[: len(answers)]
+
+
+def candidate_log_q(answers: torch.Tensor, num_entities: int, batch_size: int, negatives: int) -> torch.Tensor:
+    """[E] log of each entity's chance to be among a batch's sampled candidates (sampled_candidates):
+    an answer of one of the batch's ``batch_size`` queries (drawn as the training answers are
+    distributed) or one of ``negatives`` uniform draws. Subtracted from the candidates' scores
+    (``train.sampling_correction``, the logQ correction of sampled softmax), it makes a rarely drawn
+    candidate stand for the many entities like it that were not drawn, so the sampled loss's
+    gradient approaches the full softmax's instead of over-weighting the frequent answers."""
+    f = torch.bincount(answers, minlength=num_entities).double() / max(len(answers), 1)
+    missed = (1 - f).pow(batch_size) * (1 - 1 / num_entities) ** negatives
+    return torch.log1p(-missed).float()
+

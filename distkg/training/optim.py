@@ -9,6 +9,7 @@ the updates and the state dicts are torch's own.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -44,5 +45,8 @@ def _without_dynamo_guards(base: type[Optimizer]) -> type[Optimizer]:
     return Bare
 
 
+# torch's sparse Adagrad step (trainer.sparse_rows) builds its sparse tensors from valid indices; the
+# warning that invariant checks are off says nothing about them
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 Adagrad = _without_dynamo_guards(torch.optim.Adagrad)
 Adam = _without_dynamo_guards(torch.optim.Adam)

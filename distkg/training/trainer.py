@@ -46,7 +46,8 @@ from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
-from distkg.training.objective import at_least_float32, cross_entropy, float32_losses
+from distkg.training.objective import (at_least_float32, candidate_log_q, cross_entropy, float32_losses,
+                                       sampled_candidates)
 
 log = logging.getLogger("distkg")
 
@@ -88,24 +89,47 @@ def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.op
     return Adam(params, lr=cfg.train.lr)
 
 
-def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The configured training loss for one batch, plus the model's regulariser."""
+def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator,
+               log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured training loss for one batch, plus the model's regulariser. ``log_q``: with the
+    sampled softmax, each entity's log chance to be a candidate (candidate_log_q), subtracted from the
+    candidates' scores."""
     if cfg.train.loss == "1vsall":
         loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
     elif cfg.train.loss == "sampled_softmax":  # the batch's answers and k uniformly drawn entities, shared
-        neg = torch.randint(0, model.num_entities, (cfg.train.negatives,), generator=gen).to(q.device)
-        candidates, inverse = torch.unique(torch.cat([a, neg]), return_inverse=True)
-        scores = model.match(model.query_repr(q), model.candidate_table()[candidates])
-        loss = cross_entropy(scores, inverse[: len(a)], label_smoothing=cfg.train.label_smoothing)
+        candidates, column = sampled_candidates(a, model.num_entities, cfg.train.negatives, gen)
+        scores = model.match(model.query_repr(q), model.entity_embeddings(candidates))
+        if log_q is not None:
+            scores = scores - log_q[candidates]
+        loss = cross_entropy(scores, column, label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
         neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
         qr = model.query_repr(q)
-        pos = model.match_pairs(qr, model.candidate_table()[a])
-        negs = model.match_pairs(qr.repeat_interleave(k, 0), model.candidate_table()[neg.reshape(-1)]).view(-1, k)
+        pos = model.match_pairs(qr, model.entity_embeddings(a))
+        negs = model.match_pairs(qr.repeat_interleave(k, 0), model.entity_embeddings(neg.reshape(-1))).view(-1, k)
         with float32_losses(q.device):
             loss = F.softplus(-at_least_float32(pos)).mean() + F.softplus(at_least_float32(negs)).mean()
     return loss + model.regularizer(q, a)
+
+
+def sampling_log_q(cfg: RunConfig, ds: TKGDataset, device: torch.device | None = None) -> torch.Tensor | None:
+    """The sampled softmax's correction (objective.candidate_log_q) for this run's training answers and
+    batch share, on the training device; None without ``train.sampling_correction`` or another loss."""
+    if cfg.train.loss != "sampled_softmax" or not cfg.train.sampling_correction:
+        return None
+    _, answers = training_queries(ds.splits["train"], ds.num_relations)
+    share = math.ceil(cfg.train.batch_size / process_group()[1])
+    log_q = candidate_log_q(answers, ds.num_entities, share, cfg.train.negatives)
+    return log_q.to(device if device is not None else placement(cfg).device)
+
+
+def sparse_rows(cfg: RunConfig) -> bool:
+    """Whether a step updates only the entity rows it read: the sampled losses read rows by lookup
+    (their cost per step then does not grow with the entity count), and torch's Adagrad steps sparse
+    gradients exactly as it does dense ones whose other rows are zero; Adam's moments would decay on
+    every row, so Adam keeps dense gradients."""
+    return cfg.train.loss != "1vsall" and cfg.train.optimizer == "adagrad"
 
 
 def _after_step(epoch: int, step: int) -> None:
@@ -145,8 +169,10 @@ def train(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | 
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     model = build_model(cfg, ds)
 
+    log_q = sampling_log_q(cfg, ds)
+
     def loss(idx: torch.Tensor, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator):
-        return batch_loss(cfg, model, q, a, gen), {}
+        return batch_loss(cfg, model, q, a, gen, log_q), {}
 
     return fit(cfg, out, ds, model, [Stage("train", cfg.train.epochs, loss)], resume=resume, kind="kg")
 
@@ -170,6 +196,8 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     options = eval_options(cfg, device)
     aux = aux if aux is not None else torch.nn.ModuleDict()
     aux.to(device)
+    if sparse_rows(cfg):
+        model.sparse_entities()
     optimizer = make_optimizer(cfg, [*model.parameters(), *aux.parameters()])
     model, optimizer = accelerator.prepare(model, optimizer)
     # DDP under several processes (gradients are still averaged by hand: average_gradients); Accelerate's
@@ -271,7 +299,8 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     """
     import torch.distributed as dist
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    # a sparse gradient (sparse_rows) goes dense here: one flat all-reduce, and the step is then dense
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world

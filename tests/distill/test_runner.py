@@ -63,6 +63,44 @@ def test_plain_student_equals_distkg_train(teachers, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("correction", [False, True])
+def test_sampled_students_read_every_term_over_the_batchs_candidates(teachers, tmp_path, correction):
+    """train.loss=sampled_softmax in a distillation (issue 29): the plain student equals `distkg train`
+    with that loss (same draws, same sparse steps), and a step's kd / P_LLM terms are those of the
+    whole-row batch restricted to the candidates (teacher scores gathered, P_LLM renormalised); with
+    train.sampling_correction every score less the candidate's log chance (P_LLM divided by it)."""
+    sampled = ["train.loss=sampled_softmax", "train.negatives=8", f"train.sampling_correction={str(correction).lower()}"]
+    a = trainer.train(load_config(None, STUDENT + sampled + ["train.epochs=2"]), tmp_path / "train", dataset=DS)
+    cfg = method("plain", teachers, *sampled)
+    cfg.distill.stages[0].epochs = 2
+    b = runner.distill(cfg, tmp_path / "distill", dataset=DS)
+    wa = torch.load(tmp_path / "train" / "checkpoints" / "best.pt", weights_only=True)
+    wb = torch.load(tmp_path / "distill" / "checkpoints" / "best.pt", weights_only=True)
+    assert a["mrr"] == b["mrr"] and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    cfg = method("ours", teachers, *sampled)
+    ours = runner.distill(cfg, tmp_path / "ours", dataset=DS)  # every stage trains
+    assert 0 < ours["mrr"] <= 1
+    queries, answers = training_queries(DS.splits["train"], DS.num_relations)
+    student = trainer.build_model(cfg, DS)
+    kg = KGTeacher(teachers / "kg", DS, queries)
+    llm = LLMTables(teachers / "llm", DS, queries, cfg.distill.llm_temperature)
+    spec = cfg.distill.stages[1].losses
+    idx = torch.arange(16)
+    q, a = queries[idx], answers[idx]
+    log_q = trainer.sampling_log_q(cfg, DS)
+    assert (log_q is not None) == correction
+    got, _ = runner.step_loss(student, spec, "x", cfg.distill, kg=kg, llm=llm, train_cfg=cfg.train, log_q=log_q)(
+        idx, q, a, torch.Generator().manual_seed(3))
+    cands = torch.unique(torch.cat([a, torch.randint(0, DS.num_entities, (8,), generator=torch.Generator().manual_seed(3))]))
+    pi = log_q[cands].exp() if correction else torch.ones(len(cands))
+    p = llm.probs(q, cfg.distill.llm_temperature, idx)[:, cands] / pi
+    batch = DistillBatch(student_scores=student(q)[:, cands] - pi.log(), answers=torch.searchsorted(cands, a),
+                         teacher_scores=kg.scores(idx)[:, cands] - pi.log(), llm_probs=p / p.sum(1, keepdim=True))
+    want, _ = combine(spec, batch)
+    torch.testing.assert_close(got, want + student.regularizer(q, a))
+
+
 def _plain(teachers, epochs: int):
     cfg = method("plain", teachers)
     cfg.distill.stages[0].epochs = epochs
@@ -171,6 +209,11 @@ def test_bad_method_configs_fail_by_name(teachers, tmp_path):
         runner.check_method(load_config(None, ["distill.stages=[{losses: {kdd: {}}}]"]))
     with pytest.raises(ConfigError, match=r"distill.stages\[0\].losses.kd: loss 'kd' has no argument 'temp'"):
         runner.check_method(load_config(None, ["distill.stages=[{losses: {kd: {temp: 2}}}]"]))
+    with pytest.raises(ConfigError, match=r"train.loss: distillation reads 1vsall .* not negative_sampling"):
+        runner.check_method(load_config(["configs/distill/plain.yaml"], ["train.loss=negative_sampling"]))
+    with pytest.raises(ConfigError, match=r"runtime.soft_targets: topk .* use lowrank"):
+        runner.check_method(load_config(["configs/distill/plain.yaml"], ["train.loss=sampled_softmax", "runtime.kg_teacher=pool",
+                                                                         "runtime.soft_targets=topk"]))
     with pytest.raises(DistkgError, match=r"distill.teacher_run='.*nowhere'.*metrics.json"):
         runner.distill(load_config(["configs/distill/bkd.yaml"], STUDENT + [f"distill.teacher_run={tmp_path / 'nowhere'}"]),
                        tmp_path / "out", dataset=DS)

@@ -58,7 +58,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     # continued with a larger epoch budget (a safe change), the loss becomes nan in epoch 2, as a
     # far too large rate makes it (the multiplication stands in for that rate)
     real_loss = trainer.batch_loss
-    monkeypatch.setattr(trainer, "batch_loss", lambda cfg, model, q, a, gen: real_loss(cfg, model, q, a, gen) * float("nan"))
+    monkeypatch.setattr(trainer, "batch_loss", lambda *args: real_loss(*args) * float("nan"))
     with pytest.raises(trainer.TrainingDiverged, match=r"became (nan|inf).*epoch 2.*epoch_0001\.pt"):
         run(config(epochs=3), tmp_path)
     ck = Checkpoints(tmp_path / "checkpoints")
@@ -100,6 +100,55 @@ def test_sampled_softmax_is_the_cross_entropy_over_the_drawn_candidates(tmp_path
     m = run(config(loss="sampled_softmax", negatives=16, epochs=3), tmp_path)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] and m["mrr"] > 0
+
+
+def test_sampling_correction_is_each_entitys_chance_to_be_a_candidate():
+    """train.sampling_correction: exp(log_q) is how often an entity is among a batch's candidates
+    (objective.sampled_candidates over batches cut from a shuffled epoch), checked by drawing them."""
+    from distkg.training.objective import sampled_candidates
+
+    cfg = config(loss="sampled_softmax", negatives=6, batch_size=16)  # the correction is on by default
+    assert trainer.sampling_log_q(config(loss="sampled_softmax", sampling_correction="false"), DS) is None
+    pi = trainer.sampling_log_q(cfg, DS).exp()
+    _, answers = trainer.training_queries(DS.splits["train"], DS.num_relations)
+    gen, seen, trials = torch.Generator().manual_seed(0), torch.zeros(DS.num_entities), 4000
+    for _ in range(trials):
+        batch = answers[torch.randperm(len(answers), generator=gen)[:16]]
+        seen[sampled_candidates(batch, DS.num_entities, 6, gen)[0]] += 1
+    assert pi.max() > 2 * pi.min()  # frequent answers are there more often than rare ones
+    torch.testing.assert_close(seen / trials, pi, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tadistmult", "ttranse", "tntcomplex"])
+def test_sparse_entity_rows_step_as_the_dense_gradient_does(name):
+    """With a sampled loss a step's gradient reaches the entity rows it read only, as a sparse
+    gradient (trainer.sparse_rows): Adagrad's update must equal the dense step's, and every other
+    row of the table and of its accumulator must stay untouched, also after a second step."""
+    cfg = load_config(None, [f"model.name={name}", "model.args.dim=6", "train.loss=sampled_softmax", "train.negatives=8"])
+    assert trainer.sparse_rows(cfg) and not trainer.sparse_rows(load_config(None, ["train.optimizer=adam",
+                                                                                   "train.loss=sampled_softmax"]))
+    q, a = trainer.training_queries(DS.splits["train"], DS.num_relations)
+    models, opts = [], []
+    for sparse in (False, True):
+        m = trainer.build_model(cfg, DS)
+        if sparse:
+            assert m.sparse_entities()
+        models.append(m)
+        opts.append(trainer.make_optimizer(cfg, list(m.parameters())))
+    before = models[1].ent.weight.detach().clone()
+    for step in range(2):
+        for m, opt in zip(models, opts):
+            trainer.batch_loss(cfg, m, q[step * 16: (step + 1) * 16], a[step * 16: (step + 1) * 16],
+                               torch.Generator().manual_seed(step)).backward()
+            opt.step()
+            opt.zero_grad()
+        assert models[1].ent.weight.grad is None or models[1].ent.weight.grad.is_sparse
+    for (k, dense), sparse in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)  # float rounding of the two updates
+    moved = (models[1].ent.weight.detach() != before).any(1)
+    assert 0 < int(moved.sum()) < DS.num_entities  # a sparse step touched some rows, not all
+    state = opts[1].state[models[1].ent.weight]["sum"]
+    assert torch.equal(state[~moved], torch.zeros_like(state[~moved]))
 
 
 def test_cli_train_then_evaluate_run(data_root, tmp_path):
