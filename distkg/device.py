@@ -67,6 +67,24 @@ def release_shm_buffer() -> None:
 
 
 @functools.lru_cache(maxsize=1)
+def memory_bytes(device: torch.device | str) -> int:
+    """The memory a process on ``device`` can count on: a GPU's total memory, or the machine's RAM
+    bounded by this container's cgroup limit (a container sees the host's RAM in /proc/meminfo)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)  # "cuda": the current device
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
 def cuda_available() -> bool:
     """Whether torch sees a CUDA device; asked once per process (the only such question in distkg)."""
     return torch.cuda.is_available()

@@ -46,6 +46,7 @@ SAFE_KEYS: dict[str, str] = {
     "llm.progress": "any",
     "llm.curve_test": "any",
     "eval.query_chunk": "any",
+    "eval.memory_budget": "any",
     "eval.cand_chunk": "any",
     "data.root": "any",
     "runtime.address": "any",

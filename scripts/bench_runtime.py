@@ -15,7 +15,9 @@
   scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs, or
               a finished one: --scale-teacher-run), then BKD of a 25-d student with the teacher
               served by the pool as top-k or low-rank soft targets (--scale-soft-targets, --scale-epochs),
-              peak memory of the whole process tree (driver, Ray, actors) sampled.
+              peak memory of the whole process tree (driver, Ray, actors) sampled. --scale-set KEY=VALUE
+              (repeatable) overrides both configs: another graph (data.dataset, data.root), the
+              sampled loss (train.loss, train.negatives), eval.max_facts (cluster/SCALING.md).
 
     python scripts/bench_runtime.py --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
         [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2] [--scale --scale-dir runs/scale-icews18]
@@ -189,12 +191,12 @@ def topk_effect(args, out: Path) -> dict:
 
 def scale(args) -> dict:
     from distkg.distill.runner import distill
-    from distkg.report import read_metrics
+    from distkg.runfolder import read_metrics
     from distkg.runtime.pool import TeacherPool, soft_targets
     from distkg.training.trainer import train
 
     root = Path(args.scale_dir)
-    common = [f"data.root={args.data_root}", "eval.progress=false"]
+    common = [f"data.root={args.data_root}", "eval.progress=false", *args.scale_set]
     result: dict = {}
     teacher_run = Path(args.scale_teacher_run) if args.scale_teacher_run else root / "teacher"
     if args.scale_teacher_run:  # trained beforehand (`distkg train`, its own wall time and memory)
@@ -221,15 +223,25 @@ def scale(args) -> dict:
         pool = TeacherPool("kg", str(teacher_run), ds.num_entities, cfg.runtime, args.data_root)
         try:
             pool.ready()
+            ready_s = time.perf_counter() - t0
             student = distill(cfg, root / f"bkd-{mode}", resume=True, dataset=ds, remote=soft_targets({"kg": pool}, cfg, ds))
         finally:
             pool.shutdown()
+    import resource
+
+    log = [json.loads(line) for line in (root / f"bkd-{mode}" / "log.jsonl").read_text().splitlines()]
+    waits = [json.loads(line) for line in (root / f"bkd-{mode}" / "runtime" / "targets-0.jsonl").read_text().splitlines()]
     result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "driver_cpu_seconds": round(time.process_time() - c0, 1),
+                         "pool_ready_seconds": round(ready_s, 1), "epoch_seconds": [r["seconds"] for r in log],
+                         "wait_mean_s": [w["wait_mean_s"] for w in waits], "split_seconds": {
+                             k: v["seconds"] for k, v in student["splits"].items()},
+                         "driver_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                         "overrides": args.scale_set, "protocol": student["protocol"],
                          "test_mrr": student["mrr"], "epochs": args.scale_epochs, "soft_targets": mode,
                          **({"rank": args.rank} if mode == "lowrank" else {"topk": args.topk}),
                          "method": f"bkd (teacher served by the pool, {mode})", "peak_rss_gb": round(mem.peak / 2**30, 2)}
     _, answers = training_queries(ds.splits["train"], ds.num_relations)
-    result.update(dataset="icews18", entities=ds.num_entities, training_facts=len(ds.splits["train"]),
+    result.update(dataset=ds.name, entities=ds.num_entities, training_facts=len(ds.splits["train"]),
                   training_queries=len(answers))
     return result
 
@@ -275,6 +287,8 @@ def main() -> None:
     ap.add_argument("--scale-soft-targets", default="topk", choices=["topk", "lowrank"])
     ap.add_argument("--scale-teacher-dim", type=int, default=400,
                     help="the teacher's width (400-d TA-DistMult: about 42 min an epoch on 2 cores)")
+    ap.add_argument("--scale-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of the scale part's teacher and student (repeatable)")
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
     ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk, lowrank)")

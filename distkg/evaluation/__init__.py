@@ -3,9 +3,9 @@ both directions, realistic ties; alternatives switchable. Model-agnostic through
 
 from distkg.evaluation.filters import FILTER_MODES, FilterIndex, FilterMode
 from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
-from distkg.evaluation.options import EvalOptions, eval_options
+from distkg.evaluation.options import SCORE_BUDGET_BYTES, EvalOptions, budget_bytes, eval_options
 from distkg.evaluation.queries import QuerySet, build_queries
-from distkg.evaluation.ranking import SCORE_BUDGET_BYTES, Ranks, default_query_chunk, evaluate, rank
+from distkg.evaluation.ranking import Ranks, default_query_chunk, evaluate, rank
 from distkg.evaluation.scorer import DotProductScorer, Scorer
 from distkg.evaluation.splits import evaluate_splits
 
@@ -21,6 +21,7 @@ __all__ = [
     "Ranks",
     "Scorer",
     "Ties",
+    "budget_bytes",
     "build_queries",
     "default_query_chunk",
     "eval_options",

@@ -11,7 +11,8 @@ candidate. The answer itself always ties with itself, so #equal is corrected by 
     realistic   = 1 + #greater + #equal / 2   (mean of the two; the protocol's default)
 
 Memory: a block of scores is at most [query_chunk, cand_chunk]; query_chunk defaults to what
-fits SCORE_BUDGET_BYTES. With candidate chunks the answer's score is first read from the same
+fits the memory budget (``eval.memory_budget``, SCORE_BUDGET_BYTES on a CPU), and where one row
+does not fit it the candidates are chunked too. With candidate chunks the answer's score is first read from the same
 score_candidates blocks (pass 1), so the comparison in pass 2 is against a bit-identical value.
 """
 
@@ -27,14 +28,10 @@ from tqdm import tqdm
 from distkg.data import TKGDataset
 from distkg.evaluation.filters import FILTER_MODES, FilterIndex
 from distkg.evaluation.metrics import TIES, Ties, ranking_metrics
-from distkg.evaluation.options import EvalOptions
+from distkg.evaluation.options import SCORE_BUDGET_BYTES, EvalOptions
 from distkg.evaluation.queries import QuerySet, build_queries
 from distkg.evaluation.scorer import Scorer
 
-# Bytes of float32 scores per block when query_chunk is not given. 32 MB keeps a block close to
-# the last-level cache for the counting passes (measured faster than 256 MB on ICEWS14) while
-# still giving the matmul hundreds of rows; ICEWS18 (23,033 entities) gets ~360-row chunks.
-SCORE_BUDGET_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -62,9 +59,24 @@ class Ranks:
         return getattr(self, ties)
 
 
+FACT_SAMPLE_SEED = 0
+
+
+def fact_sample(n: int, k: int) -> np.ndarray:
+    """Rows of the ``k`` facts (in split order) that ``eval.max_facts`` = k scores out of a split of ``n``:
+    one seeded draw, so every run and every command on a dataset scores the same facts."""
+    return np.sort(np.random.default_rng(FACT_SAMPLE_SEED).choice(n, size=k, replace=False))
+
+
 def default_query_chunk(width: int, budget_bytes: int = SCORE_BUDGET_BYTES) -> int:
     """Rows of a [rows, width] float32 score block that fit the budget (at least 1)."""
     return max(1, budget_bytes // (4 * max(1, width)))
+
+
+def block_width(num_entities: int, budget: int) -> int:
+    """Candidates per score block: all of them while one float32 row fits ``budget`` bytes, else the
+    most that do (a graph whose single row outgrows the budget is scored in candidate chunks)."""
+    return num_entities if 4 * num_entities <= budget else max(1, budget // 4)
 
 
 def _check_block(scores: torch.Tensor, rows: int, start: int, stop: int, q0: int) -> None:
@@ -153,18 +165,20 @@ def rank(
     progress: bool = True,
     desc: str = "ranking",
     device: torch.device | str = "cpu",
+    budget: int = SCORE_BUDGET_BYTES,
 ) -> Ranks:
     """Per-query counts (hence ranks under every tie policy) for all queries of ``qs``.
 
     ``index=None`` ranks raw. ``query_chunk`` rows are scored at a time (default: what fits
-    SCORE_BUDGET_BYTES); ``cand_chunk`` candidates at a time (None: all at once). Each chunk
+    ``budget`` bytes); ``cand_chunk`` candidates at a time (None: all at once, or what fits the
+    budget when one row does not, block_width). Each chunk
     of queries, answers and filter pairs is moved to ``device`` (the scorer's, distkg.device) here,
     the one place evaluation moves tensors; the counting follows the scores' device.
     Raises ValueError on NaN scores, naming the query's index in ``qs``."""
     n_ent = int(scorer.num_entities)
-    width = n_ent if cand_chunk is None else max(1, min(cand_chunk, n_ent))
+    width = block_width(n_ent, budget) if cand_chunk is None else max(1, min(cand_chunk, n_ent))
     chunked = width < n_ent
-    qchunk = query_chunk or default_query_chunk(width)
+    qchunk = query_chunk or default_query_chunk(width, budget)
     if len(qs) and (qs.answers.min() < 0 or qs.answers.max() >= n_ent):
         raise ValueError(f"answers must be entity ids in [0, {n_ent})")
     spans = [(s, min(s + width, n_ent)) for s in range(0, n_ent, width)]
@@ -210,7 +224,11 @@ def evaluate(scorer: Scorer, dataset: TKGDataset, split: str = "test", options: 
         raise ValueError(
             f"scorer has {scorer.num_entities} entities, dataset {dataset.name} has {dataset.num_entities}"
         )
-    qs = build_queries(dataset.splits[split], dataset.num_relations)
+    facts = dataset.splits[split]
+    sampled = options.max_facts is not None and len(facts) > options.max_facts
+    if sampled:
+        facts = facts[fact_sample(len(facts), options.max_facts)]
+    qs = build_queries(facts, dataset.num_relations)
     if filter == "none":
         index = None
     elif index is None:
@@ -218,7 +236,7 @@ def evaluate(scorer: Scorer, dataset: TKGDataset, split: str = "test", options: 
     elif index.mode != filter:
         raise ValueError(f"index was built for filter {index.mode!r}, asked for {filter!r}")
     ranks = rank(scorer, qs, index, options.query_chunk, options.cand_chunk, options.progress,
-                 desc=f"{dataset.name}/{split}", device=device)
+                 desc=f"{dataset.name}/{split}", device=device, budget=options.memory_budget)
     chosen = ranks.get(ties)
     protocol: dict = {
         "dataset": dataset.name,
@@ -230,6 +248,8 @@ def evaluate(scorer: Scorer, dataset: TKGDataset, split: str = "test", options: 
     }
     if dataset.time_kind == "interval":
         protocol["min_bucket_size"] = dataset.min_bucket_size
+    if sampled:
+        protocol["facts"] = f"{options.max_facts} of {len(dataset.splits[split])}, drawn with seed {FACT_SAMPLE_SEED}"
     n = qs.num_tail
     return {
         **ranking_metrics(chosen),

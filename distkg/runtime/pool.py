@@ -30,6 +30,7 @@ from distkg.data import TKGDataset
 from distkg.device import compute_dtype, cuda_available, inference_dtype, placement, release_shm_buffer
 from distkg.distill.losses import TopKTargets
 from distkg.distill.runner import kd_temperature
+from distkg.evaluation import budget_bytes, default_query_chunk
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
 from distkg.runtime.resources import on_resources, tp_degree
@@ -326,6 +327,8 @@ class ScoringShard:
             _, _, self.model = load_trained(run_path, cfg)  # on this actor's device (distkg.device)
             self.version = _digest(*self.model.parameters())
         self.device = self.model.device if kind == "llm" else placement(cfg).device
+        # queries scored at once: what fits the teacher run's eval.memory_budget on this device
+        self.block_rows = default_query_chunk(hi - lo, budget_bytes(cfg.eval.memory_budget, self.device))
         self.model.requires_grad_(False)
         self.use_cache = runtime_cfg.cache
         self.cache: dict[tuple, torch.Tensor | tuple] = {}  # (topk, *query) -> its row
@@ -391,14 +394,16 @@ class ScoringShard:
         self.stats["cache_hits"] += len(queries) - len(todo)
         fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
-            with torch.inference_mode():
-                # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
-                rows = self.model.match(self.model.query_repr(queries[todo].to(self.device)), self.table).float().cpu()
+            # blocks of block_rows queries, so that a top k never holds more scores than the budget (the
+            # draws of tail samples come from one generator over the whole call: one block then)
+            blocks = torch.tensor(todo).split(len(todo) if samples else self.block_rows)
+            for block in blocks:
+                with torch.inference_mode():
+                    # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
+                    rows = self.model.match(self.model.query_repr(queries[block].to(self.device)), self.table).float().cpu()
+                answer = zip(*shard_topk(rows, self.lo, topk, temperature, samples, seed)) if topk is not None else rows
+                fresh.update(zip(block.tolist(), answer))
             self.stats["scored"] += len(todo)
-            if topk is not None:
-                fresh = dict(zip(todo, zip(*shard_topk(rows, self.lo, topk, temperature, samples, seed))))
-            else:
-                fresh = dict(zip(todo, rows))
             if use_cache:
                 self.cache.update((keys[i], r) for i, r in fresh.items())
         out = [fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)]
@@ -535,18 +540,24 @@ class TeacherPool:
         return [a.score.remote(queries, self.topk, temperature if self.topk else None, samples, seed * len(self.actors) + i)
                 for i, a in enumerate(self.actors)]
 
-    def collect(self, refs: list, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
+    def collect(self, refs: list, temperature: float | None = None, seed: int = 0,
+                columns: torch.Tensor | None = None) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
         ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
         top k's probabilities and the rest bucket instead (merge_topk_rest), and the tail draws
-        with runtime.tail_samples (merge_topk_sampled, merged with ``seed``, the submit's)."""
+        with runtime.tail_samples (merge_topk_sampled, merged with ``seed``, the submit's).
+        ``columns``: only those entities' scores, [B, C] (a sampled loss's candidates; with low-rank
+        targets C products of r numbers a query, never a whole row)."""
         import ray
 
         parts = ray.get(refs, timeout=self.runtime_cfg.timeout_s)
         if self.lowrank:
-            return parts[0] @ self.projected.T
+            return parts[0] @ (self.projected if columns is None else self.projected[columns]).T
         if self.topk is None:
-            return torch.cat(parts, dim=1)
+            return torch.cat(parts, dim=1) if columns is None else torch.cat(parts, dim=1)[:, columns]
+        if columns is not None:
+            raise DistkgError("top-k soft targets have no score for a sampled candidate outside the top k; "
+                              "use runtime.soft_targets lowrank or full with train.loss sampled_softmax")
         if temperature is not None and self.samples:
             return merge_topk_sampled(parts, self.topk, temperature, torch.Generator().manual_seed(seed))
         if temperature is not None:
@@ -622,7 +633,8 @@ class SoftTargets:
                 "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("queries", 0), 1),
                 "pool_busy_s": stats.get("seconds", 0.0)}
 
-    def get(self, idx: torch.Tensor) -> torch.Tensor | TopKTargets:
+    def get(self, idx: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor | TopKTargets:
+        """The scores of training queries ``idx`` (TeacherPool.collect; ``columns``: those entities' only)."""
         if self._inflight and torch.equal(self._inflight[0][0], idx):
             _, seed, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
@@ -630,7 +642,7 @@ class SoftTargets:
             self._inflight.clear()
             _, seed, refs = self._submit(idx)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs, self.temperature, seed)
+        scores = self.pool.collect(refs, self.temperature, seed, columns)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores

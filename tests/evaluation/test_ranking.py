@@ -166,6 +166,57 @@ def test_chunking_is_exact_with_float_scores() -> None:
     assert a.realistic.max() > 1
 
 
+def test_memory_budget_bounds_every_block_and_keeps_ranks_exact() -> None:
+    """eval.memory_budget: blocks of whole rows while a row fits, candidate chunks once one does not
+    (a graph too wide for the budget), the same ranks either way; auto is 32 MB on a CPU."""
+    from distkg.device import memory_bytes
+    from distkg.evaluation.options import budget_bytes
+    from distkg.evaluation.ranking import block_width
+
+    assert block_width(N_ENT, 4 * N_ENT) == N_ENT and block_width(N_ENT, 4 * 7) == 7 and block_width(N_ENT, 3) == 1
+    assert budget_bytes("auto", "cpu") == min(32 << 20, memory_bytes("cpu") // 16) and budget_bytes(1000, "cpu") == 1000
+    torch.manual_seed(0)
+    ds = random_dataset(seed=2, interval=False)
+    scorer = DotProductScorer.distmult(torch.randn(N_ENT, 8), torch.randn(2 * N_REL, 8))
+    index = FilterIndex.from_dataset(ds, "time")
+    blocks = []
+    real = scorer.score_candidates
+
+    def spy(q, start, stop):
+        blocks.append((len(q), stop - start))
+        return real(q, start, stop)
+
+    scorer.score_candidates = spy
+    whole = evaluate(scorer, ds, "test", QUIET, index=index)
+    assert max(w for _, w in blocks) == N_ENT
+    blocks.clear()
+    tight = evaluate(scorer, ds, "test", QUIET.replace(memory_budget=4 * 7), index=index)
+    assert max(r * w for r, w in blocks) <= 7 and tight["mrr"] == whole["mrr"] and tight["mr"] == whole["mr"]
+
+
+def test_max_facts_scores_a_seeded_sample_and_says_so() -> None:
+    """eval.max_facts: the metrics of a seeded sample of the split's facts, filtered against the whole
+    graph as before, the same sample every call, named in the protocol; no sample when it is larger."""
+    import dataclasses
+
+    from distkg.evaluation.ranking import fact_sample
+
+    torch.manual_seed(0)
+    ds = random_dataset(seed=2, interval=False)
+    scorer = DotProductScorer.distmult(torch.randn(N_ENT, 8), torch.randn(2 * N_REL, 8))
+    index = FilterIndex.from_dataset(ds, "time")
+    n = len(ds.splits["test"])
+    got = evaluate(scorer, ds, "test", QUIET.replace(max_facts=7), index=index)
+    rows = fact_sample(n, 7)
+    assert len(set(rows.tolist())) == 7 and np.array_equal(rows, fact_sample(n, 7))
+    part = dataclasses.replace(ds, splits={**ds.splits, "test": ds.splits["test"][rows]})
+    want = evaluate(scorer, part, "test", QUIET, index=index)
+    assert got["queries"] == 14 and got["mrr"] == want["mrr"] and got["mr"] == want["mr"]
+    assert got["protocol"]["facts"] == f"7 of {n}, drawn with seed 0"
+    whole = evaluate(scorer, ds, "test", QUIET.replace(max_facts=n), index=index)
+    assert "facts" not in whole["protocol"] and whole["queries"] == 2 * n
+
+
 # --- leakage -------------------------------------------------------------------------------
 
 

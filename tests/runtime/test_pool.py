@@ -191,6 +191,8 @@ def test_pool_low_rank_rows_and_tail_draws(cluster, tiny_runs, graph):
             basis = low_rank_basis(local.table, rank)
             want = ref if rank == d else (local.query[:64] @ basis) @ (local.table @ basis).T  # rank = D: exact rows
             torch.testing.assert_close(pool.score(q), want, atol=1e-4, rtol=1e-4)
+            cols = torch.tensor([0, 3, 5, ds.num_entities - 1])  # a sampled loss's candidates: their r-products only
+            torch.testing.assert_close(pool.collect(pool.submit(q), columns=cols), want[:, cols], atol=1e-4, rtol=1e-4)
         finally:
             pool.shutdown()
     pool = served(soft_targets="topk", topk=3, tail_samples=7)
