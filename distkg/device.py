@@ -66,7 +66,6 @@ def release_shm_buffer() -> None:
         pass
 
 
-@functools.lru_cache(maxsize=1)
 def memory_bytes(device: torch.device | str) -> int:
     """The memory a process on ``device`` can count on: a GPU's total memory, or the machine's RAM
     bounded by this container's cgroup limit (a container sees the host's RAM in /proc/meminfo)."""
@@ -85,6 +84,7 @@ def memory_bytes(device: torch.device | str) -> int:
     return total
 
 
+@functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """Whether torch sees a CUDA device; asked once per process (the only such question in distkg)."""
     return torch.cuda.is_available()

@@ -44,12 +44,13 @@ import yaml  # noqa: E402
 # (full GPU run, CPU smoke) sizes of every part
 SIZES = {
     "full": {"tests": ["tests", "--ignore=tests/runtime", "--ignore=tests/test_gpu_check.py"], "tests_timeout": 170,
-             "precision_sets": [], "precision_seeds": [0, 1],
+             "precision_sets": [], "precision_seeds": [0, 1], "sampled_sets": [],
              "main_job": [], "main_timeout": 150, "probe_n": 8192, "texts": 8192, "encode_layers": None,
              "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10,
              "big_shape": "smollm2-1.7b", "big_texts": 512, "big_batches": [(64, 256)], "big_steps": 5},
     "smoke": {"tests": ["tests/test_device.py", "-k", "rules or only_the_owner"], "tests_timeout": 60,
               "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=negative_sampling"], "precision_seeds": [0],
+              "sampled_sets": ["train.epochs=1", "model.args.dim=16"],
               "main_job": ["--set", "train.epochs=1", "--set", "model.args.dim=16", "--set", "pipeline.llm=false",
                            "--set", "pipeline.students={}", "--set", "eval.splits=[test]", "--set", "eval.progress=false",
                            "--set", "train.progress=false"],  # the teacher alone
@@ -254,6 +255,25 @@ def precision(size: dict, work: Path) -> dict:
             "seed_change": [round(mrr[f"{mp}/seed{seeds[-1]}"] - mrr[f"{mp}/seed{seeds[0]}"], 5) for mp in ("no", "bf16")]}
 
 
+def sampled(size: dict, work: Path) -> dict:
+    """`distkg train` of the quickstart's teacher with the sampled softmax (sparse entity rows, the logQ
+    correction) and eval.max_facts, on this device; and what eval.memory_budget auto resolves to here."""
+    from distkg.evaluation import budget_bytes
+
+    out = work / "sampled"
+    cmd = [sys.executable, "-m", "distkg", "train", "--config", "configs/quickstart.yaml", "--out", str(out)]
+    for item in ["train.loss=sampled_softmax", "train.negatives=256", "eval.max_facts=500", "train.progress=false",
+                 "eval.progress=false", *size["sampled_sets"]]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[3:])} failed: {proc.stderr[-1500:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"test_mrr": m["mrr"], "train_seconds": m["train_seconds"], "facts": m["protocol"].get("facts"),
+            "memory_budget_auto_bytes": budget_bytes("auto", device), "device": device}
+
+
 def big_teacher(size: dict) -> dict:
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_big_teacher
@@ -285,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_part(result, "qlora_step", qlora_step, size)
         run_part(result, "qlora_step_text", qlora_step, size, "text")
         run_part(result, "precision", precision, size, work)
+        run_part(result, "sampled", sampled, size, work)
         run_part(result, "big_teacher", big_teacher, size)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)

@@ -77,9 +77,9 @@ def on_sentinel(monkeypatch):
     calls: list[tuple] = []
     real = ranking.rank
 
-    def spy(scorer, qs, index=None, query_chunk=None, cand_chunk=None, progress=True, desc="", device="cpu"):
+    def spy(scorer, qs, index=None, query_chunk=None, cand_chunk=None, progress=True, desc="", device="cpu", **kw):
         calls.append((torch.device(device), cand_chunk, query_chunk))
-        return real(scorer, qs, index, query_chunk, cand_chunk, progress, desc, device)
+        return real(scorer, qs, index, query_chunk, cand_chunk, progress, desc, device, **kw)
 
     monkeypatch.setattr(ranking, "rank", spy)
     return calls

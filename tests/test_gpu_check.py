@@ -21,7 +21,8 @@ def test_gpu_check_smoke_writes_every_part(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "gpu_check-smoke.json")
     result = json.loads((tmp_path / "gpu_check-smoke.json").read_text())
-    parts = ("tests", "main_job", "teacher", "llm_encode", "qlora_step", "qlora_step_text", "precision", "big_teacher")
+    parts = ("tests", "main_job", "teacher", "llm_encode", "qlora_step", "qlora_step_text", "precision", "sampled",
+             "big_teacher")
     assert {"mode", "torch", "cuda", "wall_seconds", *parts} <= result.keys() and result["mode"] == "smoke"
     errors = {p: result[p]["error"] for p in parts if "error" in result[p]}
     assert not errors, errors
@@ -32,6 +33,7 @@ def test_gpu_check_smoke_writes_every_part(data_root, tmp_path):
     assert result["qlora_step"]["batches"][0]["seconds_per_step"] > 0
     assert result["qlora_step_text"]["query"] == "text" and result["qlora_step_text"]["batches"][0]["seconds_per_step"] > 0
     assert len(result["precision"]["test_mrr"]) == 2 and len(result["precision"]["bf16_change"]) == 1
+    assert result["sampled"]["test_mrr"] > 0 and result["sampled"]["facts"].startswith("500 of ")
     big = result["big_teacher"]
     assert big["shape"] == "tiny" and big["lm_weight_bytes"] > 0 and big["steps"][0]["seconds_per_step"] > 0
     assert time.perf_counter() - t < 180  # the smoke mode's budget is two minutes; CI machines vary
