@@ -233,7 +233,10 @@ def scale(args) -> dict:
     waits = [json.loads(line) for line in (root / f"bkd-{mode}" / "runtime" / "targets-0.jsonl").read_text().splitlines()]
     result["student"] = {"seconds": round(time.perf_counter() - t0, 1), "driver_cpu_seconds": round(time.process_time() - c0, 1),
                          "pool_ready_seconds": round(ready_s, 1), "epoch_seconds": [r["seconds"] for r in log],
-                         "wait_mean_s": [w["wait_mean_s"] for w in waits], "split_seconds": {
+                         "wait_mean_s": [w["wait_mean_s"] for w in waits],
+                         "pool_busy_s_per_query": round(sum(w["pool_busy_s"] for w in waits)
+                                                        / max(sum(w["scored"] for w in waits), 1), 7),
+                         "split_seconds": {
                              k: v["seconds"] for k, v in student["splits"].items()},
                          "driver_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                          "overrides": args.scale_set, "protocol": student["protocol"],
