@@ -35,12 +35,20 @@ RANK, TOPK = 64, 64  # runtime.rank and runtime.topk of the measured pool runs
 DAY = 86400.0
 
 
-def per_entity_bytes(rows: list[dict], part: str) -> tuple[float, float]:
-    """(bytes per entity, fixed bytes) of a part's peak memory, fitted through its two largest graphs."""
+DIM = {"student": 25, "teacher": 400}
+TABLE_BYTES = 4 * 2  # float32 weights and Adagrad's sum, per number of the entity table
+TRAIN_FACTS_PER_ENTITY = 8  # bench_scale's graphs: 10 facts an entity, 80% of them for training
+
+
+def memory_model(rows: list[dict], part: str) -> tuple[float, float]:
+    """(bytes per training fact, fixed bytes) of a part's process: its peak growth between its two
+    largest graphs less its entity table's (E x dim x TABLE_BYTES), put on the training facts (the
+    graph and its training queries), and what is left at the largest graph."""
     pts = sorted((r["entities"], r["peak_rss_gb"] * 2**30) for r in rows if r["part"] == part and "failed" not in r)
     (e0, m0), (e1, m1) = pts[-2], pts[-1]
-    slope = (m1 - m0) / (e1 - e0)
-    return slope, m1 - slope * e1
+    table = DIM[part] * TABLE_BYTES
+    per_fact = ((m1 - m0) / (e1 - e0) - table) / TRAIN_FACTS_PER_ENTITY
+    return per_fact, m1 - e1 * table - e1 * TRAIN_FACTS_PER_ENTITY * per_fact
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         pool_s = STUDENT_EPOCHS * queries * pool_s_per_query
         memory = {}
         for part in ("student", "teacher"):
-            slope, fixed = per_entity_bytes(steps, part)
-            memory[part] = slope * entities + fixed
+            per_fact, fixed = memory_model(steps, part)
+            memory[part] = entities * DIM[part] * TABLE_BYTES + facts * per_fact + fixed
         step_bytes = {"full": 4 * entities * BATCH, "topk": BATCH * (TOPK * 8 + 4), "lowrank": BATCH * RANK * 4}
         rows.append({
             "graph": name, "entities": entities, "training_facts": facts, "queries_per_epoch": queries,
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
             "mb_per_second_per_worker": {k: round(v / step["student"] / 2**20, 1) for k, v in step_bytes.items()},
         })
     result = {"inputs": {"steps": args.steps, "pool": args.pool, "step_seconds": step,
-                         "pool_busy_s_per_query": pool_s_per_query},
+                         "pool_busy_s_per_query": pool_s_per_query,
+                         "bytes_per_training_fact": {p: round(memory_model(steps, p)[0]) for p in DIM}},
               "epochs": {"teacher": TEACHER_EPOCHS, "student": STUDENT_EPOCHS}, "graphs": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
