@@ -295,20 +295,50 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
     Why not torch DDP's wrapper: the losses call the model's parts (query_repr, match, entity
     vectors) rather than its forward, and DDP only synchronises gradients of a forward it ran.
-    One flat all-reduce per step does the same work.
+    One flat all-reduce per step does the same work for the dense gradients. A sparse one (the entity
+    table under a sampled loss, sparse_rows) is all-gathered instead: each rank's touched rows and
+    their values, summed where ranks share rows, so a step sends the rows it touched, never the
+    whole E x D table (which at 10M entities and 400-d would be 16 GB a step). Every rank must pass
+    the same parameters in the same order; a parameter is sparse on all of them or on none.
     """
     import torch.distributed as dist
 
-    # a sparse gradient (sparse_rows) goes dense here: one flat all-reduce, and the step is then dense
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
-        offset += n
+    sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
+    dense = [p for p in params if not (p.grad is not None and p.grad.is_sparse)]
+    if dense:
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in dense]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for p, g in zip(dense, grads):
+            n = g.numel()
+            p.grad = flat[offset: offset + n].view_as(p).clone()
+            offset += n
+    for p in sparse:
+        p.grad = _mean_sparse(p.grad, world)
+
+
+def _mean_sparse(grad: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean over the group of a sparse row gradient: all ranks' (row, values) gathered, padded
+    to the longest rank's row count (all_gather wants equal sizes), summed by coalescing."""
+    import torch.distributed as dist
+
+    grad = grad.coalesce()
+    rows, values = grad.indices()[0], grad.values()
+    counts = [torch.zeros(1, dtype=torch.int64, device=rows.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+    longest = int(max(c.item() for c in counts))
+    pad = longest - len(rows)
+    rows = torch.cat([rows, rows.new_zeros(pad)])
+    values = torch.cat([values, values.new_zeros((pad, *values.shape[1:]))])
+    all_rows, all_values = [torch.empty_like(rows) for _ in range(world)], [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(all_rows, rows)
+    dist.all_gather(all_values, values)
+    keep = [int(c.item()) for c in counts]
+    rows = torch.cat([r[:k] for r, k in zip(all_rows, keep)])
+    values = torch.cat([v[:k] for v, k in zip(all_values, keep)])
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
 
 
 def load_trained(run_dir: Path, cfg: RunConfig | None = None,
