@@ -66,6 +66,26 @@ def soften_(matrix: torch.Tensor, temperature: float) -> torch.Tensor:
     return plogp
 
 
+class QueryRows:
+    """A KG teacher's query representations of the training queries, computed when read (by index,
+    or in chunks): what KGTeacher holds instead of the whole [queries, D] table when that would not
+    fit in SCORE_CACHE_BYTES (a million-entity graph's 16M training queries at 400-d: 26 GB)."""
+
+    def __init__(self, model: torch.nn.Module, queries: torch.Tensor) -> None:
+        self.model, self.queries = model, queries
+        self.shape = (len(queries), model.dim)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @torch.no_grad()
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model.query_repr(self.queries[idx])
+
+    def split(self, n: int):
+        return (self[torch.arange(i, min(i + n, len(self)))] for i in range(0, len(self), n))
+
+
 def _check_dataset(run: Path, what: str, trained_on: str, ds: TKGDataset) -> None:
     if trained_on != ds.name:
         raise ConfigError(f"{what} {run} was trained on {trained_on!r}, but the student's data is {ds.name!r}")
@@ -98,7 +118,11 @@ class KGTeacher:
         key = {"best_sha1": best, "queries": len(queries)}
         path = derived_folder(best) / "train_queries.pt"
         cached = torch.load(path, weights_only=True) if path.is_file() else None
-        if cached is not None and cached["key"] == key:
+        if len(queries) * self.model.dim * 4 > SCORE_CACHE_BYTES:  # e.g. 16M queries x 400-d: 26 GB
+            log.info("the teacher's %d training-query representations would not fit in %.0f GB: computed per batch",
+                     len(queries), SCORE_CACHE_BYTES / 2**30)
+            self.query, self.table = QueryRows(self.model, queries), self.model.candidate_table()
+        elif cached is not None and cached["key"] == key:
             self.query, self.table = cached["query"], cached["table"]
         else:
             log.info("computing teacher outputs for %d training queries -> %s (once per teacher run)", len(queries), path)

@@ -153,10 +153,16 @@ def test_teacher_outputs_are_computed_once_and_match_the_teacher(teachers, monke
     monkeypatch.setattr(type(first.model), "query_repr", no_recompute)
     again = KGTeacher(teachers / "kg", DS, q)
     torch.testing.assert_close(again.scores(idx), first.scores(idx))
-    monkeypatch.setattr(teachers_module, "SCORE_CACHE_BYTES", 0)  # large graphs: one matmul per batch
+    monkeypatch.undo()
+    # large graphs: one matmul per batch, and past that (a million entities' 16M training queries) the
+    # query representations themselves computed per batch (QueryRows), never written to the cache
+    monkeypatch.setattr(teachers_module, "SCORE_CACHE_BYTES", 0)
     big = KGTeacher(teachers / "kg", DS, q)
     assert first.all_scores is not None and big.all_scores is None
+    assert isinstance(big.query, teachers_module.QueryRows) and big.query.shape == first.query.shape
     torch.testing.assert_close(big.scores(idx), first.scores(idx))
+    torch.testing.assert_close(big.query[idx], first.query[idx])
+    torch.testing.assert_close(torch.cat(list(big.query.split(5))), first.query)
 
 
 def test_llm_tables_give_the_llm_teachers_distribution(teachers):
