@@ -98,13 +98,18 @@ def check(rc: int, err: str) -> str:
 
 
 def same_results(a: dict, b: dict, path: str = "") -> None:
-    """Metrics equal key by key, wall times (keys naming seconds) and the paths of runs read aside."""
+    """Metrics equal key by key, times (keys naming seconds or minutes, such as the LLM curve's points)
+    and the paths of runs read aside; lists of records (the curve) compared record by record."""
     assert set(a) == set(b), (path, set(a) ^ set(b))
     for key in a:
-        if "seconds" in key or key.endswith("_run"):
+        if "seconds" in key or "minutes" in key or key.endswith("_run"):
             continue
         if isinstance(a[key], dict):
             same_results(a[key], b[key], f"{path}{key}.")
+        elif isinstance(a[key], list) and a[key] and all(isinstance(x, dict) for x in a[key] + b[key]):
+            assert len(a[key]) == len(b[key]), (f"{path}{key}", len(a[key]), len(b[key]))
+            for i, (x, y) in enumerate(zip(a[key], b[key])):
+                same_results(x, y, f"{path}{key}[{i}].")
         else:
             assert a[key] == b[key], (f"{path}{key}", a[key], b[key])
 
