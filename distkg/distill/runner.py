@@ -33,7 +33,7 @@ from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError
 from distkg.runfolder import prepare_folder
-from distkg.training.objective import at_least_float32, float32_losses, sampled_candidates
+from distkg.training.objective import at_least_float32, corrected, float32_losses, sampled_candidates
 from distkg.training.trainer import Stage, build_model, fit, sampling_log_q, training_queries
 
 log = logging.getLogger("distkg")
@@ -195,11 +195,6 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
         return total + student.regularizer(q, a), parts
 
     return loss
-
-
-def corrected(scores: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """Scores over sampled candidates minus each one's log chance of being drawn (or as they are)."""
-    return scores if shift is None else scores - shift.to(scores.dtype)
 
 
 def student_scores(student, qr: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:

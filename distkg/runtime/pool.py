@@ -554,7 +554,8 @@ class TeacherPool:
         if self.lowrank:
             return parts[0] @ (self.projected if columns is None else self.projected[columns]).T
         if self.topk is None:
-            return torch.cat(parts, dim=1) if columns is None else torch.cat(parts, dim=1)[:, columns]
+            rows = torch.cat(parts, dim=1)
+            return rows if columns is None else rows[:, columns]
         if columns is not None:
             raise DistkgError("top-k soft targets have no score for a sampled candidate outside the top k; "
                               "use runtime.soft_targets lowrank or full with train.loss sampled_softmax")

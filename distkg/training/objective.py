@@ -94,3 +94,9 @@ def candidate_log_q(answers: torch.Tensor, num_entities: int, batch_size: int, n
     missed = (1 - f).pow(batch_size) * (1 - 1 / num_entities) ** negatives
     return torch.log1p(-missed).float()
 
+
+def corrected(scores: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Scores over sampled candidates less each one's log chance of being drawn (``shift``, from
+    candidate_log_q; None: as they are). Not cast down: bf16 scores come back in float32."""
+    return scores if shift is None else scores - shift
+

@@ -46,7 +46,7 @@ from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
-from distkg.training.objective import (at_least_float32, candidate_log_q, cross_entropy, float32_losses,
+from distkg.training.objective import (at_least_float32, candidate_log_q, corrected, cross_entropy, float32_losses,
                                        sampled_candidates)
 
 log = logging.getLogger("distkg")
@@ -99,8 +99,7 @@ def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor
     elif cfg.train.loss == "sampled_softmax":  # the batch's answers and k uniformly drawn entities, shared
         candidates, column = sampled_candidates(a, model.num_entities, cfg.train.negatives, gen)
         scores = model.match(model.query_repr(q), model.entity_embeddings(candidates))
-        if log_q is not None:
-            scores = scores - log_q[candidates]
+        scores = corrected(scores, log_q[candidates] if log_q is not None else None)
         loss = cross_entropy(scores, column, label_smoothing=cfg.train.label_smoothing)
     else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
         k = cfg.train.negatives
