@@ -1,11 +1,8 @@
 """distkg: distilling temporal knowledge graph reasoning into tiny students (arXiv 2601.00202)."""
 
-from distkg.allocator import apply_heap_settings
 from distkg.checks import add_run_check
 
 __version__ = "0.1.0"
-
-apply_heap_settings()  # before any [batch, entities] tensor exists (distkg.allocator says why)
 
 
 def _check_models(cfg) -> None:

@@ -1,4 +1,6 @@
-"""Heap settings distkg applies to its own process at import, so no user has to know a variable.
+"""Heap settings distkg applies to the processes it runs itself (the ``distkg`` command, its Ray Train
+workers and scoring actors), so no user has to know a variable; ``import distkg`` leaves a host
+process (a notebook, a Serve replica) as it is, and a library user opts in with ``apply_heap_settings()``.
 
 Why: a 1-vs-all step allocates several [batch, entities] temporaries of 28-50 MB each. glibc serves
 allocations above its mmap threshold (32 MB at most, adjusted dynamically) with a fresh mmap, and

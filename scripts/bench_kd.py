@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distkg.allocator import apply_heap_settings
 from distkg.distill.losses import DistillBatch, TemperedTargets, combine, temper
+
+apply_heap_settings()  # the distkg command's heap settings (distkg.allocator)
 
 
 def main() -> None:

@@ -18,7 +18,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from distkg.allocator import apply_heap_settings  # noqa: E402
 from distkg.distill.losses import DistillBatch, _combine, combine  # noqa: E402
+
+apply_heap_settings()  # the distkg command's heap settings (distkg.allocator)
 from tests.distill.test_precision import SPECS, STUDENT, inputs  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""distkg keeps [batch, entities] temporaries on a mapped heap (distkg.allocator): real processes, real faults."""
+"""The distkg command keeps [batch, entities] temporaries on a mapped heap (distkg.allocator), and
+``import distkg`` leaves a host process's malloc alone: real processes, real faults."""
 
 from __future__ import annotations
 
@@ -14,9 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import resource, sys
-if sys.argv[1] == "import":
+if sys.argv[1] == "apply":
     import distkg.allocator
     print(distkg.allocator.apply_heap_settings())
+elif sys.argv[1] == "cli":  # the distkg command's entry point (it applies them before parsing)
+    import contextlib, io
+    from distkg.cli.main import main
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(["--help"])
+    except SystemExit:
+        pass
+    import distkg.allocator
+    print(distkg.allocator._applied)
+elif sys.argv[1] == "library":  # a notebook importing distkg and its trainer
+    import distkg.training.trainer
+    import distkg.allocator
+    print(distkg.allocator._applied)
 else:
     print(None)
 import torch
@@ -47,8 +62,8 @@ def _probe(mode: str, **env: str) -> tuple[str, float, str]:
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_importing_distkg_stops_page_faults_of_large_temporaries():
-    applied, with_settings, on_heap = _probe("import")
+def test_the_heap_settings_stop_page_faults_of_large_temporaries():
+    applied, with_settings, on_heap = _probe("apply")
     _, without, on_heap_without = _probe("bare")
     assert applied == "True"
     page = os.sysconf("SC_PAGE_SIZE")
@@ -60,15 +75,24 @@ def test_importing_distkg_stops_page_faults_of_large_temporaries():
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_command_applies_them_and_an_import_does_not():
+    applied, with_settings, _ = _probe("cli")
+    untouched, library, _ = _probe("library")
+    assert applied == "True" and untouched == "None"
+    assert with_settings < 0.5 * library, (with_settings, library)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_a_users_malloc_choice_wins():
-    assert _probe("import", DISTKG_MALLOC="0")[0] == "False"
-    assert _probe("import", MALLOC_ARENA_MAX="2")[0] == "False"
+    assert _probe("apply", DISTKG_MALLOC="0")[0] == "False"
+    assert _probe("apply", MALLOC_ARENA_MAX="2")[0] == "False"
 
 
 RETAIN = """
 import sys
 import distkg.allocator
 import torch
+distkg.allocator.apply_heap_settings()  # the command's settings first, as in a fine-tuning worker
 print(distkg.allocator.return_freed_memory() if sys.argv[1] == "return" else None)
 def anon():
     for line in open("/proc/self/status"):
@@ -85,7 +109,7 @@ print((anon() - base) / 1e6)
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_a_zero3_worker_gives_freed_layers_back():
-    """Under the import's settings the freed layers stay resident; ``return_freed_memory`` (what a
+    """Under the command's settings the freed layers stay resident; ``return_freed_memory`` (what a
     ZeRO-3 fine-tuning worker calls) gives them back."""
     def retained(mode: str) -> tuple[str, float]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}

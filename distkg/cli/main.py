@@ -396,6 +396,9 @@ def os_error_line(e: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distkg.allocator import apply_heap_settings
+
+    apply_heap_settings()  # the command's own process, before any [batch, entities] tensor (distkg.allocator)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:

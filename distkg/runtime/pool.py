@@ -235,6 +235,9 @@ class ScoringShard:
 
     def __init__(self, kind: str, run: str, lo: int, hi: int, runtime_cfg: RuntimeConfig, data_root: str | None = None,
                  tp_rank: int = 0) -> None:
+        from distkg.allocator import apply_heap_settings
+
+        apply_heap_settings()  # a process distkg runs (distkg.allocator)
         torch.set_num_threads(max(1, int(runtime_cfg.teacher_resources.get("CPU", 1))))
         self.kind, self.run, self.lo, self.hi, self.runtime_cfg, self.data_root = kind, run, lo, hi, runtime_cfg, data_root
         self.tp_rank, self.tp_size = tp_rank, tp_degree(runtime_cfg, kind)

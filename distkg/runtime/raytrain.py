@@ -61,6 +61,9 @@ def worker_setup(config: dict) -> RunConfig:
     """A Ray Train worker's threads (its CPU share) and log format; the run config it was sent."""
     import torch
 
+    from distkg.allocator import apply_heap_settings
+
+    apply_heap_settings()  # a process distkg runs (distkg.allocator)
     torch.set_num_threads(max(1, int(config["threads"])))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = build(RunConfig, config["cfg"])
