@@ -13,4 +13,13 @@ def _check_models(cfg) -> None:
     check_models(cfg)
 
 
+def _check_tracking(cfg) -> None:
+    """``train.log_with`` names an installed tracker (distkg.training.tracking), before any training."""
+    if cfg.train.log_with != "none":
+        from distkg.training.tracking import check_tracker
+
+        check_tracker(cfg.train.log_with)
+
+
 add_run_check(_check_models)
+add_run_check(_check_tracking)

@@ -103,6 +103,9 @@ class TrainConfig:
     patience: int = 3  # evaluations without a better validation MRR before stopping
     keep_checkpoints: int = 2
     progress: bool = True
+    # watch the run in TensorBoard (OUT/tracking), MLflow or W&B: each round's loss and validation MRR,
+    # from every loop (KG, students, LLM fine-tuning), through Accelerate's trackers (distkg/training/tracking.py)
+    log_with: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
 
 
 @dataclass

@@ -42,6 +42,7 @@ SAFE_KEYS: dict[str, str] = {
     "llm.steps": "larger",
     "llm.max_minutes": "larger",
     "train.progress": "any",
+    "train.log_with": "any",
     "eval.progress": "any",
     "llm.progress": "any",
     "llm.curve_test": "any",
@@ -71,7 +72,7 @@ DEVICE_KEYS = ("train.device", "llm.device")
 SLICES: dict[str, tuple[str, ...] | None] = {
     "kg": ("data", "model", "eval", "train", "seed"),
     "student": ("data", "model", "eval", "train", "distill", "runtime", "seed"),
-    "llm": ("data", "eval", "llm", "runtime", "seed", "train.device", "train.mixed_precision"),
+    "llm": ("data", "eval", "llm", "runtime", "seed", "train.device", "train.mixed_precision", "train.log_with"),
     "pipeline": None,
 }
 
@@ -101,7 +102,7 @@ def save_slice(cfg: RunConfig, kind: str, path: Path) -> None:
 RUN_FILE = "run.json"  # the run's kind, written when the folder is made (``write_kind``), read by ``run_kind``
 RUN_ENTRIES = ("config.yaml", RUN_FILE, "checkpoints", "log.jsonl", "metrics.json", "curves.png", "report.md",
                "comparison.png", "data_stats.json", "walls.json", DIVERGED, "teacher", "llm", "students", "runtime", "ray", "rescore",
-               "ensemble.json", "weights.png", "outputs")
+               "ensemble.json", "weights.png", "outputs", "tracking")
 # The kinds a folder records, each with the command that makes it: SLICES' run kinds, and ensemble, grid,
 # baseline (a training-free model `distkg run` or `distkg evaluate --config` evaluated). MODEL_KINDS hold a
 # KG model's weights.
@@ -162,14 +163,17 @@ def run_config(run: Path, overrides: list[str] | None = None) -> RunConfig:
 
 
 def missing_keys(values: dict, kind: str) -> list[str]:
-    """The sections and section keys of a ``kind`` run's config.yaml (SLICES) that VALUES lacks."""
+    """The sections and section keys of a ``kind`` run's config.yaml (SLICES) that VALUES lacks. A key
+    that may change under a run whatever its value (SAFE_KEYS' "any": progress bars, chunk sizes,
+    trackers) may also be absent, taking its default: a folder written before it existed is whole."""
     lost = []
     for section, keys in config_slice(RunConfig(), kind).items():
         if section not in values:
             lost.append(section)
         elif isinstance(keys, dict):
             got = values[section] if isinstance(values[section], dict) else {}
-            lost += [f"{section}.{key}" for key in keys if key not in got]
+            lost += [f"{section}.{key}" for key in keys
+                     if key not in got and SAFE_KEYS.get(f"{section}.{key}") != "any"]
     return lost
 
 

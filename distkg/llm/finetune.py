@@ -42,6 +42,7 @@ from distkg.runfolder import LLM_RATES, config_digest, prepare_folder, read_json
 from distkg.training.checkpoint import CheckpointError, Checkpoints, atomic_save
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Optimizers
+from distkg.training.tracking import tracker_for
 
 log = logging.getLogger("distkg")
 
@@ -182,7 +183,8 @@ def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset
                 optimizers, lambda: rounds.validate(state), llm_cfg.patience, config_digest(cfg, "llm", LLM_RATES), main=rank == 0,
                 barrier=_barrier if world > 1 else lambda: None, what="LLM fine-tuning", unit="round",
                 hint="lower llm.lr or llm.head_lr, then run again to resume from it",
-                budget_s=60 * llm_cfg.max_minutes if llm_cfg.max_minutes is not None else None, validation_counts=False)
+                budget_s=60 * llm_cfg.max_minutes if llm_cfg.max_minutes is not None else None, validation_counts=False,
+                tracking=tracker_for(cfg, out, "llm"))
     state = loop.resume(resume)
     rounds = TeacherRounds(teacher, cfg, ds, optimizers, loop, rank, world)
     phases = rounds.phases(state)

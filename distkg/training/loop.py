@@ -126,6 +126,9 @@ class Loop:
     budget_s: float | None = None  # bounds the ETA
     clock: Clock = field(default_factory=Clock)
     validation_counts: bool = True  # False: validation time is left out of the clock (and the budget)
+    # train.log_with: called with the rounds done to start the trackers (distkg.training.tracking)
+    tracking: Callable[[int], Any] | None = None
+    tracker: Any = None
 
     def resume(self, resume: bool = True) -> dict:
         """The state of the newest intact checkpoint (weights, optimiser and RNG loaded), or a new one."""
@@ -143,6 +146,8 @@ class Loop:
             log.info("resumed from %s (%s %d done)", latest, self.unit, state["epoch"])
         if self.main:  # the log holds exactly the rounds of the state resumed from: none repeated, none from a later crash
             write_log(self.out / "log.jsonl", state["history"])
+            if self.tracking is not None:
+                self.tracker = self.tracking(state["epoch"])
         self.clock = Clock(state["seconds"])
         return state
 
@@ -177,6 +182,8 @@ class Loop:
             self._round(phase, state, total)
         if state["best_epoch"] > 0:
             self.ckpts.load_best(self.weights, state["best_epoch"])
+        if self.tracker is not None:
+            self.tracker.finish()
         return state
 
     def _round(self, phase: Phase, state: dict, total: int) -> None:
@@ -208,6 +215,8 @@ class Loop:
         if self.main:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(row, epoch + 1)
         self.barrier()
         eta = state["seconds"] / state["epoch"] * (total - state["epoch"])
         if self.budget_s is not None:

@@ -48,6 +48,7 @@ from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
 from distkg.training.objective import (at_least_float32, candidate_log_q, corrected, cross_entropy, float32_losses,
                                        sampled_candidates)
+from distkg.training.tracking import tracker_for
 
 log = logging.getLogger("distkg")
 
@@ -211,7 +212,8 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
         return evaluate(raw_model, ds, split="valid", options=options.replace(progress=False), index=valid_index)["mrr"]
 
     loop = Loop(out, Checkpoints(out / "checkpoints", keep=train_cfg.keep_checkpoints, write=main), raw_model, optimizer,
-                validate, train_cfg.patience, config_digest(cfg, kind), aux=aux, main=main, barrier=accelerator.wait_for_everyone)
+                validate, train_cfg.patience, config_digest(cfg, kind), aux=aux, main=main, barrier=accelerator.wait_for_everyone,
+                tracking=tracker_for(cfg, out, kind))
     state = loop.resume(resume)
     queries, answers = training_queries(ds.splits["train"], ds.num_relations)
     n_batches = math.ceil(len(queries) / train_cfg.batch_size)

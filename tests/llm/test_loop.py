@@ -119,3 +119,18 @@ def test_progress_lines_carry_rate_and_eta(tiny_llama, ds, tmp_path, caplog):
 def test_bad_patience_is_a_config_error(tiny_llama):
     with pytest.raises(ConfigError, match=r"llm\.patience: 0 is out of range"):
         cfg_for(tiny_llama, patience=0)
+
+
+def test_the_llm_rounds_reach_tensorboard(tiny_llama, ds, tmp_path):
+    """``train.log_with`` from the LLM loop too: one scalar per round, the config as hyperparameters."""
+    import dataclasses
+
+    from tests.training.test_tracking import scalars
+
+    cfg = infonce(tiny_llama, steps=2)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, log_with="tensorboard"))
+    finetune(cfg, tmp_path, dataset=ds)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    got = scalars(tmp_path / "tracking" / "llm")
+    assert got["loss"] == pytest.approx({r["epoch"]: r["loss"] for r in rows})
+    assert got["valid_mrr"] == pytest.approx({r["epoch"]: r["valid_mrr"] for r in rows})
