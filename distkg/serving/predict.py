@@ -6,9 +6,10 @@ subject (answered through the reciprocal relation, as in training and evaluation
 are resolved by distkg.serving.resolve. Files of queries: TSV (the four fields tab-separated, one
 query a line) or JSONL (``{"query": "s|r|o|t"}`` or ``{"subject":, "relation":, "object":, "time":}``).
 
-Which runs: a `distkg train` or `distkg distill` run (students and KG teachers: the best weights)
-and a `distkg llm finetune` run (the LLM teacher through its exported embedding tables,
-RUN/teacher/tables.pt, so the LLM itself never runs here).
+Which runs: a `distkg train` or `distkg distill` run (students and KG teachers: the best weights),
+a `distkg llm finetune` run (the LLM teacher through its exported embedding tables,
+RUN/teacher/tables.pt, so the LLM itself never runs here), and a model folder written by `distkg
+export --format hf` (distkg.serving.pretrained: no dataset on disk needed).
 
 ``--filter known`` leaves out answers already true in train for the same known entity, relation
 and time ids (the query's time buckets / day): what the graph already says is not a prediction.
@@ -111,8 +112,10 @@ def read_queries(path: Path) -> list[Query]:
 class Predictor:
     """A run's scores for named queries: resolution, optional train filter, top-k with names."""
 
-    def __init__(self, ds: TKGDataset, score: ScoreFn, max_year: int, kind: str, source: object = None) -> None:
+    def __init__(self, ds: TKGDataset, score: ScoreFn, max_year: int, kind: str, source: object = None,
+                 spec: tuple[str, dict] | None = None) -> None:
         self.ds = ds
+        self.spec = spec  # a KG model's registered name and arguments: what save_pretrained records
         self.score = score
         self.source = source if source is not None else score  # the model or tables behind ``score`` (export reads it)
         self.kind = kind  # "kg" or "llm", reported with the answers
@@ -132,6 +135,9 @@ class Predictor:
     def known(self) -> FilterIndex:
         """Train facts keyed on (entity, relation', t0, t1): the ``known`` filter (built on first use)."""
         if self._known is None:
+            if not len(self.ds.splits["train"]):
+                raise QueryError("filter 'known' needs the training facts, which a model folder does not hold "
+                                 "(distkg.serving.pretrained); predict with --run on the run folder, or filter none")
             train = self.ds.splits["train"].copy()
             train[:, 5] = train[:, 3] * self.ds.num_times + train[:, 4]  # key on the time ids, not as written
             self._known = FilterIndex(train, self.ds.num_relations, "time")
@@ -158,19 +164,42 @@ class Predictor:
                 for i, (s, e) in enumerate(zip(scores.tolist(), ents.tolist())) if s != float("-inf")]
         return {"query": q.text, "asked": "object" if q.object is None else "subject", "answers": rows}
 
-    def predict(self, queries: Iterable[Query], k: int = 10, filter: str = "none") -> list[dict]:
-        qs = list(queries)
+    def predict(self, queries: Iterable[Query | str], k: int = 10, filter: str = "none") -> list[dict]:
+        """Top-``k`` answers of each query (a Query, or its text ``s|r|?|t``)."""
+        qs = [parse_query(q) if isinstance(q, str) else q for q in queries]
         if not qs:
             return []
         scores, ents = self.top(np.array([self.ids(q) for q in qs], dtype=np.int64), k, filter)
         return [self.answers(q, s, e) for q, s, e in zip(qs, scores, ents)]
 
+    def save_pretrained(self, folder: str | Path, source: dict | None = None) -> Path:
+        """The model as a folder loadable without its dataset (distkg.serving.pretrained); KG models only."""
+        from distkg.serving.pretrained import save_pretrained
+
+        if self.spec is None:
+            raise QueryError(f"save_pretrained: a {self.kind} predictor has no model folder form (KG teachers and "
+                             "students have; an LLM teacher exports as ONNX)")
+        return save_pretrained(self.source, *self.spec, self.ds, self.times.max_year, Path(folder), source)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Predictor:
+        """A Predictor over a model folder (distkg.serving.pretrained): no dataset read."""
+        from distkg.serving.pretrained import load_pretrained
+
+        config, ds, model = load_pretrained(folder)
+        return cls(ds, model, config["max_year"], "kg", model, (config["model"], config["args"]))
+
 
 def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predictor:
-    """The Predictor of a finished run folder (module docstring says which runs)."""
+    """The Predictor of a finished run folder or a model folder (module docstring says which)."""
     from distkg.runfolder import MODEL_KINDS, open_finished, run_config
+    from distkg.serving.pretrained import is_pretrained
 
     run = Path(run)
+    if is_pretrained(run):
+        if overrides:
+            raise QueryError(f"{run} is a model folder: it has no run config for --set to change")
+        return Predictor.from_pretrained(run)
     kind, _ = open_finished(run, "--run", (*MODEL_KINDS, "llm", "baseline"))
     cfg = run_config(run, overrides)
     if kind == "llm":
@@ -195,7 +224,7 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
 
     cfg, ds, model = load_trained(run, cfg, device=torch.device("cpu"))  # answering is a CPU job (the student's point)
     model.requires_grad_(False)
-    return Predictor(ds, model, cfg.data.max_year, "kg")
+    return Predictor(ds, model, cfg.data.max_year, "kg", model, (cfg.model.name, dict(cfg.model.args)))
 
 
 def format_text(results: list[dict]) -> str:

@@ -87,7 +87,7 @@ def build_app(run: str | Path, overrides: list[str] | None = None, max_batch: in
                 return JSONResponse({"error": str(e)}, status_code=400)
             return JSONResponse(await self.answer((query, ids, top, filt)))
 
-    return Predict.bind(str(run), list(overrides or []))
+    return Predict.bind(str(Path(run).resolve()), list(overrides or []))  # the replica's working folder is not ours
 
 
 def start(run: str | Path, host: str = "127.0.0.1", port: int = 8000, overrides: list[str] | None = None,
