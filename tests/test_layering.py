@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distkg"
 # Lowest first. The module map in README.md draws the same picture.
 LAYERS: list[set[str]] = [
     {"errors", "allocator", "checks", "cachedir"},
-    {"registry", "data", "kernels"},
+    {"registry", "data", "kernels", "extras"},
     {"config"},  # typed configs: knows no model (the models' check is registered, distkg.checks)
     {"device", "models"},
     {"evaluation", "runfolder"},

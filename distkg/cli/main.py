@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.errors import DistkgError
+from distkg.extras import require
 
 
 def _add_config_args(p: argparse.ArgumentParser, positional: bool = False, out_required: bool = True) -> None:
@@ -107,22 +108,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def claimed(out: Path) -> Iterator[None]:
-    """OUT for this process alone while a command trains in it, claimed as a grid's parts are
-    (distkg.experiments.claims: OUT/claim, "host pid"; a dead process's claim on this host is taken
-    over): a second `distkg train|distill|llm finetune` on the same --out stops with one line instead
-    of training the folder twice."""
-    from distkg.experiments.claims import claim, holding
-
-    if (holder := claim(out)) is not None:
-        raise DistkgError(f"{out} is being trained by another process ({holder}); wait for it to finish, or choose "
-                          f"another --out (if that process is gone, remove {out / 'claim'})")
-    with holding(out):
-        yield
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from distkg.experiments.claims import claimed
     from distkg.training.trainer import train
 
     cfg = _load(args)
@@ -133,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from distkg.distill.runner import check_method, distill
+    from distkg.experiments.claims import claimed
 
     cfg = _load(args)
     check_method(cfg)  # loss names and arguments, before any data is read
@@ -153,6 +141,7 @@ def _jobs(value: str) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    require("plots", "distkg reproduce (its report's plots)")
     from distkg.experiments.grid import reproduce
     from distkg.experiments.gridconfig import load_grid
     from distkg.experiments.jobs import default_jobs, run_jobs
@@ -167,6 +156,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    require("plots", "distkg run (its report's plots)")
     from distkg.experiments.pipeline import run
 
     run(_load(args), Path(args.out), command="distkg " + " ".join(sys.argv[1:]), restart=args.restart)
@@ -174,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_finetune(args: argparse.Namespace) -> int:
+    from distkg.experiments.claims import claimed
     from distkg.llm.finetune import finetune
 
     cfg = _load(args)
@@ -215,6 +206,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Two finished runs mixed, the weight chosen on validation (distkg.experiments.ensemble)."""
+    require("plots", "distkg ensemble (its weight plot)")
     from distkg.experiments.ensemble import ensemble
 
     ensemble(args.runs, Path(args.out), args.data_root)

@@ -181,6 +181,9 @@ def load_lm(name: str, quantization: str = "nf4", device: torch.device | str = "
     ``zero3``: a DeepSpeed config of ZeRO stage 3, in a process group of several ranks: the model is
     loaded as partitions (``load_partitioned``), so no process ever holds it whole; it must not be
     quantized (DeepSpeed cannot partition 4-bit weights)."""
+    from distkg.extras import require
+
+    require("llm", "the LLM teacher")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = as_device(device)

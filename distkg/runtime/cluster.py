@@ -70,6 +70,9 @@ def keep_on_loopback() -> None:
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect this process to Ray; returns True when it started a local Ray (the caller shuts it
     down). Inside ``ray job submit`` RAY_ADDRESS is set and wins over ``address=None``."""
+    from distkg.extras import require
+
+    require("ray", "Ray (runtime.backend: ray, distkg reproduce --jobs, a Ray Train job)")
     address = address or os.environ.get("RAY_ADDRESS")
     if is_loopback(address):
         keep_on_loopback()

@@ -202,6 +202,9 @@ def id_maps(ds: TKGDataset, max_year: int) -> dict:
 
 def export_onnx(run: str | Path, out: str | Path | None = None, overrides: list[str] | None = None) -> Path:
     """Write OUT/model.onnx and OUT/maps.json for a finished run (OUT defaults to RUN/export); returns OUT."""
+    from distkg.extras import require
+
+    require("export", "distkg export --format onnx")
     import onnx
 
     from distkg.serving.predict import load_predictor

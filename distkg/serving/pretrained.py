@@ -55,10 +55,14 @@ def save_pretrained(model: torch.nn.Module, name: str, args: dict, ds: TKGDatase
                     source: dict | None = None) -> Path:
     """FOLDER/config.json, model.safetensors and vocab.json for ``model`` (registered as ``name`` with
     constructor ``args``), each written whole or not at all."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from safetensors.torch import save
 
-    from distkg import __version__
-
+    try:
+        __version__ = version("distkg")
+    except PackageNotFoundError:  # a source tree not installed
+        __version__ = "unknown"
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = {"model_type": FORMAT, "format_version": VERSION, "distkg_version": __version__, "model": name,

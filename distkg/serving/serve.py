@@ -136,6 +136,9 @@ def serve_forever(run: str | Path, host: str, port: int, overrides: list[str], m
     (a shell's background job ignores SIGINT, so SIGTERM must also end it cleanly). A signal while
     Serve starts is kept and acted on once it has started (raised inside Ray's start-up, a
     KeyboardInterrupt was swallowed there and the server ran on); a second one stops at once."""
+    from distkg.extras import require
+
+    require("serve", "distkg serve")
     signals: list[int] = []
 
     def interrupt(signum, frame):

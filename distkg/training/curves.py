@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 
@@ -15,7 +16,14 @@ def valid_curve(run: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_curves(history: list[dict], path: Path, title: str, xlabel: str = "epoch") -> Path:
-    """Loss and validation MRR per round of distkg.training.loop (``epoch``: a KG epoch, or an LLM round)."""
+    """Loss and validation MRR per round of distkg.training.loop (``epoch``: a KG epoch, or an LLM round).
+    Without matplotlib (a core install: distkg.extras) the PNG is not drawn; log.jsonl holds the same numbers."""
+    from distkg.extras import installed
+
+    if not installed("matplotlib"):
+        logging.getLogger("distkg").info("%s not drawn: matplotlib is not installed (pip install 'distkg[plots]'); "
+                                         "log.jsonl beside it holds the curve", path)
+        return path
     import matplotlib  # here, not at import: 1-1.5 s of every command's start-up otherwise
 
     matplotlib.use("Agg")
