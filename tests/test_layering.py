@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"distill"},
     {"runtime"},  # runs distillation on Ray: may import distill, never the other way round
     {"serving", "experiments"},
-    {"cli"},
+    {"cli", "api"},  # the two front doors: the command line and the Python API
     {"__main__", "__init__"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
