@@ -249,6 +249,9 @@ class RuntimeConfig:
     prefetch: int = 2  # batches of queries in flight ahead of the step
     cache: bool = True  # each distinct training query reaches the LLM once per teacher version
     max_failures: int = 1  # student worker-group restarts (each resumes from the last checkpoint)
+    # where Ray Train keeps the checkpoints its workers report (a local folder, NFS, s3://, gs://): a restarted
+    # worker resumes from there, so OUT may be node-local on a cluster; None: OUT/ray (distkg/runtime/raytrain.py)
+    storage_path: str | None = None
     zero_stage: Literal[0, 1, 2, 3] = 2  # `distkg llm finetune` on Ray: DeepSpeed ZeRO stage over `workers`
     timeout_s: float = 600.0  # longest wait for one batch of soft targets
 

@@ -54,6 +54,7 @@ SAFE_KEYS: dict[str, str] = {
     "runtime.num_cpus": "any",
     "runtime.prefetch": "any",
     "runtime.timeout_s": "any",
+    "runtime.storage_path": "any",
 }
 # After a run diverged (OUT/diverged.json, written by the trainer's NaN guard), its message asks for a
 # lower learning rate or more regularisation and a resume from the last good checkpoint: these keys.

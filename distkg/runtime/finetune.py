@@ -11,10 +11,10 @@ from distkg.runfolder import prepare_folder
 from distkg.runtime.raytrain import absolute, ray_session, run_workers, worker_setup, written_metrics
 
 
-def _finetune_worker(config: dict) -> None:
+def _finetune_worker(config: dict) -> dict:
     from distkg.llm.finetune import finetune
 
-    finetune(worker_setup(config), Path(config["out"]), checked=True, written=True)  # the driver wrote OUT
+    return finetune(worker_setup(config), Path(config["out"]), checked=True, written=True)  # the driver wrote OUT
 
 
 def finetune_on_ray(cfg: RunConfig, out: Path, restart: bool = False) -> dict:
@@ -25,5 +25,5 @@ def finetune_on_ray(cfg: RunConfig, out: Path, restart: bool = False) -> dict:
     check_workers(cfg)
     prepare_folder(cfg, out, "llm", restart=restart)
     with ray_session(runtime_cfg, []):
-        run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")
-    return written_metrics(out)
+        result = run_workers(_finetune_worker, {"cfg": to_dict(cfg), "out": str(out)}, runtime_cfg, out, "llm-finetune")
+    return written_metrics(out, result)

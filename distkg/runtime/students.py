@@ -10,8 +10,8 @@ Accelerate inside) with the pools' handles; a failed worker group is restarted u
 local Ray if this process started it.
 
 Paths (OUT, teacher runs, the data root) are made absolute here, because workers and actors do
-not share the driver's working directory; on a multi-node cluster OUT must be on a shared
-filesystem (cluster/SCALING.md).
+not share the driver's working directory; checkpoints reach a restarted worker through Ray Train's
+storage (distkg.runtime.raytrain), so OUT may be node-local on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def start_pools(cfg: RunConfig, needs: set[str], num_entities: int, out: Path) -
     return pools
 
 
-def _worker(config: dict) -> None:
+def _worker(config: dict) -> dict:
     """One Ray Train worker: the ordinary distillation loop; Accelerate finds the process group.
     Each worker records where it ran in OUT/runtime/worker-RANK.json."""
     import os
@@ -96,18 +96,24 @@ def _worker(config: dict) -> None:
     if config.get("fail_once"):
         _fail_once(rank, **config["fail_once"])
     ds = load_dataset(cfg.data)
-    distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True,
-            written=True)
+    return distill(cfg, Path(config["out"]), dataset=ds, remote=soft_targets(config["pools"], cfg, ds), checked=True,
+                   written=True)
 
 
-def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0, kill: bool = False) -> None:
+def _fail_once(rank: int, epoch: int, step: int, marker: str, on_rank: int = 0, kill: bool = False,
+               lose: str | None = None) -> None:
     """Fault tests: the worker of ``on_rank`` raises (``kill``: is killed by SIGKILL) after (epoch, step),
-    the first time only (``marker``)."""
+    the first time only (``marker``); ``lose``: a folder removed first (OUT/checkpoints: the restarted
+    workers then start as on a node whose node-local OUT never held them)."""
     from distkg.training import trainer
 
     def crash(e: int, s: int) -> None:
         if rank == on_rank and (e, s) == (epoch, step) and not Path(marker).exists():
             Path(marker).write_text("failed once\n")
+            if lose:
+                import shutil
+
+                shutil.rmtree(lose, ignore_errors=True)
             if kill:
                 import os
                 import signal
@@ -136,8 +142,8 @@ def distill_on_ray(cfg: RunConfig, out: Path, restart: bool = False, fail_once: 
     with ray_session(runtime_cfg, pool_names(runtime_cfg, needs)):
         try:
             pools = start_pools(cfg, needs, num_entities, out)
-            run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
-                        runtime_cfg, out, "students")
+            result = run_workers(_worker, {"cfg": to_dict(cfg), "out": str(out), "pools": pools, "fail_once": fail_once},
+                                 runtime_cfg, out, "students")
             record = {"pools": {n: {"actors": p.ready(), "stats": p.stats()} for n, p in pools.items()},
                       "workers": runtime_cfg.workers, "address": runtime_cfg.address or "local"}
             (out / "runtime").mkdir(parents=True, exist_ok=True)
@@ -147,4 +153,4 @@ def distill_on_ray(cfg: RunConfig, out: Path, restart: bool = False, fail_once: 
         finally:
             for pool in pools.values():
                 pool.shutdown()
-    return written_metrics(out)
+    return written_metrics(out, result)

@@ -36,6 +36,21 @@ from distkg.training.checkpoint import CheckpointError, Checkpoints
 log = logging.getLogger("distkg")
 
 
+_round_hooks: list[Callable[[int, dict], None]] = []
+
+
+@contextmanager
+def on_rounds(hook: Callable[[int, dict], None]) -> Iterator[None]:
+    """Call ``hook(round, row)`` on every process after each round's checkpoint is written, for the
+    block: how a runtime carries checkpoints elsewhere (distkg.runtime.raytrain reports them to Ray
+    Train) without this loop knowing of it."""
+    _round_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _round_hooks.remove(hook)
+
+
 class TrainingDiverged(DistkgError):
     """The loss or the weights became NaN/inf."""
 
@@ -218,6 +233,8 @@ class Loop:
             if self.tracker is not None:
                 self.tracker.log(row, epoch + 1)
         self.barrier()
+        for hook in _round_hooks:
+            hook(epoch + 1, row)
         eta = state["seconds"] / state["epoch"] * (total - state["epoch"])
         if self.budget_s is not None:
             eta = min(eta, max(0.0, self.budget_s - state["seconds"]))

@@ -88,6 +88,26 @@ def test_a_killed_student_worker_resumes_from_its_checkpoint(cluster, tiny_runs,
            "the worker group restarts from the last checkpoint: rc 0, no epoch logged twice, metrics within 1e-6")
 
 
+def test_a_restarted_worker_resumes_from_ray_train_storage_without_its_out(cluster, tiny_runs, undisturbed, tmp_path):
+    """OUT as if node-local: the failing worker's OUT loses its checkpoints before the group restarts, so
+    the restarted workers can only resume from what they reported to runtime.storage_path."""
+    from distkg.runtime.students import distill_on_ray
+
+    cfg = tiny_runs.student("ours", "distill.stages.0.epochs=2", "distill.stages.1.epochs=2", *RAY_SETTINGS,
+                            f"runtime.address={cluster.address}", f"runtime.storage_path={tmp_path / 'storage'}")
+    out = tmp_path / "node-local"
+    got = distill_on_ray(cfg, out, fail_once={"epoch": 2, "step": 1, "marker": str(tmp_path / "failed"), "on_rank": 1,
+                                              "lose": str(out / "checkpoints")})
+    assert (tmp_path / "failed").is_file()
+    epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]  # resumed after epoch 2, which only the storage still held
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)
+    reported = sorted((tmp_path / "storage").rglob("epoch_*.pt"))
+    assert reported and not (out / "ray").exists()  # the checkpoints went to storage_path, not OUT/ray
+    assert {p.name for p in reported} <= {"epoch_0003.pt", "epoch_0004.pt"}  # num_to_keep=2
+
+
 def test_a_scoring_actor_that_cannot_load_its_teacher_is_one_line(cluster, tiny_runs, tmp_path):
     """An error inside the pool's actors (here an LLM teacher whose teacher.json names other layers:
     only the actor loads it) ends the command with the actors' own message in one line, Ray's
