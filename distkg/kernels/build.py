@@ -1,16 +1,17 @@
-"""Compiling distkg's C kernels once per machine, into the cache, and loading them (ctypes).
+"""Compiling distkg's kernels once per machine, into the cache, and loading them as torch operators.
 
-The shared library's name is keyed by everything that decides what the compiler makes of the
-source: the source's digest, the compiler's version line, the flags, and this CPU's model and
-instruction-set flags (the library is built with -march=native: one built on another CPU model
-sharing a home folder must never be loaded here). It is written under a temporary name and
-renamed into place, so processes of a grid that compile at once never load a half-written file.
-A cached library loads in milliseconds; the one compile takes about a second.
+The C loops (fused.c, plain C with -ffast-math and -march=native) and the operator registrations that
+call them (ops.cpp, C++ against torch's headers: torch.ops.distkg.*) are linked into one shared
+library. Its name is keyed by everything that decides what the compilers make of the sources: the
+sources' digest, the compilers' version lines, torch's version, the flags, and this CPU's model and
+instruction-set flags (one built on another CPU model sharing a home folder must never be loaded
+here). It is written under a temporary name and renamed into place, so processes of a grid that
+compile at once never load a half-written file. A cached library loads in milliseconds; the one
+build takes a few seconds (most of it ops.cpp reading torch's headers).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import platform
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from distkg.cachedir import cache_root
 
-SOURCE = Path(__file__).with_name("fused.c")
-FLAGS = ("-O3", "-ffast-math", "-march=native", "-fPIC", "-shared")  # -ffast-math: libmvec's vector expf
+HERE = Path(__file__).parent
+SOURCE, HEADER, OPS = HERE / "fused.c", HERE / "fused.h", HERE / "ops.cpp"
+FLAGS = ("-O3", "-ffast-math", "-march=native", "-fPIC")  # the C loops; -ffast-math: libmvec's vector expf
+CXXFLAGS = ("-O2", "-std=c++17", "-fPIC")  # the registrations: no loop of note
 LIBS = ("-lm", "-lpthread")
 
 
@@ -35,6 +38,20 @@ class BuildError(RuntimeError):
 def compiler() -> str:
     """$CC, else cc."""
     return os.environ.get("CC") or "cc"
+
+
+def cxx_compiler() -> str:
+    """$CXX, else c++."""
+    return os.environ.get("CXX") or "c++"
+
+
+def torch_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for code against this torch: its headers, C++ ABI and libraries."""
+    import torch
+
+    root = Path(torch.__file__).parent
+    compile_flags = [f"-I{root / 'include'}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    return compile_flags, [f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-lc10", "-ltorch_cpu"]
 
 
 @lru_cache(maxsize=8)
@@ -79,39 +96,56 @@ def cache_key(source: bytes, version: str, flags: tuple[str, ...], cpu: str) -> 
     return h.hexdigest()[:20]
 
 
-def library_path(cc: str | None = None) -> Path:
-    """Where the library for this source, compiler, flags and CPU lives in the cache."""
-    cc = cc or compiler()
-    key = cache_key(SOURCE.read_bytes(), compiler_version(cc), FLAGS + LIBS, cpu_signature())
-    return cache_root() / "kernels" / f"distkg-fused-{key}.so"
+def library_path(cc: str | None = None, cxx: str | None = None) -> Path:
+    """Where the library for these sources, compilers, torch, flags and CPU lives in the cache."""
+    import torch
+
+    cc, cxx = cc or compiler(), cxx or cxx_compiler()
+    sources = b"".join(p.read_bytes() for p in (SOURCE, HEADER, OPS))
+    versions = f"{compiler_version(cc)}|{compiler_version(cxx)}|torch {torch.__version__}"
+    key = cache_key(sources, versions, FLAGS + CXXFLAGS + LIBS, cpu_signature())
+    return cache_root() / "kernels" / f"distkg-ops-{key}.so"
 
 
-def build(cc: str | None = None) -> tuple[Path, float | None]:
-    """(the library's path, seconds the compile took, or None when it was cached)."""
-    cc = cc or compiler()
-    target = library_path(cc)
+def _run(cmd: list[str]) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"{' '.join(cmd)} failed: {e}") from e
+    if done.returncode != 0:
+        raise BuildError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-500:]!r}")
+
+
+def build(cc: str | None = None, cxx: str | None = None) -> tuple[Path, float | None]:
+    """(the library's path, seconds the build took, or None when it was cached)."""
+    cc, cxx = cc or compiler(), cxx or cxx_compiler()
+    target = library_path(cc, cxx)
     if target.is_file():
         return target, None
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".distkg-fused-", suffix=".so", dir=target.parent)
-    os.close(fd)
     t0 = time.perf_counter()
-    cmd = [shutil.which(cc) or cc, *FLAGS, "-o", tmp, str(SOURCE), *LIBS]
+    work = Path(tempfile.mkdtemp(prefix=".distkg-build-", dir=target.parent))  # this process's objects
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise BuildError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-500:]!r}")
-        os.replace(tmp, target)  # atomic: another process sees no file or the whole one
-    except (OSError, subprocess.SubprocessError) as e:
-        raise BuildError(f"{' '.join(cmd)} failed: {e}") from e
+        compile_flags, link_flags = torch_flags()
+        c_obj, cxx_obj, lib = work / "fused.o", work / "ops.o", work / "lib.so"
+        _run([shutil.which(cc) or cc, *FLAGS, "-c", str(SOURCE), "-o", str(c_obj)])
+        _run([shutil.which(cxx) or cxx, *CXXFLAGS, *compile_flags, "-c", str(OPS), "-o", str(cxx_obj)])
+        _run([shutil.which(cxx) or cxx, "-shared", str(c_obj), str(cxx_obj), "-o", str(lib), *link_flags, *LIBS])
+        os.replace(lib, target)  # atomic: another process sees no file or the whole one
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
     return target, time.perf_counter() - t0
 
 
-def load(path: Path) -> ctypes.CDLL:
+def load(path: Path) -> Path:
+    """Register the library's operators in this process (once: a second library of the same operators,
+    built into another cache, is not loaded over them)."""
+    import torch
+
+    if hasattr(torch.ops, "distkg") and hasattr(torch.ops.distkg, "fused_rows"):
+        return path
     try:
-        return ctypes.CDLL(str(path))
-    except OSError as e:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError) as e:
         raise BuildError(f"cannot load {path}: {e}") from e
+    return path

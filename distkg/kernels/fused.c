@@ -1,6 +1,6 @@
 /* distkg's compiled CPU kernels: loops over [B, E] float32 rows that torch would run as many
- * separate passes over main memory. No torch headers: built by distkg/kernels/build.py with the
- * system C compiler, called through ctypes on contiguous float32 CPU tensors (data_ptr()).
+ * separate passes over main memory. No torch headers: plain C, built by distkg/kernels/build.py with
+ * the system C compiler; ops.cpp registers them as torch operators (torch.ops.distkg.*).
  *
  * distkg_fused_rows: the softmax-based distillation terms of one stage (kd, ce, llm_huber,
  * llm_supervised; see distkg/distill/fused.py for the formulas), one row at a time: the row max,
@@ -16,32 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define MAXT 3
-#define NVALS 4 /* per row: kd (lse_T - sum p s / T), ce (lse_1 - s_a), huber, supervised */
-
-typedef struct { /* every field 8 bytes: ctypes mirrors it without padding rules (kernels/calls.py) */
-    int64_t B, E, threads, ntemps;
-    const float *s;
-    float *grad;
-    const int64_t *answers;     /* [B], or NULL when no term needs them */
-    double inv_t[MAXT];         /* 1 / T_k, the distinct temperatures */
-    double coef[MAXT];          /* dL/ds += coef_k q_k (kd: w T / B, ce: w / B) */
-    int64_t kd;                 /* temperature index of kd, -1: no kd */
-    double kd_coef;             /* dL/ds -= kd_coef p */
-    const float *p;             /* teacher's soft targets [N, E] */
-    const int64_t *p_idx;       /* row of p for each row of s; NULL: row i */
-    int64_t ce;                 /* temperature index of T = 1 when ce is a term, -1: no ce */
-    double ce_coef;             /* dL/ds_a -= ce_coef */
-    int64_t hub;                /* temperature index of llm_huber, -1: none */
-    double h_delta, h_scale;    /* delta; dL/dq += h_scale clamp(q - y, -delta, delta) */
-    const float *hy;
-    const int64_t *hy_idx;
-    int64_t sup;                /* temperature index of llm_supervised, -1: none */
-    double s_mix, s_scale;      /* dL/dq += s_scale (q - (1 - mix) y - mix onehot) */
-    const float *sy;
-    const int64_t *sy_idx;
-    double *vals;               /* [B, NVALS] out */
-} fused_args;
+#include "fused.h"
 
 static inline const float *row_of(const float *m, const int64_t *idx, int64_t i, int64_t E) {
     return m + (idx ? idx[i] : i) * E;

@@ -70,12 +70,17 @@ class TADistMult(DotProductModel):
         """r_t for each query: the date prefix once per distinct time, then one step per (relation, time)."""
         if self.point_time:  # t0 == t1 and the token rows are equal: one r_t per query suffices
             return self._relation_time(rel, t0, self.start_tokens)
+        if torch.compiler.is_exporting():  # each end on its own: no batch-sized split the tracer would fix
+            return 0.5 * (self._relation_time(rel, t0, self.start_tokens) + self._relation_time(rel, t1, self.end_tokens))
         nt = self.start_tokens.shape[0]
         # time "slots": start times are 0..T-1, end times T..2T-1 (since/until rows differ)
         rt = self._relation_time(rel.repeat(2), torch.cat([t0, t1 + nt]), torch.cat([self.start_tokens, self.end_tokens]))
         return 0.5 * (rt[: len(rel)] + rt[len(rel):])
 
     def _relation_time(self, rel: torch.Tensor, slots: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # one LSTM pass per query: the same r_t, without unique's data-dependent shapes
+            _, (h_rt, _) = self.lstm(self.tokens(torch.cat([table[slots], rel.unsqueeze(1)], 1)))
+            return h_rt[-1]
         uniq_slots, slot_inv = torch.unique(slots, return_inverse=True)
         _, (h, c) = self.lstm(self.tokens(table[uniq_slots]))
         # distinct (relation, slot) pairs as one integer key each, in the same lexicographic order: a 1-d

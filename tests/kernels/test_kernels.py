@@ -125,6 +125,23 @@ def test_ttranse_distance_and_gradient_equal_autograd(cache):
     torch.testing.assert_close(c32.grad.double(), c64.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_the_kernels_are_operators_torch_can_trace(cache):
+    """Schema, fake and real implementations agree (torch.library.opcheck), and torch.compile runs a
+    training loss through them without a graph break."""
+    lib = kernels.library()
+    g = torch.Generator().manual_seed(0)
+    s, p = torch.randn(5, 11, generator=g), torch.softmax(torch.randn(7, 11, generator=g), 1)
+    idx, a = torch.tensor([0, 6, 2, 2, 4]), torch.tensor([1, 0, 10, 3, 3])
+    torch.library.opcheck(lib.fused_rows, (s, a, [1.0, 0.5], [0.2, 0.1], 1, 0.3, p, idx, 0, 0.2, -1, 0.0, 0.0, None, None,
+                                           -1, 0.0, 0.0, None, None))
+    torch.library.opcheck(lib.negl2_weights, (torch.randn(4, 6, generator=g), -torch.rand(4, 6, generator=g) - 0.1, EPS))
+    torch.library.opcheck(lib.neg_sqrt_, (torch.rand(4, 6, generator=g), EPS))
+    from distkg.training.objective import cross_entropy
+
+    compiled = torch.compile(lambda s, a: cross_entropy(s, a), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(s, a), cross_entropy(s, a))
+
+
 def test_dispatch_rule():
     x = torch.zeros(2, 3)
     assert kernels.why_not(x) is None

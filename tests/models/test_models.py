@@ -156,12 +156,13 @@ class TestTNTComplEx(ModelCase):
 
 
 def test_ttranse_fused_distance_matches_autograd_forms():
-    from distkg.models.ttranse import _NegL2, neg_l2, neg_l2_reference
+    from distkg.models.ttranse import neg_l2, neg_l2_reference
 
     g = torch.Generator().manual_seed(0)
     q = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
     c = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(_NegL2.apply, (q, c))
+    assert torch.autograd.gradcheck(neg_l2, (q, c))
+    torch.library.opcheck(neg_l2, (q, c))  # the operator's schema, fake and autograd registrations agree
     w = torch.randn(6, 9, dtype=torch.float64, generator=g)
     for f in (neg_l2, neg_l2_reference):
         (f(q, c) * w).sum().backward()
