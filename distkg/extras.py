@@ -8,7 +8,7 @@ import importlib.util
 
 from distkg.errors import DistkgError
 
-EXTRAS = {"llm": "transformers", "ray": "ray", "serve": "ray.serve", "export": "onnx", "plots": "matplotlib"}
+EXTRAS = {"llm": "transformers", "ray": "ray", "serve": "ray.serve", "export": "onnxscript", "plots": "matplotlib"}
 
 
 def installed(module: str) -> bool:

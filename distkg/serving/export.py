@@ -1,10 +1,12 @@
 """`distkg export --run RUN --format onnx`: a self-contained ONNX model file plus the id maps it needs.
 
-Why a hand-built graph and not torch.onnx.export: the TorchScript exporter is deprecated in the
-pinned torch and the dynamo one needs onnxscript (one more library) and cannot trace the
-``torch.unique`` de-duplication TA-DistMult uses to share LSTM work. Each model's scoring is a
-few table lookups, one LSTM (TA-DistMult) and one matmul, written here with the ONNX operators
-that say exactly that, from the run's own weights.
+The graph is the model's own forward pass as torch.export traces it (``torch.onnx.export(...,
+dynamo=True)``), so there is one implementation of every model: the PyTorch one, and no ONNX written by
+hand. Two places help the tracer: TTransE's distance is an operator of its own (``distkg::neg_l2``,
+distkg.models.ttranse), which the exported program decomposes into its PyTorch reference formula
+(``neg_l2_reference``) before translation, and TA-DistMult computes each query's relation-time vector
+with one LSTM pass per query while exporting (torch.compiler.is_exporting), where training shares the
+LSTM work through ``torch.unique``, whose output shapes depend on the data.
 
 The model reads ``queries``, int64 [B, 4] rows (entity, relation', t0, t1) as distkg.models.base
 defines them (head queries use relation r + R), and writes ``scores``, float32 [B, entities],
@@ -17,7 +19,9 @@ consumer that writes names can build the ids without distkg.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,168 +31,79 @@ from distkg.data import TKGDataset
 from distkg.errors import DistkgError
 from distkg.runfolder import atomic_write
 
-OPSET = 17
-IR_VERSION = 8  # the ONNX IR that opset 17 came with: readable by every onnxruntime since 1.11
+class TablesScores(torch.nn.Module):
+    """An LLM teacher's exported tables (distkg.distill.teachers.LLMTables) as a module: their scoring form."""
+
+    def __init__(self, tables) -> None:
+        super().__init__()
+        if tables.query_mode == "text":
+            raise DistkgError("export: an LLM teacher that reads queries as text (llm.query: text) needs the LLM for "
+                              "every query; it has no ONNX graph (predict and serve answer with it)")
+        self.scoring = tables.scoring
+        for name in ("entity", "relation", "time", "log_scale"):
+            self.register_buffer(name, getattr(tables, name).float())
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        from distkg.llm.teacher import scaled_match
+
+        query = self.scoring.table_query(self.entity, self.relation, self.time, queries)
+        return scaled_match(self.scoring, self.log_scale, query, self.entity)
 
 
-class GraphBuilder:
-    """Nodes and weights of one ONNX graph; each method adds a node and returns its output's name."""
+class Scores(torch.nn.Module):
+    """A KG model's scores over all entities, float32: what the file computes."""
 
-    def __init__(self) -> None:
-        from onnx import helper
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
-        self.helper = helper
-        self.nodes: list = []
-        self.inits: list = []
-        self.n = 0
-
-    def _name(self, hint: str) -> str:
-        self.n += 1
-        return f"{hint}_{self.n}"
-
-    def weight(self, name: str, value: torch.Tensor | np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        self.inits.append(numpy_helper.from_array(np.array(arr, order="C"), name))  # (ascontiguousarray makes 0-d 1-d)
-        return name
-
-    def op(self, op: str, *inputs: str, out: str | None = None, **attrs) -> str:
-        out = out or self._name(op.lower())
-        self.nodes.append(self.helper.make_node(op, list(inputs), [out], **attrs))
-        return out
-
-    def ops(self, op: str, inputs: list[str], n_out: int, **attrs) -> list[str]:
-        outs = [self._name(op.lower()) for _ in range(n_out)]
-        self.nodes.append(self.helper.make_node(op, inputs, outs, **attrs))
-        return outs
-
-    def column(self, queries: str, i: int) -> str:
-        """queries[:, i] as [B]."""
-        return self.op("Gather", queries, self.weight(self._name("col"), np.array(i, dtype=np.int64)), axis=1)
-
-    def lookup(self, table: str, ids: str) -> str:
-        return self.op("Gather", table, ids, axis=0)
-
-    def mean(self, a: str, b: str) -> str:
-        return self.op("Mul", self.op("Add", a, b), self.weight(self._name("half"), np.array(0.5, dtype=np.float32)))
-
-    def cmul(self, a: str, b: str, dim: int) -> str:
-        """Complex product in the [real | imaginary] layout (distkg.models.tntcomplex.cmul)."""
-        split = self.weight(self._name("halves"), np.array([dim // 2, dim // 2], dtype=np.int64))
-        ar, ai = self.ops("Split", [a, split], 2, axis=1)
-        br, bi = self.ops("Split", [b, split], 2, axis=1)
-        real = self.op("Sub", self.op("Mul", ar, br), self.op("Mul", ai, bi))
-        imag = self.op("Add", self.op("Mul", ar, bi), self.op("Mul", ai, br))
-        return self.op("Concat", real, imag, axis=1)
-
-    def dot_scores(self, q: str, table: str, out: str) -> str:
-        """[B, D] x [E, D] -> [B, E] = q @ table.T."""
-        return self.op("Gemm", q, table, out=out, transB=1)
-
-    def neg_l2_scores(self, q: str, table: str, table_sq: str, out: str) -> str:
-        """-sqrt(max(|q|^2 - 2 q.c + |c|^2, 1e-9)), as distkg.models.ttranse.neg_l2 computes it."""
-        q_sq = self.op("ReduceSum", self.op("Mul", q, q), self.weight(self._name("axis"), np.array([1], dtype=np.int64)),
-                       keepdims=1)
-        qc = self.op("Gemm", q, table, transB=1, alpha=-2.0)
-        sq = self.op("Add", self.op("Add", q_sq, qc), table_sq)
-        floor = self.weight(self._name("floor"), np.array(1e-9, dtype=np.float32))
-        return self.op("Neg", self.op("Sqrt", self.op("Max", sq, floor)), out=out)
-
-    def model(self, doc: str):
-        h = self.helper
-        from onnx import TensorProto
-
-        graph = h.make_graph(
-            self.nodes, "distkg_scores",
-            [h.make_tensor_value_info("queries", TensorProto.INT64, ["batch", 4])],
-            [h.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "entities"])], self.inits)
-        m = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="distkg", doc_string=doc)
-        m.ir_version = IR_VERSION
-        return m
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.model(queries).float()
 
 
-def _lstm_weights(lstm: torch.nn.LSTM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch's (i, f, g, o) gate blocks reordered to ONNX's (i, o, f, c), with the batch-of-directions axis."""
-    if lstm.num_layers != 1 or lstm.bidirectional:
-        raise DistkgError("export: only a one-layer, one-direction LSTM is supported")
-
-    def order(t: torch.Tensor) -> torch.Tensor:
-        i, f, g, o = t.chunk(4, 0)
-        return torch.cat([i, o, f, g], 0)
-
-    w, r = order(lstm.weight_ih_l0)[None], order(lstm.weight_hh_l0)[None]
-    b = torch.cat([order(lstm.bias_ih_l0), order(lstm.bias_hh_l0)])[None]
-    return w, r, b
-
-
-def _tadistmult(g: GraphBuilder, model) -> None:
-    ent = g.weight("entity", model.ent.weight)
-    tokens = g.weight("tokens", model.tokens.weight)
-    w, r, b = (g.weight(n, t) for n, t in zip(("lstm_W", "lstm_R", "lstm_B"), _lstm_weights(model.lstm)))
-    rel = g.op("Unsqueeze", g.column("queries", 1), g.weight("axis1", np.array([1], dtype=np.int64)))
-
-    def relation_time(table: torch.Tensor, name: str, t: str) -> str:
-        """LSTM over (date tokens of t, relation token): the last hidden state, [B, D]."""
-        seq = g.op("Concat", g.lookup(g.weight(name, table), t), rel, axis=1)  # [B, L + 1]
-        x = g.op("Transpose", g.lookup(tokens, seq), perm=[1, 0, 2])  # [L + 1, B, D]
-        _, h_last = g.ops("LSTM", [x, w, r, b], 2, hidden_size=model.dim)
-        return g.op("Squeeze", h_last, g.weight(g._name("axis0"), np.array([0], dtype=np.int64)))
-
-    rt = relation_time(model.start_tokens, "start_tokens", g.column("queries", 2))
-    if not model.point_time:  # the interval rule: mean of the two ends' r_t
-        rt = g.mean(rt, relation_time(model.end_tokens, "end_tokens", g.column("queries", 3)))
-    g.dot_scores(g.op("Mul", g.lookup(ent, g.column("queries", 0)), rt), ent, "scores")
-
-
-def _time_mean(g: GraphBuilder, time: str) -> str:
-    return g.mean(g.lookup(time, g.column("queries", 2)), g.lookup(time, g.column("queries", 3)))
-
-
-def _ttranse(g: GraphBuilder, model) -> None:
-    ent = g.weight("entity", model.ent.weight)
-    tau = _time_mean(g, g.weight("time", model.time.weight))
-    q = g.op("Add", g.op("Add", g.lookup(ent, g.column("queries", 0)),
-                         g.lookup(g.weight("relation", model.rel.weight), g.column("queries", 1))), tau)
-    g.neg_l2_scores(q, ent, g.weight("entity_sq", model.ent.weight.pow(2).sum(1)), "scores")
-
-
-def _tntcomplex(g: GraphBuilder, model) -> None:
-    ent = g.weight("entity", model.ent.weight)
-    rel_id = g.column("queries", 1)
-    tau = _time_mean(g, g.weight("time", model.time.weight))
-    full = g.op("Add", g.cmul(g.lookup(g.weight("relation", model.rel.weight), rel_id), tau, model.dim),
-                g.lookup(g.weight("relation_nt", model.rel_nt.weight), rel_id))
-    g.dot_scores(g.cmul(g.lookup(ent, g.column("queries", 0)), full, model.dim), ent, "scores")
-
-
-def _llm_tables(g: GraphBuilder, tables) -> None:
-    """The LLM teacher's exported tables (distkg.distill.teachers.LLMTables) in their scoring form."""
-    if tables.query_mode == "text":
-        raise DistkgError("export: an LLM teacher that reads queries as text (llm.query: text) needs the LLM for "
-                          "every query; it has no ONNX graph (predict and serve answer with it)")
-    ent = g.weight("entity", tables.entity)
-    e = g.lookup(ent, g.column("queries", 0))
-    r = g.lookup(g.weight("relation", tables.relation), g.column("queries", 1))
-    t = _time_mean(g, g.weight("time", tables.time))
-    combine = "Mul" if tables.form == "tadistmult" else "Add"
-    q = g.op(combine, g.op(combine, e, r), t)
-    raw = (g.dot_scores(q, ent, "raw") if tables.form == "tadistmult"
-           else g.neg_l2_scores(q, ent, g.weight("entity_sq", tables.entity.pow(2).sum(1)), "raw"))
-    g.op("Mul", raw, g.weight("scale", tables.log_scale.exp().reshape(())), out="scores")
-
-
-def _builder(model) -> Callable[[GraphBuilder, object], None]:
+def scores_module(source) -> torch.nn.Module:
+    """The module to export for a predictor's source: a KG model or an LLM teacher's tables."""
     from distkg.distill.teachers import LLMTables
-    from distkg.models.tadistmult import TADistMult
-    from distkg.models.tntcomplex import TNTComplEx
-    from distkg.models.ttranse import TTransE
 
-    for cls, build in ((TADistMult, _tadistmult), (TTransE, _ttranse), (TNTComplEx, _tntcomplex), (LLMTables, _llm_tables)):
-        if type(model) is cls:
-            return build
-    raise DistkgError(f"export: no ONNX graph for a {type(model).__name__} model (tadistmult, ttranse, tntcomplex "
-                      "and LLM teacher runs export)")
+    if isinstance(source, LLMTables):
+        return TablesScores(source).eval()
+    if isinstance(source, torch.nn.Module) and any(True for _ in source.parameters()):
+        return Scores(source).eval()
+    raise DistkgError(f"export: no ONNX graph for a {type(source).__name__} model (it has no weights: a training-free "
+                      "model; tadistmult, ttranse, tntcomplex and LLM teacher runs export)")
+
+
+@contextmanager
+def _quiet_exporter():
+    """The exporter's own chatter (skipped torchvision ops, per-step info) kept out of the user's log."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def to_onnx(module: torch.nn.Module, example: torch.Tensor, doc: str):
+    """The ModelProto of ``module`` (queries -> scores): torch.export with the batch dynamic, distkg's
+    operators decomposed into their PyTorch formulas, then torch.onnx.export(dynamo=True)."""
+    import warnings
+
+    from distkg.models.ttranse import neg_l2_reference
+
+    with _quiet_exporter(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        # only distkg's own operator here; the exporter decomposes the rest as ONNX needs (an LSTM stays one LSTM)
+        program = program.run_decompositions({torch.ops.distkg.neg_l2.default: neg_l2_reference})
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=["queries"],
+                                         output_names=["scores"], verbose=False)
+    onnx_program.model_proto.doc_string = doc
+    onnx_program.model_proto.producer_name = "distkg"
+    return onnx_program.model_proto
 
 
 def id_maps(ds: TKGDataset, max_year: int) -> dict:
@@ -212,9 +127,11 @@ def export_onnx(run: str | Path, out: str | Path | None = None, overrides: list[
     run = Path(run)
     pred = load_predictor(run, overrides)
     source = pred.source  # a TKGModel, or an LLM teacher's LLMTables
-    g = GraphBuilder()
-    _builder(source)(g, source)
-    m = g.model(f"distkg scores of {run.name} ({type(source).__name__}) on {pred.ds.name}; queries int64 [B, 4] -> scores [B, E]")
+    module = scores_module(source)
+    example = torch.tensor([[0, 0, 0, 0], [pred.ds.num_entities - 1, 2 * pred.ds.num_relations - 1,
+                                           pred.ds.num_times - 1, pred.ds.num_times - 1]])
+    m = to_onnx(module, example, f"distkg scores of {run.name} ({type(source).__name__}) on {pred.ds.name}; "
+                "queries int64 [B, 4] -> scores [B, E]")
     onnx.checker.check_model(m, full_check=True)
     folder = Path(out) if out else run / "export"
     folder.mkdir(parents=True, exist_ok=True)
