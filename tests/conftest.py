@@ -74,3 +74,23 @@ def record(request):
                 f.write(json.dumps({"test": request.node.nodeid, "command": command, "fault": fault,
                                     "outcome": outcome}) + "\n")
     return write
+
+
+# Lanes (pyproject.toml's markers): what a test needs, read from its fixtures and its folder, so that no
+# test has to remember to say it. `scripts/test.sh --fast` runs the tests that need none of them.
+NEEDS_DATA = {"data_root", "load", "yago_run"}  # the real benchmark files (conftest.data_root)
+NEEDS_LLM = {"tiny_llama", "tiny_runs"}  # a causal LM, even a tiny random one (tests/llm/conftest.py)
+NEEDS_RAY = {"cluster", "tiny_runs", "server"}  # a Ray (the loopback cluster, a local one, Ray Serve)
+RAY_FILES = ("runtime/", "serving/test_serve.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        where = item.path.relative_to(REPO / "tests").as_posix()
+        if names & NEEDS_DATA:
+            item.add_marker(pytest.mark.data)
+        if names & NEEDS_LLM or where.startswith("llm/"):
+            item.add_marker(pytest.mark.llm)
+        if names & NEEDS_RAY or where.startswith(RAY_FILES):
+            item.add_marker(pytest.mark.ray)

@@ -65,7 +65,9 @@ class DistMultForm(ScoringForm):
         return a * b
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return q @ candidates.T
+        # q @ candidates.T, written as linear: the same matmul here, and one Gemm with the table as its
+        # (prepackable) constant in an exported ONNX file, where a MatMul after a Transpose is not
+        return torch.nn.functional.linear(q, candidates)
 
     def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return (q * c).sum(1)
