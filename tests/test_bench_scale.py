@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_scale_runs_at_tiny_sizes(tmp_path):
     out = tmp_path / "scale.json"
     proc = subprocess.run([sys.executable, "scripts/bench_scale.py", "--out", str(out), "--entities", "500,1000",

@@ -151,6 +151,7 @@ def test_jobs_default_to_one_thread_process_per_core_on_a_small_machine():
                        "--set", "seeds=[0]", "--data-root", "/data"]
 
 
+@pytest.mark.slow
 def test_a_strength_sweep_runs_each_llm_method_once_per_second_teacher(grid, tmp_path):
     # seconds: the other backbone's teacher, the cell's own teacher, and their ensemble; methods that
     # read no P_LLM (bkd) run once, bkd-l2 once per second teacher, each reading its own folder

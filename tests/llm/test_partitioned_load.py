@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 import torch
 
 # DeepSpeed's default persistence threshold keeps these tiny layers whole once the engine starts: the
@@ -56,6 +58,7 @@ def _load_in_group(rank: int, world: int, port: int, folder: str, out) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_each_process_loads_only_its_partition_of_the_same_weights(tiny_llama, tmp_path):
     import torch.multiprocessing as mp
 
