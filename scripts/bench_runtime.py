@@ -133,10 +133,12 @@ def prefetch(args, out: Path) -> dict:
     for depth in (0, args.prefetch):
         run = out / f"prefetch-{depth}"
         cfg = load_config([f"configs/train/tadistmult-{args.dataset}-25.yaml", "configs/distill/ours.yaml"], [
-            f"data.root={args.data_root}", "distill.stages.0.epochs=0", f"distill.stages.1.epochs={args.epochs}",
+            f"data.root={args.data_root}", f"distill.stages.1.epochs={args.epochs}",
             f"distill.teacher_run={args.teacher_run}", f"distill.llm_run={args.llm_run}", "train.progress=false",
             "eval.progress=false", f"runtime.prefetch={depth}", f"runtime.teacher_actors={args.actors}",
             f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
+        # Ours' second stage alone (the one reading P_LLM): a stage of 0 epochs is refused, so the first goes
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, stages=cfg.distill.stages[1:]))
         ds = load_dataset(cfg.data)
         pool = TeacherPool("llm", args.llm_run, ds.num_entities, cfg.runtime, args.data_root)
         try:

@@ -5,7 +5,8 @@ needs the curve. This runs the same warm-up (distkg.llm.rounds.head_epoch, same 
 optimiser, the held-out texts of ``llm.text_folds``) on the frozen LM's features (distkg.llm.features: read from the disk cache when a run with
 the same key wrote them, else encoded once) and scores the validation subsample
 (``llm.valid_queries``) and the test split from those features every ``--every`` epochs. Prints one
-JSON line per point, with the process's CPU minutes next to the wall minutes (docs/RESULTS.md).
+JSON line per point, with the process's CPU minutes next to the wall minutes (docs/results/LOG.md, issue 17's
+LLM teacher sections).
 With ``llm.text_folds`` > 1 (TA-DistMult form) a point also gives ``test_mrr_fold_mean``: test
 scored with the mean of the held-out texts' encodings instead of the teacher's own texts.
 

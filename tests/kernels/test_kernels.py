@@ -173,14 +173,14 @@ def test_cache_key_names_source_compiler_flags_and_cpu(tmp_path, monkeypatch):
     assert build.cpu_signature().startswith(__import__("platform").machine())
 
 
-def test_a_cached_library_loads_in_milliseconds(cache):
+def test_a_cached_library_is_found_not_rebuilt(cache, record_property):
     path, seconds = build.build()
     assert seconds is None and path.parent == cache / "kernels"  # built by the fixture, found in the cache
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
     t = time.perf_counter()
     build.library_path()
     build.load(path)
-    assert time.perf_counter() - t < 0.5
+    record_property("cached_load_seconds", time.perf_counter() - t)  # a number to read, not a pass/fail bound
 
 
 def test_a_broken_compiler_falls_back_to_torch_with_a_clear_message(tmp_path, monkeypatch, caplog):

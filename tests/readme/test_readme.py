@@ -1,5 +1,5 @@
-"""Every command in README.md's ```bash blocks runs as written (issue 33 item 4): the blocks, in the
-README's order, as one bash script (an `export` or `source` carries on, as in a user's shell), run
+"""Every command in README.md's ```bash blocks, and in the user guide's (docs/guide, in GUIDE's order),
+runs as written (issue 33 item 4): the blocks, in that order, as one bash script (an `export` or `source` carries on, as in a user's shell), run
 in a copy of the checkout with a fresh HOME whose ~/tkg-data holds tiny copies of the four
 benchmarks in their own formats (tests/readme/tinydata.py), so each command runs in seconds.
 
@@ -23,6 +23,15 @@ from tests.readme.tinydata import write_tiny_benchmarks
 
 pytestmark = pytest.mark.readme
 REPO = Path(__file__).resolve().parents[2]
+# the user guide's pages in the order a reader (and this script) goes through them: later pages read
+# what earlier commands wrote (the walk-through's runs, the quickstart's students)
+GUIDE = ["setup", "data", "training", "llm", "distillation", "ray", "runs", "serving", "layout"]
+
+
+def documents() -> list[tuple[str, str]]:
+    """(name, text) of README.md and each guide page, in order."""
+    return [("README.md", (REPO / "README.md").read_text())] + [
+        (f"docs/guide/{page}.md", (REPO / "docs" / "guide" / f"{page}.md").read_text()) for page in GUIDE]
 
 # (pattern of one logical line, replacement, why)
 SUBSTITUTIONS = [
@@ -64,11 +73,11 @@ def bash_blocks(text: str) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-def readme_script(text: str) -> tuple[str, set[int]]:
-    """The blocks as one script, with SUBSTITUTIONS applied; the indices of the rules that matched."""
+def readme_script(pages: list[tuple[str, str]]) -> tuple[str, set[int]]:
+    """The pages' blocks as one script, with SUBSTITUTIONS applied; the indices of the rules that matched."""
     used, out = set(), ["set -euo pipefail", PREAMBLE]
-    for first, lines in bash_blocks(text):
-        out.append(f"echo '### README.md block at line {first}' >&2")
+    for name, first, lines in ((name, first, lines) for name, text in pages for first, lines in bash_blocks(text)):
+        out.append(f"echo '### {name} block at line {first}' >&2")
         for line in lines:
             for i, (pattern, replacement, _) in enumerate(SUBSTITUTIONS):
                 command = re.sub(r"\s+#.*$", "", line).strip()
@@ -81,8 +90,12 @@ def readme_script(text: str) -> tuple[str, set[int]]:
     return "\n".join(out) + "\n", used
 
 
+def test_every_guide_page_is_in_the_lane():
+    assert sorted(p.stem for p in (REPO / "docs" / "guide").glob("*.md")) == sorted(GUIDE)
+
+
 def test_every_substitution_matches_a_readme_line():
-    _, used = readme_script((REPO / "README.md").read_text())
+    _, used = readme_script(documents())
     assert used == set(range(len(SUBSTITUTIONS))), [SUBSTITUTIONS[i][0] for i in set(range(len(SUBSTITUTIONS))) - used]
 
 
@@ -103,7 +116,7 @@ def test_every_readme_command_runs_as_written(tmp_path):
     (repo / ".venv").symlink_to(venv)
     home = tmp_path / "home"
     write_tiny_benchmarks(home / "tkg-data")
-    script, _ = readme_script((REPO / "README.md").read_text())
+    script, _ = readme_script(documents())
     (tmp_path / "readme.sh").write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTKG_"))}
     env.update(HOME=str(home), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
@@ -114,5 +127,5 @@ def test_every_readme_command_runs_as_written(tmp_path):
                               timeout=3000)
     text = log.read_text()
     if proc.returncode != 0:
-        where = [line for line in text.splitlines() if line.startswith(("### README", "+ "))][-2:]
+        where = [line for line in text.splitlines() if line.startswith(("### ", "+ "))][-2:]
         pytest.fail(f"rc {proc.returncode} at {where}:\n{text[-4000:]}")
