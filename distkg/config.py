@@ -88,10 +88,9 @@ class TrainConfig:
     optimizer: Literal["adagrad", "adam"] = "adagrad"
     lr: float = 0.1
     # 1vsall: cross-entropy over every entity; sampled_softmax: over the batch's answers and `negatives`
-    # entities drawn for the batch (a step's cost does not grow with the entities); negative_sampling:
-    # logistic loss against `negatives` entities drawn per query
-    loss: Literal["1vsall", "sampled_softmax", "negative_sampling"] = "1vsall"
-    negatives: int = 64  # per query (negative_sampling) or per batch (sampled_softmax)
+    # entities drawn for the batch (a step's cost does not grow with the entities)
+    loss: Literal["1vsall", "sampled_softmax"] = "1vsall"
+    negatives: int = 64  # entities drawn per batch (sampled_softmax)
     # sampled_softmax: subtract each candidate's log chance of being drawn from its score (the logQ
     # correction; on ICEWS18 it lifts test MRR from 0.209 to 0.223 at 4,096 negatives: cluster/SCALING.md)
     sampling_correction: bool = True
@@ -139,9 +138,6 @@ class LLMConfig:
     # auto: 2 when under 5% of the validation triples (s, r, o) are training triples (an answer named in
     # its entity's own text is then a shortcut evaluation never rewards), else 1
     text_folds: int | Literal["auto"] = 1
-    # with text_folds > 1, the share of training triples whose queries the head warm-up still scores on
-    # the teacher's own texts (their answer named there, as for a test triple repeating a training triple)
-    own_text_share: float = 0.0
     # the frozen LM's features of every text, kept on disk (distkg/llm/features.py) under a key of the
     # model, layers, quantization, device, max_tokens, adapter weights and texts, so a head warm-up
     # with the same key skips the encoding
@@ -165,8 +161,6 @@ class LLMConfig:
     head_lr: float = 1e-2  # projection head and logit scale
     head_epochs: int = 0  # before LoRA: epochs of head-only 1-vs-all training on the frozen LM's features
     head_queries_per_step: int = 1000  # training queries per step of the head warm-up (head_epochs)
-    head_weight_decay: float = 0.0  # head warm-up: AdamW's decoupled decay on the projection's weight matrix (0: Adam)
-    head_label_smoothing: float = 0.0  # head warm-up: label smoothing of its cross-entropy over all entities
     checkpoint_every: int = 50  # LoRA steps per round of the training loop (checkpoint + validation); a head epoch is a round too
     patience: int = 5  # validations (rounds) without a better validation MRR before a phase stops (head warm-up, LoRA)
     valid_queries: int = 1000  # validation subsample (deterministic); 0 = the whole split
@@ -245,7 +239,6 @@ class RuntimeConfig:
     rank: int = 254  # lowrank: numbers per query (a dot-product KG teacher's query on its table's top singular
     # directions; the LLM teacher's pool sends full rows then)
     topk: int = 64  # entities kept per query when soft_targets is topk
-    tail_samples: int = 0  # with topk: entities drawn from the teacher's row beyond its top k (0: one rest bucket)
     prefetch: int = 2  # batches of queries in flight ahead of the step
     cache: bool = True  # each distinct training query reaches the LLM once per teacher version
     max_failures: int = 1  # student worker-group restarts (each resumes from the last checkpoint)
@@ -285,16 +278,16 @@ RANGES: dict[type, dict[str, tuple]] = {
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "entity_facts": _AT_LEAST_1, "query_facts": _AT_LEAST_0, "query_tokens": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "own_text_share": (0, 1, False), "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "query_facts": _AT_LEAST_0, "query_tokens": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
-                "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1, "head_weight_decay": _AT_LEAST_0,
-                "head_label_smoothing": (0, 0.999999, False), "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
+                "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1,
+                "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,
                 "valid_queries": _AT_LEAST_0},
     StageConfig: {"epochs": _AT_LEAST_1, "lr": _POSITIVE},
     DistillConfig: {"llm_temperature": _POSITIVE, "rkd_entities": (2, None, False)},
     PipelineConfig: {"student_dim": _AT_LEAST_1},
     RuntimeConfig: {"num_cpus": _AT_LEAST_1, "teacher_actors": _AT_LEAST_1, "tp_size": _AT_LEAST_1,
-                    "workers": _AT_LEAST_1, "topk": _AT_LEAST_1, "tail_samples": _AT_LEAST_0, "rank": _AT_LEAST_1, "prefetch": _AT_LEAST_0, "max_failures": _AT_LEAST_0,
+                    "workers": _AT_LEAST_1, "topk": _AT_LEAST_1, "rank": _AT_LEAST_1, "prefetch": _AT_LEAST_0, "max_failures": _AT_LEAST_0,
                     "timeout_s": _POSITIVE},
     RunConfig: {"seed": _AT_LEAST_0},
 }

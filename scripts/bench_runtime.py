@@ -7,7 +7,7 @@
               shard of the entities. Also the warm rate (tables encoded) of both.
   topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
               by the pool, full soft targets against the top --topk at T and the rest bucket (or
-              --tail-samples draws from the rest; or lowrank: --rank numbers a query), --epochs-topk
+              lowrank: --rank numbers a query), --epochs-topk
               epochs each, --topk-seeds students per mode (--topk-modes).
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
@@ -169,12 +169,11 @@ def topk_effect(args, out: Path) -> dict:
             f"data.root={args.data_root}", f"distill.stages.0.epochs={args.epochs_topk}", f"seed={seed}",
             f"distill.teacher_run={args.teacher_run}", "train.progress=false", "eval.progress=false",
             "runtime.kg_teacher=pool", f"runtime.soft_targets={mode}", f"runtime.topk={args.topk}",
-            f"runtime.tail_samples={args.tail_samples if mode == 'topk' else 0}", f"runtime.rank={args.rank}",
+            f"runtime.rank={args.rank}",
             f"runtime.teacher_actors={args.actors}", f"runtime.teacher_resources={{CPU: {args.threads / args.actors}}}"])
         ds = load_dataset(cfg.data)
         pool = TeacherPool("kg", args.teacher_run, ds.num_entities, cfg.runtime, args.data_root)
-        name = (f"topk-tail{args.tail_samples}" if mode == "topk" and args.tail_samples
-                else f"lowrank{args.rank}" if mode == "lowrank" else mode)
+        name = f"lowrank{args.rank}" if mode == "lowrank" else mode
         try:
             pool.ready()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -187,7 +186,7 @@ def topk_effect(args, out: Path) -> dict:
                         **{k: round(m[k], 4) for k in ("mrr", "hits@1", "hits@10")},
                         "mr": round(m["mr"], 1)}
         log.info("BKD with %s soft targets, seed %d: %s", mode, seed, results[key])
-    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk, "tail_samples": args.tail_samples,
+    return {"method": "bkd", "epochs": args.epochs_topk, "topk": args.topk,
             "rank": args.rank, **results}
 
 
@@ -298,8 +297,6 @@ def main() -> None:
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
     ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk, lowrank)")
     ap.add_argument("--rank", type=int, default=254, help="lowrank mode: numbers per query (runtime.rank)")
-    ap.add_argument("--tail-samples", type=int, default=0,
-                    help="topk mode: draws from the teacher's row beyond the top k (runtime.tail_samples; 0: rest bucket)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())

@@ -14,7 +14,7 @@ as E^2). Run on one thread (OMP_NUM_THREADS=1):
 
     OMP_NUM_THREADS=1 python scripts/bench_scale.py --out docs/bench/bench_scale_cpu.json [--entities 10000,100000,1000000]
 
---loss sampled_softmax (or negative_sampling) times the steps `distkg train` runs with that
+--loss sampled_softmax times the steps `distkg train` runs with that
 ``train.loss`` and ``--negatives`` instead.
 """
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--parts", default="student,eval,teacher")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--loss", default="1vsall", help="train.loss of the student and teacher steps: 1vsall (the "
-                    "plain student's ce, as distill runs it) or sampled_softmax / negative_sampling (as train runs it)")
+                    "plain student's ce, as distill runs it) or sampled_softmax (as train runs it)")
     ap.add_argument("--negatives", type=int, default=1024, help="train.negatives with --loss other than 1vsall")
     ap.add_argument("--data-root", help="where the synthetic graphs go (default: a temporary folder)")
     ap.add_argument("--child", nargs=3, metavar=("PART", "ROOT", "NAME"), help=argparse.SUPPRESS)

@@ -49,7 +49,7 @@ SIZES = {
              "qlora_layers": 8, "qlora_batches": [(16, 64), (160, 640)], "qlora_steps": 10,
              "big_shape": "smollm2-1.7b", "big_texts": 512, "big_batches": [(64, 256)], "big_steps": 5},
     "smoke": {"tests": ["tests/test_device.py", "-k", "rules or only_the_owner"], "tests_timeout": 60,
-              "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=negative_sampling"], "precision_seeds": [0],
+              "precision_sets": ["train.epochs=1", "model.args.dim=16", "train.loss=sampled_softmax"], "precision_seeds": [0],
               "sampled_sets": ["train.epochs=1", "model.args.dim=16"],
               "main_job": ["--set", "train.epochs=1", "--set", "model.args.dim=16", "--set", "pipeline.llm=false",
                            "--set", "pipeline.students={}", "--set", "eval.splits=[test]", "--set", "eval.progress=false",

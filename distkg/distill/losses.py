@@ -102,29 +102,9 @@ class TopKTargets:
     temperature: float
     ids: torch.Tensor  # [B, k] entity ids
     log_probs: torch.Tensor  # [B, k] log softmax(t / T) of those entities over the whole row
-    # runtime.tail_samples: entities drawn from the teacher's row outside the top k ([B, m], -1 where a
-    # draw fell inside it) and each row's sum p log p; kd then reads the sampled row (sampled_row)
-    tail_ids: torch.Tensor | None = None
-    plogp: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TopKTargets:
-        def move(x):
-            return None if x is None else x.to(device)
-
-        return TopKTargets(self.temperature, move(self.ids), move(self.log_probs), move(self.tail_ids), move(self.plogp))
-
-    def sampled_row(self, num_entities: int, dtype: torch.dtype) -> torch.Tensor:
-        """[B, E] estimate of the teacher's row: the top k's probabilities as they are and the rest
-        mass split evenly over the tail draws (a draw of entity j counts once per time drawn). The
-        draws follow the teacher's row restricted to its tail, so every entry's expectation is the
-        teacher's probability and kd's gradient T (q - p) is unbiased; the row sums to 1."""
-        p_k = self.log_probs.exp().to(dtype)
-        tail = self.tail_ids >= 0
-        drawn = tail.sum(1, keepdim=True)
-        weight = ((1 - p_k.sum(1, keepdim=True)).clamp_min(0) / drawn.clamp_min(1)).expand_as(self.tail_ids)
-        row = torch.zeros(len(p_k), num_entities, dtype=dtype, device=p_k.device)
-        row.scatter_add_(1, self.tail_ids.clamp_min(0), weight.where(tail, torch.zeros_like(weight)))
-        return row.scatter_(1, self.ids, p_k)
+        return TopKTargets(self.temperature, self.ids.to(device), self.log_probs.to(device))
 
 
 class _TopKKL(torch.autograd.Function):
@@ -185,9 +165,6 @@ def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
     if top is not None:
         if top.temperature != temperature:
             raise ValueError(f"kd at T={temperature} was given top-k targets made at T={top.temperature}")
-        if top.tail_ids is not None:
-            s = batch.student_scores
-            return _SoftKL.apply(s, top.sampled_row(s.shape[1], s.dtype), top.plogp.to(s.dtype), float(temperature))
         return _TopKKL.apply(batch.student_scores, top.ids, top.log_probs.to(batch.student_scores.dtype),
                              float(temperature))
     pre = batch.teacher_targets
@@ -326,18 +303,14 @@ def fused_terms(spec: dict[str, dict], batch: DistillBatch) -> list[fz.Term] | N
     """The stage's losses as distill.fused terms when every one of them is fusable (not ce alone,
     which is plain training's own form, nor kd on top-k targets with a rest bucket); None otherwise."""
     names, top = set(spec), batch.teacher_topk
-    if not names <= FUSABLE or names == {"ce"} or ("kd" in names and top is not None and top.tail_ids is None):
+    if not names <= FUSABLE or names == {"ce"} or ("kd" in names and top is not None):
         return None
     s, terms = batch.student_scores, []
     for name, args in spec.items():
         w, kw = float(args.get("weight", 1.0)), _params(name, args)
         if name == "kd":
             T, pre = float(kw["temperature"]), batch.teacher_targets
-            if top is not None:
-                if top.temperature != T:
-                    raise ValueError(f"kd at T={T} was given top-k targets made at T={top.temperature}")
-                probs, plogp = top.sampled_row(s.shape[1], s.dtype), top.plogp.to(s.dtype)
-            elif pre is not None and pre.temperature == T:
+            if pre is not None and pre.temperature == T:
                 probs, plogp = _like(pre.probs, s), pre.plogp.to(device=s.device, dtype=s.dtype)
             else:
                 _, t = _need(batch, name)

@@ -66,9 +66,6 @@ def check_method(cfg: RunConfig) -> set[str]:
     if "llm_probs" in needs and not distill_cfg.llm_run:
         raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder "
                           "(or any second teacher: a `distkg train` or `distkg ensemble` folder)")
-    if cfg.train.loss == "negative_sampling":
-        raise ConfigError("train.loss: distillation reads 1vsall (every entity) or sampled_softmax (the batch's "
-                          "candidates), not negative_sampling")
     if cfg.train.loss == "sampled_softmax" and cfg.runtime.kg_teacher == "pool" and cfg.runtime.soft_targets == "topk":
         raise ConfigError("runtime.soft_targets: topk has no teacher score for a sampled candidate outside the top k; "
                           "with train.loss sampled_softmax use lowrank (or full)")

@@ -68,10 +68,6 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True, zero3: dict
         raise ConfigError(f"llm.text_folds={folds} holds out training facts from the entity texts, "
                           f"but llm.entity_text={cfg.llm.entity_text!r} writes none: set llm.entity_text=facts or "
                           "llm.text_folds=1")
-    if folds == 1 and cfg.llm.own_text_share != 0.0:
-        raise ConfigError(f"llm.own_text_share={cfg.llm.own_text_share!r} is the share of training triples kept "
-                          "on their own texts when the others are held out, but llm.text_folds=1 holds none out "
-                          "(every query is on its own texts): set llm.text_folds >= 2 or llm.own_text_share=0")
     torch.manual_seed(cfg.seed)
     lm = load_lm(cfg.llm.model, cfg.llm.quantization, placement(cfg).llm_device, cfg.llm.layers, zero3)
     if zero3 is not None:  # a partitioned load may draw random numbers on some ranks only: every rank

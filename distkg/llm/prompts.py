@@ -25,9 +25,7 @@ Whether to hold texts out depends on the dataset (``llm.text_folds: auto``): a t
 repeats a training triple at another time (Wikidata12k: 30% of them, ICEWS14: 55%, YAGO11k: none),
 and then its answer IS named in its entity's text, a signal held-out texts would train the head to
 ignore. ``auto`` reads the share of VALIDATION triples that are training triples
-(``repeat_share``): under ``SHORTCUT_REPEATS`` (5%) two folds, else none. ``llm.own_text_share``
-keeps a seeded share of the training triples on their own texts within the folds (on Wikidata12k
-worse than own texts at every share below 1, docs/RESULTS.md).
+(``repeat_share``): under ``SHORTCUT_REPEATS`` (5%) two folds, else none.
 """
 
 from __future__ import annotations
@@ -114,16 +112,6 @@ def repeat_share(ds: TKGDataset, split: str = "valid") -> float:
     return sum(tuple(t) in train for t in rows[:, [S, R, O]].tolist()) / len(rows)
 
 
-def own_text_rows(train: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Which training rows keep their own texts: the first round(share x triples) distinct (s, r, o)
-    triples of a seeded permutation (drawn apart from ``fact_folds``), every time of a triple alike."""
-    order, triple = _triple_draw(train, [seed, 1])
-    own = np.zeros(len(order), dtype=bool)
-    own[order[:round(share * len(order))]] = True
-    return own[triple]
-
-
-# ------------------------------------------------------------------------------ query texts (llm.query: text)
 def time_phrase(ds: TKGDataset, t: int) -> str:
     """A time id as text: the date of point data, the years of an interval bucket ("1952-1954")."""
     if ds.time_kind == "point":

@@ -8,8 +8,7 @@ this module only says what one round of each phase does:
   frozen LM's features of every text, encoded once per process), ``llm.head_epochs`` rounds. With
   ``llm.text_folds`` k > 1 (``auto``: decided from the data) the queries of fold f are scored on
   the features of fold f's held-out entity texts (distkg.llm.prompts; k more encodings of the
-  entity texts), except the share ``llm.own_text_share`` of training triples, scored on the
-  teacher's own texts; validation on the teacher's own texts as always.
+  entity texts); validation on the teacher's own texts as always.
 - ``lora``: ``llm.checkpoint_every`` steps of adapters + head, with the sampled softmax (the batch's
   answers plus ``llm.negatives`` drawn entities) or InfoNCE against every entity through the
   refreshed cache (distkg.llm.contrastive). The cache is refreshed every ``llm.refresh_every`` steps
@@ -47,7 +46,7 @@ from distkg.llm import contrastive
 from distkg.llm.encoder import transformer_body
 from distkg.llm.features import frozen_features, held_out_features
 from distkg.llm.loading import partitioned
-from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, own_text_rows, repeat_share
+from distkg.llm.prompts import SHORTCUT_REPEATS, held_out_texts, repeat_share
 from distkg.llm.teacher import LLMTeacher
 from distkg.training.checkpoint import atomic_save, read_checkpoint
 from distkg.training.loop import Loop, Optimizers, Phase
@@ -104,24 +103,15 @@ def gathered(params, modifier_rank: int | None = None):
 
 
 def head_optimizer(teacher: LLMTeacher, cfg: RunConfig) -> torch.optim.Optimizer:
-    """The head warm-up's optimiser: Adam at ``llm.head_lr``; with ``llm.head_weight_decay`` AdamW, whose
-    decoupled decay shrinks the projection's weight matrix only (not its bias or the logit scale,
-    which is a temperature: decaying it would sharpen the softmax, not regularise the head)."""
-    decay = cfg.llm.head_weight_decay
-    if not decay:  # one group, as checkpoints written before the key existed hold it
-        return torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
-    weights = [p for p in head_params(teacher) if p.dim() == 2]
-    return torch.optim.AdamW([{"params": weights, "weight_decay": decay},
-                              {"params": [p for p in head_params(teacher) if p.dim() != 2], "weight_decay": 0.0}],
-                             lr=cfg.llm.head_lr)
+    """The head warm-up's optimiser: Adam at ``llm.head_lr``."""
+    return torch.optim.Adam(head_params(teacher), lr=cfg.llm.head_lr)
 
 
 @dataclass
 class HeadData:
     """What the head warm-up trains on: the training queries (both directions of every training
     fact), their answers, each query's text fold, and per fold the frozen features its queries are
-    scored on (one fold, ``llm.text_folds: 1``: the teacher's own texts for every query; with k > 1
-    folds and ``llm.own_text_share`` > 0 a set k+1, the teacher's own texts, for that share)."""
+    scored on (one fold, ``llm.text_folds: 1``: the teacher's own texts for every query)."""
 
     queries: torch.Tensor
     answers: torch.Tensor
@@ -143,10 +133,6 @@ def head_data(teacher: LLMTeacher, cfg: RunConfig, ds: TKGDataset, feats: dict[s
     else:
         row_fold, texts = held_out_texts(ds, cfg.llm.entity_facts, folds, cfg.seed)
         sets = held_out_features(teacher, cfg, texts, feats)
-        share = cfg.llm.own_text_share
-        if share > 0:
-            row_fold = np.where(own_text_rows(train, share, cfg.seed), folds, row_fold)
-            sets.append(feats)
         fold = torch.from_numpy(np.concatenate([row_fold, row_fold]))  # tail queries, then head queries
     return HeadData(queries, answers, fold, [{k: v.to(device) for k, v in f.items()} for f in sets], folds)
 
@@ -164,8 +150,6 @@ def text_folds(cfg: RunConfig, ds: TKGDataset) -> int:
     log.info("llm.text_folds=auto: %.1f%% of %s's validation triples are training triples (%s %.0f%%): %s",
              100 * share, ds.name, "under" if folds > 1 else "at least", 100 * SHORTCUT_REPEATS,
              "held-out texts in 2 folds" if folds > 1 else "every training query on its own texts")
-    if folds == 1 and cfg.llm.own_text_share:
-        log.warning("llm.own_text_share=%s is unused: llm.text_folds=auto chose no folds", cfg.llm.own_text_share)
     return folds
 
 
@@ -174,19 +158,18 @@ def lora_rounds(step: int, steps: int, every: int) -> int:
     return 0 if step >= steps else math.ceil(steps / every) - step // every
 
 
-def head_loss(teacher: LLMTeacher, data: HeadData, idx: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+def head_loss(teacher: LLMTeacher, data: HeadData, idx: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over all entities of the queries ``idx``, each scored on its fold's features."""
     device = teacher.device
     if len(data.feats) == 1:
         logits = teacher.score_from_features(data.feats[0], data.queries[idx].to(device), idx)
-        return F.cross_entropy(logits, data.answers[idx].to(device), label_smoothing=smoothing)
+        return F.cross_entropy(logits, data.answers[idx].to(device))
     total = torch.zeros((), device=device)
     for f, feats in enumerate(data.feats):
         mine = idx[data.fold[idx] == f]
         if len(mine):
             logits = teacher.score_from_features(feats, data.queries[mine].to(device), mine)
-            total = total + F.cross_entropy(logits, data.answers[mine].to(device), label_smoothing=smoothing,
-                                            reduction="sum")
+            total = total + F.cross_entropy(logits, data.answers[mine].to(device), reduction="sum")
     return total / len(idx)
 
 
@@ -198,7 +181,7 @@ def head_epoch(teacher: LLMTeacher, data: HeadData, opt: torch.optim.Optimizer, 
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (epoch + 1))
     total, n = 0.0, 0
     for idx in torch.randperm(len(data.queries), generator=gen).split(cfg.llm.head_queries_per_step):
-        loss = head_loss(teacher, data, idx, cfg.llm.head_label_smoothing)
+        loss = head_loss(teacher, data, idx)
         if not torch.isfinite(loss):
             raise (diverged or (lambda v, b: FloatingPointError(f"head loss {v} at batch {b}")))(loss.item(), n + 1)
         opt.zero_grad()

@@ -184,9 +184,6 @@ class LLMTeacher(TKGModel):
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return scaled_match(self.scoring, self.logit_scale, q, candidates)
 
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.scoring.match_pairs(q, c) * self.logit_scale.exp()
-
     def use_tables(self, **tables: torch.Tensor) -> None:
         """Read E(p) of these kinds (e.g. ``entity=``) from the given tables instead of the LLM. They
         hold for the current weights only: call ``use_tables()`` to drop them after changing weights."""

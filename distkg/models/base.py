@@ -42,10 +42,6 @@ class ScoringForm(ABC):
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, D] x [C, D] -> [B, C] scores."""
 
-    @abstractmethod
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Row-wise match, [B, D] x [B, D] -> [B]."""
-
     def query(self, e: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The query from separate entity, relation and time vectors: (e . r) . t with . the join."""
         return self.join(self.join(e, r), t)
@@ -68,9 +64,6 @@ class DistMultForm(ScoringForm):
         # q @ candidates.T, written as linear: the same matmul here, and one Gemm with the table as its
         # (prepackable) constant in an exported ONNX file, where a MatMul after a Transpose is not
         return torch.nn.functional.linear(q, candidates)
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (q * c).sum(1)
 
 
 DISTMULT = DistMultForm()
@@ -134,13 +127,6 @@ class TKGModel(nn.Module, ABC):
         """The evaluation Scorer protocol."""
         return self.match(self.query_repr(queries), self.candidate_table(start, stop))
 
-    def score_answers(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        """Scores of one candidate per query, [B] (used by negative sampling)."""
-        return self.match_pairs(self.query_repr(queries), self.entity_embeddings(answers))
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Row-wise match, [B, D] x [B, D] -> [B]; override when cheaper than the diagonal."""
-        return torch.stack([self.match(q[i : i + 1], c[i : i + 1])[0, 0] for i in range(len(q))])
 
 
 class DotProductModel(TKGModel):
@@ -153,9 +139,6 @@ class DotProductModel(TKGModel):
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return DISTMULT.match(q, candidates)
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return DISTMULT.match_pairs(q, c)
 
 
 def embedding(n: int, dim: int, std: float) -> nn.Embedding:

@@ -81,9 +81,6 @@ class TransEForm(ScoringForm):
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return neg_l2(q, candidates)
 
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return -(q - c).pow(2).sum(1).clamp_min(EPS).sqrt()
-
 
 @MODELS.register("ttranse")
 class TTransE(TKGModel):
@@ -105,9 +102,6 @@ class TTransE(TKGModel):
 
     def match(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.form.match(q, candidates)
-
-    def match_pairs(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.form.match_pairs(q, c)
 
     def regularizer(self, queries: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """L2 on the embeddings used by the batch (translational models drift in norm without it)."""

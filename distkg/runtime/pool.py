@@ -81,40 +81,14 @@ def low_rank_basis(table: torch.Tensor, rank: int) -> torch.Tensor:
     return vh[:rank].T.contiguous()
 
 
-def shard_topk(rows: torch.Tensor, lo: int, k: int, temperature: float | None = None, samples: int = 0,
-               seed: int = 0) -> tuple[torch.Tensor, ...]:
+def shard_topk(rows: torch.Tensor, lo: int, k: int, temperature: float | None = None) -> tuple[torch.Tensor, ...]:
     """One shard's answer for its [B, hi - lo] score rows (entities from ``lo``): the top k's values and
-    global ids; with a ``temperature`` each row's logsumexp(row / T); with ``samples`` that many draws
-    from softmax(row / T) (seeded with ``seed``) and the mean of row / T under it."""
+    global ids; with a ``temperature`` each row's logsumexp(row / T)."""
     values, ids = rows.topk(min(k, rows.shape[1]), dim=1)
     out = [values, ids + lo]
     if temperature is not None:
         out.append(torch.logsumexp(rows / temperature, dim=1))
-    if samples:
-        p = torch.softmax(rows / temperature, dim=1)
-        draws = torch.multinomial(p, samples, replacement=True, generator=torch.Generator().manual_seed(seed))
-        out += [draws + lo, (p * rows).sum(1) / temperature]
     return tuple(out)
-
-
-def merge_topk_sampled(parts: list[tuple[torch.Tensor, ...]], k: int, temperature: float,
-                       generator: torch.Generator) -> TopKTargets:
-    """merge_topk_rest plus draws from the teacher's whole row beyond the top k (runtime.tail_samples).
-
-    Each shard sends (values, ids, logsumexp(row / T), m draws from its own softmax(row / T), the
-    mean of row / T under it). Slot j of the merged m draws takes shard i's j-th draw with
-    probability Z_i / Z (the shard's share of the row's mass), so the draws follow the whole row;
-    draws inside the global top k are dropped (-1), which leaves draws from the row's tail. The
-    row's sum p log p is sum_i (Z_i / Z) E_i[t / T] - log Z (the KL's constant, for its value)."""
-    top = merge_topk_rest([part[:3] for part in parts], k, temperature)
-    lse = torch.stack([part[2] for part in parts], dim=1)  # [B, shards]
-    share = torch.softmax(lse, dim=1)
-    plogp = (share * torch.stack([part[4] for part in parts], dim=1)).sum(1) - torch.logsumexp(lse, dim=1)
-    draws = torch.stack([part[3] for part in parts])  # [shards, B, m]
-    shard = torch.multinomial(share, draws.shape[2], replacement=True, generator=generator)
-    draws = draws.gather(0, shard.unsqueeze(0)).squeeze(0)
-    inside = (draws.unsqueeze(2) == top.ids.unsqueeze(1)).any(2)
-    return TopKTargets(temperature, top.ids, top.log_probs, draws.masked_fill(inside, -1), plogp)
 
 
 def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
@@ -382,29 +356,26 @@ class ScoringShard:
         self.model.use_tables(entity=table)
         _wait(followed)
 
-    def score(self, queries: torch.Tensor, topk: int | None = None, temperature: float | None = None,
-              samples: int = 0, seed: int = 0) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def score(self, queries: torch.Tensor, topk: int | None = None,
+              temperature: float | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """[B, hi-lo] scores, or (values, global entity ids) of the shard's top ``topk`` per query,
         and with a ``temperature`` each row's logsumexp(scores / T) over the shard too (the
-        client's rest bucket: the mass outside the global top k); with ``samples``, also that many
-        draws from the shard's softmax(row / T) (generator seeded with ``seed``) and the mean of
-        row / T under it (merge_topk_sampled). Draws are fresh every call, so those rows are not cached."""
-        t0, followed = time.perf_counter(), self._forward("score", queries, topk, temperature, samples, seed)
+        client's rest bucket: the mass outside the global top k)."""
+        t0, followed = time.perf_counter(), self._forward("score", queries, topk, temperature)
         keys = [(topk, temperature, *row) for row in queries.tolist()]
-        use_cache = self.use_cache and not samples
+        use_cache = self.use_cache
         todo = [i for i, k in enumerate(keys) if not use_cache or k not in self.cache]
         self.stats["queries"] += len(queries)
         self.stats["cache_hits"] += len(queries) - len(todo)
         fresh: dict[int, torch.Tensor | tuple] = {}
         if todo:
-            # blocks of block_rows queries, so that a top k never holds more scores than the budget (the
-            # draws of tail samples come from one generator over the whole call: one block then)
-            blocks = torch.tensor(todo).split(len(todo) if samples else self.block_rows)
+            # blocks of block_rows queries, so that a top k never holds more scores than the budget
+            blocks = torch.tensor(todo).split(self.block_rows)
             for block in blocks:
                 with torch.inference_mode():
                     # queries arrive on the CPU; rows go back on the CPU (a student may have no GPU)
                     rows = self.model.match(self.model.query_repr(queries[block].to(self.device)), self.table).float().cpu()
-                answer = zip(*shard_topk(rows, self.lo, topk, temperature, samples, seed)) if topk is not None else rows
+                answer = zip(*shard_topk(rows, self.lo, topk, temperature)) if topk is not None else rows
                 fresh.update(zip(block.tolist(), answer))
             self.stats["scored"] += len(todo)
             if use_cache:
@@ -484,7 +455,6 @@ class TeacherPool:
             self.groups = [self._group(kind, run, lo, hi, runtime_cfg, data_root) for lo, hi in self.bounds]
             self.actors = [group[0] for group in self.groups]
         self.topk = runtime_cfg.topk if runtime_cfg.soft_targets == "topk" else None
-        self.samples = runtime_cfg.tail_samples if self.topk else 0
         self.lowrank = runtime_cfg.soft_targets == "lowrank" and kind == "kg"  # an LLM pool sends full rows then
         self.projected: torch.Tensor | None = None  # lowrank: [E, r] the candidate table on the basis
         self._calls = 0
@@ -534,21 +504,17 @@ class TeacherPool:
             self._shared = True
         return infos
 
-    def submit(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> list:
-        """``seed``: of this call's tail draws (runtime.tail_samples), each shard's its own."""
+    def submit(self, queries: torch.Tensor, temperature: float | None = None) -> list:
         if self.lowrank:  # every actor can project any query: one call, actors in turn
             self._calls += 1
             return [self.actors[self._calls % len(self.actors)].project.remote(queries)]
-        samples = self.samples if temperature is not None else 0
-        return [a.score.remote(queries, self.topk, temperature if self.topk else None, samples, seed * len(self.actors) + i)
-                for i, a in enumerate(self.actors)]
+        return [a.score.remote(queries, self.topk, temperature if self.topk else None) for a in self.actors]
 
-    def collect(self, refs: list, temperature: float | None = None, seed: int = 0,
+    def collect(self, refs: list, temperature: float | None = None,
                 columns: torch.Tensor | None = None) -> torch.Tensor | TopKTargets:
         """[B, E] scores from the shards' answers (-inf outside the merged top k), waiting at most
         ``runtime.timeout_s``; with top-k and a ``temperature`` (the refs submitted with it), the
-        top k's probabilities and the rest bucket instead (merge_topk_rest), and the tail draws
-        with runtime.tail_samples (merge_topk_sampled, merged with ``seed``, the submit's).
+        top k's probabilities and the rest bucket instead (merge_topk_rest).
         ``columns``: only those entities' scores, [B, C] (a sampled loss's candidates; with low-rank
         targets C products of r numbers a query, never a whole row)."""
         import ray
@@ -562,14 +528,12 @@ class TeacherPool:
         if columns is not None:
             raise DistkgError("top-k soft targets have no score for a sampled candidate outside the top k; "
                               "use runtime.soft_targets lowrank or full with train.loss sampled_softmax")
-        if temperature is not None and self.samples:
-            return merge_topk_sampled(parts, self.topk, temperature, torch.Generator().manual_seed(seed))
         if temperature is not None:
             return merge_topk_rest(parts, self.topk, temperature)
         return merge_topk(parts, self.topk, self.num_entities)
 
-    def score(self, queries: torch.Tensor, temperature: float | None = None, seed: int = 0) -> torch.Tensor | TopKTargets:
-        return self.collect(self.submit(queries, temperature, seed), temperature, seed)
+    def score(self, queries: torch.Tensor, temperature: float | None = None) -> torch.Tensor | TopKTargets:
+        return self.collect(self.submit(queries, temperature), temperature)
 
     def stats(self) -> dict:
         """Totals summed over the actors: queries answered, cache hits, queries scored, seconds busy."""
@@ -605,12 +569,10 @@ class SoftTargets:
     queries: torch.Tensor  # all training queries, [Q, 4] ([Q, 5] with their rows for an LLM teacher reading text)
     prefetch: int = 2
     temperature: float | None = None  # with a top-k pool: get returns TopKTargets at this T (kd's)
-    seed: int = 0  # with runtime.tail_samples: each call's draws are seeded from it and a call counter
     waits: list[float] = field(default_factory=list)  # seconds each get blocked
     _plan: deque = field(default_factory=deque)
     _inflight: deque = field(default_factory=deque)
     _seen: dict = field(default_factory=dict)  # the pool's totals at the last report
-    _calls: int = 0
 
     def plan(self, batches: list[torch.Tensor]) -> None:
         self._plan = deque(batches)
@@ -622,9 +584,7 @@ class SoftTargets:
             self._inflight.append(self._submit(self._plan.popleft()))
 
     def _submit(self, idx: torch.Tensor) -> tuple:
-        self._calls += 1
-        seed = self.seed * 1_000_003 + self._calls
-        return idx, seed, self.pool.submit(self.queries[idx], self.temperature, seed)
+        return idx, self.pool.submit(self.queries[idx], self.temperature)
 
     def report(self) -> dict:
         """Since this client's last report: the pool's cache hit rate (all its clients together) and
@@ -640,13 +600,13 @@ class SoftTargets:
     def get(self, idx: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor | TopKTargets:
         """The scores of training queries ``idx`` (TeacherPool.collect; ``columns``: those entities' only)."""
         if self._inflight and torch.equal(self._inflight[0][0], idx):
-            _, seed, refs = self._inflight.popleft()
+            _, refs = self._inflight.popleft()
         else:  # not planned (or the plan was abandoned): fetch now
             self._plan.clear()
             self._inflight.clear()
-            _, seed, refs = self._submit(idx)
+            _, refs = self._submit(idx)
         t0 = time.perf_counter()
-        scores = self.pool.collect(refs, self.temperature, seed, columns)
+        scores = self.pool.collect(refs, self.temperature, columns)
         self.waits.append(time.perf_counter() - t0)
         self._fill()
         return scores
@@ -662,8 +622,8 @@ def _reads_text(run: Path) -> bool:
 def soft_targets(pools: dict[str, TeacherPool], cfg: RunConfig, dataset: TKGDataset) -> dict[str, SoftTargets]:
     """One student's clients of its pools ({"llm": ..., "kg": ...}), by training-query index: what
     ``distill.runner.distill`` reads as ``remote``. A top-k KG pool sends kd's top k with the rest
-    mass at kd's temperature (losses.TopKTargets), and runtime.tail_samples draws from the rest."""
+    mass at kd's temperature (losses.TopKTargets)."""
     queries, _ = training_queries(dataset.splits["train"], dataset.num_relations)
     with_rows = torch.cat([queries, (torch.arange(len(queries)) % len(dataset.splits["train"])).unsqueeze(1)], dim=1)
     return {name: SoftTargets(pool, with_rows if pool.wants_rows else queries, cfg.runtime.prefetch,
-                              kd_temperature(cfg) if name == "kg" else None, seed=cfg.seed) for name, pool in pools.items()}
+                              kd_temperature(cfg) if name == "kg" else None) for name, pool in pools.items()}

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -46,8 +45,7 @@ from distkg.runfolder import config_digest, prepare_folder, write_metrics
 from distkg.training.checkpoint import Checkpoints
 from distkg.training.curves import plot_curves
 from distkg.training.loop import Loop, Phase, TrainingDiverged  # noqa: F401  (TrainingDiverged: re-exported)
-from distkg.training.objective import (at_least_float32, candidate_log_q, corrected, cross_entropy, float32_losses,
-                                       sampled_candidates)
+from distkg.training.objective import candidate_log_q, corrected, cross_entropy, sampled_candidates
 from distkg.training.tracking import tracker_for
 
 log = logging.getLogger("distkg")
@@ -97,19 +95,11 @@ def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor
     candidates' scores."""
     if cfg.train.loss == "1vsall":
         loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
-    elif cfg.train.loss == "sampled_softmax":  # the batch's answers and k uniformly drawn entities, shared
+    else:  # the batch's answers and k uniformly drawn entities, shared (sampled_softmax)
         candidates, column = sampled_candidates(a, model.num_entities, cfg.train.negatives, gen)
         scores = model.match(model.query_repr(q), model.entity_embeddings(candidates))
         scores = corrected(scores, log_q[candidates] if log_q is not None else None)
         loss = cross_entropy(scores, column, label_smoothing=cfg.train.label_smoothing)
-    else:  # negative sampling: the answer against k uniformly drawn entities, logistic loss
-        k = cfg.train.negatives
-        neg = torch.randint(0, model.num_entities, (len(q), k), generator=gen).to(q.device)
-        qr = model.query_repr(q)
-        pos = model.match_pairs(qr, model.entity_embeddings(a))
-        negs = model.match_pairs(qr.repeat_interleave(k, 0), model.entity_embeddings(neg.reshape(-1))).view(-1, k)
-        with float32_losses(q.device):
-            loss = F.softplus(-at_least_float32(pos)).mean() + F.softplus(at_least_float32(negs)).mean()
     return loss + model.regularizer(q, a)
 
 

@@ -215,8 +215,8 @@ def test_bad_method_configs_fail_by_name(teachers, tmp_path):
         runner.check_method(load_config(None, ["distill.stages=[{losses: {kdd: {}}}]"]))
     with pytest.raises(ConfigError, match=r"distill.stages\[0\].losses.kd: loss 'kd' has no argument 'temp'"):
         runner.check_method(load_config(None, ["distill.stages=[{losses: {kd: {temp: 2}}}]"]))
-    with pytest.raises(ConfigError, match=r"train.loss: distillation reads 1vsall .* not negative_sampling"):
-        runner.check_method(load_config(["configs/distill/plain.yaml"], ["train.loss=negative_sampling"]))
+    with pytest.raises(ConfigError, match=r"train.loss.*'negative_sampling'"):  # removed: no measured use (issue 31)
+        load_config(["configs/distill/plain.yaml"], ["train.loss=negative_sampling"])
     with pytest.raises(ConfigError, match=r"runtime.soft_targets: topk .* use lowrank"):
         runner.check_method(load_config(["configs/distill/plain.yaml"], ["train.loss=sampled_softmax", "runtime.kg_teacher=pool",
                                                                          "runtime.soft_targets=topk"]))

@@ -1,5 +1,4 @@
-"""The head warm-up's options (distkg.llm.rounds): held-out texts (``llm.text_folds``), AdamW's
-decoupled decay (``llm.head_weight_decay``) and label smoothing; on the tiny random Llama."""
+"""The head warm-up's options (distkg.llm.rounds): held-out texts (``llm.text_folds``); on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from distkg.data.dataset import O, R, S
 from distkg.llm.features import feature_key, frozen_features
 from distkg.llm.finetune import build_teacher, finetune
 from distkg.llm.prompts import entity_texts, held_out_texts
-from distkg.llm.rounds import head_data, head_loss, head_optimizer
+from distkg.llm.rounds import head_data, head_loss
 from tests.llm.test_features import cache_dir, ds  # noqa: F401 (fixtures: a tiny dataset, a private cache root)
 from tests.llm.test_teacher import cfg_for
 
@@ -54,30 +53,6 @@ def test_each_query_is_scored_on_its_folds_features(tiny_llama, ds):
         parts = [F.cross_entropy(teacher.score_from_features(data.feats[f], data.queries[data.fold == f]),
                                  data.answers[data.fold == f], reduction="sum") for f in range(2)]
         torch.testing.assert_close(head_loss(teacher, data, every), sum(parts) / len(every))
-        smoothed = F.cross_entropy(teacher.score_from_features(data.feats[0], data.queries[data.fold == 0]),
-                                   data.answers[data.fold == 0], label_smoothing=0.3)
-        torch.testing.assert_close(head_loss(teacher, data, torch.nonzero(data.fold == 0).flatten(), 0.3), smoothed)
-
-
-def test_the_own_text_share_is_scored_on_the_teachers_own_texts(tiny_llama, ds):
-    """With llm.own_text_share the chosen triples' queries form a third set, scored on the teacher's own
-    features; the others keep their held-out fold as without the share."""
-    from distkg.llm.prompts import own_text_rows
-
-    cfg = folds_cfg(tiny_llama, own_text_share=0.4)
-    teacher = build_teacher(cfg, ds)
-    own = frozen_features(teacher, cfg)[0]
-    data = head_data(teacher, cfg, ds, own)
-    base = head_data(teacher, folds_cfg(tiny_llama), ds, own)
-    kept = torch.from_numpy(own_text_rows(ds.splits["train"], 0.4, cfg.seed)).repeat(2)
-    assert len(data.feats) == 3
-    torch.testing.assert_close(data.feats[2]["entity"], own["entity"])
-    assert torch.equal(data.fold == 2, kept) and 0 < int(kept.sum()) < len(kept)
-    assert torch.equal(data.fold[~kept], base.fold[~kept])
-    with torch.no_grad():
-        mine = torch.nonzero(kept).flatten()
-        alone = F.cross_entropy(teacher.score_from_features(own, data.queries[mine]), data.answers[mine])
-        torch.testing.assert_close(head_loss(teacher, data, mine), alone)
 
 
 def test_auto_folds_hold_texts_out_only_where_validation_rarely_repeats_training(tiny_llama, ds, caplog):
@@ -104,26 +79,9 @@ def test_auto_folds_hold_texts_out_only_where_validation_rarely_repeats_training
     assert data.folds == text_folds(cfg, ds) == len(data.feats)
 
 
-def test_weight_decay_shrinks_the_projection_only(tiny_llama, ds):
-    plain = head_optimizer(build_teacher(cfg_for(tiny_llama), ds), cfg_for(tiny_llama))
-    assert type(plain) is torch.optim.Adam and len(plain.param_groups) == 1
-    cfg = cfg_for(tiny_llama, head_weight_decay=0.5, head_lr=0.1)
-    teacher = build_teacher(cfg, ds)
-    opt = head_optimizer(teacher, cfg)
-    before = {n: p.detach().clone() for n, p in [("w", teacher.head.weight), ("b", teacher.head.bias),
-                                                   ("scale", teacher.logit_scale)]}
-    for p in (teacher.head.weight, teacher.head.bias, teacher.logit_scale):
-        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves a weight
-    opt.step()
-    torch.testing.assert_close(teacher.head.weight.detach(), before["w"] * (1 - 0.1 * 0.5))
-    assert torch.equal(teacher.head.bias.detach(), before["b"])
-    assert torch.equal(teacher.logit_scale.detach(), before["scale"])
-
-
-def test_finetune_with_held_out_texts_and_regularised_head(tiny_llama, ds, tmp_path):
-    """The whole warm-up runs with folds, decay and smoothing; the saved teacher keeps its own texts."""
-    cfg = folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, head_weight_decay=0.01,
-                    head_label_smoothing=0.1)
+def test_finetune_with_held_out_texts(tiny_llama, ds, tmp_path):
+    """The whole warm-up runs with folds; the saved teacher keeps its own texts."""
+    cfg = folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32)
     metrics = finetune(cfg, tmp_path / "run", dataset=ds)
     assert metrics["head_warmup"]["epochs"] == 2 and 0 <= metrics["mrr"] <= 1
     plain = finetune(folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, text_folds=1),

@@ -151,31 +151,11 @@ def test_repeat_share_counts_split_triples_found_in_training_at_any_time(ds):
         repeat_share(dataclasses.replace(ds, splits={**ds.splits, "valid": valid[:0]}))
 
 
-def test_own_text_rows_take_the_share_of_triples_whole_and_seeded(ds):
-    from distkg.data.dataset import R
-    from distkg.llm.prompts import own_text_rows
-
-    train = ds.splits["train"]
-    repeated = np.concatenate([train, train[:5]])
-    triples = {tuple(t) for t in repeated[:, [S, R, O]].tolist()}
-    own = own_text_rows(repeated, 0.3, seed=0)
-    chosen = {tuple(t) for t in repeated[own][:, [S, R, O]].tolist()}
-    assert len(chosen) == round(0.3 * len(triples))
-    assert not chosen & {tuple(t) for t in repeated[~own][:, [S, R, O]].tolist()}  # every time of a triple alike
-    assert np.array_equal(own_text_rows(repeated, 0.3, seed=0), own)
-    assert not np.array_equal(own_text_rows(repeated, 0.3, seed=1), own)
-    assert not own_text_rows(repeated, 0.0, seed=0).any() and own_text_rows(repeated, 1.0, seed=0).all()
-
-
-def test_own_text_share_and_auto_folds_are_checked_by_name(ds, tiny_llama):
-    from distkg.llm.finetune import build_teacher
-
-    for key, bad in (("own_text_share", "1.5"), ("own_text_share", "-0.1"), ("own_text_share", "auto"),
-                     ("text_folds", "most"), ("text_folds", "0")):
+def test_auto_folds_are_checked_by_name_and_removed_keys_refused(ds, tiny_llama):
+    for key, bad in (("text_folds", "most"), ("text_folds", "0")):
         with pytest.raises(ConfigError, match=f"llm.{key}"):
             load_config(None, [f"llm.{key}={bad}"])
     assert load_config(None, ["llm.text_folds=auto"]).llm.text_folds == "auto"
-    cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.entity_text=facts",
-                             "llm.own_text_share=0.3"])
-    with pytest.raises(ConfigError, match="llm.own_text_share=0.3.*llm.text_folds=1"):
-        build_teacher(cfg, ds)
+    for gone in ("own_text_share=0.3", "head_weight_decay=0.01", "head_label_smoothing=0.1"):  # no measured use (issue 31)
+        with pytest.raises(ConfigError, match=f"unknown key '{gone.split('=')[0]}'"):
+            load_config(None, [f"llm.{gone}"])

@@ -29,11 +29,6 @@ def old_match(form: str, log_scale, q, c):
     return raw * log_scale.exp()
 
 
-def old_pairs(form: str, log_scale, q, c):
-    raw = (q * c).sum(1) if form == "tadistmult" else -(q - c).pow(2).sum(1).clamp_min(1e-9).sqrt()
-    return raw * log_scale.exp()
-
-
 def old_table_query(form: str, entity, relation, time, queries):
     t = 0.5 * (time[queries[:, 2]] + time[queries[:, 3]])
     return old_compose(form, entity[queries[:, 0]], relation[queries[:, 1]], t)
@@ -63,8 +58,6 @@ def test_the_teacher_gives_the_scores_of_the_old_string_switch(tiny_llama, ds, f
         assert torch.equal(teacher.score_from_features(feats, q), expected)
         teacher.use_tables(**proj)  # E(p) read from these tables: the query/candidate path of evaluation
         assert torch.equal(teacher.score_candidates(q, 0, ds.num_entities), expected)
-        qr, c = teacher.query_repr(q), proj["entity"][q[:, 0]]
-        assert torch.equal(teacher.match_pairs(qr, c), old_pairs(form, teacher.logit_scale, qr, c))
         teacher.use_tables()
         tables = teacher.tables()
         students_see = LLMTables.from_tables(tables, ds).scores(q)  # what students distil from (no LLM)

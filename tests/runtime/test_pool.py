@@ -170,7 +170,7 @@ def test_tensor_parallel_is_checked_before_ray_starts(tiny_runs, tmp_path):
         check_tensor_parallel(rc, "llm", nf4)
 
 
-def test_pool_low_rank_rows_and_tail_draws(cluster, tiny_runs, graph):
+def test_pool_low_rank_rows(cluster, tiny_runs, graph):
     from distkg.distill.teachers import KGTeacher
     from distkg.runtime.pool import TeacherPool, low_rank_basis
 
@@ -195,16 +195,7 @@ def test_pool_low_rank_rows_and_tail_draws(cluster, tiny_runs, graph):
             torch.testing.assert_close(pool.collect(pool.submit(q), columns=cols), want[:, cols], atol=1e-4, rtol=1e-4)
         finally:
             pool.shutdown()
-    pool = served(soft_targets="topk", topk=3, tail_samples=7)
-    try:
-        pool.ready(timeout=120)
-        top = pool.score(q, temperature=2.0, seed=3)
-        assert top.tail_ids.shape == (64, 7) and torch.equal(top.ids, ref.topk(3, 1).indices)
-        p = torch.softmax(ref / 2.0, 1)
-        torch.testing.assert_close(top.plogp, torch.xlogy(p, p).sum(1), atol=1e-5, rtol=1e-5)
-        assert torch.equal(pool.score(q, temperature=2.0, seed=3).tail_ids, top.tail_ids)  # seeded draws
-    finally:
-        pool.shutdown()
+
 
 
 def test_prefetch_keeps_batches_in_flight(cluster, tiny_runs, graph):

@@ -77,12 +77,6 @@ def test_checkpoints_kept_and_curves_written(tmp_path):
     assert m["epochs_run"] == 3 and 0 < m["mrr"] <= 1 and m["protocol"]["filter"] == "time"
 
 
-def test_negative_sampling_learns(tmp_path):
-    m = run(config(loss="negative_sampling", negatives=8, epochs=2, optimizer="adam", lr=0.01), tmp_path)
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert log[1]["loss"] < log[0]["loss"] and m["mrr"] > 0
-
-
 def test_sampled_softmax_is_the_cross_entropy_over_the_drawn_candidates(tmp_path):
     """train.loss=sampled_softmax: cross-entropy over the batch's answers and `negatives` entities drawn
     for the batch (issue 29: a step whose cost does not grow with the entities); it learns."""
