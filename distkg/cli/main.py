@@ -11,8 +11,6 @@ import errno
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from distkg.errors import DistkgError

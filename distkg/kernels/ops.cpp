@@ -9,6 +9,9 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <tuple>
+#include <utility>
+
 #include "fused.h"
 
 namespace {
@@ -20,14 +23,14 @@ void check_scores(const at::Tensor& t, const char* what) {
 
 // The rows of MATRIX (a [N, E] float32 matrix) that the batch's B rows read: its data and an index
 // (NULL: row i), bounds-checked here because the C loop reads unchecked.
-const int64_t* rows_of(const at::Tensor& matrix, const std::optional<at::Tensor>& idx, int64_t B, int64_t E,
-                       const char* what) {
+std::pair<const float*, const int64_t*> rows_of(const at::Tensor& matrix, const std::optional<at::Tensor>& idx,
+                                                int64_t B, int64_t E, const char* what) {
   check_scores(matrix, what);
   TORCH_CHECK(matrix.dim() == 2 && matrix.size(1) == E, what, ": a [N, ", E, "] matrix was expected, got ",
               matrix.sizes());
   if (!idx.has_value()) {
     TORCH_CHECK(matrix.size(0) == B, what, ": ", matrix.size(0), " rows for a batch of ", B);
-    return nullptr;
+    return {matrix.data_ptr<float>(), nullptr};
   }
   const at::Tensor& i = *idx;
   TORCH_CHECK(i.scalar_type() == at::kLong && i.is_contiguous() && i.dim() == 1 && i.size(0) == B, what,
@@ -36,7 +39,7 @@ const int64_t* rows_of(const at::Tensor& matrix, const std::optional<at::Tensor>
   for (int64_t r = 0; r < B; r++)
     TORCH_CHECK(p[r] >= 0 && p[r] < matrix.size(0), what, ": row index out of range for a [", matrix.size(0), ", ",
                 E, "] matrix");
-  return p;
+  return {matrix.data_ptr<float>(), p};
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_rows(
@@ -71,28 +74,11 @@ std::tuple<at::Tensor, at::Tensor> fused_rows(
     for (int64_t r = 0; r < B; r++) TORCH_CHECK(ans[r] >= 0 && ans[r] < E, "an answer is out of range for ", E, " entities");
     a.answers = ans;
   }
-  a.kd = kd;
-  if (kd >= 0) {
-    a.p_idx = rows_of(*p, p_idx, B, E, "kd's soft targets");
-    a.p = p->data_ptr<float>();
-    a.kd_coef = kd_coef;
-  }
-  a.ce = ce;
-  a.ce_coef = ce_coef;
-  a.hub = hub;
-  if (hub >= 0) {
-    a.hy_idx = rows_of(*hy, hy_idx, B, E, "llm_huber's P_LLM");
-    a.hy = hy->data_ptr<float>();
-    a.h_delta = h_delta;
-    a.h_scale = h_scale;
-  }
-  a.sup = sup;
-  if (sup >= 0) {
-    a.sy_idx = rows_of(*sy, sy_idx, B, E, "llm_supervised's P_LLM");
-    a.sy = sy->data_ptr<float>();
-    a.s_mix = s_mix;
-    a.s_scale = s_scale;
-  }
+  a.kd = kd, a.kd_coef = kd_coef, a.ce = ce, a.ce_coef = ce_coef;
+  a.hub = hub, a.h_delta = h_delta, a.h_scale = h_scale, a.sup = sup, a.s_mix = s_mix, a.s_scale = s_scale;
+  if (kd >= 0) std::tie(a.p, a.p_idx) = rows_of(*p, p_idx, B, E, "kd's soft targets");
+  if (hub >= 0) std::tie(a.hy, a.hy_idx) = rows_of(*hy, hy_idx, B, E, "llm_huber's P_LLM");
+  if (sup >= 0) std::tie(a.sy, a.sy_idx) = rows_of(*sy, sy_idx, B, E, "llm_supervised's P_LLM");
   const int rc = distkg_fused_rows(&a);
   TORCH_CHECK(rc == 0, "distkg_fused_rows failed (code ", rc, ": 1 is a failed row-buffer allocation)");
   return {grad, vals};
