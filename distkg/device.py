@@ -10,7 +10,7 @@ CPU, a model on cuda:0). ``placement(cfg)`` resolves, once per process and confi
                    matmuls are several times slower than fp32 on the CPUs we run on)
   llm_device       where the LLM teacher runs (``llm.device``)
   llm_dtype        the LLM's weights and 4-bit compute dtype: bf16 on CUDA, fp32 on CPU
-  on_cuda and the LLM's batch sizes (distkg.llm.encoder.encode_batch) are derived from these, never
+  on_cuda and the LLM's batch sizes (distkg.llm.encoder.texts_per_forward) are derived from these, never
   from the weights.
 
 ``cuda`` resolves to the GPU this process was given: Ray Train and Accelerate name it in

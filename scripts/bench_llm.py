@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
-                             f"llm.layers={args.layers if args.layers else 'null'}", f"llm.texts_per_forward={args.encode_batch}"])
+                             f"llm.layers={args.layers if args.layers else 'null'}", f"llm.texts_per_forward={args.texts_per_forward}"])
     teacher = build_teacher(cfg, ds, lora=False).eval()
     enc = teacher.encoder
     body = sum(logical_numel(p) for n, p in teacher.lm_model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher.score_candidates(q, 0, n_ent)
     score_s = time.perf_counter() - t
     result = {"dataset": args.dataset, "model": args.model, "quantization": args.quantization, "layers": args.layers,
-              "encode_batch": args.encode_batch, "texts": len(texts),
+              "texts_per_forward": args.texts_per_forward, "texts": len(texts),
               "body_parameters": body, "matmul_flops_per_second": peak, "encode_naive": naive,
               "encode_bucketed": bucketed, "scoring": {"queries": len(q), "candidates": n_ent,
                                                        "queries_per_second": round(len(q) / score_s, 1)},

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={args.model}", f"llm.quantization={args.quantization}", "llm.progress=false",
                              f"llm.layers={args.layers if args.layers else 'null'}", f"llm.max_tokens={args.max_tokens}",
-                             f"llm.texts_per_forward={args.encode_batch}", "llm.objective=infonce"])
+                             f"llm.texts_per_forward={args.texts_per_forward}", "llm.objective=infonce"])
     teacher = build_teacher(cfg, ds)
     enc = teacher.encoder
     qs = build_queries(ds.splits["train"], ds.num_relations)

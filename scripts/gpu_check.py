@@ -165,12 +165,12 @@ def teacher(size: dict, main: dict) -> dict:
 TEXT_QUERY = ["llm.query=text", "llm.query_facts=6", "llm.query_tokens=48"]  # the llm-text recipe's query
 
 
-def _teacher_for(size: dict, layers: int | None, lora: bool, encode_batch: str = "auto", extra: tuple[str, ...] = ()):
+def _teacher_for(size: dict, layers: int | None, lora: bool, texts_per_forward: str = "auto", extra: tuple[str, ...] = ()):
     from distkg.config import load_config
     from distkg.data import load_dataset
     from distkg.llm.finetune import build_teacher
 
-    sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.texts_per_forward={encode_batch}",
+    sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.texts_per_forward={texts_per_forward}",
             "llm.progress=false", *extra]
     cfg = load_config(REPO / "configs" / "quickstart.yaml", sets)
     ds = load_dataset(cfg.data)
@@ -191,7 +191,7 @@ def llm_encode(size: dict) -> dict:
     sync()
     secs = time.perf_counter() - t
     return {"model": cfg.llm.model, "quantization": "nf4", "layers": teacher.lm_model.config.num_hidden_layers,
-            "device": str(teacher.device), "encode_batch": enc.batch_size, "texts": len(texts),
+            "device": str(teacher.device), "texts_per_forward": enc.batch_size, "texts": len(texts),
             "seconds": round(secs, 3), "texts_per_second": round(len(texts) / secs, 1),
             "forward_calls": enc.stats.forward_calls, "padding_share": round(enc.stats.padding_share, 4)}
 

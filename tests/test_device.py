@@ -118,14 +118,14 @@ def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentine
     assert len(on_sentinel) >= 3 and set(on_sentinel) == {(SENTINEL, 11, 6)}
 
 
-def test_encode_batch_auto_reads_back_and_follows_the_device(tmp_path):
+def test_texts_per_forward_auto_reads_back_and_follows_the_device(tmp_path):
     from distkg.config import save_config
-    from distkg.llm.encoder import encode_batch
+    from distkg.llm.encoder import texts_per_forward
 
     cfg = load_config(None)
     save_config(cfg, tmp_path / "config.yaml")  # every run folder's config.yaml holds `texts_per_forward: auto`
     assert load_config(tmp_path / "config.yaml").llm.texts_per_forward == "auto"
     with pytest.raises(ConfigError, match="llm.texts_per_forward: 0 is out of range"):
         load_config(None, ["llm.texts_per_forward=0"])
-    assert (encode_batch("auto", torch.device("cpu")), encode_batch("auto", torch.device("cuda", 0)),
-            encode_batch(300, torch.device("cuda", 0))) == (64, 4096, 300)
+    assert (texts_per_forward("auto", torch.device("cpu")), texts_per_forward("auto", torch.device("cuda", 0)),
+            texts_per_forward(300, torch.device("cuda", 0))) == (64, 4096, 300)

@@ -1,4 +1,4 @@
-"""Downloading the benchmarks from their public sources (distkg.data.registry), with sha256 checks.
+"""Downloading the benchmarks from their public sources (distkg.data.sources), with sha256 checks.
 
 ``download_dataset(name)`` fetches every downloadable file of a dataset into a temporary folder
 inside the data root (``root/.NAME.partial-XXXX``), verifies the sha256 of each file, and only then
@@ -27,8 +27,8 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from distkg.data import registry
-from distkg.data.registry import DatasetSpec, FileEntry
+from distkg.data import sources
+from distkg.data.sources import DatasetSpec, FileEntry
 from distkg.errors import DataError
 
 __all__ = ["download_dataset", "verify_dataset", "extract_members", "sha256_file", "MIRROR_ENV"]
@@ -56,7 +56,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def verify_dataset(name: str, root: str | os.PathLike | None = None) -> list[str]:
     """Problems with ``root/name`` (root as in resolve_data_root): missing required files and
     sha256 mismatches of any listed file that is present. An empty list means the folder is good."""
-    spec = registry.get_dataset(name)
+    spec = sources.get_dataset(name)
     folder = _data_root(root) / spec.name
     if not folder.is_dir():
         return [f"{folder}: dataset folder not found"]
@@ -183,7 +183,7 @@ def extract_members(archive: str | os.PathLike, entries: Iterable[FileEntry], de
                     url: str = "", label: str = "") -> list[Path]:
     """Extract ``entry.member`` of the zip ``archive`` to ``dest/entry.path`` for each entry and verify
     each extracted file's sha256 (DataError naming member, archive URL, expected and actual hash).
-    Only the listed members are written, and only to the registry paths, never to member paths.
+    Only the listed members are written, and only to the sources' paths, never to member paths.
     ``url`` (for messages) defaults to each entry's URL."""
     written = []
     try:
@@ -193,7 +193,7 @@ def extract_members(archive: str | os.PathLike, entries: Iterable[FileEntry], de
     with zf:
         for entry in entries:
             if not entry.member:
-                raise DataError(f"{label}{entry.path}: registry entry has no archive member")
+                raise DataError(f"{label}{entry.path}: its source has no archive member")
             source = url or entry.url or str(archive)
             info = _find_member(zf, entry.member, source)
             target = Path(dest) / entry.path
@@ -278,7 +278,7 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, mirror: s
     $DISTKG_DATA_MIRROR) replaces every public URL with ``{mirror}/{name}/{relpath}``.
     ``timeout`` is the socket timeout in seconds for each connect and read.
     """
-    spec = registry.get_dataset(name)
+    spec = sources.get_dataset(name)
     data_root = _data_root(root)
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     target = data_root / spec.name
@@ -286,7 +286,7 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, mirror: s
         problems = verify_dataset(spec.name, data_root) if target.is_dir() else [f"{target} is not a folder"]
         if problems:
             raise DataError(
-                f"{target} exists but does not match the registry: {'; '.join(problems)}. "
+                f"{target} exists but does not match distkg/data/sources.py: {'; '.join(problems)}. "
                 f"Download it again with force=True (`distkg data download {spec.name} --force`)"
             )
         return target

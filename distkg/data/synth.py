@@ -63,7 +63,7 @@ def _write_rows(path: Path, rows: np.ndarray) -> None:
 def write_synth(root: Path, name: str, entities: int, relations: int, times: int, facts: int, seed: int,
                 alpha: float = 1.0, recurrence: float = 0.4, force: bool = False) -> Path:
     """ROOT/NAME, written to a temporary folder and renamed into place (nothing half-written)."""
-    from distkg.data.registry import DATASETS
+    from distkg.data.sources import DATASETS
 
     if name.lower() in DATASETS or name != name.lower():
         raise DataError(f"synthetic dataset name {name!r}: use a lower-case name that is not a benchmark's "

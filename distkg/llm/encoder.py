@@ -36,7 +36,7 @@ PROGRESS_TEXTS = 2048  # encodings of at least this many texts show a progress b
 ENCODE_BATCH = {"cpu": 64, "cuda": 4096}
 
 
-def encode_batch(value: int | str, device: torch.device) -> int:
+def texts_per_forward(value: int | str, device: torch.device) -> int:
     """``llm.texts_per_forward`` on ``device``: the value given, or ENCODE_BATCH of the device type."""
     return ENCODE_BATCH.get(device.type, ENCODE_BATCH["cpu"]) if value == "auto" else int(value)
 

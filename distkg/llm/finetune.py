@@ -31,7 +31,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.device import placement, process_group
 from distkg.errors import ConfigError, DistkgError, first_line
 from distkg.evaluation import FilterIndex, eval_options, evaluate_splits
-from distkg.llm.encoder import encode_batch
+from distkg.llm.encoder import texts_per_forward
 from distkg.llm.features import load_features
 from distkg.llm.loading import load_lm, logical_numel
 from distkg.llm.prompts import QueryTexts, entity_texts
@@ -77,7 +77,7 @@ def build_teacher(cfg: RunConfig, ds: TKGDataset, lora: bool = True, zero3: dict
     if lora:
         lm.model = wrap_lora(lm.model, cfg)
     teacher = LLMTeacher(lm, ds, dim=cfg.llm.dim, form=cfg.llm.form, max_tokens=cfg.llm.max_tokens,
-                         encode_batch=encode_batch(cfg.llm.texts_per_forward, lm.device),
+                         texts_per_forward=texts_per_forward(cfg.llm.texts_per_forward, lm.device),
                          entity_texts=entity_texts(ds, cfg.llm.entity_text, cfg.llm.entity_facts),
                          query_texts=QueryTexts(ds, cfg.llm.query_facts) if cfg.llm.query == "text" else None,
                          query_tokens=cfg.llm.query_tokens)

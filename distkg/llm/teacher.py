@@ -60,7 +60,7 @@ QUERY_MODES = ("composed", "text")
 
 class LLMTeacher(TKGModel):
     def __init__(self, lm: LoadedLM, dataset: TKGDataset, dim: int = 400, form: str = "tadistmult",
-                 max_tokens: int = 32, encode_batch: int = 64, entity_texts: list[str] | None = None,
+                 max_tokens: int = 32, texts_per_forward: int = 64, entity_texts: list[str] | None = None,
                  query_texts: QueryTexts | None = None, query_tokens: int = 48) -> None:
         """``query_texts``: read each query as one text (``llm.query: text``), cut at ``query_tokens``."""
         super().__init__(dataset, dim)
@@ -70,7 +70,7 @@ class LLMTeacher(TKGModel):
             raise ValueError(f"llm.form: {e}") from None
         self.lm_model = lm.model  # registered, so .parameters() includes the LoRA adapters
         stats = EncoderStats()  # one count of LLM work for both encoders
-        self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=encode_batch, stats=stats)
+        self.encoder = TextEncoder(lm, max_tokens=max_tokens, batch_size=texts_per_forward, stats=stats)
         hidden = lm.model.config.hidden_size
         self.head = nn.Linear(hidden, dim)
         self.query_mode = "composed" if query_texts is None else "text"
@@ -91,7 +91,7 @@ class LLMTeacher(TKGModel):
         else:
             self.qhead = nn.Linear(hidden, dim)
             self.query_texts = query_texts
-            self.query_encoder = TextEncoder(lm, max_tokens=query_tokens, batch_size=encode_batch, stats=stats)
+            self.query_encoder = TextEncoder(lm, max_tokens=query_tokens, batch_size=texts_per_forward, stats=stats)
             # the training queries' texts (each leaving out its own fact), each distinct text once;
             # train_query_text[i] is training query i's
             rows = query_texts.training()

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from distkg.data import load_dataset, registry
+from distkg.data import load_dataset, sources
 from distkg.data.download import MIRROR_ENV, download_dataset, extract_members, verify_dataset
-from distkg.data.registry import DatasetSpec, FileEntry
+from distkg.data.sources import DatasetSpec, FileEntry
 from distkg.errors import DataError
 from tests.conftest import shared_data_root
 
 SHARED = shared_data_root() or Path(os.environ.get("DISTKG_TEST_SHARED_DATA", "shared/data"))  # where the CLI finds data
-YAGO_FILES = [f.path for f in registry.DATASETS["yago11k"].files]
+YAGO_FILES = [f.path for f in sources.DATASETS["yago11k"].files]
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def leftovers(root: Path, name: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry_matches_reference_copies(shared):
-    for name, spec in registry.DATASETS.items():
+    for name, spec in sources.DATASETS.items():
         assert verify_dataset(name, shared) == [], name
         for entry in spec.files:
             path = shared / name / entry.path
@@ -98,8 +98,8 @@ def test_registry_matches_reference_copies(shared):
             if entry.url is not None:  # pinned to a commit on a public repository
                 assert re.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/", entry.url), entry.url
         assert all(f.required for f in spec.files if f.path in {"train.txt", "valid.txt", "test.txt"})
-    assert not registry.DATASETS["wikidata12k"].file("entity_labels_partial_fb15k.tsv").downloadable
-    assert {f.member for f in registry.DATASETS["icews18"].files} >= {"train.txt", "entity2id.txt"}
+    assert not sources.DATASETS["wikidata12k"].file("entity_labels_partial_fb15k.tsv").downloadable
+    assert {f.member for f in sources.DATASETS["icews18"].files} >= {"train.txt", "entity2id.txt"}
 
 
 def test_unknown_dataset(tmp_path):
@@ -136,7 +136,7 @@ def test_corrupt_file_is_rejected_and_nothing_is_left(server, shared, tmp_path):
         download_dataset("yago11k", root, mirror=mirror, progress=False)
     msg = str(info.value)
     assert "train.txt" in msg and "sha256" in msg and f"{mirror}/yago11k/train.txt" in msg
-    assert registry.DATASETS["yago11k"].file("train.txt").sha256 in msg
+    assert sources.DATASETS["yago11k"].file("train.txt").sha256 in msg
     assert hashlib.sha256(bytes(data)).hexdigest() in msg
     assert not (root / "yago11k").exists()
     assert leftovers(root, "yago11k") == []
@@ -206,7 +206,7 @@ def test_env_mirror_env_root_and_progress(server, shared, tmp_path, monkeypatch,
 def test_icews18_from_mirror_uses_plain_files(server, shared, tmp_path):
     mirror = server.mirror("plain", ["icews18"], shared)
     folder = download_dataset("icews18", tmp_path, mirror=mirror, progress=False)
-    assert sorted(server.seen("plain")) == sorted(f"/plain/icews18/{f.path}" for f in registry.DATASETS["icews18"].files)
+    assert sorted(server.seen("plain")) == sorted(f"/plain/icews18/{f.path}" for f in sources.DATASETS["icews18"].files)
     assert verify_dataset("icews18", tmp_path) == []
     assert not (folder / "stat.txt").exists()
 
@@ -260,7 +260,7 @@ def test_archive_download_through_registry(server, tmp_path, monkeypatch):
     (server.docroot / "zip").mkdir()
     (server.docroot / "zip" / "data.zip").write_bytes(tiny_zip({f"TINY/{k}": v for k, v in TINY.items()}))
     url = f"{server.url}/zip/data.zip"
-    monkeypatch.setitem(registry.DATASETS, "tinyzip", tiny_spec(url))
+    monkeypatch.setitem(sources.DATASETS, "tinyzip", tiny_spec(url))
     folder = download_dataset("tinyzip", tmp_path, progress=False)
     assert server.seen("zip") == ["/zip/data.zip"]  # one request for all members
     assert sorted(p.name for p in folder.iterdir()) == sorted(TINY)  # the zip itself is gone
