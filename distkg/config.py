@@ -55,8 +55,8 @@ class EvalConfig:
     # what every command that evaluates scores at its end (distkg.evaluation.splits); metrics.json's top
     # level is test when listed, else the last (its "split" says which)
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
-    filter: FilterMode = "time"
-    ties: Ties = "realistic"
+    filter: FilterMode = "time"  # time: filter answers true at the query's written time; static: at any time; none
+    ties: Ties = "realistic"  # a tie's rank: the mean of optimistic and pessimistic (realistic), or either one
     # at most this many facts of each split are scored (both directions): a seeded draw, the same for
     # every run on the dataset and written into the metrics' protocol; None: every fact. For graphs
     # whose splits take hours to rank (a million-entity graph's 1M test facts)
@@ -75,8 +75,8 @@ class EvalConfig:
 class ModelConfig:
     """Which model (by registry name) and its constructor arguments, checked against its signature."""
 
-    name: str = "frequency"
-    args: dict[str, Any] = field(default_factory=dict)
+    name: str = "frequency"  # a registered model: ttranse, tadistmult, tntcomplex, or the training-free frequency
+    args: dict[str, Any] = field(default_factory=dict)  # its constructor's arguments (dim, reg, ...), checked by name
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Literal
 class DataConfig:
     """Which dataset, where it lives, and the documented rules for reading it."""
 
-    dataset: str = "yago11k"
+    dataset: str = "yago11k"  # yago11k, wikidata12k, icews14, icews18, or a graph of `distkg data synth`
     # Folder holding one sub-folder per dataset. None: --data-root, else $DISTKG_DATA, else the cache.
     root: str | None = None
     # HyTE-style year buckets for interval data (docs/PROTOCOL.md); recorded next to every result.
