@@ -87,7 +87,8 @@ def _newest_round(folder: Path) -> int:
 
 def restore_reported(out: Path) -> int:
     """Copy the latest checkpoint Ray Train holds for this run into OUT/checkpoints when it is newer than
-    OUT's own (a worker restarted on a node whose OUT lacks it); the round restored, or 0."""
+    OUT's own (a worker restarted on a node whose OUT lacks it); the round restored, or 0. A restore is
+    recorded in OUT/runtime/restored.json (the round, from where)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -107,6 +108,10 @@ def restore_reported(out: Path) -> int:
                 shutil.copyfile(path, tmp)
                 tmp.replace(target)
     log.info("restored round %d from Ray Train's storage into %s", newest, folder)
+    record = out / "runtime" / f"restored.json.{os.getpid()}.tmp"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"round": newest, "from": str(getattr(checkpoint, "path", ""))}) + "\n")
+    record.replace(out / "runtime" / "restored.json")
     return newest
 
 

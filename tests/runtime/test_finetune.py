@@ -49,6 +49,35 @@ def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_r
     assert resumed["mrr"] == straight["mrr"]
 
 
+def test_a_job_whose_out_lost_its_checkpoints_resumes_from_ray_train_storage(cluster, tiny_runs, tmp_path):
+    """OUT as if node-local: after 2 steps the folder's checkpoints (rank 0's round and each worker's ZeRO
+    partition) are removed, as on a node that never held them; raised to 4 steps, the job copies what its
+    workers reported to runtime.storage_path back and ends as the straight 4-step run does."""
+    import shutil
+
+    from distkg.runtime.finetune import finetune_on_ray
+
+    storage = f"runtime.storage_path={tmp_path / 'storage'}"
+    straight = finetune_on_ray(zero_config(cluster, tiny_runs, 4), tmp_path / "straight")
+    out = tmp_path / "node-local"
+    finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 2), storage), out)
+    shutil.rmtree(out / "checkpoints")
+    resumed = finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 4), storage), out)
+    assert resumed["steps"] == straight["steps"] == 4
+    assert json.loads((out / "runtime" / "restored.json").read_text())["round"] == 1  # not started over
+    assert round_losses(out) == round_losses(tmp_path / "straight")  # round 1 restored from storage, 2 run
+    assert resumed["mrr"] == straight["mrr"]
+    assert sorted(p.name for p in (out / "checkpoints" / "zero").iterdir())[-2:] == [
+        f"round_0002.rank{k}-of-2.pt" for k in (0, 1)]
+
+
+def load_with(cfg, *sets: str):
+    """``cfg`` with ``sets`` applied, as --set would."""
+    from distkg.config import build_overridden, to_dict
+
+    return build_overridden(type(cfg), to_dict(cfg), "", list(sets))
+
+
 def test_zero3_shards_the_base_weights_from_the_load_on_and_resumes(cluster, tiny_runs, tmp_path):
     """ZeRO-3 over 2 workers on the tiny unquantized LM: each worker loads only its partition of the LM
     (frozen base included: no process ever holds it whole; goal <= 0.55x) and holds about half after

@@ -101,6 +101,7 @@ def test_a_restarted_worker_resumes_from_ray_train_storage_without_its_out(clust
     assert (tmp_path / "failed").is_file()
     epochs = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]  # resumed after epoch 2, which only the storage still held
+    assert json.loads((out / "runtime" / "restored.json").read_text())["round"] == 2
     for key in ("mrr", "mr", "hits@1", "hits@10"):
         assert got[key] == pytest.approx(undisturbed[key], abs=1e-6)
     reported = sorted((tmp_path / "storage").rglob("epoch_*.pt"))
