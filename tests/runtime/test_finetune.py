@@ -18,11 +18,20 @@ def zero_config(cluster, tiny_runs, steps: int, stage: int = 2, head_epochs: int
         f"runtime.zero_stage={stage}"])
 
 
+@pytest.fixture(scope="module")
+def straight(cluster, tiny_runs, tmp_path_factory):
+    """4 ZeRO steps in one go: what the resumed jobs below must end as."""
+    from distkg.runtime.finetune import finetune_on_ray
+
+    out = tmp_path_factory.mktemp("straight")
+    return out, finetune_on_ray(zero_config(cluster, tiny_runs, 4), out)
+
+
 def round_losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_runs, tmp_path):
+def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_runs, straight, tmp_path):
     """4 steps straight, against 2 steps and then the budget raised to 4 in the same folder: the
     resumed run reads each worker's ZeRO partition (Adam's moments, checkpoints/zero) and its last
     round's loss is the straight run's (it was not, before: the moments restarted at zero)."""
@@ -31,7 +40,7 @@ def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_r
     from distkg.runtime.finetune import finetune_on_ray
     from distkg.training.checkpoint import Checkpoints
 
-    straight = finetune_on_ray(zero_config(cluster, tiny_runs, 4), tmp_path / "straight")
+    straight_out, straight = straight
     out = tmp_path / "zero"
     metrics = finetune_on_ray(zero_config(cluster, tiny_runs, 2), out)
     assert 0 < metrics["mrr"] <= 1 and metrics["steps"] == 2
@@ -45,11 +54,11 @@ def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_r
     assert sorted(p.name for p in (out / "checkpoints" / "zero").iterdir()) == [f"round_0001.rank{k}-of-2.pt" for k in (0, 1)]
     resumed = finetune_on_ray(zero_config(cluster, tiny_runs, 4), out)
     assert resumed["steps"] == straight["steps"] == 4
-    assert round_losses(out) == round_losses(tmp_path / "straight")  # round 1 before the resume, 2 after
+    assert round_losses(out) == round_losses(straight_out)  # round 1 before the resume, 2 after
     assert resumed["mrr"] == straight["mrr"]
 
 
-def test_a_job_whose_out_lost_its_checkpoints_resumes_from_ray_train_storage(cluster, tiny_runs, tmp_path):
+def test_a_job_whose_out_lost_its_checkpoints_resumes_from_ray_train_storage(cluster, tiny_runs, straight, tmp_path):
     """OUT as if node-local: after 2 steps the folder's checkpoints (rank 0's round and each worker's ZeRO
     partition) are removed, as on a node that never held them; raised to 4 steps, the job copies what its
     workers reported to runtime.storage_path back and ends as the straight 4-step run does."""
@@ -58,14 +67,14 @@ def test_a_job_whose_out_lost_its_checkpoints_resumes_from_ray_train_storage(clu
     from distkg.runtime.finetune import finetune_on_ray
 
     storage = f"runtime.storage_path={tmp_path / 'storage'}"
-    straight = finetune_on_ray(zero_config(cluster, tiny_runs, 4), tmp_path / "straight")
+    straight_out, straight = straight
     out = tmp_path / "node-local"
     finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 2), storage), out)
     shutil.rmtree(out / "checkpoints")
     resumed = finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 4), storage), out)
     assert resumed["steps"] == straight["steps"] == 4
     assert json.loads((out / "runtime" / "restored.json").read_text())["round"] == 1  # not started over
-    assert round_losses(out) == round_losses(tmp_path / "straight")  # round 1 restored from storage, 2 run
+    assert round_losses(out) == round_losses(straight_out)  # round 1 restored from storage, 2 run
     assert resumed["mrr"] == straight["mrr"]
     assert sorted(p.name for p in (out / "checkpoints" / "zero").iterdir())[-2:] == [
         f"round_0002.rank{k}-of-2.pt" for k in (0, 1)]
