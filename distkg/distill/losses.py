@@ -21,20 +21,24 @@ The paper (docs/METHOD.md) leaves several choices open; ours, written down:
                   student and teacher embeddings in the batch (Park et al. 2019).
   rkd_angle       RKD angle-wise: smooth-L1 between the cosines of the angles formed by every
                   triple of embeddings in the batch.
+The softmax losses (kd, ce, llm_*) are written once, as formulas, in distkg.training.softmax; a
+stage's softmax losses run there in one fast pass (``combine``), the others one at a time.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from distkg.distill import fused as fz
-from distkg.distill.fused import Rows, dense
 from distkg.registry import Registry
-from distkg.training.objective import at_least_float32, cross_entropy, float32_losses
+from distkg.training import softmax as sm
+from distkg.training.objective import at_least_float32, float32_losses
+from distkg.training.softmax import Rows, dense
+
+__all__ = ["LOSSES", "INPUTS", "DistillBatch", "TemperedTargets", "TopKTargets", "Rows", "combine", "temper"]
 
 LOSSES: Registry = Registry("loss")
 INPUTS: dict[str, tuple[str, ...]] = {}  # loss name -> the DistillBatch fields it reads
@@ -66,15 +70,6 @@ class DistillBatch:
     student_emb: torch.Tensor | None = None  # [K, d_s] entity embeddings (RKD)
     teacher_emb: torch.Tensor | None = None  # [K, d_t]
     regressor: torch.nn.Module | None = None  # FitNet's learned d_s -> d_t map
-    _probs: dict = field(default_factory=dict, repr=False)
-
-    def student_probs(self, temperature: float = 1.0) -> torch.Tensor:
-        """softmax(student_scores / T), computed once per batch and temperature: the LLM terms of
-        Ours' stage 2 share it (and its one softmax backward) instead of each making their own."""
-        if temperature not in self._probs:
-            s = self.student_scores
-            self._probs[temperature] = torch.softmax(s if temperature == 1 else s / temperature, dim=1)
-        return self._probs[temperature]
 
 
 def _need(batch: DistillBatch, name: str) -> list:
@@ -107,146 +102,62 @@ class TopKTargets:
         return TopKTargets(self.temperature, self.ids.to(device), self.log_probs.to(device))
 
 
-class _TopKKL(torch.autograd.Function):
-    """T^2 * KL over k + 1 buckets, batch mean: the teacher's top-k probabilities and its rest mass
-    against the student's probabilities of the same k entities and its mass outside them (the form
-    of DistillKit's missing-mass KL). Gradient, with q = softmax(s / T): T (q - p) / B on the k
-    entities and T q (1 - r / q_rest) / B elsewhere, r the teacher's rest, q_rest the student's."""
-
-    @staticmethod
-    def forward(ctx, s: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, temperature: float) -> torch.Tensor:
-        q = torch.softmax(s / temperature, dim=1)
-        q_k = q.gather(1, ids)
-        p_k = log_p.exp()
-        rest_p = (1 - p_k.sum(1)).clamp_min(0)
-        # summed outside the k, not 1 - sum(q_k): that cancels to 0 when the student is sure, and r / 0 explodes
-        rest_q = q.scatter(1, ids, 0).sum(1).clamp_min(torch.finfo(q.dtype).tiny)
-        kl = (torch.xlogy(p_k, p_k) - p_k * q_k.log()).sum() + (torch.xlogy(rest_p, rest_p) - torch.xlogy(rest_p, rest_q)).sum()
-        ctx.save_for_backward(q, ids, p_k, rest_p / rest_q)
-        ctx.temperature = temperature
-        return kl * (temperature**2 / len(s))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, ids, p_k, ratio = ctx.saved_tensors
-        g = q * (1 - ratio).unsqueeze(1)
-        g.scatter_(1, ids, q.gather(1, ids) - p_k)
-        return g.mul_(grad * (ctx.temperature / len(q))), None, None, None
-
-
 def temper(t: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(t / T) and its rows' sum p log p (0 log 0 = 0: a teacher may say -inf, as top-k targets do)."""
     p = torch.softmax(t / temperature, dim=1)
     return p, torch.xlogy(p, p).sum(dim=1)
 
 
-class _SoftKL(torch.autograd.Function):
-    """T^2 * KL(p || softmax(s/T)), batch mean, from p and its rows' sum p log p, with the gradient
-    T * (q - p) / B written out: fewer passes over the [B, E] matrices than log_softmax + softmax +
-    kl_div, which were half of a BKD step (the teacher gets no gradient)."""
+def _teacher_probs(batch: DistillBatch, temperature: float) -> tuple[torch.Tensor | Rows, torch.Tensor]:
+    """The KG teacher's softmax(t / T) and its rows' sum p log p: the precomputed ones when they are at
+    this T (distkg.distill.teachers.KGTeacher.temper), else from the teacher's scores."""
+    pre, s = batch.teacher_targets, batch.student_scores
+    if pre is not None and pre.temperature == temperature:
+        return _like(pre.probs, s), pre.plogp.to(device=s.device, dtype=s.dtype)
+    _, t = _need(batch, "kd")
+    return temper(t.detach().to(s.dtype), temperature)
 
-    @staticmethod
-    def forward(ctx, s: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor, temperature: float) -> torch.Tensor:
-        log_q = torch.log_softmax(s / temperature, dim=1)
-        cross = torch.dot(p.reshape(-1), log_q.reshape(-1))  # sum p log q
-        ctx.save_for_backward(log_q.exp_(), p)
-        ctx.temperature = temperature
-        return (plogp.sum() - cross) * (temperature**2 / len(s))
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, p = ctx.saved_tensors
-        return q.sub_(p).mul_(grad * (ctx.temperature / len(q))), None, None, None
+def _llm_probs(batch: DistillBatch, name: str) -> tuple[torch.Tensor | Rows, torch.Tensor]:
+    """P_LLM in the student's dtype and its rows' sum p log p."""
+    _need(batch, name)
+    probs = _like(batch.llm_probs, batch.student_scores)
+    p = dense(probs)
+    return probs, torch.xlogy(p, p).sum(dim=1)
 
 
 @loss("kd", "student_scores", "teacher_scores")
 def kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
-    top = batch.teacher_topk
+    top, s = batch.teacher_topk, batch.student_scores
     if top is not None:
         if top.temperature != temperature:
             raise ValueError(f"kd at T={temperature} was given top-k targets made at T={top.temperature}")
-        return _TopKKL.apply(batch.student_scores, top.ids, top.log_probs.to(batch.student_scores.dtype),
-                             float(temperature))
-    pre = batch.teacher_targets
-    if pre is not None and pre.temperature == temperature:
-        return _SoftKL.apply(batch.student_scores, dense(pre.probs), pre.plogp, float(temperature))
-    s, t = _need(batch, "kd")
-    return _SoftKL.apply(s, *temper(t.detach().to(s.dtype), float(temperature)), float(temperature))
+        return sm.kd_topk(s, top.ids, top.log_probs.to(s.dtype), float(temperature))
+    probs, plogp = _teacher_probs(batch, float(temperature))
+    return sm.kd(s, dense(probs), float(temperature), plogp)
 
 
 @loss("ce", "student_scores", "answers")
 def ce(batch: DistillBatch) -> torch.Tensor:
     s, a = _need(batch, "ce")
-    return cross_entropy(s, a)
-
-
-class _Huber(torch.autograd.Function):
-    """sum Huber_delta(p - y) / B with the gradient clamp(p - y, -delta, delta) / B written out:
-    with h = clamp(x), Huber(x) = h * (x - h / 2) elementwise, so the loss is two dot products."""
-
-    @staticmethod
-    def forward(ctx, p: torch.Tensor, y: torch.Tensor, delta: float) -> torch.Tensor:
-        x = p - y
-        h = x.clamp(-delta, delta)
-        ctx.save_for_backward(h)
-        flat_h = h.reshape(-1)
-        return (torch.dot(flat_h, x.reshape(-1)) - 0.5 * torch.dot(flat_h, flat_h)) / len(p)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (h,) = ctx.saved_tensors
-        return h * (grad / len(h)), None, None
-
-
-class _SquaredToTarget(torch.autograd.Function):
-    """sum (p - y)^2 / B for y = (1 - mix) * P_LLM + mix * onehot(answer), without building y:
-    the difference once (the answers' column corrected in place), the gradient 2 (p - y) / B."""
-
-    @staticmethod
-    def forward(ctx, p: torch.Tensor, p_llm: torch.Tensor, a: torch.Tensor, mix: float) -> torch.Tensor:
-        d = torch.sub(p, p_llm, alpha=1 - mix)
-        d[torch.arange(len(a), device=a.device), a] -= mix
-        ctx.save_for_backward(d)
-        flat = d.reshape(-1)
-        return torch.dot(flat, flat) / len(p)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (d,) = ctx.saved_tensors
-        return d * (2 * grad / len(d)), None, None, None
+    return sm.ce(s, a)
 
 
 @loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    _, p_llm = _need(batch, "llm_huber")
-    return _Huber.apply(batch.student_probs(float(temperature)), dense(p_llm).detach(), float(delta))
+    return sm.huber(batch.student_scores, dense(_llm_probs(batch, "llm_huber")[0]), float(delta), float(temperature))
 
 
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    _, p_llm, a = _need(batch, "llm_supervised")
-    return _SquaredToTarget.apply(batch.student_probs(), dense(p_llm).detach().to(batch.student_scores.dtype), a, float(mix))
-
-
-def llm_huber_reference(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    """llm_huber through autograd's elementwise ops (what the fused form is tested against)."""
-    p_s = F.softmax(batch.student_scores / temperature, dim=1)
-    return F.huber_loss(p_s, batch.llm_probs, delta=delta, reduction="sum") / len(p_s)
-
-
-def llm_supervised_reference(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    """llm_supervised through autograd's elementwise ops (what the fused form is tested against)."""
-    s, p_llm, a = batch.student_scores, batch.llm_probs, batch.answers
-    rows = torch.arange(len(a), device=a.device)
-    target = ((1 - mix) * p_llm).index_put((rows, a), torch.full_like(a, mix, dtype=s.dtype), accumulate=True)
-    return (F.softmax(s, dim=1) - target).pow(2).sum() / len(s)
+    probs, _ = _llm_probs(batch, "llm_supervised")
+    return sm.supervised(batch.student_scores, dense(probs), batch.answers, float(mix))
 
 
 @loss("llm_kd", "student_scores", "llm_probs")
 def llm_kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
-    s, p_llm = _need(batch, "llm_kd")
-    p = dense(p_llm).detach().to(s.dtype)
-    return _SoftKL.apply(s, p, torch.xlogy(p, p).sum(dim=1), float(temperature))
+    probs, plogp = _llm_probs(batch, "llm_kd")
+    return sm.kd(batch.student_scores, dense(probs), float(temperature), plogp)
 
 
 @loss("fitnet", "student_repr", "teacher_repr", "regressor")
@@ -283,7 +194,7 @@ def rkd_angle(batch: DistillBatch) -> torch.Tensor:
     return F.smooth_l1_loss(_angles(s), at)
 
 
-FUSABLE = {"kd", "ce", "llm_huber", "llm_supervised", "llm_kd"}  # the softmax-based terms distill.fused computes in one pass
+SOFTMAX = {"kd", "ce", "llm_huber", "llm_supervised", "llm_kd"}  # terms distkg.training.softmax.weighted sums in one pass
 
 
 def _params(name: str, args: dict) -> dict:
@@ -299,38 +210,28 @@ def _like(x: torch.Tensor | Rows, s: torch.Tensor) -> torch.Tensor | Rows:
     return dense(x).detach().to(device=s.device, dtype=s.dtype)
 
 
-def fused_terms(spec: dict[str, dict], batch: DistillBatch) -> list[fz.Term] | None:
-    """The stage's losses as distill.fused terms when every one of them is fusable (not ce alone,
-    which is plain training's own form, nor kd on top-k targets with a rest bucket); None otherwise."""
-    names, top = set(spec), batch.teacher_topk
-    if not names <= FUSABLE or names == {"ce"} or ("kd" in names and top is not None):
-        return None
-    s, terms = batch.student_scores, []
+def softmax_terms(spec: dict[str, dict], batch: DistillBatch) -> tuple[list[str], list[sm.Term]]:
+    """The stage's softmax losses as distkg.training.softmax terms (names, terms), for one fast pass;
+    kd on top-k targets (a rest bucket) stays out: its formula runs as the other losses do."""
+    names, terms = [], []
     for name, args in spec.items():
+        if name not in SOFTMAX or (name == "kd" and batch.teacher_topk is not None):
+            continue
         w, kw = float(args.get("weight", 1.0)), _params(name, args)
         if name == "kd":
-            T, pre = float(kw["temperature"]), batch.teacher_targets
-            if pre is not None and pre.temperature == T:
-                probs, plogp = _like(pre.probs, s), pre.plogp.to(device=s.device, dtype=s.dtype)
-            else:
-                _, t = _need(batch, name)
-                probs, plogp = temper(t.detach().to(s.dtype), T)
-            terms.append(fz.KD(w, T, probs, plogp))
+            terms.append(sm.KD(w, float(kw["temperature"]), *_teacher_probs(batch, float(kw["temperature"]))))
         elif name == "ce":
             _need(batch, name)
-            terms.append(fz.CE(w))
+            terms.append(sm.CE(w))
         elif name == "llm_kd":
-            _need(batch, name)
-            probs = _like(batch.llm_probs, s)
-            p = dense(probs)
-            terms.append(fz.KD(w, float(kw["temperature"]), probs, torch.xlogy(p, p).sum(dim=1)))
+            terms.append(sm.KD(w, float(kw["temperature"]), *_llm_probs(batch, name)))
         elif name == "llm_huber":
-            _need(batch, name)
-            terms.append(fz.Huber(w, float(kw["delta"]), float(kw["temperature"]), _like(batch.llm_probs, s)))
+            terms.append(sm.Huber(w, float(kw["delta"]), float(kw["temperature"]), _llm_probs(batch, name)[0]))
         else:
             _need(batch, name)
-            terms.append(fz.Supervised(w, float(kw["mix"]), _like(batch.llm_probs, s)))
-    return terms
+            terms.append(sm.Supervised(w, float(kw["mix"]), _llm_probs(batch, name)[0]))
+        names.append(name)
+    return names, terms
 
 
 FLOAT_FIELDS = ("student_scores", "teacher_scores", "llm_probs", "student_repr", "teacher_repr", "student_emb",
@@ -338,28 +239,32 @@ FLOAT_FIELDS = ("student_scores", "teacher_scores", "llm_probs", "student_repr",
 
 
 def combine(spec: dict[str, dict], batch: DistillBatch, where: str = "losses") -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}; in
-    one fused pass (distill.fused) when every loss of the spec is a fusable softmax term. In float32
-    under any autocast (distkg.training.objective.at_least_float32): the gradient reaches a bf16
-    model through the cast, rounded to bf16 only there."""
+    """sum_k weight_k * loss_k(batch, **params_k) for a spec {name: {weight: w, param: value}}: the
+    softmax losses in one pass (distkg.training.softmax.weighted: the C loop on float32 CPU, the
+    compiled formula on an accelerator), the others one at a time. In float32 under any autocast
+    (distkg.training.objective.at_least_float32): the gradient reaches a bf16 model through the
+    cast, rounded to bf16 only there."""
     for name, args in spec.items():
         LOSSES.get(name)
         LOSSES.check(name, {k: v for k, v in args.items() if k != "weight"}, f"{where}.{name}", runtime=("batch",))
     with float32_losses(batch.student_scores.device):
-        return _combine(spec, replace(batch, _probs={}, **{f: at_least_float32(getattr(batch, f)) for f in FLOAT_FIELDS}))
+        return _combine(spec, replace(batch, **{f: at_least_float32(getattr(batch, f)) for f in FLOAT_FIELDS}))
 
 
 def _combine(spec: dict[str, dict], batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    terms = fused_terms(spec, batch)
-    if terms is not None:
-        total, values = fz.fused(batch.student_scores, batch.answers, terms)
-        return total, dict(zip(spec, values.tolist()))
-    total = batch.student_scores.new_zeros(())
+    names, terms = softmax_terms(spec, batch)
     parts: dict[str, float] = {}
+    if terms:
+        total, values = sm.weighted(batch.student_scores, batch.answers, terms)
+        parts.update(zip(names, values.tolist()))
+    else:
+        total = batch.student_scores.new_zeros(())
     for name, args in spec.items():
+        if name in parts:
+            continue
         args = dict(args)
         weight = float(args.pop("weight", 1.0))
         value = LOSSES.get(name)(batch, **args)
         parts[name] = float(value.detach())
         total = total + weight * value
-    return total, parts
+    return total, {name: parts[name] for name in spec}

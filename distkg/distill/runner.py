@@ -27,7 +27,7 @@ import torch
 from distkg.config import RunConfig
 from distkg.data import TKGDataset, load_dataset
 from distkg.device import process_group
-from distkg.distill.fused import Rows
+from distkg.training.softmax import Rows
 from distkg.distill.losses import INPUTS, LOSSES, DistillBatch, TopKTargets, combine
 from distkg.distill.second import open_second
 from distkg.distill.teachers import KGTeacher, LLMTables
@@ -166,7 +166,7 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
             columns, a = sampled_candidates(a, student.num_entities, negatives, gen)
         shift = log_q[columns] if log_q is not None else None  # train.sampling_correction: on every term's scores
         batch = DistillBatch(student_scores=corrected(student_scores(student, qr, columns), shift), answers=a)
-        on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distill.fused.Rows)
+        on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distkg.training.softmax.Rows)
         cpu_columns = columns.cpu() if columns is not None else None
         if "teacher_scores" in needs and kg is not None and kg.tempered is not None and columns is None:
             batch.teacher_targets = kg.targets(idx, q.device, rows=on_cpu)

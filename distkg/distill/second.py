@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from distkg.data import TKGDataset
-from distkg.distill.fused import Rows
+from distkg.training.softmax import Rows
 from distkg.cachedir import DERIVED_SOURCES, derived_folder, file_sha1
 from distkg.distill.teachers import SCORE_CACHE_BYTES, KGTeacher, LLMTables, _check_dataset, _load_keyed
 from distkg.errors import DistkgError

@@ -29,7 +29,7 @@ import torch
 
 from distkg.cachedir import derived_folder, file_sha1
 from distkg.data import TKGDataset
-from distkg.distill.fused import Rows
+from distkg.training.softmax import Rows
 from distkg.distill.losses import TemperedTargets, temper
 from distkg.errors import ConfigError, DistkgError
 from distkg.llm.teacher import scaled_match
@@ -194,8 +194,8 @@ class KGTeacher:
 
     def targets(self, idx: torch.Tensor, device: torch.device | str = "cpu", rows: bool = False) -> TemperedTargets:
         """The tempered soft targets of training queries ``idx`` (after ``temper``), on ``device``;
-        ``rows``: left unread in the cache (distill.fused.Rows, read a block at a time by the fused
-        losses instead of copied into a [B, E] tensor each step; on the CPU only)."""
+        ``rows``: left unread in the cache (distkg.training.softmax.Rows, read in place by the
+        losses' kernel instead of copied into a [B, E] tensor each step; on the CPU only)."""
         t = self.tempered
         if rows and torch.device(device).type == "cpu":
             return TemperedTargets(t.temperature, Rows(t.probs, idx), t.plogp[idx])
@@ -293,7 +293,7 @@ class LLMTables:
     def probs(self, q: torch.Tensor, temperature: float = 1.0, idx: torch.Tensor | None = None,
               rows: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor | Rows:
         """P_LLM of queries ``q``; ``idx``: their rows among the training queries given at construction
-        (``rows``: left unread there, as distill.fused.Rows, when they are cached); ``columns``: the
+        (``rows``: left unread there, as distkg.training.softmax.Rows, when they are cached); ``columns``: the
         softmax over those entities only (a sampled loss's candidates)."""
         if columns is None and idx is not None and self.all_probs is not None and temperature == self.temperature:
             return Rows(self.all_probs, idx) if rows else self.all_probs[idx]

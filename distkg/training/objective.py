@@ -1,53 +1,12 @@
-"""The 1-vs-all cross-entropy every KG model trains with (the trainer) and distillation's ``ce``
-term reads (distkg.distill.losses), with its gradient written out: it is half of a plain step's
-passes over the [batch x entities] scores, so it lives below both callers, in the training layer."""
+"""The 1-vs-all cross-entropy every KG model trains with (the trainer), in float32 under any autocast,
+and the sampled softmax's candidates. The formula and its fast path are distkg.training.softmax's,
+which distillation's ``ce`` term reads too."""
 
 from __future__ import annotations
 
 import torch
 
-from distkg import kernels
-
-
-class _CrossEntropy(torch.autograd.Function):
-    """F.cross_entropy (batch mean, optional label smoothing) with its gradient written out:
-    log_softmax once forward, kept, and turned in place into softmax - target backward. Autograd's
-    nll_loss + log_softmax backward makes a zero [B, C] matrix, scatters into it and reads it twice.
-    On float32 CPU scores without smoothing the compiled row loop (distkg.kernels) writes the value
-    and the gradient in one pass forward, kept for backward."""
-
-    @staticmethod
-    def forward(ctx, s: torch.Tensor, a: torch.Tensor, smoothing: float) -> torch.Tensor:
-        lib = None if smoothing else kernels.usable("cross-entropy", s)
-        if lib is not None:  # one compiled pass: the value and the gradient (softmax - onehot) / B
-            B = len(s)
-            g, rows = kernels.fused_rows(lib, s, a, [1.0], [1.0 / B], ce=kernels.Target(0, a=1.0 / B))
-            ctx.save_for_backward(g)
-            ctx.compiled = True
-            return (rows[:, 1].sum() / B).to(s.dtype)
-        ctx.compiled = False
-        log_p = torch.log_softmax(s, dim=1)
-        rows = torch.arange(len(a), device=a.device)
-        nll = -log_p[rows, a].sum()
-        if smoothing:
-            nll = (1 - smoothing) * nll - smoothing * log_p.sum() / s.shape[1]
-        ctx.save_for_backward(log_p, a)
-        ctx.smoothing = smoothing
-        return nll / len(s)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        if ctx.compiled:
-            (g,) = ctx.saved_tensors
-            if grad.device.type == "cpu" and float(grad) == 1.0:
-                return g, None, None  # the usual case: no pass to scale it (autograd never writes into it)
-            return g * grad, None, None
-        log_p, a = ctx.saved_tensors
-        g = log_p.exp()  # a new buffer (same passes as in place), so a retained graph can run backward again
-        if ctx.smoothing:
-            g.sub_(ctx.smoothing / g.shape[1])
-        g[torch.arange(len(a), device=a.device), a] -= 1 - ctx.smoothing
-        return g.mul_(grad / len(g)), None, None
+from distkg.training import softmax
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -67,10 +26,13 @@ def float32_losses(device: torch.device):
 
 
 def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """F.cross_entropy(s, a, label_smoothing=...) with the gradient written out (_CrossEntropy), in
-    float32 under any autocast."""
+    """F.cross_entropy(s, a, label_smoothing=...) in float32 under any autocast, by the softmax losses'
+    fast path (distkg.training.softmax.weighted; with smoothing, the formula as written)."""
     with float32_losses(s.device):
-        return _CrossEntropy.apply(at_least_float32(s), a, float(label_smoothing))
+        s = at_least_float32(s)
+        if label_smoothing:
+            return softmax.ce(s, a, label_smoothing)
+        return softmax.weighted(s, a, [softmax.CE(1.0)])[0]
 
 
 def sampled_candidates(answers: torch.Tensor, num_entities: int, negatives: int,

@@ -1,4 +1,4 @@
-"""Each distillation loss against a value computed by hand on a tiny example."""
+"""Each distillation loss against a value computed by hand on a tiny example, or against its textbook form."""
 
 from __future__ import annotations
 
@@ -108,43 +108,6 @@ def test_weighted_sum_and_bad_specs():
         combine({"llm_huber": {}}, b)
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_fused_cross_entropy_equals_torchs(smoothing):
-    from distkg.training.objective import _CrossEntropy, cross_entropy
-
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
-    a = torch.tensor([0, 3, 6, 3, 1])
-    assert torch.autograd.gradcheck(lambda x: _CrossEntropy.apply(x, a, smoothing), (s,))
-    ours = cross_entropy(s, a, smoothing)
-    ref = torch.nn.functional.cross_entropy(s, a, label_smoothing=smoothing)
-    torch.testing.assert_close(ours, ref)
-    (grad_ours,) = torch.autograd.grad(3 * ours, s)
-    (grad_ref,) = torch.autograd.grad(3 * ref, s)
-    torch.testing.assert_close(grad_ours, grad_ref)
-
-
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_fused_llm_terms_equal_their_autograd_forms(temperature):
-    from distkg.distill.losses import (_Huber, _SquaredToTarget, llm_huber_reference,
-                                       llm_supervised_reference)
-
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(4, 9, dtype=torch.float64, generator=g, requires_grad=True)
-    p_llm = torch.softmax(torch.randn(4, 9, dtype=torch.float64, generator=g), 1)
-    a = torch.tensor([0, 8, 3, 3])
-    p = torch.softmax(torch.randn(4, 9, dtype=torch.float64, generator=g), 1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: _Huber.apply(x, p_llm, 0.05), (p,))
-    assert torch.autograd.gradcheck(lambda x: _SquaredToTarget.apply(x, p_llm, a, 0.7), (p,))
-    spec = {"llm_huber": {"delta": 0.05, "temperature": temperature}, "llm_supervised": {"mix": 0.7}}
-    fused, parts = combine(spec, DistillBatch(s, a, llm_probs=p_llm))
-    b = DistillBatch(s, a, llm_probs=p_llm)
-    reference = llm_huber_reference(b, 0.05, temperature) + llm_supervised_reference(b, 0.7)
-    torch.testing.assert_close(fused, reference)
-    assert parts["llm_huber"] == pytest.approx(float(llm_huber_reference(b, 0.05, temperature)))
-    torch.testing.assert_close(torch.autograd.grad(fused, s)[0], torch.autograd.grad(reference, s)[0])
-
-
 def _bucketed_kl_reference(s, t, ids, temperature):
     """KL over the top-k buckets plus one rest bucket, written plainly with masks and autograd."""
     p, q = torch.softmax(t / temperature, 1), torch.softmax(s / temperature, 1)
@@ -156,15 +119,13 @@ def _bucketed_kl_reference(s, t, ids, temperature):
 
 @pytest.mark.parametrize("k", [3, 11])
 def test_topk_kd_keeps_the_rest_mass(k):
-    from distkg.distill.losses import TopKTargets, _TopKKL
+    from distkg.distill.losses import TopKTargets
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(4, 11, dtype=torch.float64, generator=g, requires_grad=True)
     t = 3 * torch.randn(4, 11, dtype=torch.float64, generator=g)
     ids = t.topk(k, 1).indices
     log_p = torch.log_softmax(t / 2.0, 1).gather(1, ids)
-    if k < 11:
-        assert torch.autograd.gradcheck(lambda x: _TopKKL.apply(x, ids, log_p, 2.0), (s,))
     ours = combine({"kd": {"temperature": 2.0}}, DistillBatch(s, None, teacher_topk=TopKTargets(2.0, ids, log_p)))[0]
     ref = _bucketed_kl_reference(s, t, ids, 2.0) if k < 11 else combine(
         {"kd": {"temperature": 2.0}}, DistillBatch(s, None, teacher_scores=t))[0]  # every entity kept: full kd

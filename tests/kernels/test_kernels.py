@@ -1,4 +1,4 @@
-"""distkg.kernels: the compiled row loops equal the torch path (float64 references) and the losses
+"""distkg.kernels: the compiled row loops equal the plain formulas (float64 references) and the losses
 one at a time; the dispatch rule; the build cache key; a broken compiler falls back with a clear message."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from distkg import kernels
-from distkg.distill import fused as fz
-from distkg.distill.losses import DistillBatch, Rows, TemperedTargets, combine, fused_terms, temper
+from distkg.distill.losses import DistillBatch, Rows, TemperedTargets, combine, softmax_terms, temper
 from distkg.kernels import build
 from distkg.models.ttranse import EPS, neg_l2, neg_l2_reference
-from tests.distill.test_fused import SPECS, make, unfused
+from distkg.training import softmax as sm
+from tests.training.test_softmax import SPECS, make, unfused
 
 
 KERNEL_SPECS = {**SPECS, "three temperatures, a zero weight": {
@@ -79,9 +79,9 @@ def test_kernel_equals_the_losses_one_at_a_time(cache, counted, method, threads,
     torch.testing.assert_close(s.grad.double(), s2.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_kernel_on_yago_sized_rows_equals_the_torch_path(cache, counted):
+def test_kernel_on_yago_sized_rows_equals_the_plain_formula(cache, counted):
     """A few full rows of a real width (10,623: the vector loops' tails and sums over many lanes)
-    against the torch path in float64."""
+    against the plain formula in float64."""
     g = torch.Generator().manual_seed(3)
     B, E = 3, 10623
     s = 3 * torch.randn(B, E, generator=g)
@@ -90,14 +90,14 @@ def test_kernel_on_yago_sized_rows_equals_the_torch_path(cache, counted):
     idx, a = torch.tensor([4, 0, 2]), torch.randint(E, (B,), generator=g)
     spec = SPECS["ours-2"]
     batch = DistillBatch(s, a, teacher_targets=TemperedTargets(7.0, Rows(p, idx), plogp[idx]), llm_probs=Rows(llm, idx))
-    terms = fused_terms(spec, batch)
-    grad, values = fz._compiled(s, a, tuple(terms))
+    grad, values = sm._kernel_pass(kernels.library(), s, a, tuple(softmax_terms(spec, batch)[1]))
     assert counted
-    batch64 = DistillBatch(s.double(), a, teacher_targets=TemperedTargets(7.0, Rows(p.double(), idx), plogp[idx].double()),
+    s64 = s.double().requires_grad_()
+    batch64 = DistillBatch(s64, a, teacher_targets=TemperedTargets(7.0, Rows(p.double(), idx), plogp[idx].double()),
                            llm_probs=Rows(llm.double(), idx))
-    ref_grad, ref_values = fz._torch_pass(s.double(), a, tuple(fused_terms(spec, batch64)), 2)
-    torch.testing.assert_close(torch.stack(values).double(), torch.stack(ref_values), rtol=2e-6, atol=1e-7)
-    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-9)
+    total, ref_values = sm.weighted(s64, a, softmax_terms(spec, batch64)[1], path="plain")
+    torch.testing.assert_close(values.double(), ref_values, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(grad.double(), torch.autograd.grad(total, s64)[0], rtol=1e-4, atol=1e-9)
 
 
 def test_ttranse_distance_and_gradient_equal_autograd(cache):
@@ -219,7 +219,7 @@ def test_plain_cross_entropy_compiled_equals_torchs(cache, counted, threads, mon
     (3 * ref).backward()
     torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-8)
     counted.clear()
-    cross_entropy(s, a, 0.1)  # label smoothing: the torch path
+    cross_entropy(s, a, 0.1)  # label smoothing: the formula as written
     assert not counted
 
 
