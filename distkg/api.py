@@ -87,6 +87,6 @@ def distill(out: str | os.PathLike, teacher: str | os.PathLike, dim: int = 25, s
 
 
 def load(folder: str | os.PathLike) -> Predictor:
-    """A model that answers named queries: a finished run folder (train, distill, llm finetune) or a
+    """A model that answers named queries: a finished run folder (train, distill, llm train) or a
     model folder (save_pretrained, `distkg export --format hf`, no dataset needed)."""
     return load_predictor(Path(folder))

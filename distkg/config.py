@@ -75,7 +75,7 @@ class EvalConfig:
 class ModelConfig:
     """Which model (by registry name) and its constructor arguments, checked against its signature."""
 
-    name: str = "frequency"  # a registered model: ttranse, tadistmult, tntcomplex, or the training-free frequency
+    name: str = "tadistmult"  # a registered model: ttranse, tadistmult (one of the paper's two backbones), tntcomplex, or the training-free frequency baseline
     args: dict[str, Any] = field(default_factory=dict)  # its constructor's arguments (dim, reg, ...), checked by name
 
 
@@ -143,8 +143,8 @@ class LLMConfig:
     # with the same key skips the encoding
     feature_cache: bool = False
     texts_per_forward: int | Literal["auto"] = "auto"  # texts per LLM forward call; auto: sized for the resolved device (distkg.device)
-    # fine-tuning (distkg llm finetune)
-    # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (finetune.py);
+    # fine-tuning (distkg llm train)
+    # sampled: cross-entropy against the batch's answers + `negatives` drawn entities (distkg/llm/train.py);
     # infonce: against every entity through a refreshed cache, false negatives masked (contrastive.py)
     objective: Literal["sampled", "infonce"] = "sampled"
     refresh_every: int = 50  # infonce: steps between full re-encodings of the entity cache (+ a validation point)
@@ -189,7 +189,7 @@ class DistillConfig:
     """Distilling into the student described by ``model`` (distkg distill)."""
 
     teacher_run: str | None = None  # a `distkg train` folder (the 400-d KG teacher)
-    llm_run: str | None = None  # a `distkg llm finetune` folder (the LLM teacher)
+    llm_run: str | None = None  # a `distkg llm train` folder (the LLM teacher)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     llm_temperature: float = 1.0  # P_LLM = softmax(LLM scores / this)
     rkd_entities: int = 64  # entities per batch for the RKD losses (angle-wise is cubic in this)
@@ -245,7 +245,7 @@ class RuntimeConfig:
     # where Ray Train keeps the checkpoints its workers report (a local folder, NFS, s3://, gs://): a restarted
     # worker resumes from there, so OUT may be node-local on a cluster; None: OUT/ray (distkg/runtime/raytrain.py)
     storage_path: str | None = None
-    zero_stage: Literal[0, 1, 2, 3] = 2  # `distkg llm finetune` on Ray: DeepSpeed ZeRO stage over `workers`
+    zero_stage: Literal[0, 1, 2, 3] = 2  # `distkg llm train` on Ray: DeepSpeed ZeRO stage over `workers`
     timeout_s: float = 600.0  # longest wait for one batch of soft targets
 
 

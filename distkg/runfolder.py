@@ -61,7 +61,7 @@ SAFE_KEYS: dict[str, str] = {
 AFTER_DIVERGENCE = ("train.lr", "distill.stages.*.lr", "pipeline.students.*.stages.*.lr", "model.args.reg",
                     "model.args.time_reg")
 # The LLM teacher's rates, lowerable after its fine-tuning diverged too; left out of the digest of the
-# LLM loop's checkpoints only (distkg.llm.finetune): the KG trainer's checkpoints have carried them.
+# LLM loop's checkpoints only (distkg.llm.train): the KG trainer's checkpoints have carried them.
 LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")
 DIVERGED = "diverged.json"
 PATH_KEYS = ("distill.teacher_run", "distill.llm_run")  # compared as resolved paths
@@ -107,7 +107,7 @@ RUN_ENTRIES = ("config.yaml", RUN_FILE, "checkpoints", "log.jsonl", "metrics.jso
 # The kinds a folder records, each with the command that makes it: SLICES' run kinds, and ensemble, grid,
 # baseline (a training-free model `distkg run` or `distkg evaluate --config` evaluated). MODEL_KINDS hold a
 # KG model's weights.
-KIND_MADE_BY = {"kg": "distkg train", "student": "distkg distill", "llm": "distkg llm finetune",
+KIND_MADE_BY = {"kg": "distkg train", "student": "distkg distill", "llm": "distkg llm train",
                 "pipeline": "distkg run", "ensemble": "distkg ensemble", "grid": "distkg reproduce",
                 "baseline": "distkg run"}
 KINDS = tuple(KIND_MADE_BY)
@@ -393,7 +393,7 @@ def prepare_folders(runs: list[tuple[RunConfig, Path, str]], restart: bool = Fal
     all before any is written (or clear them with ``restart``), then save each one's slice as config.yaml.
 
     The one place a folder is checked, once per command and before any data is read: by distkg train,
-    distill and llm finetune at their start, by the Ray drivers before Ray starts, by a pipeline for all
+    distill and llm train at their start, by the Ray drivers before Ray starts, by a pipeline for all
     its parts at once (``write`` False: a part's config is written when it runs, so a finished part
     keeps the config it finished with). What is started after the check is told ``checked=True`` and
     calls this with ``check`` False, to write only. ``write`` False also on ranks other than 0.

@@ -170,7 +170,7 @@ TEXT_QUERY = ["llm.query=text", "llm.query_facts=6", "llm.query_tokens=48"]  # t
 def _teacher_for(size: dict, layers: int | None, lora: bool, texts_per_forward: str = "auto", extra: tuple[str, ...] = ()):
     from distkg.config import load_config
     from distkg.data import load_dataset
-    from distkg.llm.finetune import build_teacher
+    from distkg.llm.train import build_teacher
 
     sets = ["llm.quantization=nf4", f"llm.layers={layers if layers else 'null'}", f"llm.texts_per_forward={texts_per_forward}",
             "llm.progress=false", *extra]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, metavar="LABEL=RUN", help="a finished llm finetune run")
+    ap.add_argument("--run", action="append", required=True, metavar="LABEL=RUN", help="a finished llm train run")
     ap.add_argument("--out", required=True, help="PNG path (a JSON of the points is written beside it)")
     args = ap.parse_args(argv)
     import matplotlib

@@ -1,6 +1,6 @@
 """Validation (and test) MRR of the LLM teacher's head warm-up against its epochs, from cached features.
 
-Why: `distkg llm finetune` reports the teacher after its last head epoch; choosing ``llm.head_epochs``
+Why: `distkg llm train` reports the teacher after its last head epoch; choosing ``llm.head_epochs``
 needs the curve. This runs the same warm-up (distkg.llm.rounds.head_epoch, same seeds, same
 optimiser, the held-out texts of ``llm.text_folds``) on the frozen LM's features (distkg.llm.features: read from the disk cache when a run with
 the same key wrote them, else encoded once) and scores the validation subsample
@@ -26,7 +26,7 @@ from distkg.data import TKGDataset, load_dataset
 from distkg.evaluation import EvalOptions, FilterIndex, evaluate
 from distkg.llm.contrastive import cache_valid_mrr
 from distkg.llm.features import frozen_features
-from distkg.llm.finetune import build_teacher
+from distkg.llm.train import build_teacher
 from distkg.llm.rounds import head_data, head_epoch, head_optimizer
 from distkg.llm.teacher import LLMTeacher
 

@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ["train"],
     "distill": ["distill", "--config", "configs/train/tadistmult-yago11k-25.yaml", "--config", "configs/distill/ours.yaml",
                 "--set", "distill.teacher_run=runs/none", "--set", "distill.llm_run=runs/none"],
-    "llm finetune": ["llm", "finetune", "--config", "configs/llm/smollm2-yago11k.yaml"],
+    "llm train": ["llm", "train", "--config", "configs/llm/smollm2-yago11k.yaml"],
     "llm evaluate": ["llm", "evaluate", "--config", "configs/llm/smollm2-yago11k.yaml"],
     "evaluate": ["evaluate", "--config", "configs/frequency-baseline.yaml"],
     "run": ["run", "configs/quickstart.yaml"],

@@ -106,14 +106,14 @@ def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):
 
 
 def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentinel, tmp_path):
-    from distkg.llm.finetune import finetune
+    from distkg.llm.train import train_teacher
 
     tiny_llama = make_tiny_llama(tmp_path / "lm")
 
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.steps=1",
                              "llm.queries_per_step=2", "llm.negatives=4", "llm.valid_queries=0", "llm.progress=false",
                              "eval.progress=false", "eval.query_chunk=6", "eval.cand_chunk=11"])
-    finetune(cfg, tmp_path, dataset=tiny_dataset("point", n_ent=20, n_facts=60))
+    train_teacher(cfg, tmp_path, dataset=tiny_dataset("point", n_ent=20, n_facts=60))
     # the loop's validation of every round, then the teacher's valid and test: all on the device, both chunks
     assert len(on_sentinel) >= 3 and set(on_sentinel) == {(SENTINEL, 11, 6)}
 

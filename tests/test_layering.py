@@ -190,5 +190,5 @@ def test_the_config_layer_loads_without_the_models_and_refuses_to_go_unchecked()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0] == "frequency True" and "rejected:" in lines[1] and "dimm" in lines[1]
+    assert lines[0] == "tadistmult True" and "rejected:" in lines[1] and "dimm" in lines[1]
     assert lines[2].startswith("refused: no check of the model is registered")

@@ -161,25 +161,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_llm_finetune(args: argparse.Namespace) -> int:
+def cmd_llm_train(args: argparse.Namespace) -> int:
     from distkg.experiments.claims import claimed
-    from distkg.llm.finetune import finetune
+    from distkg.llm.train import train_teacher
 
     cfg = _load(args)
     with claimed(Path(args.out)):
         if cfg.runtime.backend == "ray":  # Ray Train workers under DeepSpeed ZeRO (distkg.runtime)
-            from distkg.runtime.finetune import finetune_on_ray
+            from distkg.runtime.llm_train import train_teacher_on_ray
 
-            finetune_on_ray(cfg, Path(args.out), restart=args.restart)
+            train_teacher_on_ray(cfg, Path(args.out), restart=args.restart)
         else:
-            finetune(cfg, Path(args.out), resume=not args.restart)
+            train_teacher(cfg, Path(args.out), resume=not args.restart)
     return 0
 
 
 def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     """Load a fine-tuned teacher (adapter + head) in this process and score it; no retraining."""
     from distkg.data import load_dataset
-    from distkg.llm.finetune import build_teacher, evaluate_teacher, load_teacher
+    from distkg.llm.train import build_teacher, evaluate_teacher, load_teacher
 
     if args.run:
         from distkg.runfolder import run_config
@@ -225,7 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    which.add_argument("--run", help="a `distkg train` / `distkg distill` / `distkg llm train` folder")
     which.add_argument("--model", help="a model folder from `distkg export --format hf` (no dataset needed)")
 
 
@@ -310,15 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", help="a folder written by `distkg train`; results go to RUN/rescore unless --out")
     ev.set_defaults(func=cmd_evaluate)
 
-    llm = sub.add_parser("llm", help="the LLM teacher: QLoRA fine-tuning and evaluation")
+    llm = sub.add_parser("llm", help="the LLM teacher: training (head, QLoRA) and evaluation")
     lsub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
-    ft = lsub.add_parser("finetune", help="fine-tune LoRA adapters + projection on the training facts")
+    ft = lsub.add_parser("train", help="train the LLM teacher on the training facts: its projection head, then "
+                                       "llm.steps QLoRA steps of adapters + head (0 in the shipped recipes)")
     _add_config_args(ft)
     ft.add_argument("--restart", action="store_true", help="discard the run in --out (its config, checkpoints, log, metrics) and start over")
-    ft.set_defaults(func=cmd_llm_finetune)
+    ft.set_defaults(func=cmd_llm_train)
     le = lsub.add_parser("evaluate", help="score a saved teacher (--run DIR) or the zero-shot one (--config)")
     _add_config_args(le, out_required=False)
-    le.add_argument("--run", help="a folder written by `distkg llm finetune`")
+    le.add_argument("--run", help="a folder written by `distkg llm train`")
     le.set_defaults(func=cmd_llm_evaluate)
 
     di = sub.add_parser("distill", help="train a student from a KG teacher run (and an LLM teacher run)")
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     en = sub.add_parser("ensemble", help="mix two finished runs' predictive distributions, the weight chosen on "
                         "validation; a second teacher for distillation")
     en.add_argument("--runs", nargs=2, required=True, metavar="RUN", help="two `distkg train` / `distkg distill` / "
-                    "`distkg llm finetune` folders trained on the same data")
+                    "`distkg llm train` folders trained on the same data")
     en.add_argument("--out", required=True, help="folder for ensemble.json, metrics.json and weights.png")
     en.add_argument("--data-root", help="folder with one sub-folder per dataset")
     en.set_defaults(func=cmd_ensemble)
@@ -363,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="a trained run as a self-contained ONNX model file, or a model folder to share")
-    ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm finetune` folder")
+    ex.add_argument("--run", required=True, help="a `distkg train` / `distkg distill` / `distkg llm train` folder")
     ex.add_argument("--format", choices=["onnx", "hf"], default="onnx",
                     help="onnx: model.onnx + maps.json; hf: config.json + model.safetensors + vocab.json, a folder "
                          "`distkg predict --model` and `distkg serve --model` read without the dataset (KG runs)")

@@ -64,7 +64,7 @@ def check_method(cfg: RunConfig) -> set[str]:
         raise ConfigError("distill.teacher_run: the configured losses need a trained KG teacher; set it to a "
                           "`distkg train` folder")
     if "llm_probs" in needs and not distill_cfg.llm_run:
-        raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm finetune` folder "
+        raise ConfigError("distill.llm_run: the configured losses need P_LLM; set it to a `distkg llm train` folder "
                           "(or any second teacher: a `distkg train` or `distkg ensemble` folder)")
     if cfg.train.loss == "sampled_softmax" and cfg.runtime.kg_teacher == "pool" and cfg.runtime.soft_targets == "topk":
         raise ConfigError("runtime.soft_targets: topk has no teacher score for a sampled candidate outside the top k; "

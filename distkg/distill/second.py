@@ -2,7 +2,7 @@
 
 ``distill.llm_run`` names a folder; the kind of run in it (distkg.runfolder.run_kind) decides:
 
-  llm       a `distkg llm finetune` run: P_LLM proper (distkg.distill.teachers.LLMTables)
+  llm       a `distkg llm train` run: P_LLM proper (distkg.distill.teachers.LLMTables)
   kg        a `distkg train` run, e.g. the 400-d teacher of the OTHER backbone: softmax(scores / T)
   ensemble  a `distkg ensemble` run (distkg.experiments.ensemble): the mixture w P_a + (1 - w) P_b of
             its two members, each at its calibrated temperature times T, at the weight it chose on validation

@@ -8,7 +8,7 @@ Why representations and not scores: a 1-vs-all soft target is a [queries, entiti
 
   KGTeacher   a `distkg train` run: its best weights' query representation of every training
               query (both directions) and its candidate table.
-  LLMTables   a `distkg llm finetune` run: E(p) of every entity, relation and time text plus the
+  LLMTables   a `distkg llm train` run: E(p) of every entity, relation and time text plus the
               scoring form, which the fine-tuning wrote to RUN/teacher/tables.pt; P_LLM of any
               query is then a lookup, a product and a softmax.
 
@@ -229,7 +229,7 @@ class LLMTables:
         path = run / "teacher" / "tables.pt"
         if not path.is_file():
             open_finished(run, "distill.llm_run", ("llm",))
-            raise DistkgError(f"distill.llm_run={str(run)!r}: {path} is missing (`distkg llm finetune` writes it "
+            raise DistkgError(f"distill.llm_run={str(run)!r}: {path} is missing (`distkg llm train` writes it "
                               "before metrics.json); fine-tune that teacher again with --restart")
         t = torch.load(path, weights_only=True)
         _check_dataset(run, "distill.llm_run", t["dataset"], ds)
@@ -324,5 +324,5 @@ class QueryTable:
             raise DistkgError(f"query {row} (entity, relation', t0, t1) is not one of the validation or test queries "
                               "this LLM teacher's tables were exported with (training queries are read by their rows); "
                               "a teacher that reads queries as text needs the LLM for any other query "
-                              "(distkg.llm.finetune.load_teacher)")
+                              "(distkg.llm.train.load_teacher)")
         return self.vectors[at]

@@ -1,5 +1,5 @@
 """Evaluating a finished model on the splits a run config names (``eval.splits``): one rule for every
-command that evaluates (`distkg train`, `distill`, `llm finetune`, `run`, `evaluate`), so the key means
+command that evaluates (`distkg train`, `distill`, `llm train`, `run`, `evaluate`), so the key means
 the same everywhere."""
 
 from __future__ import annotations

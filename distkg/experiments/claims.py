@@ -98,7 +98,7 @@ def wait_for(run: Path, what: str) -> None:
 def claimed(out: Path) -> Iterator[None]:
     """OUT for this process alone while a command trains in it, claimed as a grid's parts are (OUT/claim,
     "host pid"; a dead process's claim on this host is taken over): a second `distkg train|distill|llm
-    finetune` (or distkg.api call) on the same OUT stops with one line instead of training the folder twice."""
+    train` (or distkg.api call) on the same OUT stops with one line instead of training the folder twice."""
     if (holder := claim(out)) is not None:
         raise DistkgError(f"{out} is being trained by another process ({holder}); wait for it to finish, or choose "
                           f"another --out (if that process is gone, remove {out / 'claim'})")

@@ -76,7 +76,7 @@ class Grid:
         return run
 
     def llm(self, dataset: str, second: SecondConfig | None = None) -> Path:
-        from distkg.llm.finetune import finetune
+        from distkg.llm.train import train_teacher
 
         config = second.config if second is not None and second.config else self.grid.llm_config
         run = Path(self._fill(second.run if second is not None and second.run else self.grid.llm_run, dataset=dataset))
@@ -86,7 +86,7 @@ class Grid:
 
         def work() -> dict:
             log.info("== LLM teacher on %s -> %s", dataset, run)
-            return finetune(cfg, run, dataset=self.dataset(cfg), checked=True)
+            return train_teacher(cfg, run, dataset=self.dataset(cfg), checked=True)
 
         run_part(Part("LLM teacher", run, work, cfg, "llm"))
         return run

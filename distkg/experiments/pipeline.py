@@ -112,7 +112,7 @@ def part_configs(cfg: RunConfig, out: Path) -> dict[Path, tuple[RunConfig, str]]
 def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
                  configs: dict[Path, tuple[RunConfig, str]]) -> dict:
     from distkg.distill.runner import distill
-    from distkg.llm.finetune import finetune
+    from distkg.llm.train import train_teacher
 
     pipeline_cfg = cfg.pipeline
     teacher_run, llm_run = teacher_folders(cfg, out)
@@ -121,7 +121,7 @@ def run_pipeline(cfg: RunConfig, ds: TKGDataset, out: Path, command: str,
                   lambda: train(cfg, teacher_run, dataset=ds, checked=True), cfg, "kg")]
     if llm_run:
         parts.append(Part(f"LLM teacher: {cfg.llm.model} ({cfg.llm.quantization}, {llm_training(cfg)})", llm_run,
-                          lambda: finetune(cfg, llm_run, dataset=ds, checked=True), cfg, "llm"))
+                          lambda: train_teacher(cfg, llm_run, dataset=ds, checked=True), cfg, "llm"))
     for method, student_cfg in students.items():
         parts.append(Part(f"student {pipeline_cfg.student_dim}-d: {method}", out / "students" / method,
                           lambda student_cfg=student_cfg, method=method:

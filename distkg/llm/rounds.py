@@ -477,7 +477,7 @@ def lm_bytes(model: torch.nn.Module, whole: bool = False) -> int:
 
 def check_workers(cfg: RunConfig, workers: int | None = None) -> None:
     """What fine-tuning on several processes (``workers``; default ``runtime.workers``) needs, in one
-    line before any work: the Ray driver (distkg.runtime.finetune) checks it before Ray starts, and
+    line before any work: the Ray driver (distkg.runtime.llm_train) checks it before Ray starts, and
     every process of the group again."""
     workers = workers if workers is not None else cfg.runtime.workers
     if workers <= 1:
@@ -522,7 +522,7 @@ def zero_engine(teacher: LLMTeacher, optimizer: torch.optim.Optimizer, cfg: RunC
         import torch.distributed as dist
 
         settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        adapters, heads = optimizer.param_groups  # finetune's "lora" optimiser: adapters, then head_params
+        adapters, heads = optimizer.param_groups  # train_teacher's "lora" optimiser: adapters, then head_params
         engine_optimizer = type(optimizer)([{**settings[0], "params": adapters["params"]}])
         heads_opt = type(optimizer)([{**settings[1], "params": heads["params"]}])
         with torch.no_grad():

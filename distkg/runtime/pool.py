@@ -275,7 +275,7 @@ class ScoringShard:
             cfg.data.root = self.data_root
         ds = load_dataset(cfg.data)
         if kind == "llm":
-            from distkg.llm.finetune import load_teacher
+            from distkg.llm.train import load_teacher
             from distkg.llm.rounds import lm_bytes
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)

@@ -1,5 +1,5 @@
 """The Ray Train runner of distkg's jobs on Ray (the students of distkg.runtime.students, the LLM's
-fine-tuning of distkg.runtime.finetune): a Ray session sized and checked for the run, workers with
+fine-tuning of distkg.runtime.llm_train): a Ray session sized and checked for the run, workers with
 their resources and process group, restarts on failure, and Ctrl-C that stops it all.
 
 Paths (OUT, teacher runs, the data root) are made absolute here, because workers and actors do

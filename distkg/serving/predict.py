@@ -7,7 +7,7 @@ are resolved by distkg.serving.resolve. Files of queries: TSV (the four fields t
 query a line) or JSONL (``{"query": "s|r|o|t"}`` or ``{"subject":, "relation":, "object":, "time":}``).
 
 Which runs: a `distkg train` or `distkg distill` run (students and KG teachers: the best weights),
-a `distkg llm finetune` run (the LLM teacher through its exported embedding tables,
+a `distkg llm train` run (the LLM teacher through its exported embedding tables,
 RUN/teacher/tables.pt, so the LLM itself never runs here), and a model folder written by `distkg
 export --format hf` (distkg.serving.pretrained: no dataset on disk needed).
 
@@ -205,7 +205,7 @@ def load_predictor(run: str | Path, overrides: list[str] | None = None) -> Predi
     if kind == "llm":
         ds = load_dataset(cfg.data)
         if cfg.llm.query == "text":  # any query's text goes through the LLM (tables hold the splits' queries only)
-            from distkg.llm.finetune import load_teacher
+            from distkg.llm.train import load_teacher
 
             teacher = load_teacher(run / "teacher", cfg, ds)
             return Predictor(ds, lambda q: teacher.score_candidates(q, 0, ds.num_entities).cpu(), cfg.data.max_year,

@@ -1,5 +1,5 @@
 """The one training loop of distkg: the KG trainer's epochs (distkg.training.trainer) and the LLM
-teacher's head warm-up and LoRA steps (distkg.llm.finetune) both run here.
+teacher's head warm-up and LoRA steps (distkg.llm.train) both run here.
 
 Why one loop: what a run guarantees (exact resume, a NaN guard that keeps the last good
 checkpoint, progress lines with rate and ETA, the curve, early stopping on validation MRR, a time

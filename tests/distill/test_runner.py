@@ -16,7 +16,7 @@ from distkg.distill.runner import kd_temperature
 from distkg.distill import teachers as teachers_module
 from distkg.distill.teachers import KGTeacher, LLMTables
 from distkg.errors import ConfigError, DistkgError
-from distkg.llm.finetune import finetune, load_teacher
+from distkg.llm.train import train_teacher, load_teacher
 from distkg.training import trainer
 from distkg.training.trainer import training_queries
 from tests.helpers import tiny_dataset
@@ -36,7 +36,7 @@ def teachers(tmp_path_factory):
     llm = load_config(None, [f"llm.model={make_tiny_llama(root / 'tiny-llama')}", "llm.quantization=none", "llm.dim=8",
                              "llm.steps=2", "llm.queries_per_step=4", "llm.negatives=8", "llm.valid_queries=0",
                              "llm.progress=false", "eval.progress=false"])
-    finetune(llm, root / "llm", dataset=DS)
+    train_teacher(llm, root / "llm", dataset=DS)
     return root
 
 

@@ -18,7 +18,7 @@ from distkg.distill.teachers import LLMTables
 from distkg.errors import ConfigError, DistkgError
 from distkg.evaluation import build_queries
 from distkg.experiments.ensemble import TEMPERATURES, WEIGHTS, ensemble
-from distkg.llm.finetune import finetune
+from distkg.llm.train import train_teacher
 from distkg.runfolder import run_kind
 from distkg.training import trainer
 from distkg.training.checkpoint import Checkpoints
@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
                   root / "tadistmult", dataset=DS)
     trainer.train(load_config(None, ["model.name=ttranse", "model.args.dim=16", "train.epochs=3", *FAST]),
                   root / "ttranse", dataset=DS)
-    finetune(load_config(None, [f"llm.model={make_tiny_llama(root / 'tiny-llama')}", "llm.quantization=none",
+    train_teacher(load_config(None, [f"llm.model={make_tiny_llama(root / 'tiny-llama')}", "llm.quantization=none",
                                 "llm.dim=8", "llm.steps=0", "llm.head_epochs=2", "llm.valid_queries=0",
                                 "llm.progress=false", "eval.progress=false"]), root / "llm", dataset=DS)
     ensemble([root / "ttranse", root / "llm"], root / "mix", dataset=DS)
@@ -156,7 +156,7 @@ def test_a_run_that_is_no_teacher_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"run\.json is missing or unreadable: not a distkg run.*--restart"):
         open_second(tmp_path, DS, QUERIES)
     (tmp_path / "run.json").write_text('{"kind": "pipeline"}')  # the kind is read, never guessed from files
-    with pytest.raises(ConfigError, match=r"holds a pipeline run \(`distkg run`\); expected a run of `distkg llm finetune`"):
+    with pytest.raises(ConfigError, match=r"holds a pipeline run \(`distkg run`\); expected a run of `distkg llm train`"):
         open_second(tmp_path, DS, QUERIES)
     with pytest.raises(DistkgError, match="no finished run there"):
         open_second(tmp_path / "none", DS, QUERIES)

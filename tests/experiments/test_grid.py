@@ -194,10 +194,10 @@ def test_a_sweep_with_a_bad_second_teacher_is_refused_by_name(grid):
 
 
 def test_an_llm_second_teacher_trains_its_recipe_with_its_own_overrides(grid, tmp_path, monkeypatch):
-    from distkg.llm import finetune as ft
+    from distkg.llm import train as ft
 
     seen = []
-    monkeypatch.setattr(ft, "finetune", lambda cfg, run, **kw: seen.append((cfg, run)) or
+    monkeypatch.setattr(ft, "train_teacher", lambda cfg, run, **kw: seen.append((cfg, run)) or
                         (run.mkdir(parents=True, exist_ok=True), (run / "metrics.json").write_text("{}"), {})[2])
     grid.seconds = [gc.SecondConfig("text", "llm", run="{out}/llm-text/{dataset}", set=["llm.query=text", "llm.layers=2"])]
     g = rp.Grid(grid, tmp_path / "out")

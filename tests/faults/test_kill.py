@@ -20,7 +20,7 @@ from tests.llm.conftest import make_tiny_llama
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 LONG_KG = [*KG, "--set", "train.epochs=8"]
-FOLDER = {"train": "train", "distill": "distill", "llm finetune": "llm", "run": "run", "reproduce": "grid",
+FOLDER = {"train": "train", "distill": "distill", "llm train": "llm", "run": "run", "reproduce": "grid",
           "evaluate": "rescore"}  # each reference's --out
 
 
@@ -39,7 +39,7 @@ def references(finished, tmp_path_factory):
     commands = {
         "train": ["train", "--out", base / FOLDER["train"], "--data-root", finished.data, *COMMON, *LONG_KG],
         "distill": ["distill", "--out", base / FOLDER["distill"], *student_args(finished.kg, finished.data)],
-        "llm finetune": ["llm", "finetune", "--out", base / FOLDER["llm finetune"], *llm_args(model, finished.data)],
+        "llm train": ["llm", "train", "--out", base / FOLDER["llm train"], *llm_args(model, finished.data)],
         "run": ["run", *PIPELINE, "--out", base / FOLDER["run"], "--data-root", finished.data, *COMMON],
         "reproduce": ["reproduce", "--config", finished.grid_config, "--out", base / FOLDER["reproduce"], "--data-root",
                       finished.data, "--jobs", "1"],
@@ -106,9 +106,9 @@ def test_distill_killed_while_writing(references, tmp_path, record, where):
     record("distill", f"kill -9 at {where}", rerun_after("distill", references, tmp_path, where=where))
 
 
-def test_llm_finetune_killed_while_writing_a_round(references, tmp_path, record):
+def test_llm_train_killed_while_writing_a_round(references, tmp_path, record):
     where = "round_*.pt:2:torn"
-    record("llm finetune", f"kill -9 at {where}", rerun_after("llm finetune", references, tmp_path, where=where))
+    record("llm train", f"kill -9 at {where}", rerun_after("llm train", references, tmp_path, where=where))
 
 
 def test_pipeline_killed_while_a_student_finishes(references, tmp_path, record):

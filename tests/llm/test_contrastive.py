@@ -10,7 +10,7 @@ import torch
 from distkg.errors import ConfigError
 from distkg.evaluation import FilterIndex, QuerySet, build_queries
 from distkg.llm.contrastive import full_cache, infonce_loss, masked_logits, step_texts
-from distkg.llm.finetune import build_teacher, finetune, load_teacher
+from distkg.llm.train import build_teacher, train_teacher, load_teacher
 from tests.helpers import tiny_dataset
 from tests.llm.test_teacher import cfg_for
 
@@ -83,13 +83,13 @@ def test_lengths_mode_runs_one_call_per_token_length_with_the_same_states(tiny_l
     torch.testing.assert_close(one, by_length, rtol=1e-4, atol=1e-4)
 
 
-def test_finetune_infonce_records_a_curve_resumes_exactly_and_saves(tiny_llama, ds, tmp_path):
-    straight = finetune(infonce_cfg(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
+def test_infonce_training_records_a_curve_resumes_exactly_and_saves(tiny_llama, ds, tmp_path):
+    straight = train_teacher(infonce_cfg(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
     assert straight["objective"] == "infonce" and straight["steps"] == 4
     assert [p["step"] for p in straight["curve"]] == [0, 2, 4] and straight["llm_texts"] > 0
     assert straight["curve"][-1]["valid_mrr"] == pytest.approx(straight["valid_mrr"], abs=1e-4)
-    finetune(infonce_cfg(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
-    resumed = finetune(infonce_cfg(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
+    train_teacher(infonce_cfg(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
+    resumed = train_teacher(infonce_cfg(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
     assert resumed["steps"] == 4 and resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
     cfg = infonce_cfg(tiny_llama, steps=4)
     q = torch.from_numpy(ds.splits["test"][:, [0, 1, 3, 4]].copy())
@@ -105,7 +105,7 @@ def test_bad_objective_is_a_config_error(tiny_llama):
 def test_step_head_lr_sets_the_heads_rate_in_the_infonce_steps(tiny_llama, ds, tmp_path):
     """llm.step_head_lr=0: the head stays as built (no warm-up here) while the adapters train."""
     cfg = infonce_cfg(tiny_llama, steps=2, step_head_lr=0.0)
-    finetune(cfg, tmp_path, dataset=ds)
+    train_teacher(cfg, tmp_path, dataset=ds)
     trained, fresh = load_teacher(tmp_path / "teacher", cfg, ds), build_teacher(cfg, ds)
     torch.testing.assert_close(trained.head.weight, fresh.head.weight)
     assert any(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
@@ -126,5 +126,5 @@ def test_auto_step_calls_follow_the_resolved_device(tiny_llama, ds, tmp_path, mo
     monkeypatch.setattr(contrastive, "infonce_loss", spy)
     cfg = infonce_cfg(tiny_llama, steps=1)
     assert cfg.llm.step_calls == "auto"
-    finetune(cfg, tmp_path / "run", dataset=ds)
+    train_teacher(cfg, tmp_path / "run", dataset=ds)
     assert seen == ["one" if placement(cfg).llm_device.type == "cuda" else "lengths"]

@@ -7,7 +7,7 @@ import torch
 
 from distkg.config import load_config
 from distkg.llm.features import feature_key, feature_path, frozen_features
-from distkg.llm.finetune import build_teacher, finetune
+from distkg.llm.train import build_teacher, train_teacher
 from tests.helpers import tiny_dataset
 
 
@@ -73,8 +73,8 @@ def test_a_file_with_another_key_is_not_served(tiny_llama, ds):
 
 def test_head_warmup_reuses_the_cache_and_gives_the_same_teacher(tiny_llama, ds, tmp_path):
     cfg = cfg_for(tiny_llama, "llm.head_epochs=2", "llm.steps=0", "llm.objective=infonce", "llm.head_queries_per_step=16")
-    cold = finetune(cfg, tmp_path / "a", dataset=ds)
-    warm = finetune(cfg, tmp_path / "b", dataset=ds)
+    cold = train_teacher(cfg, tmp_path / "a", dataset=ds)
+    warm = train_teacher(cfg, tmp_path / "b", dataset=ds)
     assert cold["head_warmup"]["feature_cache_hit"] is False and warm["head_warmup"]["feature_cache_hit"] is True
     assert warm["mrr"] == pytest.approx(cold["mrr"], abs=1e-6)
     assert warm["encoder"]["texts_encoded"] == 0  # evaluation read the cached features too (adapters unchanged)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from distkg.data.dataset import O, R, S
 from distkg.llm.features import feature_key, frozen_features
-from distkg.llm.finetune import build_teacher, finetune
+from distkg.llm.train import build_teacher, train_teacher
 from distkg.llm.prompts import entity_texts, held_out_texts
 from distkg.llm.rounds import head_data, head_loss
 from tests.llm.test_features import cache_dir, ds  # noqa: F401 (fixtures: a tiny dataset, a private cache root)
@@ -79,11 +79,11 @@ def test_auto_folds_hold_texts_out_only_where_validation_rarely_repeats_training
     assert data.folds == text_folds(cfg, ds) == len(data.feats)
 
 
-def test_finetune_with_held_out_texts(tiny_llama, ds, tmp_path):
+def test_training_with_held_out_texts(tiny_llama, ds, tmp_path):
     """The whole warm-up runs with folds; the saved teacher keeps its own texts."""
     cfg = folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32)
-    metrics = finetune(cfg, tmp_path / "run", dataset=ds)
+    metrics = train_teacher(cfg, tmp_path / "run", dataset=ds)
     assert metrics["head_warmup"]["epochs"] == 2 and 0 <= metrics["mrr"] <= 1
-    plain = finetune(folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, text_folds=1),
+    plain = train_teacher(folds_cfg(tiny_llama, steps=0, head_epochs=2, head_queries_per_step=32, text_folds=1),
                      tmp_path / "plain", dataset=ds)
     assert metrics["head_warmup"]["losses"] != plain["head_warmup"]["losses"]

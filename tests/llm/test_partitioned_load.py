@@ -1,5 +1,5 @@
 """The ZeRO-3 partitioned load (distkg.llm.loading.load_partitioned), in 2 processes of a gloo group
-on 127.0.0.1 (what Ray Train sets up for `distkg llm finetune`): each process holds about half of the
+on 127.0.0.1 (what Ray Train sets up for `distkg llm train`): each process holds about half of the
 LM's bytes from the load on, and the partitions, gathered, are the plain load's weights bit for bit,
 with the model cut to ``llm.layers`` before it is built. Then, under the engine, texts encoded for
 evaluation (inside ``torch.inference_mode``, as distkg.evaluation ranks) leave weights a LoRA step

@@ -73,7 +73,7 @@ def test_bad_entity_text_settings_are_config_errors(key, value):
 
 
 def test_the_teacher_encodes_the_configured_entity_texts(ds, tiny_llama):
-    from distkg.llm.finetune import build_teacher
+    from distkg.llm.train import build_teacher
 
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.entity_text=facts",
                              "llm.entity_facts=3"])
@@ -126,7 +126,7 @@ def test_held_out_texts_never_name_a_fact_of_their_own_fold(ds):
 
 
 def test_text_folds_need_facts_texts(ds, tiny_llama):
-    from distkg.llm.finetune import build_teacher
+    from distkg.llm.train import build_teacher
 
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.text_folds=2"])
     with pytest.raises(ConfigError, match="llm.text_folds=2.*llm.entity_text='name'"):

@@ -13,7 +13,7 @@ from distkg.distill.teachers import LLMTables
 from distkg.errors import DistkgError
 from distkg.evaluation import build_queries
 from distkg.llm.features import frozen_features
-from distkg.llm.finetune import build_teacher, finetune, load_teacher
+from distkg.llm.train import build_teacher, train_teacher, load_teacher
 from distkg.llm.prompts import QueryTexts, time_phrase
 from distkg.llm.rounds import head_data, head_loss
 from tests.helpers import tiny_dataset
@@ -95,7 +95,7 @@ def test_the_warmup_scores_each_training_query_on_its_own_texts_features(tiny_ll
 
 def test_a_text_teacher_trains_saves_loads_and_exports_the_same_distribution(tiny_llama, tmp_path):
     cfg = text_cfg(tiny_llama, steps=3, objective="infonce", queries_per_step=8, refresh_every=2, curve_test="true")
-    metrics = finetune(cfg, tmp_path, dataset=DS)
+    metrics = train_teacher(cfg, tmp_path, dataset=DS)
     assert metrics["steps"] == 3 and 0 < metrics["mrr"] <= 1
     # llm.curve_test: the test MRR at every curve point, and CPU minutes without the points' evaluations
     assert [p["phase"] for p in metrics["curve"]] == ["head", "head", "lora", "lora"]

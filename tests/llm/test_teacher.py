@@ -12,7 +12,7 @@ import torch
 
 from distkg.config import load_config
 from distkg.errors import ConfigError
-from distkg.llm.finetune import build_teacher, finetune, load_teacher
+from distkg.llm.train import build_teacher, train_teacher, load_teacher
 from distkg.llm.loading import load_lm
 from distkg.training.checkpoint import CheckpointError
 from tests.helpers import tiny_dataset
@@ -46,9 +46,9 @@ def test_lora_step_changes_only_adapters_and_head(tiny_llama, ds, tmp_path):
     assert any("lora_" in n for n in changed) and "head.weight" in changed
 
 
-def test_finetune_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tmp_path):
+def test_train_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tmp_path):
     cfg = cfg_for(tiny_llama)
-    metrics = finetune(cfg, tmp_path, dataset=ds)
+    metrics = train_teacher(cfg, tmp_path, dataset=ds)
     assert metrics["steps"] == 3 and 0 < metrics["mrr"] <= 1 and {"mrr", "hits@10"} <= metrics.keys()
     assert json.loads((tmp_path / "metrics.json").read_text())["mrr"] == metrics["mrr"]
     q = torch.from_numpy(ds.splits["test"][:, [0, 1, 3, 4]].copy())
@@ -63,9 +63,9 @@ def test_finetune_save_load_round_trip_gives_identical_scores(tiny_llama, ds, tm
 
 
 def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path, caplog):
-    straight = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
-    finetune(cfg_for(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
-    resumed = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
+    straight = train_teacher(cfg_for(tiny_llama, steps=4), tmp_path / "a", dataset=ds)
+    train_teacher(cfg_for(tiny_llama, steps=2), tmp_path / "b", dataset=ds)  # "interrupted" after step 2
+    resumed = train_teacher(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
     assert resumed["steps"] == 4
     assert resumed["mrr"] == pytest.approx(straight["mrr"], abs=1e-6)
     # one checkpoint format with the KG trainer (distkg.training.loop): a damaged newest checkpoint is
@@ -73,13 +73,13 @@ def test_resume_continues_from_the_checkpoint(tiny_llama, ds, tmp_path, caplog):
     newest = tmp_path / "b" / "checkpoints" / "round_0002.pt"
     newest.write_bytes(newest.read_bytes()[:50])  # truncated
     with caplog.at_level(logging.WARNING, logger="distkg"):
-        again = finetune(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
+        again = train_teacher(cfg_for(tiny_llama, steps=4), tmp_path / "b", dataset=ds)
     assert re.search(r"round_0002\.pt cannot be read .*truncated or corrupt", caplog.text)
     assert again["mrr"] == straight["mrr"] and again["steps"] == 4
     for path in (tmp_path / "b" / "checkpoints").glob("round_*.pt"):
         path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*checkpoints \(round_0001\.pt, round_0002\.pt"):
-        finetune(cfg_for(tiny_llama, steps=6), tmp_path / "b", dataset=ds)
+        train_teacher(cfg_for(tiny_llama, steps=6), tmp_path / "b", dataset=ds)
 
 
 def test_a_run_folder_of_the_old_llm_checkpoint_format_is_refused_by_name(tiny_llama, ds, tmp_path):
@@ -89,14 +89,14 @@ def test_a_run_folder_of_the_old_llm_checkpoint_format_is_refused_by_name(tiny_l
     old.parent.mkdir(parents=True)
     torch.save({"state": {"step": 2}}, old)
     with pytest.raises(CheckpointError, match=r"checkpoints/latest/state\.pt was written by the LLM fine-tuning loop .*--restart"):
-        finetune(cfg_for(tiny_llama, steps=2), tmp_path, dataset=ds)
-    assert finetune(cfg_for(tiny_llama, steps=2), tmp_path, resume=False, dataset=ds)["steps"] == 2
+        train_teacher(cfg_for(tiny_llama, steps=2), tmp_path, dataset=ds)
+    assert train_teacher(cfg_for(tiny_llama, steps=2), tmp_path, resume=False, dataset=ds)["steps"] == 2
 
 
 def test_time_budget_stops_fine_tuning_but_not_before_min_steps(tiny_llama, ds, tmp_path):
     """A spent budget (here: none at all) ends fine-tuning at once, unless llm.min_steps asks for steps anyway."""
-    assert finetune(cfg_for(tiny_llama, steps=5, max_minutes=0), tmp_path / "a", dataset=ds)["steps"] == 0
-    assert finetune(cfg_for(tiny_llama, steps=5, max_minutes=0, min_steps=2), tmp_path / "b", dataset=ds)["steps"] == 2
+    assert train_teacher(cfg_for(tiny_llama, steps=5, max_minutes=0), tmp_path / "a", dataset=ds)["steps"] == 0
+    assert train_teacher(cfg_for(tiny_llama, steps=5, max_minutes=0, min_steps=2), tmp_path / "b", dataset=ds)["steps"] == 2
 
 
 def test_cache_hits_skip_the_model(tiny_llama, ds):
@@ -141,7 +141,7 @@ def test_nf4_base_with_lora(tiny_llama, ds):
 def test_bad_input_errors(tiny_llama, ds, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="llm.model='no/such-model' cannot be loaded"):
         load_lm("no/such-model", "none", "cpu")
-    finetune(cfg_for(tiny_llama, steps=1), tmp_path, dataset=ds)
+    train_teacher(cfg_for(tiny_llama, steps=1), tmp_path, dataset=ds)
     with pytest.raises(ConfigError, match="does not match base model"):
         load_teacher(tmp_path / "teacher", cfg_for(tiny_llama, dim=8), ds)
     with pytest.raises(ConfigError, match="trained on llm.model="):
@@ -204,11 +204,11 @@ def test_a_reloaded_4bit_teacher_scores_as_fine_tuning_recorded(tiny_llama, ds, 
     """The metrics of fine-tuning are those of the saved teacher: with NF4 on a CPU with AVX512-BF16,
     bitsandbytes repacks the weights (bf16 scales) on the head warm-up's inference pass and back on
     saving, so the in-memory weights differed from the saved ones (by ~1e-5 of MRR on this graph)."""
-    from distkg.llm.finetune import evaluate_teacher
+    from distkg.llm.train import evaluate_teacher
 
     graph = tiny_dataset("interval", n_ent=40, n_facts=400)
     cfg = cfg_for(tiny_llama, quantization="nf4", dim=8, steps=3, head_epochs=1, head_queries_per_step=64)
-    recorded = finetune(cfg, tmp_path / "run", dataset=graph)
+    recorded = train_teacher(cfg, tmp_path / "run", dataset=graph)
     (tmp_path / "again").mkdir()
     again = evaluate_teacher(load_teacher(tmp_path / "run" / "teacher", cfg, graph), cfg, graph, tmp_path / "again", {})
     for key in ("mrr", "mr", "hits@1", "hits@10", "valid_mrr"):

@@ -47,7 +47,7 @@ class TinyRuns:
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> TinyRuns:
-    from distkg.llm.finetune import finetune
+    from distkg.llm.train import train_teacher
     from distkg.training.trainer import train
 
     base = tmp_path_factory.mktemp("runtime")
@@ -56,7 +56,7 @@ def tiny_runs(tmp_path_factory) -> TinyRuns:
     train(load_config(None, [*common, "model.name=tadistmult", "model.args={dim: 8}", "train.epochs=3",
                              "train.batch_size=64"]), base / "teacher")
     llm = make_tiny_llama(base / "tiny-llama")
-    finetune(load_config(None, [*common, f"llm.model={llm}", "llm.quantization=none", "llm.dim=8", "llm.steps=2",
+    train_teacher(load_config(None, [*common, f"llm.model={llm}", "llm.quantization=none", "llm.dim=8", "llm.steps=2",
                                 "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4", "llm.negatives=8",
                                 "llm.valid_queries=0", "llm.progress=false"]), base / "llm")
     return TinyRuns(data=data, teacher=base / "teacher", llm=base / "llm")

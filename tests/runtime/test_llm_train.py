@@ -1,4 +1,4 @@
-"""`distkg llm finetune` as a Ray Train job under DeepSpeed ZeRO-2 on the 2-node loopback cluster:
+"""`distkg llm train` as a Ray Train job under DeepSpeed ZeRO-2 on the 2-node loopback cluster:
 two workers on the student node, each stepping on its own batch; rank 0 saves and evaluates."""
 
 from __future__ import annotations
@@ -21,28 +21,28 @@ def zero_config(cluster, tiny_runs, steps: int, stage: int = 2, head_epochs: int
 @pytest.fixture(scope="module")
 def straight(cluster, tiny_runs, tmp_path_factory):
     """4 ZeRO steps in one go: what the resumed jobs below must end as."""
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
     out = tmp_path_factory.mktemp("straight")
-    return out, finetune_on_ray(zero_config(cluster, tiny_runs, 4), out)
+    return out, train_teacher_on_ray(zero_config(cluster, tiny_runs, 4), out)
 
 
 def round_losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_runs, straight, tmp_path):
+def test_llm_train_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_runs, straight, tmp_path):
     """4 steps straight, against 2 steps and then the budget raised to 4 in the same folder: the
     resumed run reads each worker's ZeRO partition (Adam's moments, checkpoints/zero) and its last
     round's loss is the straight run's (it was not, before: the moments restarted at zero)."""
     from safetensors.torch import load_file
 
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
     from distkg.training.checkpoint import Checkpoints
 
     straight_out, straight = straight
     out = tmp_path / "zero"
-    metrics = finetune_on_ray(zero_config(cluster, tiny_runs, 2), out)
+    metrics = train_teacher_on_ray(zero_config(cluster, tiny_runs, 2), out)
     assert 0 < metrics["mrr"] <= 1 and metrics["steps"] == 2
     meta = json.loads((out / "teacher" / "teacher.json").read_text())
     assert meta["workers"] == 2
@@ -52,7 +52,7 @@ def test_llm_finetune_runs_as_a_zero_job_and_resumes_its_moments(cluster, tiny_r
     latest = Checkpoints(out / "checkpoints", prefix="round").latest()
     assert torch.load(latest, weights_only=True)["optimizer"]["lora"] is None
     assert sorted(p.name for p in (out / "checkpoints" / "zero").iterdir()) == [f"round_0001.rank{k}-of-2.pt" for k in (0, 1)]
-    resumed = finetune_on_ray(zero_config(cluster, tiny_runs, 4), out)
+    resumed = train_teacher_on_ray(zero_config(cluster, tiny_runs, 4), out)
     assert resumed["steps"] == straight["steps"] == 4
     assert round_losses(out) == round_losses(straight_out)  # round 1 before the resume, 2 after
     assert resumed["mrr"] == straight["mrr"]
@@ -64,14 +64,14 @@ def test_a_job_whose_out_lost_its_checkpoints_resumes_from_ray_train_storage(clu
     workers reported to runtime.storage_path back and ends as the straight 4-step run does."""
     import shutil
 
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
     storage = f"runtime.storage_path={tmp_path / 'storage'}"
     straight_out, straight = straight
     out = tmp_path / "node-local"
-    finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 2), storage), out)
+    train_teacher_on_ray(load_with(zero_config(cluster, tiny_runs, 2), storage), out)
     shutil.rmtree(out / "checkpoints")
-    resumed = finetune_on_ray(load_with(zero_config(cluster, tiny_runs, 4), storage), out)
+    resumed = train_teacher_on_ray(load_with(zero_config(cluster, tiny_runs, 4), storage), out)
     assert resumed["steps"] == straight["steps"] == 4
     assert json.loads((out / "runtime" / "restored.json").read_text())["round"] == 1  # not started over
     assert round_losses(out) == round_losses(straight_out)  # round 1 restored from storage, 2 run
@@ -93,9 +93,9 @@ def test_zero3_shards_the_base_weights_from_the_load_on_and_resumes(cluster, tin
     the engine starts; the head warm-up's features, validation and the final scoring run on the
     partitions, every rank in step; the adapters are saved gathered whole, and 2 steps then 4 in one
     folder give the straight run's curve."""
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
-    straight = finetune_on_ray(zero_config(cluster, tiny_runs, 4, stage=3, head_epochs=1), tmp_path / "straight")
+    straight = train_teacher_on_ray(zero_config(cluster, tiny_runs, 4, stage=3, head_epochs=1), tmp_path / "straight")
     zero = straight["zero"]
     assert zero["stage"] == 3 and zero["loaded_share"] <= 0.55 and zero["share"] <= 0.55, zero
     assert 0 < straight["mrr"] <= 1 and straight["steps"] == 4 and straight["head_warmup"]["epochs"] == 1
@@ -107,8 +107,8 @@ def test_zero3_shards_the_base_weights_from_the_load_on_and_resumes(cluster, tin
     tables = torch.load(tmp_path / "straight" / "teacher" / "tables.pt", weights_only=True)
     assert tables["entity"].shape[0] > 0 and torch.isfinite(tables["entity"]).all()
     out = tmp_path / "resumed"
-    finetune_on_ray(zero_config(cluster, tiny_runs, 2, stage=3, head_epochs=1), out)
-    resumed = finetune_on_ray(zero_config(cluster, tiny_runs, 4, stage=3, head_epochs=1), out)
+    train_teacher_on_ray(zero_config(cluster, tiny_runs, 2, stage=3, head_epochs=1), out)
+    resumed = train_teacher_on_ray(zero_config(cluster, tiny_runs, 4, stage=3, head_epochs=1), out)
     assert round_losses(out) == round_losses(tmp_path / "straight")
     assert resumed["mrr"] == straight["mrr"]
 
@@ -116,12 +116,12 @@ def test_zero3_shards_the_base_weights_from_the_load_on_and_resumes(cluster, tin
 def test_zero3_refuses_a_4bit_base_before_ray_starts(tiny_runs, tmp_path):
     from distkg.config import load_config
     from distkg.errors import ConfigError
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
     cfg = load_config(tiny_runs.llm / "config.yaml", ["llm.quantization=nf4", "runtime.backend=ray", "runtime.workers=2",
                                                       "runtime.zero_stage=3", "runtime.address=127.0.0.1:1"])
     with pytest.raises(ConfigError, match="zero_stage=3 shards the base LM's weights.*quantization='nf4'"):
-        finetune_on_ray(cfg, tmp_path / "never")
+        train_teacher_on_ray(cfg, tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 
@@ -130,12 +130,12 @@ def test_infonce_on_several_workers_is_refused_before_ray_starts(tiny_runs, tmp_
     failed after about a minute with a traceback from inside Ray Train)."""
     from distkg.config import load_config
     from distkg.errors import ConfigError
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
     cfg = load_config(tiny_runs.llm / "config.yaml", ["llm.objective=infonce", "runtime.backend=ray", "runtime.workers=2",
                                                       "runtime.address=127.0.0.1:1"])
     with pytest.raises(ConfigError, match="llm.objective=infonce runs in one process.*2 workers"):
-        finetune_on_ray(cfg, tmp_path / "never")
+        train_teacher_on_ray(cfg, tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 
@@ -144,13 +144,13 @@ def test_a_failure_inside_the_workers_is_one_line_naming_its_cause(cluster, tiny
     with the workers' own message in one line, and Ray's whole report in OUT/ray (it was a traceback
     of Ray Train's, tens of lines, issue 33 item 3)."""
     from distkg.errors import DistkgError
-    from distkg.runtime.finetune import finetune_on_ray
+    from distkg.runtime.llm_train import train_teacher_on_ray
 
     cfg = zero_config(cluster, tiny_runs, 2)
     cfg.llm.model = str(tmp_path / "no-such-model")
     cfg.runtime.max_failures = 0
     with pytest.raises(DistkgError) as raised:
-        finetune_on_ray(cfg, tmp_path / "run")
+        train_teacher_on_ray(cfg, tmp_path / "run")
     message = str(raised.value)
     assert "\n" not in message and "ConfigError: llm.model=" in message and "cannot be loaded" in message, message
-    assert (tmp_path / "run" / "ray" / "llm-finetune-error.log").is_file()
+    assert (tmp_path / "run" / "ray" / "llm-train-error.log").is_file()

@@ -1,7 +1,9 @@
-"""Fine-tuning the LLM teacher with QLoRA on the training facts only, and loading it back.
+"""Training the LLM teacher on the training facts only (`distkg llm train`), and loading it back: its
+projection head on the frozen LM's features, then ``llm.steps`` QLoRA steps of adapters and head
+(0 in the shipped recipes, where those steps added nothing: the head alone).
 
 Read top to bottom: load the base LM (4-bit NF4 unless ``llm.quantization: none``), wrap it with
-LoRA adapters (peft), add the projection head; then ``finetune`` runs the phases of
+LoRA adapters (peft), add the projection head; then ``train_teacher`` runs the phases of
 distkg.llm.rounds (an optional head warm-up on the frozen LM's features, ``llm.head_epochs``; then
 adapters + head on training queries, sampled softmax or InfoNCE) in distkg.training.loop, the loop
 the KG trainer runs: checkpoints (OUT/checkpoints/round_NNNN.pt, every ``llm.checkpoint_every``
@@ -146,7 +148,7 @@ def load_teacher(folder: Path, cfg: RunConfig, ds: TKGDataset) -> LLMTeacher:
     return teacher.eval()
 
 
-def finetune(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
+def train_teacher(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset | None = None,
              checked: bool = False, written: bool = False) -> dict:
     """Fine-tune the teacher in OUT as phases of distkg.training.loop (distkg.llm.rounds), save the
     best weights as OUT/teacher and score them (OUT/metrics.json); resumes from OUT's checkpoints.
