@@ -186,6 +186,7 @@ def predict_options(ap) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override of the runs "
                     "trained here (repeatable)")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--queries", type=int, default=None, help="the first N test queries (default: all)")
     ap.add_argument("--single", type=int, default=500, help="single queries timed per model and backend")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
@@ -204,7 +205,7 @@ def predict(args) -> dict:
     ds = load_predictor(runs["student"]).ds
     if ds.name != "yago11k":
         raise SystemExit(f"--student: a YAGO11k run is needed, {runs['student']} is on {ds.name}")
-    queries = torch.as_tensor(build_queries(ds.splits["test"], ds.num_relations).queries)
+    queries = torch.as_tensor(build_queries(ds.splits["test"], ds.num_relations).queries)[: args.queries]
     result: dict = {"dataset": ds.name, "threads": 1, "load_average_at_start": os.getloadavg()}
     scorers = {}
     for role, run in runs.items():
@@ -237,7 +238,7 @@ def predict(args) -> dict:
 
 PARTS = {
     "eval": Part(evaluation, eval_options, ("--dim", "16", "--repeats", "1"), "filtered evaluation against its matmul"),
-    "predict": Part(predict, predict_options, ("--work", "", "--single", "20", "--repeats", "1", "--set",
+    "predict": Part(predict, predict_options, ("--work", "", "--queries", "500", "--single", "20", "--repeats", "1", "--set",
                                                "model.args.dim=8", "--set", "train.loss=sampled_softmax", "--set",
                                                "train.negatives=64", "--set", "eval.max_facts=200"),
                  "serving latency and throughput"),
