@@ -283,22 +283,12 @@ def tiny_runs() -> dict[str, str]:
     """A tiny graph in ICEWS14's format, an 8-d KG teacher and an LLM teacher on a tiny random Llama,
     made once per process in a temporary folder: what tests/runtime's runs are, for --tiny (the smoke)."""
     sys.path.insert(0, str(REPO))
-    from distkg.llm.finetune import finetune
-    from distkg.training.trainer import train
-    from tests.llm.conftest import make_tiny_llama
-    from tests.runtime.conftest import write_tiny_icews
+    from tests.runtime.conftest import make_tiny_runs
 
     base = Path(tempfile.mkdtemp(prefix="bench-runtime-tiny-"))
     atexit.register(shutil.rmtree, base, ignore_errors=True)
-    data = write_tiny_icews(base / "data")
-    common = ["data.dataset=icews14", f"data.root={data}", "train.progress=false", "eval.progress=false"]
-    train(load_config(None, [*common, "model.name=tadistmult", "model.args={dim: 8}", "train.epochs=1",
-                             "train.batch_size=64"]), base / "teacher")
-    llm = make_tiny_llama(base / "tiny-llama")
-    finetune(load_config(None, [*common, f"llm.model={llm}", "llm.quantization=none", "llm.dim=8", "llm.steps=2",
-                                "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4",
-                                "llm.negatives=8", "llm.valid_queries=0", "llm.progress=false"]), base / "llm")
-    return {"data_root": str(data), "teacher_run": str(base / "teacher"), "llm_run": str(base / "llm"),
+    runs = make_tiny_runs(base, teacher_epochs=1)
+    return {"data_root": str(runs.data), "teacher_run": str(runs.teacher), "llm_run": str(runs.llm),
             "work": str(base / "work"), "scale_dir": str(base / "scale")}
 
 
