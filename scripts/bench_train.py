@@ -187,7 +187,7 @@ def student_options(ap) -> None:
     ap.add_argument("--datasets", default="yago11k,wikidata12k")
     ap.add_argument("--backbones", default="tadistmult,ttranse")
     ap.add_argument("--cells", default=",".join(CELLS))
-    ap.add_argument("--kernels", default="on", choices=["on", "off", "off,on"], help="each cell with distkg.kernels "
+    ap.add_argument("--kernels", default="on", choices=["on", "off", "off,on", "on,off"], help="each cell with distkg.kernels "
                     "off (DISTKG_KERNELS=0, the torch path) and on, timed back to back")
 
 
