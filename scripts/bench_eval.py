@@ -24,8 +24,10 @@ Parts (``python scripts/bench_eval.py PART --out FILE``; ``--smoke`` runs them a
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -200,6 +202,8 @@ def predict(args) -> dict:
     torch.set_num_threads(1)
     root = bench_data_root(args.data_root)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-predict-"))
+    if not args.work:
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     runs = {role: trained(run, f"configs/train/tadistmult-yago11k-{dim}.yaml", work, args.epochs, root, args.set)
             for role, run, dim in (("student", args.student, 25), ("teacher", args.teacher, 400))}
     ds = load_predictor(runs["student"]).ds

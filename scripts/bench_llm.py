@@ -29,8 +29,10 @@ random model of the "tiny" shape, scripts/shaped_model.py):
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,7 +69,9 @@ def teacher_of(args, sets: list[str], **kw):
     if args.shape:
         from shaped_model import make
 
-        model = make(args.shape, Path(tempfile.mkdtemp(prefix="shaped-")) / args.shape)["folder"]
+        tmp = tempfile.mkdtemp(prefix="shaped-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        model = make(args.shape, Path(tmp) / args.shape)["folder"]
     ds = load_dataset(load_config(None, [f"data.dataset={args.dataset}"]).data, bench_data_root(args.data_root))
     cfg = load_config(None, [f"llm.model={model}", f"llm.quantization={args.quantization}", "llm.progress=false",
                              f"llm.layers={args.layers if args.layers else 'null'}",

@@ -33,9 +33,11 @@ Parts (``python scripts/bench_train.py PART --out FILE``; ``--smoke`` runs them 
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -352,6 +354,8 @@ def scale_options(ap) -> None:
 
 def scale(args) -> dict:
     root = Path(args.data_root or tempfile.mkdtemp(prefix="bench-scale-"))
+    if not args.data_root:
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     sizes, kinds = list(map(int, args.entities.split(","))), args.parts.split(",")
     progress, rows = Progress(len(sizes) * len(kinds), "scale", every=0), []
     for n in sizes:
