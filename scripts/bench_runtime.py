@@ -1,42 +1,52 @@
 """Benchmark: the Ray runtime (distkg.runtime) on this machine, against doing the same work in-process.
 
+Parts (``python scripts/bench_runtime.py PART --out FILE``; ``--smoke`` runs them all on tiny runs of a
+tiny graph, --tiny, with a Ray of its own on 127.0.0.1, shut down at exit):
   throughput  The same work both ways: load the fine-tuned LLM teacher (4-bit base + adapter +
               head), encode every entity text, score --queries training queries over all
               entities. In-process: one process with all --threads. Pool: --actors scoring
               actors under DeepSpeed inference with threads/actors each, every actor encoding its
               shard of the entities. Also the warm rate (tables encoded) of both.
-  topk        (--parts topk) the top-k approximation's effect: BKD from the 400-d KG teacher served
-              by the pool, full soft targets against the top --topk at T and the rest bucket (or
-              lowrank: --rank numbers a query), --epochs-topk
-              epochs each, --topk-seeds students per mode (--topk-modes).
   prefetch    A student step's wait for its soft targets with prefetch 0 and --prefetch batches,
               and the pool's cache hit rate per epoch: `distill` of a 25-d student with P_LLM from
               a fresh pool, --epochs epochs each (targets-0.jsonl of each run).
-  scale       (--scale) ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs, or
-              a finished one: --scale-teacher-run), then BKD of a 25-d student with the teacher
-              served by the pool as top-k or low-rank soft targets (--scale-soft-targets, --scale-epochs),
-              peak memory of the whole process tree (driver, Ray, actors) sampled. --scale-set KEY=VALUE
+  topk        the top-k approximation's effect: BKD from the 400-d KG teacher served by the pool,
+              full soft targets against the top --topk at T and the rest bucket (or lowrank:
+              --rank numbers a query), --epochs-topk epochs each, --topk-seeds students per mode
+              (--topk-modes).
+  scale       ICEWS18 end to end: a 400-d TA-DistMult teacher (--scale-teacher-epochs, or a finished
+              one: --scale-teacher-run), then BKD of a 25-d student with the teacher served by the
+              pool as top-k or low-rank soft targets (--scale-soft-targets, --scale-epochs), peak
+              memory of the whole process tree (driver, Ray, actors) sampled. --scale-set KEY=VALUE
               (repeatable) overrides both configs: another graph (data.dataset, data.root), the
               sampled loss (train.loss, train.negatives), eval.max_facts (cluster/SCALING.md).
+Each part's JSON holds its figures under the part's key (topk: topk_effect), as the runs of
+--parts throughput,prefetch before did.
 
-    python scripts/bench_runtime.py --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
-        [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2] [--scale --scale-dir runs/scale-icews18]
+    python scripts/bench_runtime.py throughput --out docs/bench/bench_runtime.json --llm-run runs/llm/yago11k \
+        [--dataset yago11k] [--queries 4096] [--actors 2] [--threads 2]
+    python scripts/bench_runtime.py prefetch --out runs/bench_runtime_prefetch.json --llm-run runs/llm/yago11k
+    python scripts/bench_runtime.py scale --out docs/bench/bench_runtime_scale.json --scale-dir runs/scale-icews18
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import atexit
 import dataclasses
+import functools
 import json
 import logging
+import shutil
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from benchlib import bench_data_root, machine, write_result
+from benchlib import REPO, Part, bench_data_root, main
 from distkg.config import RuntimeConfig, load_config
 from distkg.data import load_dataset, resolve_data_root
 from distkg.training.trainer import training_queries
@@ -76,7 +86,7 @@ class PeakMemory:
 
 
 def throughput(args, ds, queries: torch.Tensor) -> dict:
-    from distkg.llm.finetune import load_teacher
+    from distkg.llm.train import load_teacher
     from distkg.runtime.pool import TeacherPool
 
     chunks = list(queries[: args.queries].split(args.batch))
@@ -255,7 +265,7 @@ def missing_runs(args: argparse.Namespace, parts: list[str]) -> None:
     (the benchmark reads finished runs; it does not train 400-d teachers or LLM teachers itself)."""
     need = {}
     if {"throughput", "prefetch"} & set(parts):
-        need[args.llm_run] = (f"distkg llm finetune --config configs/llm/smollm2-{args.dataset}.yaml "
+        need[args.llm_run] = (f"distkg llm train --config configs/llm/smollm2-{args.dataset}.yaml "
                               f"--out {args.llm_run}   (or name another with --llm-run)")
     if {"prefetch", "topk"} & set(parts):
         need[args.teacher_run] = (f"distkg train --config configs/train/tadistmult-{args.dataset}-400.yaml "
@@ -267,13 +277,27 @@ def missing_runs(args: argparse.Namespace, parts: list[str]) -> None:
               file=sys.stderr)
         raise SystemExit(2)
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+
+@functools.cache
+def tiny_runs() -> dict[str, str]:
+    """A tiny graph in ICEWS14's format, an 8-d KG teacher and an LLM teacher on a tiny random Llama,
+    made once per process in a temporary folder: what tests/runtime's runs are, for --tiny (the smoke)."""
+    sys.path.insert(0, str(REPO))
+    from tests.runtime.conftest import make_tiny_runs
+
+    base = Path(tempfile.mkdtemp(prefix="bench-runtime-tiny-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    runs = make_tiny_runs(base, teacher_epochs=1)
+    return {"data_root": str(runs.data), "teacher_run": str(runs.teacher), "llm_run": str(runs.llm),
+            "work": str(base / "work"), "scale_dir": str(base / "scale")}
+
+
+def options(ap) -> None:
     ap.add_argument("--dataset", default="yago11k")
     ap.add_argument("--data-root")
     ap.add_argument("--llm-run", default="runs/llm/yago11k")
     ap.add_argument("--teacher-run", default="runs/train/tadistmult-yago11k-400")
+    ap.add_argument("--tiny", action="store_true", help="the runs, data and folders of tiny_runs() (the smoke)")
     ap.add_argument("--queries", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--actors", type=int, default=2)
@@ -281,9 +305,7 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--epochs-topk", type=int, default=5)
-    ap.add_argument("--parts", default="throughput,prefetch", help="comma list of throughput, prefetch, topk")
-    ap.add_argument("--work", default="runs/bench_runtime", help="folder for the prefetch part's runs")
-    ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--work", default="runs/bench_runtime", help="folder for the prefetch and topk parts' runs")
     ap.add_argument("--scale-dir", default="runs/scale-icews18")
     ap.add_argument("--scale-teacher-epochs", type=int, default=1)
     ap.add_argument("--scale-epochs", type=int, default=1)
@@ -297,29 +319,46 @@ def main() -> None:
     ap.add_argument("--topk-seeds", type=int, default=1, help="students per mode in the topk part (seeds 0..N-1)")
     ap.add_argument("--topk-modes", default="full,topk", help="soft targets the topk part compares (full, topk, lowrank)")
     ap.add_argument("--rank", type=int, default=254, help="lowrank mode: numbers per query (runtime.rank)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())
-    parts = args.parts.split(",") if args.parts else []
-    missing_runs(args, parts)
-    from distkg.runtime.cluster import connect
 
-    connect(None, num_cpus=args.threads)
-    out = Path(args.out)
-    work = Path(args.work)  # runs of the prefetch part
-    result: dict = {"machine": machine(), "dataset": args.dataset, "llm_run": args.llm_run}
-    if "throughput" in parts:
-        ds = load_dataset(dataclasses.replace(load_config(f"configs/train/tadistmult-{args.dataset}-25.yaml").data,
-                                              root=args.data_root))
-        result["throughput"] = throughput(args, ds, training_queries(ds.splits["train"], ds.num_relations)[0])
-    if "prefetch" in parts:
-        result["prefetch"] = prefetch(args, work)
-    if "topk" in parts:
-        result["topk_effect"] = topk_effect(args, work)
-    if args.scale:
-        result["scale"] = scale(args)
-    write_result(result, out)
 
+def with_ray(name: str, key: str, fn):
+    """A part's run: its runs checked, Ray joined (or started on 127.0.0.1, shut down at exit), then ``fn``."""
+
+    def run(args) -> dict:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        if args.tiny:
+            for k, v in tiny_runs().items():
+                setattr(args, k, v)
+        args.data_root = str(resolve_data_root(bench_data_root(args.data_root)).resolve())
+        missing_runs(args, [name])
+        from distkg.runtime.cluster import connect
+
+        if connect(None, num_cpus=args.threads):
+            import ray
+
+            atexit.register(ray.shutdown)
+        return {"dataset": args.dataset, "llm_run": args.llm_run, key: fn(args)}
+
+    return run
+
+
+def throughput_part(args) -> dict:
+    ds = load_dataset(dataclasses.replace(load_config(f"configs/train/tadistmult-{args.dataset}-25.yaml").data,
+                                          root=args.data_root))
+    return throughput(args, ds, training_queries(ds.splits["train"], ds.num_relations)[0])
+
+
+TINY = ("--tiny", "--dataset", "icews14", "--queries", "64", "--batch", "32", "--actors", "1", "--threads", "1")
+PARTS = {
+    "throughput": Part(with_ray("throughput", "throughput", throughput_part), options, TINY,
+                       "the pool against in-process scoring"),
+    "prefetch": Part(with_ray("prefetch", "prefetch", lambda a: prefetch(a, Path(a.work))), options,
+                     (*TINY, "--epochs", "1", "--prefetch", "1"), "a student's wait with and without prefetch"),
+    "topk": Part(with_ray("topk", "topk_effect", lambda a: topk_effect(a, Path(a.work))), options,
+                 (*TINY, "--epochs-topk", "1", "--topk", "4", "--topk-modes", "topk"), "top-k soft targets against full ones"),
+    "scale": Part(with_ray("scale", "scale", scale), options,
+                  (*TINY, "--scale-set", "data.dataset=icews14", "--scale-teacher-dim", "8"), "a big graph end to end"),
+}
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, PARTS)

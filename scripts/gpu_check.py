@@ -14,7 +14,7 @@ Parts, each timed and each recorded even when it fails (its error is kept, the n
   precision   the quickstart's teacher trained with bf16 autocast and without, two seeds each: the
               test MRR change from bf16 beside the change from the seed
   big_teacher configs/llm/smollm2-1.7b-yago11k.yaml on a model of its shape with random weights
-              (scripts/bench_big_teacher.py): load time, NF4 weight bytes, peak CUDA memory, encoding
+              (scripts/bench_llm.py big_teacher): load time, NF4 weight bytes, peak CUDA memory, encoding
               texts/s and seconds per LoRA step at the recipe's batch (64 queries + 256 entities)
 
 ``--smoke``: the same parts at tiny sizes on the CPU (under two minutes), so the script itself is
@@ -278,9 +278,9 @@ def sampled(size: dict, work: Path) -> dict:
 
 def big_teacher(size: dict) -> dict:
     sys.path.insert(0, str(REPO / "scripts"))
-    import bench_big_teacher
+    import bench_llm
 
-    return bench_big_teacher.run(size["big_shape"], size["big_texts"], size["big_batches"], size["big_steps"], [])
+    return bench_llm.run(size["big_shape"], size["big_texts"], size["big_batches"], size["big_steps"], [])
 
 
 def main(argv: list[str] | None = None) -> dict:

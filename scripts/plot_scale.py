@@ -1,4 +1,4 @@
-"""Plot: how an epoch and its peak memory grow with the graph (issue 29), from bench_scale.py's JSONs.
+"""Plot: how an epoch and its peak memory grow with the graph (issue 29), from `bench_train.py scale`'s JSONs.
 
 One line per (JSON, part): the 25-d student's and the 400-d teacher's estimated epoch (step x
 batches) and the ranking of 10k test queries, against the entity count, log-log; beside it each

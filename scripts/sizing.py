@@ -1,7 +1,7 @@
 """The sizing model of cluster/SCALING.md ("What a day of training needs"), computed from measurements.
 
 Inputs, each a JSON this repository's benchmarks wrote:
-  --steps   bench_scale.py with --loss sampled_softmax: CPU seconds of one 1,000-query step of the
+  --steps   bench_train.py scale with --loss sampled_softmax: CPU seconds of one 1,000-query step of the
             25-d student and the 400-d teacher (sparse row updates), at several entity counts, and
             each process's peak memory
   --pool    bench_runtime.py --scale (low-rank soft targets): the pool's busy seconds per query
@@ -11,10 +11,10 @@ a 10M-entity graph with 10 facts per entity, 80% of them for training. Epochs ar
 12 for a 400-d teacher (configs/train/*-400.yaml), 20 for a BKD student (configs/distill/bkd.yaml).
 
     python scripts/sizing.py --steps docs/bench/bench_scale_sparse_cpu.json \
-        --pool docs/bench/bench_scale_pool_1m.json --out docs/bench/sizing.json
+        --pool docs/bench/bench_runtime_pool_1m.json --out docs/bench/sizing.json
 
 Every derived number is a product of those measurements and the graph's size; nothing else is
-assumed but that a step's cost does not grow with E (measured: bench_scale's exponents) and that
+assumed but that a step's cost does not grow with E (measured: bench_train.py scale's exponents) and that
 threads add up (data-parallel workers on separate cores; not measured past 2 cores).
 """
 
@@ -37,7 +37,7 @@ DAY = 86400.0
 
 DIM = {"student": 25, "teacher": 400}
 TABLE_BYTES = 4 * 2  # float32 weights and Adagrad's sum, per number of the entity table
-TRAIN_FACTS_PER_ENTITY = 8  # bench_scale's graphs: 10 facts an entity, 80% of them for training
+TRAIN_FACTS_PER_ENTITY = 8  # bench_train.py scale's graphs: 10 facts an entity, 80% of them for training
 
 
 def memory_model(rows: list[dict], part: str) -> tuple[float, float]:

@@ -66,19 +66,56 @@ def figure_row(n: int, width: float, height: float, path: Path) -> Iterator[list
         plt.close(fig)
 
 
-def bar_panels(panels: list[tuple[str, list[str], list[float], list[float]]], path: Path, ylabel: str) -> Path:
-    """One bar chart per panel (title, bar names, means, stds), side by side, as a PNG."""
-    longest = max(len(n) for p in panels for n in p[1])
-    width = max(3.4, 0.55 * max(len(p[1]) for p in panels) + 1.5)
-    with figure_row(len(panels), width, 2.8 + 0.06 * longest, path) as axes:
-        for ax, (title, names, means, stds) in zip(axes, panels):
-            ax.bar(range(len(names)), means, yerr=stds if any(stds) else None, capsize=3, color="tab:blue")
-            for i, m in enumerate(means):
-                ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+ROLE_STYLE = {"teacher": {"color": "tab:gray", "hatch": "//"}, "LLM teacher": {"color": "tab:orange", "hatch": ".."},
+              "student": {"color": "tab:blue", "hatch": ""}}  # role -> bar style; teachers hatched (readable in grey print)
+
+
+def role_of(label: str) -> str:
+    """The ROLE_STYLE key of a role label: "400-d teacher" -> teacher, "LLM teacher" -> LLM teacher."""
+    return "LLM teacher" if "LLM" in label else "teacher" if "teacher" in label else "student"
+
+
+def tick_label(name: str, width: int = 16) -> str:
+    """A bar's name wrapped at ``width`` characters, a path shortened to its last part, so long names
+    (an LLM teacher's model folder) stay readable."""
+    import re
+    import textwrap
+
+    name = re.sub(r"\S*/([^/\s]+)/?", r"\1", name)
+    return "\n".join(textwrap.wrap(name, width, break_long_words=False, break_on_hyphens=False)) or name
+
+
+def bar_panels(panels: list[tuple], path: Path, ylabel: str) -> Path:
+    """One bar chart per panel (title, bar names, means, stds[, roles]; ``draw_bars``), side by side, as a
+    PNG, the figure growing with the number of bars and the lines of their wrapped names."""
+    panels = [(*p[:4], p[4] if len(p) > 4 else ["students"] * len(p[1])) for p in panels]
+    lines = max(tick_label(n).count("\n") + 1 for p in panels for n in p[1])
+    width = max(3.4, 0.7 * max(len(p[1]) for p in panels) + 1.6)
+    with figure_row(len(panels), width, 3.0 + 0.2 * lines, path) as axes:
+        for ax, (title, names, means, stds, roles) in zip(axes, panels):
+            draw_bars(ax, names, means, stds, roles)
             ax.set_title(title, fontsize=9)
             ax.set_ylabel(ylabel)
     return path
+
+
+def draw_bars(ax, names: list[str], means: list[float], stds: list[float], roles: list[str]) -> None:
+    """Bars with their values, a role label per bar ("400-d teacher", "LLM teacher", "25-d students"):
+    bars of a role share a colour (teachers hatched) and one legend entry, so a reader tells the teachers
+    from the students; names wrapped and slanted so that none overlaps its neighbour."""
+    for role in dict.fromkeys(roles):  # one bar group, and one legend entry, per role in order
+        at = [i for i, r in enumerate(roles) if r == role]
+        err = [stds[i] for i in at]
+        ax.bar(at, [means[i] for i in at], yerr=err if any(err) else None, capsize=3, label=role, edgecolor="black",
+               linewidth=0.5, **ROLE_STYLE[role_of(role)])
+    for i, (m, sd) in enumerate(zip(means, stds)):
+        ax.text(i, m + sd, f"{m:.3g}", ha="center", va="bottom", fontsize=7)  # above the error bar
+    ax.set_xticks(range(len(names)), [tick_label(n) for n in names], rotation=30, ha="right", rotation_mode="anchor",
+                  fontsize=8)
+    top, legend = max((m + sd for m, sd in zip(means, stds)), default=0), len(set(roles)) > 1
+    ax.set_ylim(0, (1.2 + 0.15 * len(set(roles)) * legend) * top if top > 0 else 1)  # headroom for the legend
+    if legend:
+        ax.legend(fontsize=7, loc="upper right")
 
 
 def write_report(out: Path, ds: TKGDataset, title: str, results: dict[str, dict], command: str,
@@ -124,10 +161,25 @@ def _cost_section(rows: dict[str, dict], walls: dict[str, float | None], total: 
     return "\n".join(lines)
 
 
+def part_role(name: str) -> str:
+    """A pipeline part's role for the plots' legend, from its name (distkg.experiments.pipeline): "teacher:
+    tadistmult 400-d" -> "400-d teacher", "LLM teacher: ..." -> "LLM teacher", "student 25-d: bkd" -> "25-d students"."""
+    import re
+
+    head, _, rest = name.partition(": ")
+    dim = re.search(r"(\d+)-d", head if head.startswith("student") else rest)
+    if head.startswith("LLM"):
+        return "LLM teacher"
+    if head.startswith("student"):
+        return f"{dim.group(1)}-d students" if dim else "students"
+    return f"{dim.group(1)}-d teacher" if dim else "teacher"
+
+
 def _pipeline_plots(rows: dict[str, dict], parts: list[Part], out: Path) -> None:
     names = list(rows)
     bar_panels([("test MRR (filtered, realistic ties)", [n.split(": ", 1)[-1] for n in names],
-                 [rows[n]["mrr"] for n in names], [0.0] * len(names))], out / "comparison.png", "MRR")
+                 [rows[n]["mrr"] for n in names], [0.0] * len(names), [part_role(n) for n in names])],
+               out / "comparison.png", "MRR")
     with figure_row(1, 6, 3.5, out / "curves.png") as (ax,):
         for part in parts:
             epochs, mrr = valid_curve(part.folder) if part.name.startswith("student") else ([], [])
@@ -243,15 +295,30 @@ def _costs(groups: dict[tuple, list[dict]], grid: GridConfig, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _teacher_bars(grid: GridConfig, out: Path, b: str, d: str) -> list[tuple[str, float, str]]:
+    """(name, test MRR in %, role) of the cell's 400-d KG teacher and LLM teacher, those finished."""
+    bars = []
+    for run, role in ((grid.teacher_run.format(out=out, backbone=b, dataset=d), "400-d teacher"),
+                      (grid.llm_run.format(out=out, dataset=d), "LLM teacher")):
+        m = read_metrics(Path(run))
+        if m and "mrr" in m:
+            bars.append((role, 100 * m["mrr"], role))
+    return bars
+
+
 def _plot_comparison(groups: dict[tuple, list[dict]], grid: GridConfig, methods: list[str], path: Path) -> None:
     panels = []
     for b in grid.backbones:
         for d in grid.datasets:
+            teachers = _teacher_bars(grid, path.parent, b, d)
             for dim in grid.dims:
                 ms = [m for m in methods if (b, d, dim, m) in groups]
                 stats = [_mean_std([100 * r["mrr"] for r in groups[(b, d, dim, m)]]) for m in ms]
                 if ms:
-                    panels.append((f"{b} {dim}-d, {d}", ms, [x[0] for x in stats], [x[1] for x in stats]))
+                    panels.append((f"{b} {dim}-d, {d}", [t[0] for t in teachers] + ms,
+                                   [t[1] for t in teachers] + [x[0] for x in stats],
+                                   [0.0] * len(teachers) + [x[1] for x in stats],
+                                   [t[2] for t in teachers] + [f"{dim}-d students"] * len(ms)))
     if panels:
         bar_panels(panels, path, "test MRR (%), mean ± std")
 

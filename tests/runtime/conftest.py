@@ -45,21 +45,25 @@ class TinyRuns:
             f"distill.teacher_run={self.teacher}", f"distill.llm_run={self.llm}", *overrides])
 
 
-@pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory) -> TinyRuns:
+def make_tiny_runs(base: Path, teacher_epochs: int = 3) -> TinyRuns:
+    """The tiny graph and its two finished teachers under BASE (also scripts/bench_runtime.py --tiny's)."""
     from distkg.llm.train import train_teacher
     from distkg.training.trainer import train
 
-    base = tmp_path_factory.mktemp("runtime")
     data = write_tiny_icews(base / "data")
     common = ["data.dataset=icews14", f"data.root={data}", "train.progress=false", "eval.progress=false"]
-    train(load_config(None, [*common, "model.name=tadistmult", "model.args={dim: 8}", "train.epochs=3",
+    train(load_config(None, [*common, "model.name=tadistmult", "model.args={dim: 8}", f"train.epochs={teacher_epochs}",
                              "train.batch_size=64"]), base / "teacher")
     llm = make_tiny_llama(base / "tiny-llama")
     train_teacher(load_config(None, [*common, f"llm.model={llm}", "llm.quantization=none", "llm.dim=8", "llm.steps=2",
-                                "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4", "llm.negatives=8",
-                                "llm.valid_queries=0", "llm.progress=false"]), base / "llm")
+                                     "llm.head_epochs=1", "llm.head_queries_per_step=64", "llm.queries_per_step=4",
+                                     "llm.negatives=8", "llm.valid_queries=0", "llm.progress=false"]), base / "llm")
     return TinyRuns(data=data, teacher=base / "teacher", llm=base / "llm")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> TinyRuns:
+    return make_tiny_runs(tmp_path_factory.mktemp("runtime"))
 
 
 @pytest.fixture(scope="session")
