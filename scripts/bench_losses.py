@@ -7,16 +7,18 @@ Parts (``python scripts/bench_losses.py PART --out FILE``; ``--smoke`` runs them
   kernels    each pass distkg.kernels compiles (ce, BKD's kd + ce, Ours stage 2's kd + llm_huber +
              llm_supervised, TTransE's distance) with the kernels off (DISTKG_KERNELS=0, the torch
              path) and on, at 1 and 2 threads; wall and CPU ms, medians over interleaved rounds
-  fused      BKD's and Ours stage 2's losses in each form of FORMS (unfused: the registered losses one
-             at a time on gathered [B, E] copies; combine: losses.combine reading the cached rows);
-             CPU ms, min and median over interleaved rounds (YAGO11k's size by default)
+  paths      BKD's and Ours stage 2's losses in each form of FORMS: unfused (the registered losses one
+             at a time on gathered [B, E] copies), and each path of distkg.training.softmax.weighted
+             on the cached rows: kernel (the C loop), compiled (torch.compile of the formula, here
+             inductor's C++), plain (the formula as written); CPU ms, min and median over
+             interleaved rounds (YAGO11k's size by default; the compile is the untimed warm-up)
   precision  each loss spec under bf16 autocast against float32 arithmetic on the same scores: value
              and gradient error of bf16 arithmetic (the registered losses one at a time on bf16
              scores) and of combine (float32 under any autocast, issue 28)
 
     python scripts/bench_losses.py kd --out docs/bench/bench_kd.json [--threads 1] [--repeats 10]
     python scripts/bench_losses.py kernels --out docs/bench/bench_kernels.json [--rounds 3]
-    OMP_NUM_THREADS=1 python scripts/bench_losses.py fused --out docs/bench/bench_fused.json [--rounds 3]
+    OMP_NUM_THREADS=1 python scripts/bench_losses.py paths --out docs/bench/bench_loss_paths.json [--rounds 3]
     python scripts/bench_losses.py precision --out docs/bench/bench_precision.json
 """
 
@@ -29,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from benchlib import Part, interleaved, kernels, main, timed
-from distkg.distill.losses import LOSSES, DistillBatch, Rows, TemperedTargets, combine, temper
+from distkg.distill.losses import LOSSES, DistillBatch, Rows, TemperedTargets, combine, softmax_terms, temper
 from distkg.training.objective import cross_entropy
+from distkg.training.softmax import weighted
 
 SPECS = {"bkd": {"kd": {"temperature": 7.0}, "ce": {}},
          "ours-2": {"kd": {"temperature": 7.0}, "llm_huber": {"delta": 0.05}, "llm_supervised": {"mix": 0.7}}}
@@ -65,7 +68,17 @@ def combined(spec: dict, x: Cached) -> torch.Tensor:
     return combine(spec, b)[0]
 
 
-FORMS = {"unfused": unfused, "combine": combined}  # name -> form(spec, batch) -> loss; add a form here
+def on_path(path: str):
+    """The stage's softmax terms summed by one path of distkg.training.softmax.weighted, rows cached."""
+    def form(spec: dict, x: Cached) -> torch.Tensor:
+        b = DistillBatch(x.scores(), x.answers, teacher_targets=TemperedTargets(7.0, Rows(x.p_all, x.idx), x.plogp[x.idx]),
+                         llm_probs=Rows(x.llm, x.idx))
+        return weighted(b.student_scores, b.answers, softmax_terms(spec, b)[1], path=path)[0]
+    return form
+
+
+# name -> form(spec, batch) -> loss; add a form here
+FORMS = {"unfused": unfused, "kernel": on_path("kernel"), "compiled": on_path("compiled"), "plain": on_path("plain")}
 
 
 def sizes(ap, batch: int, entities: int) -> None:
@@ -156,7 +169,7 @@ def kernel_part(args) -> dict:
             "kernels_built": library() is not None, "results": rows, "load_average": os.getloadavg()}
 
 
-def fused(args) -> dict:
+def paths(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = Cached(args.batch, args.entities, args.rows, gen)
 
@@ -164,7 +177,7 @@ def fused(args) -> dict:
         method, form = key
         return timed(lambda: FORMS[form](SPECS[method], x).backward(), args.steps)[1]
 
-    got = interleaved([(m, f) for m in SPECS for f in FORMS], measure, args.rounds, "fused")
+    got = interleaved([(m, f) for m in SPECS for f in FORMS], measure, args.rounds, "paths")
     rows = []
     for (method, form), ts in got.items():
         rows.append({"method": method, "form": form, "ms_min": round(1000 * min(ts), 1),
@@ -235,9 +248,9 @@ PARTS = {
     "kd": Part(kd, kd_options, ("--batch", "64", "--entities", "500", "--repeats", "2"), "kd's three forms"),
     "kernels": Part(kernel_part, kernel_options, ("--batch", "64", "--entities", "500", "--rows", "128", "--rounds", "1",
                                                   "--steps", "1"), "kernels off and on, per pass and threads"),
-    "fused": Part(fused, lambda ap: rounds_options(ap, 1000, 10623),
+    "paths": Part(paths, lambda ap: rounds_options(ap, 1000, 10623),
                   ("--batch", "64", "--entities", "500", "--rows", "128", "--rounds", "1", "--steps", "1"),
-                  "each form of FORMS, BKD and Ours stage 2"),
+                  "each form of FORMS (the softmax losses' paths), BKD and Ours stage 2"),
     "precision": Part(precision, lambda ap: sizes(ap, 16, 300), (), "bf16 autocast against float32"),
 }
 

@@ -20,8 +20,8 @@ PARTS = {
         "kd": lambda r: set(r["seconds_per_step"]) == {"kl_div", "scores", "tempered"},
         "kernels": lambda r: {(x["pass"], x["kernels"]) for x in r["results"]}
         == {(p, k) for p in ("ce", "bkd", "ours-2", "ttranse") for k in ("off", "on")},
-        "fused": lambda r: {(x["method"], x["form"]) for x in r["results"]}
-        == {(m, f) for m in ("bkd", "ours-2") for f in ("unfused", "combine")} and all(x["ms_min"] > 0 for x in r["results"]),
+        "paths": lambda r: {(x["method"], x["form"]) for x in r["results"]}
+        == {(m, f) for m in ("bkd", "ours-2") for f in ("unfused", "kernel", "compiled", "plain")} and all(x["ms_min"] > 0 for x in r["results"]),
         "precision": lambda r: len(r["rows"]) == 8
         and all(e < 1e-2 for row in r["rows"] for e in row["combine, float32 (now)"]["grad_rel_l2"].values()),
     },
