@@ -66,8 +66,6 @@ class EvalConfig:
     # faster) and 1/16 of the GPU's memory on CUDA, each at most 1/16 of the device's memory. A block
     # is whole rows while one row fits; past that (1/4 of the budget's entities) candidates are chunked too
     memory_budget: int | Literal["auto"] = "auto"
-    query_chunk: int | None = None  # None: chosen from the memory budget
-    cand_chunk: int | None = None  # None: all candidates at once
     progress: bool = True
 
 
@@ -85,20 +83,14 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 1000  # training queries per forward/backward pass (grad_accum passes per optimizer step)
-    optimizer: Literal["adagrad", "adam"] = "adagrad"
-    lr: float = 0.1
+    lr: float = 0.1  # Adagrad's (every KG model and student trains with Adagrad: sparse rows, distkg.training.optim)
     # 1vsall: cross-entropy over every entity; sampled_softmax: over the batch's answers and `negatives`
     # entities drawn for the batch (a step's cost does not grow with the entities)
     loss: Literal["1vsall", "sampled_softmax"] = "1vsall"
     negatives: int = 64  # entities drawn per batch (sampled_softmax)
-    # sampled_softmax: subtract each candidate's log chance of being drawn from its score (the logQ
-    # correction; on ICEWS18 it lifts test MRR from 0.209 to 0.223 at 4,096 negatives: cluster/SCALING.md)
-    sampling_correction: bool = True
-    label_smoothing: float = 0.0
     grad_accum: int = 1  # micro-batches of train.batch_size per optimizer step (weighted by size; an epoch ends a step)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    eval_every: int = 1  # epochs between validation evaluations
     patience: int = 3  # evaluations without a better validation MRR before stopping
     keep_checkpoints: int = 2
     progress: bool = True
@@ -154,7 +146,6 @@ class LLMConfig:
     step_head_lr: float | None = None  # infonce: the head's lr in the LoRA steps (None: head_lr); a warm head needs less
     steps: int = 200
     max_minutes: float | None = None  # stop earlier when this much time has passed
-    min_steps: int = 0  # QLoRA steps taken even once max_minutes is spent (by a long head warm-up), so the adapters always train
     queries_per_step: int = 16  # training queries per QLoRA step
     negatives: int = 128  # sampled entities per step, shared by the batch (plus the batch's answers)
     lr: float = 2e-4  # LoRA adapters
@@ -181,7 +172,6 @@ class StageConfig:
     name: str = "train"
     epochs: int = 20
     losses: dict[str, dict[str, Any]] = field(default_factory=lambda: {"ce": {}})
-    lr: float | None = None  # None: train.lr
 
 
 @dataclass
@@ -228,10 +218,9 @@ class RuntimeConfig:
     teacher_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per actor, e.g. {GPU: 1}
     kg_teacher: Literal["local", "pool"] = "local"  # the 400-d KG teacher next to each student, or in actors
     tp_size: int = 1  # an unquantized LLM teacher's shard as tp_size actors (teacher_resources each), its layers sharded by DeepSpeed AutoTP
-    # DeepSpeed inference in the LLM actors: auto only where it does work (kernel injection or tp_size > 1,
-    # an unquantized LM on CUDA); on: always (the engine and its output check, e.g. on CPU); off: never
+    # DeepSpeed inference in the LLM actors: auto only where it does work (tp_size > 1, an unquantized LM);
+    # on: always (the engine and its output check, e.g. on CPU); off: never
     deepspeed_inference: Literal["auto", "on", "off"] = "auto"
-    kernel_inject: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA and an unquantized LM
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     workers: int = 1  # Ray Train workers, data parallel (gradients averaged over gloo on CPU, NCCL on GPU)
     worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per worker, e.g. {GPU: 1}
@@ -245,7 +234,7 @@ class RuntimeConfig:
     # where Ray Train keeps the checkpoints its workers report (a local folder, NFS, s3://, gs://): a restarted
     # worker resumes from there, so OUT may be node-local on a cluster; None: OUT/ray (distkg/runtime/raytrain.py)
     storage_path: str | None = None
-    zero_stage: Literal[0, 1, 2, 3] = 2  # `distkg llm train` on Ray: DeepSpeed ZeRO stage over `workers`
+    zero_stage: Literal[2, 3] = 2  # `distkg llm train` on Ray: DeepSpeed ZeRO stage over `workers` (3: parameters sharded too)
     timeout_s: float = 600.0  # longest wait for one batch of soft targets
 
 
@@ -271,14 +260,13 @@ class RunConfig:
 _AT_LEAST_1, _AT_LEAST_0, _POSITIVE = (1, None, False), (0, None, False), (0, None, True)
 RANGES: dict[type, dict[str, tuple]] = {
     DataConfig: {"min_bucket_size": _AT_LEAST_1},
-    EvalConfig: {"query_chunk": _AT_LEAST_1, "cand_chunk": _AT_LEAST_1, "max_facts": _AT_LEAST_1,
-                 "memory_budget": _AT_LEAST_1},
+    EvalConfig: {"max_facts": _AT_LEAST_1, "memory_budget": _AT_LEAST_1},
     TrainConfig: {"epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "lr": _POSITIVE, "negatives": _AT_LEAST_1,
-                  "label_smoothing": (0, 0.999999, False), "grad_accum": _AT_LEAST_1, "eval_every": _AT_LEAST_1,
+                  "grad_accum": _AT_LEAST_1,
                   "patience": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_1},
     LLMConfig: {"layers": _AT_LEAST_1, "lora_r": _AT_LEAST_1, "lora_alpha": _POSITIVE,
                 "lora_dropout": (0, 0.999999, False), "dim": _AT_LEAST_1, "max_tokens": _AT_LEAST_1,
-                "entity_facts": _AT_LEAST_1, "query_facts": _AT_LEAST_0, "query_tokens": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0, "min_steps": _AT_LEAST_0,
+                "entity_facts": _AT_LEAST_1, "query_facts": _AT_LEAST_0, "query_tokens": _AT_LEAST_1, "text_folds": _AT_LEAST_1, "texts_per_forward": _AT_LEAST_1, "steps": _AT_LEAST_0, "max_minutes": _AT_LEAST_0,
                 "queries_per_step": _AT_LEAST_1, "negatives": _AT_LEAST_1, "lr": _POSITIVE, "head_lr": _POSITIVE,
                 "head_epochs": _AT_LEAST_0, "head_queries_per_step": _AT_LEAST_1,
                 "checkpoint_every": _AT_LEAST_1, "patience": _AT_LEAST_1,

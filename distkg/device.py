@@ -120,7 +120,7 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 def inference_dtype(choice: str, on_cuda: bool, quantized: bool) -> torch.dtype:
     """DeepSpeed inference's dtype (``runtime.dtype``); auto: bf16 for an unquantized LM on CUDA, fp32
     otherwise (a bitsandbytes 4-bit model computes in its own compute dtype, and a cast would only widen
-    its norms). The rest of the inference policy is distkg.runtime.pool.inference_settings."""
+    its norms). When the engine wraps an actor's LM: distkg.runtime.pool.deepspeed_skipped."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(choice)
     return dtype if dtype is not None else (torch.bfloat16 if on_cuda and not quantized else torch.float32)
 

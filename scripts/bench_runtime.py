@@ -127,7 +127,7 @@ def throughput(args, ds, queries: torch.Tensor) -> dict:
     log.info("pool: %.1fs (ready %.1fs), warm %.2fs", t_pool, t_ready, warm_pool)
     n = len(queries[: args.queries])
     return {"queries": n, "entities": ds.num_entities, "batch": args.batch, "threads": args.threads,
-            "actors": args.actors, "actor_engine": {k: info[0].get(k) for k in ("engine", "dtype", "kernel_inject", "deepspeed_skipped")},
+            "actors": args.actors, "actor_engine": {k: info[0].get(k) for k in ("engine", "dtype", "deepspeed_skipped")},
             "in_process_seconds": round(t_in, 2), "in_process_tables_seconds": round(t_tables, 2),
             "pool_seconds": round(t_pool, 2), "pool_ready_seconds": round(t_ready, 2),
             "pool_vs_in_process": round(t_in / t_pool, 3),

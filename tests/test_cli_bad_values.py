@@ -22,7 +22,7 @@ COMMANDS = {
 BAD = ["train.epochs=0", "train.epochs=-1", "train.batch_size=0", "train.lr=-1", "train.lr=fast", "train.epochz=3",
        "train.patience=0", "model.args.dim=0", "pipeline.student_dim=0", "llm.steps=-1", "llm.lora_dropout=1.5",
        "eval.splits=[]", "eval.splits=[tset]", "distill.llm_temperature=0", "runtime.workers=0", "seed=-1",
-       "data.min_bucket_size=0", "train.label_smoothing=1"]
+       "data.min_bucket_size=0", "train.patience=0"]
 STAGES = {"distill": "distill.stages.0.epochs=0", "run": "pipeline.students.ours.stages.1.epochs=0"}
 
 

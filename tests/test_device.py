@@ -3,7 +3,7 @@
 No GPU here, so the paths are checked by resolving to a device the CPU can still compute on but
 that compares unequal to the default (``cpu:0`` vs ``cpu``): every evaluation must receive it.
 Before the owner existed, training, the pipeline and LLM fine-tuning evaluated with the default
-(chunks left on the CPU: the cuda:0 "index is on cpu" failure on a GPU) and without cand_chunk.
+(chunks left on the CPU: the cuda:0 "index is on cpu" failure on a GPU) and without the memory budget.
 """
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ def test_only_the_owner_decides_the_device():
 
 @pytest.fixture
 def on_sentinel(monkeypatch):
-    """The owner resolves every device to SENTINEL; returns the (device, cand_chunk, query_chunk) of every rank()."""
+    """The owner resolves every device to SENTINEL; returns the (device, memory budget) of every rank()."""
     monkeypatch.setattr(owner, "_resolve", lambda *a: Placement(SENTINEL, "no", SENTINEL, torch.float32))
     calls: list[tuple] = []
     real = ranking.rank
 
     def spy(scorer, qs, index=None, query_chunk=None, cand_chunk=None, progress=True, desc="", device="cpu", **kw):
-        calls.append((torch.device(device), cand_chunk, query_chunk))
+        calls.append((torch.device(device), kw.get("budget")))
         return real(scorer, qs, index, query_chunk, cand_chunk, progress, desc, device, **kw)
 
     monkeypatch.setattr(ranking, "rank", spy)
@@ -89,9 +89,9 @@ def test_training_and_its_evaluations_use_the_resolved_device_and_options(on_sen
     from distkg.training.trainer import train
 
     cfg = load_config(None, ["model.name=tadistmult", "model.args.dim=6", "train.epochs=2", "train.progress=false",
-                             "eval.progress=false", "eval.cand_chunk=7", "eval.query_chunk=5"])
+                             "eval.progress=false", "eval.memory_budget=4096"])
     train(cfg, tmp_path, dataset=tiny_dataset("interval", n_ent=40, n_facts=300))
-    assert on_sentinel == [(SENTINEL, 7, 5)] * 4  # two validations, then eval.splits: valid and test
+    assert on_sentinel == [(SENTINEL, 4096)] * 4  # two validations, then eval.splits: valid and test
 
 
 def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):
@@ -100,22 +100,22 @@ def test_pipeline_evaluates_on_the_resolved_device(on_sentinel, tmp_path):
 
     ds = tiny_dataset("point")
 
-    cfg = load_config(None, ["eval.progress=false", "eval.cand_chunk=9"])
+    cfg = load_config(None, ["eval.progress=false", "eval.memory_budget=9000"])
     evaluate_model(cfg, ds, MODELS.create("frequency", {}, "model.args", dataset=ds), tmp_path)
-    assert on_sentinel == [(SENTINEL, 9, None)] * 2  # valid and test
+    assert on_sentinel == [(SENTINEL, 9000)] * 2  # valid and test
 
 
-def test_llm_fine_tuning_evaluates_on_the_llm_device_with_both_chunks(on_sentinel, tmp_path):
+def test_llm_training_evaluates_on_the_llm_device_with_the_memory_budget(on_sentinel, tmp_path):
     from distkg.llm.train import train_teacher
 
     tiny_llama = make_tiny_llama(tmp_path / "lm")
 
     cfg = load_config(None, [f"llm.model={tiny_llama}", "llm.quantization=none", "llm.dim=8", "llm.steps=1",
                              "llm.queries_per_step=2", "llm.negatives=4", "llm.valid_queries=0", "llm.progress=false",
-                             "eval.progress=false", "eval.query_chunk=6", "eval.cand_chunk=11"])
+                             "eval.progress=false", "eval.memory_budget=4400"])
     train_teacher(cfg, tmp_path, dataset=tiny_dataset("point", n_ent=20, n_facts=60))
-    # the loop's validation of every round, then the teacher's valid and test: all on the device, both chunks
-    assert len(on_sentinel) >= 3 and set(on_sentinel) == {(SENTINEL, 11, 6)}
+    # the loop's validation of every round, then the teacher's valid and test: all on the device, one budget
+    assert len(on_sentinel) >= 3 and set(on_sentinel) == {(SENTINEL, 4400)}
 
 
 def test_texts_per_forward_auto_reads_back_and_follows_the_device(tmp_path):

@@ -133,7 +133,7 @@ def distill(cfg: RunConfig, out: Path, resume: bool = True, dataset: TKGDataset 
         return step_loss(student, spec, where, distill_cfg, kg=kg, llm=llm, remote=remote, aux=aux, train_cfg=cfg.train,
                          log_q=log_q)
 
-    stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"), s.lr,
+    stages = [Stage(s.name, s.epochs, make_loss(s.losses, f"distill.stages[{i}].losses"),
                     on_epoch=make_plan(stage_fields(s.losses)) if remote else None) for i, s in enumerate(distill_cfg.stages)]
     log.info("epoch budget: the stages' epochs (%s); train.epochs (%d) is not used by distillation",
              ", ".join(f"{s.name} {s.epochs}" for s in distill_cfg.stages), cfg.train.epochs)
@@ -164,7 +164,7 @@ def step_loss(student, spec: dict[str, dict], where: str, distill_cfg, kg: KGTea
         columns = None  # every entity, or the sampled candidates (negatives): every [B, E] term is then [B, C]
         if negatives:
             columns, a = sampled_candidates(a, student.num_entities, negatives, gen)
-        shift = log_q[columns] if log_q is not None else None  # train.sampling_correction: on every term's scores
+        shift = log_q[columns] if log_q is not None else None  # the sampled softmax's logQ correction: on every term's scores
         batch = DistillBatch(student_scores=corrected(student_scores(student, qr, columns), shift), answers=a)
         on_cpu = q.device.type == "cpu"  # the cached rows are then read in place (distkg.training.softmax.Rows)
         cpu_columns = columns.cpu() if columns is not None else None

@@ -27,8 +27,8 @@ class EvalOptions:
     ties: Ties = "realistic"
     max_facts: int | None = None  # a seeded sample of at most this many facts per split (None: all)
     memory_budget: int = SCORE_BUDGET_BYTES  # bytes of one block of scores (eval.memory_budget resolved: budget_bytes)
-    query_chunk: int | None = None  # None: what fits the memory budget
-    cand_chunk: int | None = None  # None: all candidates at once
+    query_chunk: int | None = None  # None: what fits the memory budget (set by tests and bench_eval, not a config key)
+    cand_chunk: int | None = None  # None: what fits the memory budget
     progress: bool = True
     device: torch.device = torch.device("cpu")  # where the scorer computes; chunks are moved there
 
@@ -44,7 +44,7 @@ def eval_options(cfg, device: torch.device | None = None) -> EvalOptions:
         device = placement(cfg).device
     ec = cfg.eval
     return EvalOptions(filter=ec.filter, ties=ec.ties, max_facts=ec.max_facts,
-                       memory_budget=budget_bytes(ec.memory_budget, device), query_chunk=ec.query_chunk, cand_chunk=ec.cand_chunk,
+                       memory_budget=budget_bytes(ec.memory_budget, device),
                        progress=ec.progress, device=device)
 
 

@@ -15,7 +15,7 @@ this module only says what one round of each phase does:
   and at the end of a round, whose validation reads it (no extra LLM work).
 
 ``llm.max_minutes`` covers both phases (the warm-up's encoding included, validation excluded): a
-spent budget ends the warm-up and then the LoRA steps once ``llm.min_steps`` are done. Batches come
+spent budget ends the warm-up and then the LoRA steps. Batches come
 from generators seeded by (seed, step) or (seed, epoch), so a resumed run continues exactly.
 
 What a checkpoint holds of the teacher (``TrainableWeights``): only the trained parameters (LoRA
@@ -235,7 +235,7 @@ class TeacherRounds:
 
     def lora_over(self, state: dict) -> bool:
         step = state["llm"]["step"]
-        return step >= self.cfg.llm.steps or (step >= self.cfg.llm.min_steps and self.budget_spent(state))
+        return step >= self.cfg.llm.steps or self.budget_spent(state)
 
     # ----------------------------------------------------------------------------- validation
     def features(self, step: int) -> dict[str, torch.Tensor]:

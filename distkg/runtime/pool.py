@@ -97,44 +97,18 @@ def output_error(plain: torch.Tensor, wrapped: torch.Tensor) -> float:
     return float(((wrapped - plain).norm(dim=1) / plain.norm(dim=1).clamp_min(1e-12)).max())
 
 
-# Model families whose injected kernels gave wrong outputs on padded batches (DeepSpeed issue 3960:
-# Llama); every batch distkg's encoder sends on a GPU is padded, so ``auto`` never injects them.
-NO_INJECTION_ON_PADDED = frozenset({"llama"})
-
-
-def inference_settings(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool,
-                       model_type: str | None = None) -> tuple[torch.dtype, bool]:
-    """DeepSpeed inference dtype and kernel injection (cluster/SCALING.md, "Kernel injection").
-
-    dtype auto: bf16 for an unquantized LM on CUDA; fp32 otherwise (a bitsandbytes 4-bit model
-    computes in its own compute dtype, and DeepSpeed's cast would only widen its norms).
-    kernel_inject auto: on only for an unquantized LM on CUDA whose family is not in
-    NO_INJECTION_ON_PADDED; never for a 4-bit one (DeepSpeed cannot inject into bitsandbytes
-    layers, DeepSpeed issue 4410). ``on`` forces it; the output check after wrapping
-    (distkg.runtime.pool.wrap_deepspeed) stops an actor whose wrapped outputs differ.
-    """
-    dtype = inference_dtype(runtime_cfg.dtype, on_cuda, quantized)
-    inject = runtime_cfg.kernel_inject == "on" or (runtime_cfg.kernel_inject == "auto" and on_cuda and not quantized
-                                          and model_type not in NO_INJECTION_ON_PADDED)
-    if inject and not on_cuda:
-        raise ValueError("runtime.kernel_inject=on needs CUDA (DeepSpeed's injected kernels are CUDA-only)")
-    return dtype, inject
-
-
-def deepspeed_skipped(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool, model_type: str | None = None) -> str | None:
+def deepspeed_skipped(runtime_cfg: RuntimeConfig, on_cuda: bool, quantized: bool) -> str | None:
     """Why an LLM actor runs its LM without DeepSpeed inference, or None to wrap it
-    (``runtime.deepspeed_inference``). ``auto`` wraps only where the engine does work: injected
-    kernels or tensor parallelism. Elsewhere it is a pass-through that costs an import and a probe."""
+    (``runtime.deepspeed_inference``). ``auto`` wraps only where the engine does work: tensor
+    parallelism (``runtime.tp_size`` > 1). Elsewhere it is a pass-through that costs an import and a
+    probe. (Kernel injection is not offered: no run ever measured it, cluster/SCALING.md.)"""
     choice = runtime_cfg.deepspeed_inference
     if choice != "auto":
         return None if choice == "on" else "runtime.deepspeed_inference=off"
     if quantized:
-        return ("a 4-bit LM: DeepSpeed injects no kernels into bitsandbytes layers (DeepSpeed issue 4410) and "
-                "shards none of their weights")
-    _, inject = inference_settings(runtime_cfg, on_cuda, quantized, model_type)
-    if not inject and runtime_cfg.tp_size == 1:
-        where = "on CPU" if not on_cuda else f"kernel_inject {runtime_cfg.kernel_inject} for model type {model_type}"
-        return f"no injected kernels ({where}) and runtime.tp_size 1: the engine would only wrap the LM"
+        return "a 4-bit LM: DeepSpeed shards none of bitsandbytes' weights (DeepSpeed issue 4410)"
+    if runtime_cfg.tp_size == 1:
+        return f"runtime.tp_size 1 ({'CUDA' if on_cuda else 'CPU'}): the engine would only wrap the LM"
     return None
 
 
@@ -143,8 +117,7 @@ def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: 
     """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
     returns what was chosen (for reports).
 
-    The engine changes the module in place (kernel injection replaces layers, tensor parallelism
-    shards them); the encoder is pointed at the engine's module. Output check: ``probe`` (texts of
+    The engine changes the module in place (tensor parallelism shards its layers); the encoder is pointed at the engine's module. Output check: ``probe`` (texts of
     mixed lengths, so the batch is padded: the case of DeepSpeed issue 3960) is encoded by the
     plain and by the wrapped model; a relative error above OUTPUT_TOLERANCE of the coarser of the
     wrap's and the model's dtype stops the actor with an error instead of serving wrong soft targets.
@@ -153,9 +126,8 @@ def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: 
 
     with torch.inference_mode():
         plain = encoder._run(probe)
-    model_type = getattr(getattr(encoder.lm.model, "config", None), "model_type", None)
-    dtype, inject = inference_settings(runtime_cfg, device.type == "cuda", quantized, model_type)
-    engine = deepspeed.init_inference(encoder.lm.model, dtype=dtype, replace_with_kernel_inject=inject,
+    dtype = inference_dtype(runtime_cfg.dtype, device.type == "cuda", quantized)
+    engine = deepspeed.init_inference(encoder.lm.model, dtype=dtype, replace_with_kernel_inject=False,
                                       tensor_parallel={"tp_size": runtime_cfg.tp_size})
     encoder.lm.model = engine.module
     with torch.inference_mode():
@@ -165,10 +137,10 @@ def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: 
     tolerance = max(OUTPUT_TOLERANCE[dtype], OUTPUT_TOLERANCE[compute_dtype(device)])
     check = {"texts": len(probe), "max_relative_error": round(error, 6), "tolerance": tolerance}
     if not error <= tolerance:
-        raise DistkgError(f"DeepSpeed inference (dtype {dtype}, kernel_inject {inject}) changed the LM's outputs: "
+        raise DistkgError(f"DeepSpeed inference (dtype {dtype}, tp_size {runtime_cfg.tp_size}) changed the LM's outputs: "
                           f"relative error {error:.3g} > {tolerance} on {len(probe)} padded texts; "
-                          "set runtime.kernel_inject=off (and runtime.dtype=auto)")
-    return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."), "kernel_inject": inject,
+                          "set runtime.dtype=auto (or runtime.deepspeed_inference=off)")
+    return {"engine": type(engine).__name__, "dtype": str(dtype).removeprefix("torch."),
             "tp_size": runtime_cfg.tp_size, "device": str(device), "output_check": check, "module": engine.module}
 
 
@@ -280,8 +252,7 @@ class ScoringShard:
 
             self.model = load_teacher(run_path / "teacher", cfg, ds)
             quantized, on_cuda = cfg.llm.quantization != "none", self.model.device.type == "cuda"
-            model_type = getattr(getattr(self.model.encoder.lm.model, "config", None), "model_type", None)
-            if (skipped := deepspeed_skipped(runtime_cfg, on_cuda, quantized, model_type)) is not None:
+            if (skipped := deepspeed_skipped(runtime_cfg, on_cuda, quantized)) is not None:
                 log.info("LLM actor [%d, %d): no DeepSpeed inference: %s", lo, hi, skipped)
                 self.info.update(engine=None, deepspeed_skipped=skipped)
             else:

@@ -70,7 +70,7 @@ def start_pools(cfg: RunConfig, needs: set[str], num_entities: int, out: Path) -
                                           f"the {name} teacher's scoring actors ({runs[name]})")) from None
         for info in infos:
             log.info("%s teacher actor pid %s on node %s: entities %s, %s", name, info["pid"], info["node_id"][:8],
-                     info["shard"], {k: info[k] for k in ("engine", "dtype", "kernel_inject", "tp_size", "tp_members", "deepspeed_skipped")
+                     info["shard"], {k: info[k] for k in ("engine", "dtype", "tp_size", "tp_members", "deepspeed_skipped")
                       if k in info})
     if needs & KG_FIELDS and runtime_cfg.kg_teacher == "local":
         log.info("KG teacher: next to each student (runtime.kg_teacher=local)")

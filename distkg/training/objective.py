@@ -25,14 +25,11 @@ def float32_losses(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def cross_entropy(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """F.cross_entropy(s, a, label_smoothing=...) in float32 under any autocast, by the softmax losses'
-    fast path (distkg.training.softmax.weighted; with smoothing, the formula as written)."""
+def cross_entropy(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(s, a) in float32 under any autocast, by the softmax losses' fast path
+    (distkg.training.softmax.weighted)."""
     with float32_losses(s.device):
-        s = at_least_float32(s)
-        if label_smoothing:
-            return softmax.ce(s, a, label_smoothing)
-        return softmax.weighted(s, a, [softmax.CE(1.0)])[0]
+        return softmax.weighted(at_least_float32(s), a, [softmax.CE(1.0)])[0]
 
 
 def sampled_candidates(answers: torch.Tensor, num_entities: int, negatives: int,

@@ -1,4 +1,4 @@
-"""torch's Adagrad and Adam without the 3 s import of torch._dynamo on a process's first step.
+"""torch's Adagrad without the 3 s import of torch._dynamo on a process's first step.
 
 torch.optim wraps add_param_group, step, zero_grad and the state-dict methods in guards that
 import torch._dynamo on first call (to stay out of torch.compile graphs). distkg never compiles
@@ -49,4 +49,3 @@ def _without_dynamo_guards(base: type[Optimizer]) -> type[Optimizer]:
 # warning that invariant checks are off says nothing about them
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 Adagrad = _without_dynamo_guards(torch.optim.Adagrad)
-Adam = _without_dynamo_guards(torch.optim.Adam)

@@ -80,9 +80,9 @@ def kd_topk(s: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, temperature
     return _kl(torch.cat([p_k, rest_p], 1), torch.cat([q.gather(1, ids), rest_q], 1).log(), temperature, None)
 
 
-def ce(s: torch.Tensor, a: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def ce(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the answers ``a``, batch mean."""
-    return F.cross_entropy(s, a, label_smoothing=label_smoothing)
+    return F.cross_entropy(s, a)
 
 
 def huber(s: torch.Tensor, y: torch.Tensor, delta: float, temperature: float = 1.0) -> torch.Tensor:

@@ -81,11 +81,10 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    from distkg.training.optim import Adagrad, Adam  # torch's, without importing torch._dynamo (3 s)
+    """Adagrad, what every KG model and student of every result trains with (its sparse step: sparse_rows)."""
+    from distkg.training.optim import Adagrad  # torch's, without importing torch._dynamo (3 s)
 
-    if cfg.train.optimizer == "adagrad":
-        return Adagrad(params, lr=cfg.train.lr)
-    return Adam(params, lr=cfg.train.lr)
+    return Adagrad(params, lr=cfg.train.lr)
 
 
 def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor, gen: torch.Generator,
@@ -94,19 +93,20 @@ def batch_loss(cfg: RunConfig, model: TKGModel, q: torch.Tensor, a: torch.Tensor
     sampled softmax, each entity's log chance to be a candidate (candidate_log_q), subtracted from the
     candidates' scores."""
     if cfg.train.loss == "1vsall":
-        loss = cross_entropy(model(q), a, label_smoothing=cfg.train.label_smoothing)
+        loss = cross_entropy(model(q), a)
     else:  # the batch's answers and k uniformly drawn entities, shared (sampled_softmax)
         candidates, column = sampled_candidates(a, model.num_entities, cfg.train.negatives, gen)
         scores = model.match(model.query_repr(q), model.entity_embeddings(candidates))
         scores = corrected(scores, log_q[candidates] if log_q is not None else None)
-        loss = cross_entropy(scores, column, label_smoothing=cfg.train.label_smoothing)
+        loss = cross_entropy(scores, column)
     return loss + model.regularizer(q, a)
 
 
 def sampling_log_q(cfg: RunConfig, ds: TKGDataset, device: torch.device | None = None) -> torch.Tensor | None:
     """The sampled softmax's correction (objective.candidate_log_q) for this run's training answers and
-    batch share, on the training device; None without ``train.sampling_correction`` or another loss."""
-    if cfg.train.loss != "sampled_softmax" or not cfg.train.sampling_correction:
+    batch share, on the training device; None for another loss. Always applied: on ICEWS18 it lifts test
+    MRR from 0.209 to 0.223 at 4,096 negatives (cluster/SCALING.md)."""
+    if cfg.train.loss != "sampled_softmax":
         return None
     _, answers = training_queries(ds.splits["train"], ds.num_relations)
     share = math.ceil(cfg.train.batch_size / process_group()[1])
@@ -117,9 +117,8 @@ def sampling_log_q(cfg: RunConfig, ds: TKGDataset, device: torch.device | None =
 def sparse_rows(cfg: RunConfig) -> bool:
     """Whether a step updates only the entity rows it read: the sampled losses read rows by lookup
     (their cost per step then does not grow with the entity count), and torch's Adagrad steps sparse
-    gradients exactly as it does dense ones whose other rows are zero; Adam's moments would decay on
-    every row, so Adam keeps dense gradients."""
-    return cfg.train.loss != "1vsall" and cfg.train.optimizer == "adagrad"
+    gradients exactly as it does dense ones whose other rows are zero."""
+    return cfg.train.loss != "1vsall"
 
 
 def _after_step(epoch: int, step: int) -> None:
@@ -146,7 +145,6 @@ class Stage:
     name: str
     epochs: int
     loss: LossFn
-    lr: float | None = None  # None: train.lr
     on_epoch: Callable[[int, list[torch.Tensor]], None] | None = None  # (epoch index, its batches), told ahead
 
 
@@ -215,7 +213,7 @@ def fit(cfg: RunConfig, out: Path, ds: TKGDataset, model: TKGModel, stages: list
     def run_epoch(stage: Stage, state: dict) -> dict:
         """One epoch of ``stage``: batches from a generator seeded by (seed, epoch), split across ranks."""
         for group in optimizer.param_groups:  # the config's learning rate wins over a checkpoint's
-            group["lr"] = stage.lr if stage.lr is not None else train_cfg.lr
+            group["lr"] = train_cfg.lr
         epoch = state["epoch"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(queries), generator=gen)

@@ -63,13 +63,12 @@ def test_plain_student_equals_distkg_train(teachers, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("correction", [False, True])
-def test_sampled_students_read_every_term_over_the_batchs_candidates(teachers, tmp_path, correction):
+def test_sampled_students_read_every_term_over_the_batchs_candidates(teachers, tmp_path):
     """train.loss=sampled_softmax in a distillation (issue 29): the plain student equals `distkg train`
     with that loss (same draws, same sparse steps), and a step's kd / P_LLM terms are those of the
-    whole-row batch restricted to the candidates (teacher scores gathered, P_LLM renormalised); with
-    train.sampling_correction every score less the candidate's log chance (P_LLM divided by it)."""
-    sampled = ["train.loss=sampled_softmax", "train.negatives=8", f"train.sampling_correction={str(correction).lower()}"]
+    whole-row batch restricted to the candidates (teacher scores gathered, P_LLM renormalised), every
+    score less the candidate's log chance (the logQ correction; P_LLM divided by it)."""
+    sampled = ["train.loss=sampled_softmax", "train.negatives=8"]
     a = trainer.train(load_config(None, STUDENT + sampled + ["train.epochs=2"]), tmp_path / "train", dataset=DS)
     cfg = method("plain", teachers, *sampled)
     cfg.distill.stages[0].epochs = 2
@@ -89,11 +88,11 @@ def test_sampled_students_read_every_term_over_the_batchs_candidates(teachers, t
     idx = torch.arange(16)
     q, a = queries[idx], answers[idx]
     log_q = trainer.sampling_log_q(cfg, DS)
-    assert (log_q is not None) == correction
+    assert log_q is not None
     got, _ = runner.step_loss(student, spec, "x", cfg.distill, kg=kg, llm=llm, train_cfg=cfg.train, log_q=log_q)(
         idx, q, a, torch.Generator().manual_seed(3))
     cands = torch.unique(torch.cat([a, torch.randint(0, DS.num_entities, (8,), generator=torch.Generator().manual_seed(3))]))
-    pi = log_q[cands].exp() if correction else torch.ones(len(cands))
+    pi = log_q[cands].exp()
     p = llm.probs(q, cfg.distill.llm_temperature, idx)[:, cands] / pi
     batch = DistillBatch(student_scores=student(q)[:, cands] - pi.log(), answers=torch.searchsorted(cands, a),
                          teacher_scores=kg.scores(idx)[:, cands] - pi.log(), llm_probs=p / p.sum(1, keepdim=True))

@@ -217,7 +217,7 @@ def test_a_changed_grid_is_refused_and_a_raised_budget_runs_on(grid, tmp_path):
     grid.methods = ["plain"]
     grid.seeds = [0]
     first = rp.reproduce(grid, out)
-    grid.student_set = ["distill.stages.0.epochs=1", "distill.stages.0.lr=0.5"]
+    grid.student_set = ["distill.stages.0.epochs=1", "train.lr=0.5"]
     with pytest.raises(ConfigError, match=r"plain-seed0 holds a run of a different configuration .*lr"):
         rp.reproduce(grid, out)
     grid.student_set = ["distill.stages.0.epochs=2"]

@@ -218,9 +218,6 @@ def test_plain_cross_entropy_compiled_equals_torchs(cache, counted, threads, mon
     (3 * ours).backward()
     (3 * ref).backward()
     torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-8)
-    counted.clear()
-    cross_entropy(s, a, 0.1)  # label smoothing: the formula as written
-    assert not counted
 
 
 @pytest.mark.slow

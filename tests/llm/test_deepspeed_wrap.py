@@ -1,8 +1,8 @@
-"""The DeepSpeed inference wrap of the LLM teacher: kernel-injection rules and the output check.
+"""The DeepSpeed inference wrap of the LLM teacher and its output check.
 
-On this CPU the wrap runs without injection and must reproduce the plain model's pooled outputs;
-a wrap that changes them (what DeepSpeed issue 3960 reports for injected kernels on padded Llama
-batches) must stop the actor with an error instead of serving wrong soft targets.
+On this CPU the wrap must reproduce the plain model's pooled outputs; a wrap that changes them (what
+DeepSpeed issue 3960 reports for injected kernels on padded Llama batches) must stop the actor with an
+error instead of serving wrong soft targets.
 """
 
 from __future__ import annotations
@@ -17,24 +17,15 @@ from distkg.config import RuntimeConfig
 from distkg.errors import DistkgError
 from distkg.llm.encoder import TextEncoder
 from distkg.llm.loading import load_lm
-from distkg.runtime.pool import inference_settings, wrap_deepspeed
+from distkg.runtime.pool import wrap_deepspeed
 
 PROBE = ["a", "entity 12", "a much longer entity name, padded in one batch", "x y"]
-
-
-def test_kernel_injection_rules():
-    rc = RuntimeConfig()
-    assert inference_settings(rc, on_cuda=True, quantized=False, model_type="gpt2") == (torch.bfloat16, True)
-    assert inference_settings(rc, on_cuda=True, quantized=False, model_type="llama") == (torch.bfloat16, False)  # 3960
-    assert inference_settings(rc, on_cuda=True, quantized=True, model_type="gpt2") == (torch.float32, False)  # 4410
-    on = dataclasses.replace(rc, kernel_inject="on")
-    assert inference_settings(on, on_cuda=True, quantized=False, model_type="llama") == (torch.bfloat16, True)
 
 
 def test_the_wrap_keeps_the_outputs_on_cpu(tiny_llama):
     enc = TextEncoder(load_lm(tiny_llama, "none", "cpu"))
     info = wrap_deepspeed(enc, RuntimeConfig(), False, torch.device("cpu"), PROBE)
-    assert info["kernel_inject"] is False and info["dtype"] == "float32"
+    assert info["dtype"] == "float32"
     assert info["output_check"]["texts"] == 4 and info["output_check"]["max_relative_error"] <= 1e-4
     assert enc.lm.model is info["module"]
 
@@ -45,7 +36,7 @@ def test_a_wrap_that_changes_outputs_is_refused(tiny_llama, monkeypatch):
     enc = TextEncoder(load_lm(tiny_llama, "none", "cpu"))
 
     class WrongEngine:
-        """Stands in for an injected engine with wrong kernels: its module's weights are perturbed."""
+        """Stands in for an engine with wrong kernels: its module's weights are perturbed."""
 
         def __init__(self, module, **kwargs):
             self.module = copy.deepcopy(module)
@@ -54,5 +45,5 @@ def test_a_wrap_that_changes_outputs_is_refused(tiny_llama, monkeypatch):
                     p.add_(0.1 * torch.randn_like(p))
 
     monkeypatch.setattr(deepspeed, "init_inference", WrongEngine)
-    with pytest.raises(DistkgError, match=r"changed the LM's outputs: relative error .* set runtime.kernel_inject=off"):
+    with pytest.raises(DistkgError, match=r"changed the LM's outputs: relative error .* set runtime.dtype=auto"):
         wrap_deepspeed(enc, RuntimeConfig(), False, torch.device("cpu"), PROBE)

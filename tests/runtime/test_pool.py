@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distkg.config import RuntimeConfig
-from distkg.runtime.pool import inference_settings, merge_topk, shard_bounds
+from distkg.runtime.pool import merge_topk, shard_bounds
 
 TEACHER = {"teacher": 1.0}  # custom resource only the head node has
 
@@ -57,21 +57,11 @@ def test_deepspeed_only_where_it_does_work():
 
     rc = RuntimeConfig()
     assert "4-bit" in deepspeed_skipped(rc, on_cuda=True, quantized=True)
-    assert "on CPU" in deepspeed_skipped(rc, on_cuda=False, quantized=False)
-    assert deepspeed_skipped(rc, on_cuda=True, quantized=False, model_type="qwen2") is None  # injected kernels
-    assert "llama" in deepspeed_skipped(rc, on_cuda=True, quantized=False, model_type="llama")  # padded: no injection
-    assert deepspeed_skipped(dataclasses.replace(rc, tp_size=2), on_cuda=True, quantized=False, model_type="llama") is None
+    assert "CPU" in deepspeed_skipped(rc, on_cuda=False, quantized=False)
+    assert "tp_size 1" in deepspeed_skipped(rc, on_cuda=True, quantized=False)  # nothing for the engine to do
+    assert deepspeed_skipped(dataclasses.replace(rc, tp_size=2), on_cuda=True, quantized=False) is None
     assert deepspeed_skipped(dataclasses.replace(rc, deepspeed_inference="on"), on_cuda=False, quantized=True) is None
     assert deepspeed_skipped(dataclasses.replace(rc, deepspeed_inference="off"), on_cuda=True, quantized=False) is not None
-
-
-def test_inference_settings_follow_the_device():
-    rc = RuntimeConfig()
-    assert inference_settings(rc, on_cuda=False, quantized=True) == (torch.float32, False)
-    assert inference_settings(rc, on_cuda=True, quantized=False) == (torch.bfloat16, True)
-    assert inference_settings(rc, on_cuda=True, quantized=True) == (torch.float32, False)  # bnb 4-bit: no injection
-    with pytest.raises(ValueError, match="kernel_inject=on needs CUDA"):
-        inference_settings(dataclasses.replace(rc, kernel_inject="on"), on_cuda=False, quantized=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +90,7 @@ def test_pool_scores_equal_the_in_process_teachers(cluster, tiny_runs, graph):
         infos = llm.ready(timeout=120)
         head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("teacher"))
         assert {i["node_id"] for i in infos} == {head} and [i["shard"] for i in infos] == [[0, 20], [20, 40]]
-        assert infos[0]["engine"] == "InferenceEngine" and infos[0]["kernel_inject"] is False  # DeepSpeed, CPU
+        assert infos[0]["engine"] == "InferenceEngine"  # DeepSpeed, CPU
         q = queries[:64]
         assert torch.allclose(llm.score(q), LLMTables(tiny_runs.llm, ds).scores(q), atol=1e-6)
         ref = KGTeacher(tiny_runs.teacher, ds, queries).scores(torch.arange(64))

@@ -14,7 +14,7 @@ from distkg.training import optim
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["Adagrad", "Adam"])
+@pytest.mark.parametrize("name", ["Adagrad"])
 def test_same_updates_and_state_as_torch(name):
     torch.manual_seed(0)
     start = torch.randn(5, 3)
@@ -34,8 +34,8 @@ def test_same_updates_and_state_as_torch(name):
 
 def test_a_training_step_does_not_import_dynamo():
     probe = ("import sys, torch\n"
-             "from distkg.training.optim import Adagrad, Adam\n"
-             "for cls in (Adagrad, Adam):\n"
+             "from distkg.training.optim import Adagrad\n"
+             "for cls in (Adagrad,):\n"
              "    p = torch.nn.Parameter(torch.ones(2)); o = cls([p], lr=0.1)\n"
              "    p.sum().backward(); o.step(); o.zero_grad(); o.load_state_dict(o.state_dict())\n"
              "print('torch._dynamo' in sys.modules)\n")

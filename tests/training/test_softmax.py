@@ -124,13 +124,12 @@ def test_softmax_terms_leave_out_what_is_not_a_softmax_term():
         combine({"kd": {}, "llm_huber": {}}, DistillBatch(s, a, teacher_scores=t[idx]))
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_cross_entropy_equals_torchs(smoothing):
+def test_cross_entropy_equals_torchs():
     g = torch.Generator().manual_seed(0)
     s = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
     a = torch.tensor([0, 3, 6, 3, 1])
-    ours = cross_entropy(s, a, smoothing)
-    ref = torch.nn.functional.cross_entropy(s, a, label_smoothing=smoothing)
+    ours = cross_entropy(s, a)
+    ref = torch.nn.functional.cross_entropy(s, a)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(3 * ours, s)[0], torch.autograd.grad(3 * ref, s)[0])
 

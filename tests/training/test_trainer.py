@@ -97,12 +97,12 @@ def test_sampled_softmax_is_the_cross_entropy_over_the_drawn_candidates(tmp_path
 
 
 def test_sampling_correction_is_each_entitys_chance_to_be_a_candidate():
-    """train.sampling_correction: exp(log_q) is how often an entity is among a batch's candidates
+    """The sampled softmax's logQ correction: exp(log_q) is how often an entity is among a batch's candidates
     (objective.sampled_candidates over batches cut from a shuffled epoch), checked by drawing them."""
     from distkg.training.objective import sampled_candidates
 
-    cfg = config(loss="sampled_softmax", negatives=6, batch_size=16)  # the correction is on by default
-    assert trainer.sampling_log_q(config(loss="sampled_softmax", sampling_correction="false"), DS) is None
+    cfg = config(loss="sampled_softmax", negatives=6, batch_size=16)
+    assert trainer.sampling_log_q(config(loss="1vsall"), DS) is None
     pi = trainer.sampling_log_q(cfg, DS).exp()
     _, answers = trainer.training_queries(DS.splits["train"], DS.num_relations)
     gen, seen, trials = torch.Generator().manual_seed(0), torch.zeros(DS.num_entities), 4000
@@ -119,8 +119,7 @@ def test_sparse_entity_rows_step_as_the_dense_gradient_does(name):
     gradient (trainer.sparse_rows): Adagrad's update must equal the dense step's, and every other
     row of the table and of its accumulator must stay untouched, also after a second step."""
     cfg = load_config(None, [f"model.name={name}", "model.args.dim=6", "train.loss=sampled_softmax", "train.negatives=8"])
-    assert trainer.sparse_rows(cfg) and not trainer.sparse_rows(load_config(None, ["train.optimizer=adam",
-                                                                                   "train.loss=sampled_softmax"]))
+    assert trainer.sparse_rows(cfg) and not trainer.sparse_rows(load_config(None, ["train.loss=1vsall"]))
     q, a = trainer.training_queries(DS.splits["train"], DS.num_relations)
     models, opts = [], []
     for sparse in (False, True):
