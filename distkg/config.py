@@ -225,8 +225,9 @@ class RuntimeConfig:
     workers: int = 1  # Ray Train workers, data parallel (gradients averaged over gloo on CPU, NCCL on GPU)
     worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # per worker, e.g. {GPU: 1}
     soft_targets: Literal["full", "topk", "lowrank"] = "full"  # what the pool returns per query
-    rank: int = 254  # lowrank: numbers per query (a dot-product KG teacher's query on its table's top singular
-    # directions; the LLM teacher's pool sends full rows then)
+    # lowrank: numbers per query (a dot-product KG teacher's query on its table's top singular directions;
+    # the LLM teacher's pool sends full rows then)
+    rank: int = 254
     topk: int = 64  # entities kept per query when soft_targets is topk
     prefetch: int = 2  # batches of queries in flight ahead of the step
     cache: bool = True  # each distinct training query reaches the LLM once per teacher version
