@@ -177,7 +177,16 @@ class Loop:
         return TrainingDiverged(message)
 
     def run(self, phases: list[Phase], state: dict) -> dict:
-        """Run ``phases`` from ``state`` (from ``resume``) to the end; the best weights are loaded."""
+        """Run ``phases`` from ``state`` (from ``resume``) to the end; the best weights are loaded. The
+        trackers are finished however the run ends (an exception too), so what they were given is on disk."""
+        try:
+            return self._run(phases, state)
+        finally:
+            if self.tracker is not None:
+                self.tracker.finish()
+                self.tracker = None
+
+    def _run(self, phases: list[Phase], state: dict) -> dict:
         total = sum(p.rounds for p in phases)
         while state["stage"] < len(phases):
             phase = phases[state["stage"]]
@@ -197,8 +206,6 @@ class Loop:
             self._round(phase, state, total)
         if state["best_epoch"] > 0:
             self.ckpts.load_best(self.weights, state["best_epoch"])
-        if self.tracker is not None:
-            self.tracker.finish()
         return state
 
     def _round(self, phase: Phase, state: dict, total: int) -> None:

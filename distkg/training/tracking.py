@@ -62,7 +62,9 @@ class Tracker:
         check_tracker(name)
         cls = LOGGER_TYPE_TO_CLASS[name]
         if name == "tensorboard":  # tensorboardX names a file by the second: a resume within it would overwrite
-            self.tracker = cls(kind, out / FOLDER, filename_suffix=f".{os.getpid()}.from{done}",
+            # its writer thread writes every event at once but flushes the file only every flush_secs
+            # (its flush() does not wait for the queue): 5 s, so a killed run loses at most that much
+            self.tracker = cls(kind, out / FOLDER, filename_suffix=f".{os.getpid()}.from{done}", flush_secs=5,
                                **({"purge_step": done + 1} if done else {}))
         elif name == "mlflow":
             self.tracker = cls(experiment_name=kind, run_name=str(out))
@@ -78,10 +80,9 @@ class Tracker:
         """A round's numbers (its text fields, such as the phase name, left out)."""
         values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
         self.tracker.log(values, step=step)
-        if self.name == "tensorboard":
-            self.tracker.writer.flush()  # readable while the run goes on
 
     def finish(self) -> None:
+        """Every logged event on disk (a run that stops on an exception calls it too: distkg.training.loop)."""
         self.tracker.finish()
 
 
