@@ -118,10 +118,15 @@ def _teacher_probs(batch: DistillBatch, temperature: float) -> tuple[torch.Tenso
     return temper(t.detach().to(s.dtype), temperature)
 
 
-def _llm_probs(batch: DistillBatch, name: str) -> tuple[torch.Tensor | Rows, torch.Tensor]:
-    """P_LLM in the student's dtype and its rows' sum p log p."""
+def _llm_probs(batch: DistillBatch, name: str) -> torch.Tensor | Rows:
+    """P_LLM in the student's dtype and device (Rows left unread: the kernel reads them in place)."""
     _need(batch, name)
-    probs = _like(batch.llm_probs, batch.student_scores)
+    return _like(batch.llm_probs, batch.student_scores)
+
+
+def _llm_kd_targets(batch: DistillBatch) -> tuple[torch.Tensor | Rows, torch.Tensor]:
+    """P_LLM and its rows' sum p log p, which only llm_kd reads (a pass over [B, E] the other LLM terms skip)."""
+    probs = _llm_probs(batch, "llm_kd")
     p = dense(probs)
     return probs, torch.xlogy(p, p).sum(dim=1)
 
@@ -145,18 +150,17 @@ def ce(batch: DistillBatch) -> torch.Tensor:
 
 @loss("llm_huber", "student_scores", "llm_probs")
 def llm_huber(batch: DistillBatch, delta: float = 0.05, temperature: float = 1.0) -> torch.Tensor:
-    return sm.huber(batch.student_scores, dense(_llm_probs(batch, "llm_huber")[0]), float(delta), float(temperature))
+    return sm.huber(batch.student_scores, dense(_llm_probs(batch, "llm_huber")), float(delta), float(temperature))
 
 
 @loss("llm_supervised", "student_scores", "llm_probs", "answers")
 def llm_supervised(batch: DistillBatch, mix: float = 0.7) -> torch.Tensor:
-    probs, _ = _llm_probs(batch, "llm_supervised")
-    return sm.supervised(batch.student_scores, dense(probs), batch.answers, float(mix))
+    return sm.supervised(batch.student_scores, dense(_llm_probs(batch, "llm_supervised")), batch.answers, float(mix))
 
 
 @loss("llm_kd", "student_scores", "llm_probs")
 def llm_kd(batch: DistillBatch, temperature: float = 7.0) -> torch.Tensor:
-    probs, plogp = _llm_probs(batch, "llm_kd")
+    probs, plogp = _llm_kd_targets(batch)
     return sm.kd(batch.student_scores, dense(probs), float(temperature), plogp)
 
 
@@ -224,12 +228,11 @@ def softmax_terms(spec: dict[str, dict], batch: DistillBatch) -> tuple[list[str]
             _need(batch, name)
             terms.append(sm.CE(w))
         elif name == "llm_kd":
-            terms.append(sm.KD(w, float(kw["temperature"]), *_llm_probs(batch, name)))
+            terms.append(sm.KD(w, float(kw["temperature"]), *_llm_kd_targets(batch)))
         elif name == "llm_huber":
-            terms.append(sm.Huber(w, float(kw["delta"]), float(kw["temperature"]), _llm_probs(batch, name)[0]))
+            terms.append(sm.Huber(w, float(kw["delta"]), float(kw["temperature"]), _llm_probs(batch, name)))
         else:
-            _need(batch, name)
-            terms.append(sm.Supervised(w, float(kw["mix"]), _llm_probs(batch, name)[0]))
+            terms.append(sm.Supervised(w, float(kw["mix"]), _llm_probs(batch, name)))
         names.append(name)
     return names, terms
 

@@ -117,9 +117,9 @@ def wrap_deepspeed(encoder: TextEncoder, runtime_cfg: RuntimeConfig, quantized: 
     """Wrap the encoder's LM with ``deepspeed.init_inference`` in place and check its outputs;
     returns what was chosen (for reports).
 
-    The engine changes the module in place (tensor parallelism shards its layers); the encoder is pointed at the engine's module. Output check: ``probe`` (texts of
-    mixed lengths, so the batch is padded: the case of DeepSpeed issue 3960) is encoded by the
-    plain and by the wrapped model; a relative error above OUTPUT_TOLERANCE of the coarser of the
+    The engine changes the module in place (tensor parallelism shards its layers); the encoder is
+    pointed at the engine's module. Output check: ``probe`` (texts of mixed lengths, so the batch is
+    padded: the case of DeepSpeed issue 3960) is encoded by the plain and by the wrapped model; a relative error above OUTPUT_TOLERANCE of the coarser of the
     wrap's and the model's dtype stops the actor with an error instead of serving wrong soft targets.
     """
     import deepspeed

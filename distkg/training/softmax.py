@@ -24,15 +24,12 @@ float64, with float64 gradient checks.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from distkg import kernels
-
-log = logging.getLogger("distkg")
 
 
 @dataclass
@@ -222,14 +219,7 @@ def _kernel_pass(lib, s: torch.Tensor, answers: torch.Tensor | None, terms: tupl
     return grad, torch.stack(values).to(s.dtype)
 
 
-_compiled_formula = None
-_said: set[str] = set()
-
-
-def _say(message: str) -> None:
-    if message not in _said:
-        _said.add(message)
-        log.info(message)
+_compiled_formula = None  # torch.compile of formula once built; False when it could not be had
 
 
 def path_for(s: torch.Tensor, terms: list[Term]):
@@ -259,8 +249,7 @@ def weighted(s: torch.Tensor, a: torch.Tensor | None, terms: list[Term],
     """(sum_k w_k term_k(s), [each term's unweighted value], not differentiable) by ``path``
     (None: ``path_for``'s choice; "kernel", "compiled" or "plain" to force one, as the tests do)."""
     global _compiled_formula
-    chosen, lib = path_for(s, terms)
-    path = path or chosen
+    path, lib = path_for(s, terms) if path is None else (path, None)
     if path == "kernel":
         if lib is None:
             lib = kernels.library()
@@ -270,10 +259,10 @@ def weighted(s: torch.Tensor, a: torch.Tensor | None, terms: list[Term],
     if path == "compiled":
         try:
             values = compiled_formula()(spec, s, a, *tensors)
-            _say(f"softmax losses: compiled formula ({s.device.type})")
+            kernels.say_once(f"softmax losses: compiled formula ({s.device.type})")
         except Exception as e:  # no compiler backend for this device: the formula as written
             _compiled_formula = False
-            _say(f"softmax losses: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); the plain formula runs")
+            kernels.say_once(f"softmax losses: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); the plain formula runs")
             values = formula(spec, s, a, *tensors)
     else:
         values = formula(spec, s, a, *tensors)
