@@ -56,8 +56,7 @@ SAFE_KEYS: dict[str, str] = {
 }
 # After a run diverged (OUT/diverged.json, written by the trainer's NaN guard), its message asks for a
 # lower learning rate or more regularisation and a resume from the last good checkpoint: these keys.
-AFTER_DIVERGENCE = ("train.lr", "model.args.reg",
-                    "model.args.time_reg")
+AFTER_DIVERGENCE = ("train.lr", "model.args.reg", "model.args.time_reg")
 # The LLM teacher's rates, lowerable after its fine-tuning diverged too; left out of the digest of the
 # LLM loop's checkpoints only (distkg.llm.train): the KG trainer's checkpoints have carried them.
 LLM_RATES = ("llm.lr", "llm.head_lr", "llm.step_head_lr")

@@ -141,7 +141,7 @@ def ensemble(runs: list[str | Path], out: Path, data_root: str | None = None, da
         m.calibrate(torch.from_numpy(valid.queries), torch.from_numpy(valid.answers))
         log.info("%s: calibrated temperature %g (validation NLL)", m.run.name, m.temperature)
     mixture = Mixture(a, b, ds.num_entities)
-    options = eval_options(cfg, torch.device("cpu")).replace(progress=False, cand_chunk=None)
+    options = eval_options(cfg, torch.device("cpu")).replace(progress=False)
     index = FilterIndex.from_dataset(ds, options.filter) if options.filter != "none" else None
     t = time.perf_counter()
     curve = []

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,9 +80,6 @@ def role_of(label: str) -> str:
 def tick_label(name: str, width: int = 16) -> str:
     """A bar's name wrapped at ``width`` characters, a path shortened to its last part, so long names
     (an LLM teacher's model folder) stay readable."""
-    import re
-    import textwrap
-
     name = re.sub(r"\S*/([^/\s]+)/?", r"\1", name)
     return "\n".join(textwrap.wrap(name, width, break_long_words=False, break_on_hyphens=False)) or name
 
@@ -164,8 +163,6 @@ def _cost_section(rows: dict[str, dict], walls: dict[str, float | None], total: 
 def part_role(name: str) -> str:
     """A pipeline part's role for the plots' legend, from its name (distkg.experiments.pipeline): "teacher:
     tadistmult 400-d" -> "400-d teacher", "LLM teacher: ..." -> "LLM teacher", "student 25-d: bkd" -> "25-d students"."""
-    import re
-
     head, _, rest = name.partition(": ")
     dim = re.search(r"(\d+)-d", head if head.startswith("student") else rest)
     if head.startswith("LLM"):
