@@ -52,6 +52,11 @@ class Cached:
     def scores(self) -> torch.Tensor:
         return self.s0.clone().requires_grad_()
 
+    def batch(self) -> DistillBatch:
+        """A step's batch as a distillation run reads it: the cached rows left in place (Rows)."""
+        return DistillBatch(self.scores(), self.answers, llm_probs=Rows(self.llm, self.idx),
+                            teacher_targets=TemperedTargets(7.0, Rows(self.p_all, self.idx), self.plogp[self.idx]))
+
 
 def unfused(spec: dict, x: Cached) -> torch.Tensor:
     """The registered losses one at a time through their own forms, rows gathered into [B, E] copies."""
@@ -62,17 +67,14 @@ def unfused(spec: dict, x: Cached) -> torch.Tensor:
 
 
 def combined(spec: dict, x: Cached) -> torch.Tensor:
-    """losses.combine, what a distillation step runs, reading the cached rows in place (Rows)."""
-    b = DistillBatch(x.scores(), x.answers, teacher_targets=TemperedTargets(7.0, Rows(x.p_all, x.idx), x.plogp[x.idx]),
-                     llm_probs=Rows(x.llm, x.idx))
-    return combine(spec, b)[0]
+    """losses.combine, what a distillation step runs."""
+    return combine(spec, x.batch())[0]
 
 
 def on_path(path: str):
     """The stage's softmax terms summed by one path of distkg.training.softmax.weighted, rows cached."""
     def form(spec: dict, x: Cached) -> torch.Tensor:
-        b = DistillBatch(x.scores(), x.answers, teacher_targets=TemperedTargets(7.0, Rows(x.p_all, x.idx), x.plogp[x.idx]),
-                         llm_probs=Rows(x.llm, x.idx))
+        b = x.batch()
         return weighted(b.student_scores, b.answers, softmax_terms(spec, b)[1], path=path)[0]
     return form
 
